@@ -1,0 +1,201 @@
+//! The safe Rust API behind the C boundary: one function per `C_*` entry point.
+//!
+//! `abi/` copies arguments out of C memory, calls these, and copies results back following the
+//! PKCS#11 buffer conventions. Nothing here sees a raw pointer.
+
+use crate::mechanism::Mechanism;
+use crate::rv::CkResult;
+use zeroize::Zeroizing;
+
+/// What `C_Initialize` was given, already read out of `CK_C_INITIALIZE_ARGS`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct InitArgs {
+    /// How many of the four mutex callbacks were non-NULL (0..=4).
+    pub callbacks_set: u8,
+    /// `CKF_OS_LOCKING_OK` was set.
+    pub os_locking_ok: bool,
+    /// `CKF_LIBRARY_CANT_CREATE_OS_THREADS` was set.
+    pub no_os_threads: bool,
+    /// `pReserved` was not NULL.
+    pub reserved_non_null: bool,
+}
+
+/// `CK_INFO` contents (strings unpadded; the boundary pads with blanks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleInfo {
+    pub cryptoki_version: (u8, u8),
+    pub manufacturer: String,
+    pub description: String,
+    pub library_version: (u8, u8),
+}
+
+/// `CK_SLOT_INFO` contents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub description: String,
+    pub manufacturer: String,
+    pub flags: u64,
+    pub hardware_version: (u8, u8),
+    pub firmware_version: (u8, u8),
+}
+
+/// `CK_TOKEN_INFO` contents. Counts use `CK_UNAVAILABLE_INFORMATION` where unknown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub label: String,
+    pub manufacturer: String,
+    pub model: String,
+    pub serial: String,
+    pub flags: u64,
+    pub max_session_count: u64,
+    pub session_count: u64,
+    pub max_rw_session_count: u64,
+    pub rw_session_count: u64,
+    pub max_pin_len: u64,
+    pub min_pin_len: u64,
+    pub total_public_memory: u64,
+    pub free_public_memory: u64,
+    pub total_private_memory: u64,
+    pub free_private_memory: u64,
+    pub hardware_version: (u8, u8),
+    pub firmware_version: (u8, u8),
+    /// 16 chars `YYYYMMDDhhmmss00` when `CKF_CLOCK_ON_TOKEN`, else empty.
+    pub utc_time: String,
+}
+
+/// `CK_SESSION_INFO` contents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub slot_id: u64,
+    pub state: u64,
+    pub flags: u64,
+    pub device_error: u64,
+}
+
+/// One attribute of a template, copied out of C memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attribute {
+    /// `CKA_*`.
+    pub kind: u64,
+    /// The value bytes (`CK_BBOOL` is one byte, `CK_ULONG` is native-endian 8 bytes).
+    pub value: Vec<u8>,
+}
+
+/// The core's answer for one attribute asked of `C_GetAttributeValue`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttributeAnswer {
+    /// The value, to be copied following the two-call convention.
+    Value(Vec<u8>),
+    /// Secret: `ulValueLen = CK_UNAVAILABLE_INFORMATION`, overall `CKR_ATTRIBUTE_SENSITIVE`.
+    Sensitive,
+    /// Not an attribute of this object: `CK_UNAVAILABLE_INFORMATION`,
+    /// overall `CKR_ATTRIBUTE_TYPE_INVALID`.
+    Invalid,
+}
+
+/// Plaintext on its way out (wiped when dropped).
+pub type Plaintext = Zeroizing<Vec<u8>>;
+
+macro_rules! core_fn {
+    ($($(#[$m:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        $( $(#[$m])* pub fn $name($($arg: $ty),*) -> $ret { crate::module::$name($($arg),*) } )*
+    };
+}
+
+core_fn! {
+    /// `C_Initialize`.
+    pub fn initialize(args: Option<InitArgs>) -> CkResult<()>;
+    /// `C_Finalize`.
+    pub fn finalize() -> CkResult<()>;
+    /// `C_GetInfo`.
+    pub fn get_info() -> CkResult<ModuleInfo>;
+    /// `C_GetSlotList`.
+    pub fn get_slot_list(token_present: bool) -> CkResult<Vec<u64>>;
+    /// `C_GetSlotInfo`.
+    pub fn get_slot_info(slot: u64) -> CkResult<SlotInfo>;
+    /// `C_GetTokenInfo`.
+    pub fn get_token_info(slot: u64) -> CkResult<TokenInfo>;
+    /// `C_GetMechanismList`.
+    pub fn get_mechanism_list(slot: u64) -> CkResult<Vec<u64>>;
+    /// `C_GetMechanismInfo`.
+    pub fn get_mechanism_info(slot: u64, mechanism: u64) -> CkResult<crate::backend::MechanismInfo>;
+    /// `C_OpenSession` (`flags` as given; notify callbacks are not used).
+    pub fn open_session(slot: u64, flags: u64) -> CkResult<u64>;
+    /// `C_CloseSession`.
+    pub fn close_session(session: u64) -> CkResult<()>;
+    /// `C_CloseAllSessions`.
+    pub fn close_all_sessions(slot: u64) -> CkResult<()>;
+    /// `C_GetSessionInfo`.
+    pub fn get_session_info(session: u64) -> CkResult<SessionInfo>;
+    /// `C_Login`.
+    pub fn login(session: u64, user_type: u64, pin: &[u8]) -> CkResult<()>;
+    /// `C_Logout`.
+    pub fn logout(session: u64) -> CkResult<()>;
+    /// `C_CreateObject`.
+    pub fn create_object(session: u64, template: &[Attribute]) -> CkResult<u64>;
+    /// `C_CopyObject`.
+    pub fn copy_object(session: u64, object: u64, template: &[Attribute]) -> CkResult<u64>;
+    /// `C_DestroyObject`.
+    pub fn destroy_object(session: u64, object: u64) -> CkResult<()>;
+    /// `C_GetObjectSize`.
+    pub fn get_object_size(session: u64, object: u64) -> CkResult<u64>;
+    /// `C_GetAttributeValue`: one answer per requested type, in order.
+    pub fn get_attribute_value(session: u64, object: u64, types: &[u64]) -> CkResult<Vec<AttributeAnswer>>;
+    /// `C_SetAttributeValue`.
+    pub fn set_attribute_value(session: u64, object: u64, template: &[Attribute]) -> CkResult<()>;
+    /// `C_FindObjectsInit`.
+    pub fn find_objects_init(session: u64, template: &[Attribute]) -> CkResult<()>;
+    /// `C_FindObjects`: up to `max` handles.
+    pub fn find_objects(session: u64, max: usize) -> CkResult<Vec<u64>>;
+    /// `C_FindObjectsFinal`.
+    pub fn find_objects_final(session: u64) -> CkResult<()>;
+    /// `C_EncryptInit`.
+    pub fn encrypt_init(session: u64, mechanism: &Mechanism, key: u64) -> CkResult<()>;
+    /// Output length `C_Encrypt` would produce for `data_len` input bytes (operation stays).
+    pub fn encrypt_len(session: u64, data_len: usize) -> CkResult<usize>;
+    /// `C_Encrypt` proper: ends the operation, success or not.
+    pub fn encrypt(session: u64, data: &[u8]) -> CkResult<Vec<u8>>;
+    /// `C_EncryptUpdate`: buffers the part; returns what may be output now.
+    pub fn encrypt_update(session: u64, part: &[u8]) -> CkResult<Vec<u8>>;
+    /// Output length `C_EncryptUpdate` would produce for `part_len` more bytes.
+    pub fn encrypt_update_len(session: u64, part_len: usize) -> CkResult<usize>;
+    /// Output length `C_EncryptFinal` would produce.
+    pub fn encrypt_final_len(session: u64) -> CkResult<usize>;
+    /// `C_EncryptFinal` proper: ends the operation.
+    pub fn encrypt_final(session: u64) -> CkResult<Vec<u8>>;
+    /// `C_DecryptInit`.
+    pub fn decrypt_init(session: u64, mechanism: &Mechanism, key: u64) -> CkResult<()>;
+    /// Output length (upper bound) `C_Decrypt` would produce for `data_len` bytes.
+    pub fn decrypt_len(session: u64, data_len: usize) -> CkResult<usize>;
+    /// `C_Decrypt` proper: ends the operation.
+    pub fn decrypt(session: u64, data: &[u8]) -> CkResult<Plaintext>;
+    /// `C_DecryptUpdate`: buffers; never releases plaintext before the tag verified.
+    pub fn decrypt_update(session: u64, part: &[u8]) -> CkResult<Plaintext>;
+    /// Output length `C_DecryptUpdate` would produce for `part_len` more bytes.
+    pub fn decrypt_update_len(session: u64, part_len: usize) -> CkResult<usize>;
+    /// Output length (upper bound) `C_DecryptFinal` would produce.
+    pub fn decrypt_final_len(session: u64) -> CkResult<usize>;
+    /// `C_DecryptFinal` proper: verifies the tag, then releases all plaintext.
+    pub fn decrypt_final(session: u64) -> CkResult<Plaintext>;
+    /// `C_GenerateKey`.
+    pub fn generate_key(session: u64, mechanism: &Mechanism, template: &[Attribute]) -> CkResult<u64>;
+    /// `C_GenerateRandom`.
+    pub fn generate_random(session: u64, len: usize) -> CkResult<Vec<u8>>;
+    /// `C_SeedRandom`.
+    pub fn seed_random(session: u64, seed: &[u8]) -> CkResult<()>;
+    /// `C_WrapKey`: always refused (`CKR_KEY_UNEXTRACTABLE` for a valid key), audited.
+    pub fn wrap_key(session: u64, mechanism: &Mechanism, wrapping_key: u64, key: u64) -> CkResult<()>;
+    /// `C_UnwrapKey`: importing key material is refused, audited.
+    pub fn unwrap_key(session: u64, mechanism: &Mechanism, unwrapping_key: u64, template: &[Attribute]) -> CkResult<()>;
+    /// `C_DeriveKey`: refused, audited.
+    pub fn derive_key(session: u64, mechanism: &Mechanism, base_key: u64, template: &[Attribute]) -> CkResult<()>;
+    /// `C_DigestKey`: refused (`CKR_KEY_INDIGESTIBLE` / no digest active), audited.
+    pub fn digest_key(session: u64, key: u64) -> CkResult<()>;
+    /// `C_GetOperationState`: refused (`CKR_STATE_UNSAVEABLE`).
+    pub fn get_operation_state(session: u64) -> CkResult<()>;
+    /// `C_SetOperationState`: refused (`CKR_SAVED_STATE_INVALID`).
+    pub fn set_operation_state(session: u64) -> CkResult<()>;
+    /// Any function this module does not implement (digest, sign, verify, message API, ...):
+    /// `CKR_CRYPTOKI_NOT_INITIALIZED` before init, else `CKR_FUNCTION_NOT_SUPPORTED`.
+    pub fn not_supported(function: &'static str) -> CkResult<()>;
+}

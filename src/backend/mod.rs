@@ -1,0 +1,190 @@
+//! The backend seam: the small set of HSM verbs the module needs.
+//!
+//! A backend is one real token: a vendor PKCS#11 library (`pkcs11.rs`, SoftHSM2 in tests) or the
+//! built-in software token (`embedded.rs`). The module core talks only to this trait, so the
+//! never-export rule, handles, sessions and audit are written once, above every backend.
+//!
+//! Contract for implementers:
+//! - Methods are called concurrently from many threads; a backend serialises nothing it does
+//!   not have to (each call takes its own backend session from a pool).
+//! - The backend logs in to its token itself with its configured credentials and re-logs-in /
+//!   re-opens sessions when the token forgets them; callers never see backend sessions.
+//! - Errors come back as a *normalised* [`Rv`]: vendor quirks are mapped in the backend
+//!   (e.g. a failed GCM tag check is always `CKR_ENCRYPTED_DATA_INVALID`).
+//! - No method ever returns key material. There is deliberately no verb that could.
+
+use crate::rv::CkResult;
+use zeroize::Zeroizing;
+
+pub mod embedded;
+pub mod pkcs11;
+
+/// A backend's own reference to a key object (a PKCS#11 object handle, or the embedded
+/// token's record number). Opaque to the module; it never crosses the C boundary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BackendKey(pub u64);
+
+/// The public attributes of one secret-key object, as the backend reports them.
+///
+/// `None` means the backend did not report the attribute. The policy layer decides from these
+/// whether the key may be visible at all (see `policy.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The backend's reference to the object.
+    pub handle: BackendKey,
+    /// `CKA_ID` (may be empty).
+    pub id: Vec<u8>,
+    /// `CKA_LABEL` (may be empty).
+    pub label: Vec<u8>,
+    /// `CKA_KEY_TYPE` (e.g. `CKK_AES`).
+    pub key_type: u64,
+    /// `CKA_VALUE_LEN` in bytes.
+    pub value_len: u64,
+    /// `CKA_TOKEN`.
+    pub token: bool,
+    /// `CKA_PRIVATE`.
+    pub private: bool,
+    /// `CKA_SENSITIVE`.
+    pub sensitive: bool,
+    /// `CKA_EXTRACTABLE`.
+    pub extractable: bool,
+    /// `CKA_ALWAYS_SENSITIVE`, where reported.
+    pub always_sensitive: Option<bool>,
+    /// `CKA_NEVER_EXTRACTABLE`, where reported.
+    pub never_extractable: Option<bool>,
+    /// `CKA_LOCAL`, where reported.
+    pub local: Option<bool>,
+    /// `CKA_MODIFIABLE`.
+    pub modifiable: bool,
+    /// `CKA_ENCRYPT`.
+    pub encrypt: bool,
+    /// `CKA_DECRYPT`.
+    pub decrypt: bool,
+    /// `CKA_WRAP`.
+    pub wrap: bool,
+    /// `CKA_UNWRAP`.
+    pub unwrap: bool,
+    /// `CKA_SIGN`.
+    pub sign: bool,
+    /// `CKA_VERIFY`.
+    pub verify: bool,
+    /// `CKA_DERIVE`.
+    pub derive: bool,
+    /// `CKA_START_DATE` as the 8 ASCII digits `YYYYMMDD`, or empty.
+    pub start_date: Vec<u8>,
+    /// `CKA_END_DATE` as the 8 ASCII digits `YYYYMMDD`, or empty. The proxy stores a key's
+    /// scheduled deletion date here, so that state lives in the HSM.
+    pub end_date: Vec<u8>,
+}
+
+/// What to generate: always an AES key of `value_len` bytes that is token, private, sensitive
+/// and not extractable. The backend must set exactly these attributes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewKey {
+    /// `CKA_ID` to give the key (the module always supplies a non-empty one).
+    pub id: Vec<u8>,
+    /// `CKA_LABEL`.
+    pub label: Vec<u8>,
+    /// Key length in bytes (32 for AES-256).
+    pub value_len: u64,
+    /// `CKA_ENCRYPT`.
+    pub encrypt: bool,
+    /// `CKA_DECRYPT`.
+    pub decrypt: bool,
+}
+
+/// A change to the few attributes the module lets callers set. `None` leaves it unchanged.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyChanges {
+    /// New `CKA_LABEL`.
+    pub label: Option<Vec<u8>>,
+    /// New `CKA_ENCRYPT`.
+    pub encrypt: Option<bool>,
+    /// New `CKA_DECRYPT`.
+    pub decrypt: Option<bool>,
+    /// New `CKA_START_DATE` (8 ASCII digits or empty).
+    pub start_date: Option<Vec<u8>>,
+    /// New `CKA_END_DATE` (8 ASCII digits or empty).
+    pub end_date: Option<Vec<u8>>,
+}
+
+/// Descriptive facts about the token behind a backend, for CK_TOKEN_INFO / health reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TokenDescription {
+    /// Token manufacturer (`manufacturerID`).
+    pub manufacturer: String,
+    /// Token model.
+    pub model: String,
+    /// Token serial number.
+    pub serial: String,
+    /// Hardware version (major, minor).
+    pub hardware_version: (u8, u8),
+    /// Firmware version (major, minor).
+    pub firmware_version: (u8, u8),
+}
+
+/// Key-size range and flags of one mechanism as the backend really supports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MechanismInfo {
+    /// Minimum key size (bytes for AES, as PKCS#11 reports for AES).
+    pub min_key_size: u64,
+    /// Maximum key size.
+    pub max_key_size: u64,
+    /// `CKF_*` flags.
+    pub flags: u64,
+}
+
+/// One real token. See the module docs for the contract.
+pub trait Backend: Send + Sync {
+    /// The backend's name from the config (`[backend.NAME]`), for logs and health.
+    fn name(&self) -> &str;
+
+    /// Facts about the token (manufacturer, model, serial, versions).
+    fn describe(&self) -> CkResult<TokenDescription>;
+
+    /// Mechanism info exactly as this backend supports `mechanism` (a `CKM_*` value);
+    /// `CKR_MECHANISM_INVALID` if it does not. Flags are returned outright, never OR-ed.
+    fn mechanism_info(&self, mechanism: u64) -> CkResult<MechanismInfo>;
+
+    /// Every secret-key object on the token, with its public attributes.
+    fn list_secret_keys(&self) -> CkResult<Vec<KeyInfo>>;
+
+    /// Fresh public attributes of one key (the key state lives in the token, not in a cache).
+    fn key_info(&self, key: BackendKey) -> CkResult<KeyInfo>;
+
+    /// Generate an AES key inside the token as `spec` says (token, private, sensitive,
+    /// non-extractable) and report the created object.
+    fn generate_aes_key(&self, spec: &NewKey) -> CkResult<KeyInfo>;
+
+    /// Change public attributes of a key.
+    fn set_key_attributes(&self, key: BackendKey, changes: &KeyChanges) -> CkResult<()>;
+
+    /// Destroy a key object. Irreversible; the module decides whether it is allowed.
+    fn destroy_key(&self, key: BackendKey) -> CkResult<()>;
+
+    /// AES-GCM encrypt with a 128-bit tag. Returns `ciphertext || tag` (plaintext length + 16).
+    fn gcm_encrypt(
+        &self,
+        key: BackendKey,
+        iv: &[u8],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> CkResult<Vec<u8>>;
+
+    /// AES-GCM decrypt of `ciphertext || tag` with a 128-bit tag. A failed authentication is
+    /// `CKR_ENCRYPTED_DATA_INVALID`, whatever the vendor says; no plaintext is returned then.
+    fn gcm_decrypt(
+        &self,
+        key: BackendKey,
+        iv: &[u8],
+        aad: &[u8],
+        ciphertext_and_tag: &[u8],
+    ) -> CkResult<Zeroizing<Vec<u8>>>;
+
+    /// Fill `out` from the token's random number generator.
+    fn generate_random(&self, out: &mut [u8]) -> CkResult<()>;
+
+    /// Release backend sessions and, if this backend initialised the library itself,
+    /// finalize it. Called once from `C_Finalize`; the backend is not used afterwards.
+    fn shutdown(&self);
+}

@@ -1,0 +1,460 @@
+//! Configuration: the TOML schema, where the file is found, and validation.
+//!
+//! Every error names the file, the key and the problem, and never contains a PIN.
+//! Discovery order: `$XKI_PKCS11_CONF`, `~/.config/xki/pkcs11.toml`, `/etc/xki/pkcs11.toml`;
+//! with none of them the module serves the embedded token from the per-user data directory.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// A secret (PIN or key-file contents) that is wiped from memory when dropped.
+pub type Secret = Zeroizing<Vec<u8>>;
+
+/// Environment variable naming the config file.
+pub const CONF_ENV: &str = "XKI_PKCS11_CONF";
+
+/// A configuration problem: which file, which key, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config file (or `<built-in default>`).
+    pub file: String,
+    /// Dotted key path, e.g. `backend.hsm-a.pin_file`; empty when the file as a whole is bad.
+    pub key: String,
+    /// What is wrong. Never contains a secret.
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file, self.problem)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.key, self.problem)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole module configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Log level (`error`, `warn`, `info`, `debug`, `trace`); `RUST_LOG` overrides it.
+    #[serde(default)]
+    pub log_level: Option<String>,
+    /// Log file; default is stderr.
+    #[serde(default)]
+    pub log_file: Option<PathBuf>,
+    /// Audit file for the `xki_audit` target; default is the same sink as the log.
+    #[serde(default)]
+    pub audit_file: Option<PathBuf>,
+    /// The virtual slots callers see, in slot-id order (slot ids are 0, 1, ...).
+    #[serde(rename = "slot", default)]
+    pub slots: Vec<SlotConfig>,
+    /// Named backends (real tokens).
+    #[serde(rename = "backend", default)]
+    pub backends: BTreeMap<String, BackendConfig>,
+    /// Where the config came from (set by the loader, not by the file).
+    #[serde(skip)]
+    pub source: String,
+}
+
+/// One virtual slot/token.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SlotConfig {
+    /// Token label callers see (at most 32 bytes).
+    pub label: String,
+    /// Names of `[backend.NAME]` entries. More than one forms a replica group.
+    pub backends: Vec<String>,
+    /// Which keys of the backend are visible through this slot.
+    #[serde(default)]
+    pub keys: KeyFilter,
+    /// File holding the user PIN callers give to `C_Login`. Default: the backend's PIN.
+    #[serde(default)]
+    pub user_pin_file: Option<PathBuf>,
+    /// Environment variable holding the user PIN for `C_Login`.
+    #[serde(default)]
+    pub user_pin_env: Option<String>,
+    /// Allow `C_DestroyObject` on keys of this slot. Default `false` (deletion protection).
+    #[serde(default)]
+    pub allow_destroy: bool,
+    /// `"none"` (default) or `"hsm"`: the HSMs of a replica group replicate keys themselves,
+    /// so a key generated on one member appears on all.
+    #[serde(default)]
+    pub replication: Replication,
+}
+
+/// How keys get onto every member of a replica group.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Replication {
+    /// Nothing replicates: key generation on a multi-member group is refused.
+    #[default]
+    None,
+    /// The HSM cluster replicates keys itself.
+    Hsm,
+}
+
+/// The key allow-list of a slot. An empty filter admits every key that passes the
+/// never-export policy.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFilter {
+    /// Only keys whose `CKA_LABEL` starts with this prefix (also required of new keys).
+    #[serde(default)]
+    pub label_prefix: Option<String>,
+    /// Only keys whose `CKA_LABEL` is in this list.
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
+    /// Only keys whose `CKA_ID` (hex) is in this list.
+    #[serde(default)]
+    pub ids_hex: Option<Vec<String>>,
+}
+
+/// Which kind of token a backend is.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// A vendor PKCS#11 library (`module = ...`).
+    #[default]
+    Pkcs11,
+    /// The built-in software token (development and tests; not an HSM).
+    Embedded,
+}
+
+/// One `[backend.NAME]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// `"pkcs11"` (default) or `"embedded"`.
+    #[serde(default, rename = "type")]
+    pub kind: BackendKind,
+    /// pkcs11: path of the vendor PKCS#11 library.
+    #[serde(default)]
+    pub module: Option<PathBuf>,
+    /// pkcs11: label of the token to use.
+    #[serde(default)]
+    pub token_label: Option<String>,
+    /// pkcs11: slot id of the token to use (alternative to `token_label`).
+    #[serde(default)]
+    pub slot_id: Option<u64>,
+    /// File holding the token's user PIN (pkcs11) or the store PIN (embedded).
+    #[serde(default)]
+    pub pin_file: Option<PathBuf>,
+    /// Environment variable holding that PIN.
+    #[serde(default)]
+    pub pin_env: Option<String>,
+    /// pkcs11: most backend sessions kept open (default 32).
+    #[serde(default)]
+    pub max_sessions: Option<usize>,
+    /// Per-call deadline in milliseconds for health and failover decisions (default 2000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// embedded: the key-store file.
+    #[serde(default)]
+    pub store: Option<PathBuf>,
+    /// embedded: a file of 32 random bytes sealing the store instead of a PIN-derived key.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+impl BackendConfig {
+    /// Default number of backend sessions kept open.
+    pub const DEFAULT_MAX_SESSIONS: usize = 32;
+    /// Default per-call deadline.
+    pub const DEFAULT_TIMEOUT_MS: u64 = 2000;
+}
+
+impl Config {
+    /// Parse and validate a config from TOML text. `source` names it in errors.
+    pub fn from_toml(text: &str, source: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError {
+            file: source.to_string(),
+            key: String::new(),
+            problem: e.to_string().trim().replace('\n', " "),
+        })?;
+        config.source = source.to_string();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Read, parse and validate a config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: source.clone(),
+            key: String::new(),
+            problem: format!("cannot read config file: {e}"),
+        })?;
+        Config::from_toml(&text, &source)
+    }
+
+    /// Find and load the config: `$XKI_PKCS11_CONF`, then the user path, then the system
+    /// path; `Ok(None)` when none exists (the caller then serves the embedded token).
+    pub fn discover() -> Result<Option<Config>, ConfigError> {
+        if let Some(path) = std::env::var_os(CONF_ENV) {
+            // An explicitly named file must exist: silently falling back would hide a typo.
+            return Config::from_file(Path::new(&path)).map(Some);
+        }
+        for path in [
+            user_config_path(),
+            Some(PathBuf::from("/etc/xki/pkcs11.toml")),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if path.exists() {
+                return Config::from_file(&path).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    fn err(&self, key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.source.clone(),
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+
+    /// Check everything that can be checked without touching a token.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(level) = &self.log_level {
+            if level.parse::<log::LevelFilter>().is_err() {
+                return Err(self.err(
+                    "log_level",
+                    format!("unknown level {level:?}; use error, warn, info, debug or trace"),
+                ));
+            }
+        }
+        if self.slots.is_empty() {
+            return Err(self.err("slot", "no [[slot]] is configured"));
+        }
+        let mut labels = std::collections::HashSet::new();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let key = format!("slot[{i}]");
+            if slot.label.is_empty() || slot.label.len() > 32 {
+                return Err(self.err(format!("{key}.label"), "must be 1 to 32 bytes"));
+            }
+            if !labels.insert(slot.label.clone()) {
+                return Err(self.err(
+                    format!("{key}.label"),
+                    format!("label {:?} is used by two slots", slot.label),
+                ));
+            }
+            if slot.backends.is_empty() {
+                return Err(self.err(format!("{key}.backends"), "names no backend"));
+            }
+            for name in &slot.backends {
+                if !self.backends.contains_key(name) {
+                    return Err(self.err(
+                        format!("{key}.backends"),
+                        format!("no [backend.{name}] table is defined"),
+                    ));
+                }
+            }
+            if slot.user_pin_file.is_some() && slot.user_pin_env.is_some() {
+                return Err(self.err(
+                    format!("{key}.user_pin_file"),
+                    "set user_pin_file or user_pin_env, not both",
+                ));
+            }
+            if let Some(ids) = &slot.keys.ids_hex {
+                for id in ids {
+                    if decode_hex(id).is_none() {
+                        return Err(self.err(
+                            format!("{key}.keys.ids_hex"),
+                            format!("{id:?} is not an even-length hex string"),
+                        ));
+                    }
+                }
+            }
+        }
+        for (name, b) in &self.backends {
+            let key = format!("backend.{name}");
+            if b.pin_file.is_some() && b.pin_env.is_some() {
+                return Err(self.err(
+                    format!("{key}.pin_file"),
+                    "set pin_file or pin_env, not both",
+                ));
+            }
+            if b.max_sessions == Some(0) {
+                return Err(self.err(format!("{key}.max_sessions"), "must be at least 1"));
+            }
+            if b.timeout_ms == Some(0) {
+                return Err(self.err(format!("{key}.timeout_ms"), "must be at least 1"));
+            }
+            match b.kind {
+                BackendKind::Pkcs11 => {
+                    if b.module.is_none() {
+                        return Err(self.err(
+                            format!("{key}.module"),
+                            "missing: path of the vendor PKCS#11 library",
+                        ));
+                    }
+                    if b.token_label.is_some() == b.slot_id.is_some() {
+                        return Err(self.err(
+                            format!("{key}.token_label"),
+                            "set exactly one of token_label or slot_id",
+                        ));
+                    }
+                    if b.pin_file.is_none() && b.pin_env.is_none() {
+                        return Err(self.err(
+                            format!("{key}.pin_file"),
+                            "missing: the token's user PIN (pin_file or pin_env)",
+                        ));
+                    }
+                    for (field, set) in [
+                        ("store", b.store.is_some()),
+                        ("key_file", b.key_file.is_some()),
+                    ] {
+                        if set {
+                            return Err(self.err(
+                                format!("{key}.{field}"),
+                                "only valid for type = \"embedded\"",
+                            ));
+                        }
+                    }
+                }
+                BackendKind::Embedded => {
+                    for (field, set) in [
+                        ("module", b.module.is_some()),
+                        ("token_label", b.token_label.is_some()),
+                        ("slot_id", b.slot_id.is_some()),
+                    ] {
+                        if set {
+                            return Err(self.err(
+                                format!("{key}.{field}"),
+                                "only valid for type = \"pkcs11\"",
+                            ));
+                        }
+                    }
+                    let sources = [
+                        b.pin_file.is_some(),
+                        b.pin_env.is_some(),
+                        b.key_file.is_some(),
+                    ];
+                    if sources.iter().filter(|s| **s).count() != 1 {
+                        return Err(self.err(
+                            format!("{key}.key_file"),
+                            "set exactly one of pin_file, pin_env or key_file to seal the store",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Read the backend's PIN from its `pin_file` or `pin_env`. Errors never contain the PIN.
+    pub fn backend_pin(&self, name: &str) -> Result<Option<Secret>, ConfigError> {
+        let b = &self.backends[name];
+        let key = format!("backend.{name}");
+        self.read_secret(&key, b.pin_file.as_deref(), b.pin_env.as_deref())
+    }
+
+    /// The user PIN callers must give `C_Login` on slot `index`: the slot's own, or else the
+    /// PIN of its first backend.
+    pub fn slot_user_pin(&self, index: usize) -> Result<Option<Secret>, ConfigError> {
+        let slot = &self.slots[index];
+        let key = format!("slot[{index}]");
+        match self.read_secret(
+            &key,
+            slot.user_pin_file.as_deref(),
+            slot.user_pin_env.as_deref(),
+        )? {
+            Some(pin) => Ok(Some(pin)),
+            None => self.backend_pin(&slot.backends[0]),
+        }
+    }
+
+    fn read_secret(
+        &self,
+        key: &str,
+        file: Option<&Path>,
+        env: Option<&str>,
+    ) -> Result<Option<Secret>, ConfigError> {
+        let pin = if let Some(file) = file {
+            let field = if key.starts_with("slot") {
+                "user_pin_file"
+            } else {
+                "pin_file"
+            };
+            let bytes = std::fs::read(file).map_err(|e| {
+                self.err(
+                    format!("{key}.{field}"),
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            let mut bytes = Zeroizing::new(bytes);
+            // PIN files are usually written with `echo`: a trailing newline is not part of it.
+            while matches!(bytes.last(), Some(b'\n' | b'\r')) {
+                bytes.pop();
+            }
+            if bytes.is_empty() {
+                return Err(self.err(
+                    format!("{key}.{field}"),
+                    format!("{} is empty", file.display()),
+                ));
+            }
+            Some(bytes)
+        } else if let Some(var) = env {
+            let field = if key.starts_with("slot") {
+                "user_pin_env"
+            } else {
+                "pin_env"
+            };
+            match std::env::var_os(var) {
+                Some(v) if !v.is_empty() => {
+                    use std::os::unix::ffi::OsStrExt;
+                    Some(Zeroizing::new(v.as_bytes().to_vec()))
+                }
+                _ => {
+                    return Err(self.err(
+                        format!("{key}.{field}"),
+                        format!("environment variable {var} is not set or empty"),
+                    ))
+                }
+            }
+        } else {
+            None
+        };
+        Ok(pin)
+    }
+}
+
+/// `~/.config/xki/pkcs11.toml` (honouring `XDG_CONFIG_HOME`).
+pub fn user_config_path() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir).join("xki/pkcs11.toml"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/xki/pkcs11.toml"))
+}
+
+/// The per-user data directory: `$XDG_DATA_HOME/xki` or `~/.local/share/xki`.
+pub fn user_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("xki");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/xki"),
+        None => PathBuf::from("/var/lib/xki"),
+    }
+}
+
+/// Decode a hex string (either case); `None` if it is not valid even-length hex.
+pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}

@@ -1,0 +1,24 @@
+//! `libxki_pkcs11.so`: a PKCS#11 module that drives real HSM tokens and never lets key bytes
+//! leave them.
+//!
+//! To its caller this is an ordinary PKCS#11 token (one virtual slot per `[[slot]]` of the
+//! config). Behind it, each slot sits on one or more backends ([`backend`]): vendor PKCS#11
+//! libraries loaded through `cryptoki`, or the embedded software token. The module adds the
+//! never-export policy ([`policy`]), key allow-listing, session pooling, uniform error codes,
+//! and an audit trail.
+//!
+//! Layout: `abi/` is the C boundary and holds no logic; everything else is safe Rust.
+
+pub mod abi;
+pub mod api;
+pub mod audit;
+pub mod backend;
+pub mod config;
+pub mod logging;
+pub mod mechanism;
+pub mod module;
+pub mod object;
+pub mod policy;
+pub mod rv;
+pub mod session;
+pub mod slot;

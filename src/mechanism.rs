@@ -1,0 +1,43 @@
+//! Mechanisms as the core sees them, already copied out of C memory by the boundary.
+
+use pkcs11_sys::CK_MECHANISM_TYPE;
+
+/// A mechanism with its parameter, parsed by the C boundary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mechanism {
+    /// `CKM_AES_GCM` with a well-formed `CK_GCM_PARAMS` (pointers already followed).
+    AesGcm(GcmParams),
+    /// `CKM_AES_KEY_GEN` (no parameter).
+    AesKeyGen,
+    /// Any other mechanism, or `CKM_AES_GCM` whose parameter could not be read as
+    /// `CK_GCM_PARAMS` (`param_len` is what the caller passed). The core answers
+    /// `CKR_MECHANISM_INVALID` or `CKR_MECHANISM_PARAM_INVALID` as appropriate.
+    Other {
+        /// The `CKM_*` value.
+        kind: CK_MECHANISM_TYPE,
+        /// `ulParameterLen` as given.
+        param_len: u64,
+    },
+}
+
+/// The fields of `CK_GCM_PARAMS`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GcmParams {
+    /// `pIv[0..ulIvLen]`.
+    pub iv: Vec<u8>,
+    /// `ulIvBits` (informational; PKCS#11 3.0 says it should equal `ulIvLen * 8`).
+    pub iv_bits: u64,
+    /// `pAAD[0..ulAADLen]`.
+    pub aad: Vec<u8>,
+    /// `ulTagBits`.
+    pub tag_bits: u64,
+}
+
+/// IV lengths the module accepts for GCM (bytes).
+pub const GCM_IV_LENS: [usize; 2] = [12, 16];
+/// The only tag length the module accepts (bits).
+pub const GCM_TAG_BITS: u64 = 128;
+/// Tag length in bytes.
+pub const GCM_TAG_LEN: usize = 16;
+/// Largest AAD the module accepts (bytes).
+pub const GCM_MAX_AAD: usize = 64 * 1024;
