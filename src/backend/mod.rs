@@ -13,7 +13,7 @@
 //!   (e.g. a failed GCM tag check is always `CKR_ENCRYPTED_DATA_INVALID`).
 //! - No method ever returns key material. There is deliberately no verb that could.
 
-use crate::rv::CkResult;
+use crate::rv::{CkResult, Rv};
 use zeroize::Zeroizing;
 
 pub mod embedded;
@@ -132,6 +132,20 @@ pub struct MechanismInfo {
     pub max_key_size: u64,
     /// `CKF_*` flags.
     pub flags: u64,
+}
+
+/// Why a backend could not be opened. Every backend has
+/// `pub fn open(name: &str, cfg: &crate::config::BackendConfig, pin: Option<crate::config::Secret>)
+/// -> Result<Self, OpenError>`; the module turns the error into a config error that names the
+/// file and `backend.NAME.<key>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenError {
+    /// The key of `[backend.NAME]` at fault (`module`, `token_label`, `pin_file`, `store`, ...).
+    pub key: &'static str,
+    /// The closest PKCS#11 code (e.g. `CKR_PIN_INCORRECT` for a wrong PIN).
+    pub rv: Rv,
+    /// What is wrong, for the log. Never contains a PIN or key bytes.
+    pub problem: String,
 }
 
 /// One real token. See the module docs for the contract.
