@@ -265,6 +265,20 @@ impl Config {
                     "set user_pin_file or user_pin_env, not both",
                 ));
             }
+            let first = &self.backends[&slot.backends[0]];
+            if slot.user_pin_file.is_none()
+                && slot.user_pin_env.is_none()
+                && first.pin_file.is_none()
+                && first.pin_env.is_none()
+            {
+                return Err(self.err(
+                    format!("{key}.user_pin_file"),
+                    format!(
+                        "missing: backend {} has no PIN for C_Login to default to; set user_pin_file or user_pin_env",
+                        slot.backends[0]
+                    ),
+                ));
+            }
             if let Some(ids) = &slot.keys.ids_hex {
                 for id in ids {
                     if decode_hex(id).is_none() {
@@ -427,6 +441,88 @@ impl Config {
         };
         Ok(pin)
     }
+}
+
+impl Config {
+    /// The zero-setup configuration: one slot `xki` on the embedded token in the per-user data
+    /// directory, sealed by a key file. Creates the directory (0700) and a random user PIN file
+    /// (0600) on first use; the embedded backend creates the key file and store.
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        let dir = user_data_dir();
+        let source = "<built-in default: embedded token>".to_string();
+        let fail = |key: &str, e: std::io::Error, path: &Path| ConfigError {
+            file: source.clone(),
+            key: key.to_string(),
+            problem: format!("cannot create {}: {e}", path.display()),
+        };
+        create_private_dir(&dir).map_err(|e| fail("data_dir", e, &dir))?;
+        let pin_path = dir.join("user.pin");
+        if !pin_path.exists() {
+            let mut raw = Zeroizing::new([0u8; 12]);
+            getrandom::getrandom(raw.as_mut())
+                .map_err(|e| fail("user_pin_file", std::io::Error::other(e), &pin_path))?;
+            let pin: Zeroizing<String> =
+                Zeroizing::new(raw.iter().map(|b| format!("{b:02x}")).collect());
+            write_private_file(&pin_path, pin.as_bytes())
+                .map_err(|e| fail("user_pin_file", e, &pin_path))?;
+        }
+        let mut backends = BTreeMap::new();
+        backends.insert(
+            "embedded".to_string(),
+            BackendConfig {
+                kind: BackendKind::Embedded,
+                module: None,
+                token_label: None,
+                slot_id: None,
+                pin_file: None,
+                pin_env: None,
+                max_sessions: None,
+                timeout_ms: None,
+                store: Some(dir.join("embedded-token.store")),
+                key_file: Some(dir.join("embedded-token.key")),
+            },
+        );
+        let config = Config {
+            log_level: None,
+            log_file: None,
+            audit_file: Some(dir.join("audit.log")),
+            slots: vec![SlotConfig {
+                label: "xki".to_string(),
+                backends: vec!["embedded".to_string()],
+                keys: KeyFilter::default(),
+                user_pin_file: Some(pin_path),
+                user_pin_env: None,
+                allow_destroy: false,
+                replication: Replication::None,
+            }],
+            backends,
+            source,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Create a directory (and parents) readable only by its owner.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Write a new file with mode 0600 (fails if it exists, so nothing is ever overwritten).
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 /// `~/.config/xki/pkcs11.toml` (honouring `XDG_CONFIG_HOME`).

@@ -1,1 +1,168 @@
-//! placeholder
+//! Stable virtual object handles.
+//!
+//! Callers never see a backend handle. Each visible key gets a virtual handle the first time
+//! the module sees it, keyed by its identity in its slot (`CKA_ID`, or `CKA_LABEL` when the ID
+//! is empty). The same key keeps the same handle for the life of the module, and a handle is
+//! never reused for another key.
+
+use crate::backend::{BackendKey, KeyInfo};
+use crate::rv::{CkResult, Rv};
+use parking_lot::RwLock;
+use std::collections::HashMap;
+
+/// What a virtual handle stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectEntry {
+    /// Index of the virtual slot the key belongs to.
+    pub slot: usize,
+    /// The backend's reference to the key.
+    pub key: BackendKey,
+    /// The key's label, for audit records (refreshed whenever the module reads the key).
+    pub label: Vec<u8>,
+}
+
+/// The identity of a key within its slot: its `CKA_ID`, or its label when it has no ID.
+pub fn identity(key: &KeyInfo) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.id.len().max(key.label.len()) + 1);
+    if key.id.is_empty() {
+        out.push(b'l');
+        out.extend_from_slice(&key.label);
+    } else {
+        out.push(b'i');
+        out.extend_from_slice(&key.id);
+    }
+    out
+}
+
+#[derive(Default)]
+struct Tables {
+    by_handle: HashMap<u64, ObjectEntry>,
+    by_identity: HashMap<(usize, Vec<u8>), u64>,
+    next: u64,
+}
+
+/// The handle table. Lookups take a read lock only; nothing here calls a backend.
+#[derive(Default)]
+pub struct ObjectTable {
+    tables: RwLock<Tables>,
+}
+
+impl ObjectTable {
+    /// The handle for `key` in `slot`, allocating one the first time the key is seen.
+    pub fn handle_for(&self, slot: usize, key: &KeyInfo) -> u64 {
+        let ident = (slot, identity(key));
+        let known = self.tables.read().by_identity.get(&ident).copied();
+        if let Some(h) = known {
+            self.refresh(h, key);
+            return h;
+        }
+        let mut t = self.tables.write();
+        if let Some(h) = t.by_identity.get(&ident) {
+            return *h;
+        }
+        t.next += 1;
+        let handle = t.next;
+        t.by_identity.insert(ident, handle);
+        t.by_handle.insert(
+            handle,
+            ObjectEntry {
+                slot,
+                key: key.handle,
+                label: key.label.clone(),
+            },
+        );
+        handle
+    }
+
+    /// Keep the entry in step with what the backend just reported (label, backend handle).
+    pub fn refresh(&self, handle: u64, key: &KeyInfo) {
+        let stale = self
+            .tables
+            .read()
+            .by_handle
+            .get(&handle)
+            .is_some_and(|e| e.key != key.handle || e.label != key.label);
+        if stale {
+            if let Some(e) = self.tables.write().by_handle.get_mut(&handle) {
+                e.key = key.handle;
+                e.label = key.label.clone();
+            }
+        }
+    }
+
+    /// Look a handle up; `CKR_OBJECT_HANDLE_INVALID` when unknown.
+    pub fn get(&self, handle: u64) -> CkResult<ObjectEntry> {
+        self.tables
+            .read()
+            .by_handle
+            .get(&handle)
+            .cloned()
+            .ok_or(Rv::OBJECT_HANDLE_INVALID)
+    }
+
+    /// Forget a destroyed key. Its handle is never handed out again.
+    pub fn remove(&self, handle: u64) {
+        let mut t = self.tables.write();
+        if t.by_handle.remove(&handle).is_some() {
+            t.by_identity.retain(|_, h| *h != handle);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &[u8], label: &[u8], handle: u64) -> KeyInfo {
+        KeyInfo {
+            handle: BackendKey(handle),
+            id: id.to_vec(),
+            label: label.to_vec(),
+            key_type: 0x1f,
+            value_len: 32,
+            token: true,
+            private: true,
+            sensitive: true,
+            extractable: false,
+            always_sensitive: Some(true),
+            never_extractable: Some(true),
+            local: Some(true),
+            modifiable: true,
+            encrypt: true,
+            decrypt: true,
+            wrap: false,
+            unwrap: false,
+            sign: false,
+            verify: false,
+            derive: false,
+            start_date: vec![],
+            end_date: vec![],
+        }
+    }
+
+    #[test]
+    fn same_identity_same_handle_and_slots_are_separate() {
+        let t = ObjectTable::default();
+        let a = t.handle_for(0, &key(b"k1", b"one", 7));
+        assert_eq!(a, t.handle_for(0, &key(b"k1", b"renamed", 9)));
+        assert_eq!(t.get(a).unwrap().key, BackendKey(9));
+        assert_eq!(t.get(a).unwrap().label, b"renamed");
+        let b = t.handle_for(1, &key(b"k1", b"one", 7));
+        assert_ne!(a, b);
+        let c = t.handle_for(0, &key(b"", b"k1", 3));
+        assert_ne!(
+            a, c,
+            "an empty-ID key named like another key's ID is a different key"
+        );
+    }
+
+    #[test]
+    fn removed_handles_are_never_reused() {
+        let t = ObjectTable::default();
+        let a = t.handle_for(0, &key(b"k1", b"", 1));
+        t.remove(a);
+        assert_eq!(t.get(a), Err(Rv::OBJECT_HANDLE_INVALID));
+        let b = t.handle_for(0, &key(b"k1", b"", 1));
+        assert_ne!(a, b);
+    }
+}

@@ -1,1 +1,147 @@
-//! placeholder
+//! Virtual slots: what callers see as a slot with a token in it.
+//!
+//! A slot sits on a backend, admits only the keys its allow-list and the never-export policy
+//! admit, and holds the login state that PKCS#11 shares between all sessions of an
+//! application on one token.
+
+use crate::backend::{Backend, KeyInfo};
+use crate::config::{decode_hex, KeyFilter, Replication, Secret, SlotConfig};
+use crate::policy;
+use crate::rv::{CkResult, Rv};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// One virtual slot and its token.
+pub struct Slot {
+    /// Token label (from `[[slot]].label`).
+    pub label: String,
+    /// The backend (or replica group) behind the slot.
+    pub backend: Arc<dyn Backend>,
+    /// Names of the configured backends, for descriptions and logs.
+    pub backend_names: Vec<String>,
+    /// Key allow-list.
+    filter: CompiledFilter,
+    /// The PIN callers must give to `C_Login`.
+    user_pin: Secret,
+    /// Whether the user is logged in (shared by all sessions, as PKCS#11 says).
+    logged_in: AtomicBool,
+    /// `C_DestroyObject` allowed.
+    pub allow_destroy: bool,
+    /// How new keys reach every member of a group.
+    pub replication: Replication,
+}
+
+struct CompiledFilter {
+    label_prefix: Option<Vec<u8>>,
+    labels: Option<Vec<Vec<u8>>>,
+    ids: Option<Vec<Vec<u8>>>,
+}
+
+impl CompiledFilter {
+    fn new(f: &KeyFilter) -> Self {
+        CompiledFilter {
+            label_prefix: f.label_prefix.as_ref().map(|p| p.as_bytes().to_vec()),
+            labels: f
+                .labels
+                .as_ref()
+                .map(|l| l.iter().map(|s| s.as_bytes().to_vec()).collect()),
+            ids: f
+                .ids_hex
+                .as_ref()
+                .map(|l| l.iter().filter_map(|s| decode_hex(s)).collect()),
+        }
+    }
+
+    fn admits(&self, id: &[u8], label: &[u8]) -> bool {
+        self.label_prefix
+            .as_ref()
+            .is_none_or(|p| label.starts_with(p))
+            && self
+                .labels
+                .as_ref()
+                .is_none_or(|l| l.iter().any(|x| x == label))
+            && self.ids.as_ref().is_none_or(|l| l.iter().any(|x| x == id))
+    }
+}
+
+impl Slot {
+    /// Build a slot over an opened backend.
+    pub fn new(cfg: &SlotConfig, backend: Arc<dyn Backend>, user_pin: Secret) -> Slot {
+        Slot {
+            label: cfg.label.clone(),
+            backend,
+            backend_names: cfg.backends.clone(),
+            filter: CompiledFilter::new(&cfg.keys),
+            user_pin,
+            logged_in: AtomicBool::new(false),
+            allow_destroy: cfg.allow_destroy,
+            replication: cfg.replication,
+        }
+    }
+
+    /// Is this key visible through this slot (never-export policy and allow-list)?
+    pub fn admits(&self, key: &KeyInfo) -> bool {
+        policy::key_is_admissible(key) && self.filter.admits(&key.id, &key.label)
+    }
+
+    /// Would a key with this ID and label be visible (for new keys and renames)?
+    pub fn admits_names(&self, id: &[u8], label: &[u8]) -> bool {
+        self.filter.admits(id, label)
+    }
+
+    /// The slot's visible keys, read fresh from the backend.
+    pub fn visible_keys(&self) -> CkResult<Vec<KeyInfo>> {
+        Ok(self
+            .backend
+            .list_secret_keys()?
+            .into_iter()
+            .filter(|k| self.admits(k))
+            .collect())
+    }
+
+    /// `C_Login` as the normal user: constant-time PIN check.
+    pub fn login(&self, pin: &[u8]) -> CkResult<()> {
+        if self.logged_in.load(Ordering::Acquire) {
+            return Err(Rv::USER_ALREADY_LOGGED_IN);
+        }
+        if !bool::from(self.user_pin.as_slice().ct_eq(pin)) {
+            return Err(Rv::PIN_INCORRECT);
+        }
+        self.logged_in.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// `C_Logout`.
+    pub fn logout(&self) -> CkResult<()> {
+        if self.logged_in.swap(false, Ordering::AcqRel) {
+            Ok(())
+        } else {
+            Err(Rv::USER_NOT_LOGGED_IN)
+        }
+    }
+
+    /// Forget the login (when the last session of the slot closes, as PKCS#11 says).
+    pub fn reset_login(&self) {
+        self.logged_in.store(false, Ordering::Release);
+    }
+
+    /// Whether the user is logged in.
+    pub fn is_logged_in(&self) -> bool {
+        self.logged_in.load(Ordering::Acquire)
+    }
+
+    /// Fail with `CKR_USER_NOT_LOGGED_IN` unless logged in.
+    pub fn require_login(&self) -> CkResult<()> {
+        if self.is_logged_in() {
+            Ok(())
+        } else {
+            Err(Rv::USER_NOT_LOGGED_IN)
+        }
+    }
+
+    /// Shortest and longest PIN accepted (the configured PIN's own length, reported honestly).
+    pub fn pin_len(&self) -> u64 {
+        self.user_pin.len() as u64
+    }
+}

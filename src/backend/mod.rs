@@ -202,3 +202,18 @@ pub trait Backend: Send + Sync {
     /// finalize it. Called once from `C_Finalize`; the backend is not used afterwards.
     fn shutdown(&self);
 }
+
+/// Open the backend `name` as configured, as a shareable trait object.
+pub fn open(
+    name: &str,
+    cfg: &crate::config::BackendConfig,
+    pin: Option<crate::config::Secret>,
+) -> Result<std::sync::Arc<dyn Backend>, OpenError> {
+    use crate::config::BackendKind;
+    Ok(match cfg.kind {
+        BackendKind::Pkcs11 => std::sync::Arc::new(pkcs11::Pkcs11Backend::open(name, cfg, pin)?),
+        BackendKind::Embedded => {
+            std::sync::Arc::new(embedded::EmbeddedBackend::open(name, cfg, pin)?)
+        }
+    })
+}
