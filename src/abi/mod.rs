@@ -30,6 +30,9 @@ pub(crate) mod session;
 pub(crate) mod slot_token;
 pub(crate) mod unsupported;
 
+#[cfg(test)]
+mod boundary_tests;
+
 /// The api speaks `u64` where C speaks `CK_ULONG`; this module is built for LP64 targets where
 /// they are the same type. (Fails to compile, on purpose, where they differ.)
 const _: fn(pkcs11_sys::CK_ULONG) -> u64 = |x| x;
