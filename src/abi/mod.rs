@@ -1,10 +1,10 @@
 //! The C boundary of `libxki_pkcs11.so`. It converts and checks, and holds no logic:
-//! arguments are copied or borrowed out of C memory ([`args`]), the safe [`crate::api`] is
-//! called, and results are written back under the PKCS#11 buffer conventions ([`buffers`]).
-//! Every entry point runs inside [`guard`](guard::guard), so no panic crosses into C.
+//! arguments are copied or borrowed out of C memory (`args`), the safe [`crate::api`] is
+//! called, and results are written back under the PKCS#11 buffer conventions (`buffers`).
+//! Every entry point runs inside `guard::guard`, so no panic crosses into C.
 //!
 //! Only `C_GetFunctionList`, `C_GetInterfaceList` and `C_GetInterface` are exported
-//! ([`exports`]); every other function is reached through the tables in [`function_list`].
+//! ([`exports`]); every other function is reached through the tables in `function_list`.
 //!
 //! Argument checks that the boundary can make alone (NULL pointers, impossible lengths) come
 //! before the core is asked, so they answer `CKR_ARGUMENTS_BAD` even before `C_Initialize`;
