@@ -1,0 +1,80 @@
+//! Vendor quirk normalisation: the ONE place where a vendor's deviation from the PKCS#11
+//! return-code contract is turned into the code the module promises its callers.
+//!
+//! Quirks are chosen per library by `CK_INFO.manufacturerID` at open time and applied only to
+//! the exact step they concern, so a genuine fault elsewhere is never disguised.
+//!
+//! | Library (manufacturerID) | Step | Vendor answer | Normalised to | Evidence |
+//! |---|---|---|---|---|
+//! | `SoftHSM` (SoftHSM2 2.6) | `C_Decrypt` (single part, the step that checks the tag) of `CKM_AES_GCM` | `CKR_GENERAL_ERROR` on a failed tag check (wrong tag, AAD, IV or key) | `CKR_ENCRYPTED_DATA_INVALID` | `tests/backend_pkcs11.rs::gcm_bad_tag_aad_iv_is_encrypted_data_invalid` |
+//!
+//! Other libraries are assumed to follow the specification (`CKR_ENCRYPTED_DATA_INVALID`) until
+//! a test against them shows otherwise; add a row here (and a test) when one does not.
+
+use super::errors;
+use crate::rv::Rv;
+use cryptoki::context::Function;
+use cryptoki::error::Error;
+
+/// The quirks of one vendor library.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Quirks {
+    /// What the library returns from the GCM decrypt step when the tag does not verify,
+    /// if that is not `CKR_ENCRYPTED_DATA_INVALID`.
+    pub gcm_tag_failure: Option<Rv>,
+}
+
+/// The manufacturer ID SoftHSM2 reports in `CK_INFO` (space padded; compared trimmed).
+const SOFTHSM_MANUFACTURER: &str = "SoftHSM";
+
+impl Quirks {
+    /// The quirks of the library whose `CK_INFO.manufacturerID` is `manufacturer`.
+    pub(crate) fn for_library(manufacturer: &str) -> Quirks {
+        match manufacturer.trim() {
+            // SoftHSM2 maps every failure of its GCM final step (OpenSSL's tag check) to
+            // CKR_GENERAL_ERROR (SoftHSM.cpp SymDecrypt: `decryptFinal` failed).
+            SOFTHSM_MANUFACTURER => Quirks {
+                gcm_tag_failure: Some(Rv::GENERAL_ERROR),
+            },
+            _ => Quirks::default(),
+        }
+    }
+
+    /// Normalise an error of the single-part GCM decrypt. Only the `C_Decrypt` step (where the
+    /// tag is checked) is mapped; errors of `C_DecryptInit` pass through unchanged.
+    pub(crate) fn gcm_decrypt_error(&self, err: &Error) -> Rv {
+        let rv = errors::rv_of(err);
+        match (err, self.gcm_tag_failure) {
+            (Error::Pkcs11(_, Function::Decrypt), Some(tag_rv)) if rv == tag_rv => {
+                Rv::ENCRYPTED_DATA_INVALID
+            }
+            _ => rv,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cryptoki::error::RvError;
+
+    #[test]
+    fn softhsm_tag_failure_only_on_decrypt_step() {
+        let q = Quirks::for_library("SoftHSM                         ");
+        let tag = Error::Pkcs11(RvError::GeneralError, Function::Decrypt);
+        assert_eq!(q.gcm_decrypt_error(&tag), Rv::ENCRYPTED_DATA_INVALID);
+        let init = Error::Pkcs11(RvError::GeneralError, Function::DecryptInit);
+        assert_eq!(q.gcm_decrypt_error(&init), Rv::GENERAL_ERROR);
+        let other = Error::Pkcs11(RvError::DeviceError, Function::Decrypt);
+        assert_eq!(q.gcm_decrypt_error(&other), Rv::DEVICE_ERROR);
+    }
+
+    #[test]
+    fn unknown_vendor_passes_through() {
+        let q = Quirks::for_library("Acme HSM");
+        let tag = Error::Pkcs11(RvError::GeneralError, Function::Decrypt);
+        assert_eq!(q.gcm_decrypt_error(&tag), Rv::GENERAL_ERROR);
+        let spec = Error::Pkcs11(RvError::EncryptedDataInvalid, Function::Decrypt);
+        assert_eq!(q.gcm_decrypt_error(&spec), Rv::ENCRYPTED_DATA_INVALID);
+    }
+}
