@@ -29,7 +29,9 @@ pub fn tokens(labels: &[&str]) -> PathBuf {
     if let Some(s) = store.as_ref() {
         return s.path.clone();
     }
-    let status = Command::new(script("ensure-installed.sh")).status().expect("run ensure-installed.sh");
+    let status = Command::new(script("ensure-installed.sh"))
+        .status()
+        .expect("run ensure-installed.sh");
     assert!(status.success(), "SoftHSM2 is not installed");
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("softhsm");
@@ -54,7 +56,9 @@ pub fn tokens(labels: &[&str]) -> PathBuf {
 }
 
 fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("softhsm").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("softhsm")
+        .join(name)
 }
 
 /// A backend config for the token `label` (PIN given separately, as the module does).

@@ -6,14 +6,19 @@
 //! - `attributes.rs`: reading `KeyInfo`, the templates we write.
 //! - `quirks.rs`: vendor return-code normalisation, in one documented table.
 //! - `errors.rs`: cryptoki errors back to raw `CK_RV`s.
+//! - `handles.rs`: stable `BackendKey`s when the token renumbers object handles.
 //!
 //! Fault handling: a call failing with a session-level fault (`CKR_SESSION_HANDLE_INVALID`,
 //! `CKR_SESSION_CLOSED`, `CKR_USER_NOT_LOGGED_IN`, `CKR_DEVICE_ERROR`) discards its session
 //! (and the idle ones, which are likely dead too), opens a fresh one, logs in again and retries
-//! once. A second failure, or a token that is gone, is `CKR_DEVICE_ERROR` at once.
+//! once. A second failure, or a token that is gone, is `CKR_DEVICE_ERROR` at once. A handle
+//! error on a session that turns out not to be logged in counts as `CKR_USER_NOT_LOGGED_IN`
+//! (SoftHSM2 hides private objects then instead of saying so), and a key whose handle was
+//! renumbered by a re-login is found again by `CKA_ID`/`CKA_LABEL` (see `handles.rs`).
 
 mod attributes;
 mod errors;
+mod handles;
 mod library;
 mod pool;
 mod quirks;
@@ -27,8 +32,8 @@ use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, ObjectClass};
-use cryptoki::session::{Session, UserType};
+use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::{RawAuthPin, Ulong};
 use parking_lot::Mutex;
@@ -48,6 +53,7 @@ pub struct Pkcs11Backend {
     pin: Option<Secret>,
     pool: Pool,
     quirks: Quirks,
+    keys: handles::KeyDirectory,
     /// Our share of the loaded library; `None` once shut down.
     lease: Mutex<Option<library::Lease>>,
     /// The shared cryptoki context (a cheap `Arc` clone of the lease's).
@@ -113,7 +119,8 @@ impl Pkcs11Backend {
         } else {
             "pin_file"
         };
-        let wait = Duration::from_millis(cfg.timeout_ms.unwrap_or(BackendConfig::DEFAULT_TIMEOUT_MS));
+        let wait =
+            Duration::from_millis(cfg.timeout_ms.unwrap_or(BackendConfig::DEFAULT_TIMEOUT_MS));
         let max = cfg
             .max_sessions
             .unwrap_or(BackendConfig::DEFAULT_MAX_SESSIONS);
@@ -123,6 +130,7 @@ impl Pkcs11Backend {
             pin,
             pool: Pool::new(max, wait),
             quirks,
+            keys: handles::KeyDirectory::default(),
             lease: Mutex::new(Some(lease)),
             ctx,
         };
@@ -134,11 +142,14 @@ impl Pkcs11Backend {
         };
         let session = match backend.pool.take(true) {
             Ok(Take::Open(reservation)) => {
-                let session = backend.ctx.open_rw_session_no_drop(slot).map_err(|e| OpenError {
-                    key: token_key,
-                    rv: errors::rv_of(&e),
-                    problem: format!("cannot open a session on the token: {e}"),
-                })?;
+                let session = backend
+                    .ctx
+                    .open_rw_session_no_drop(slot)
+                    .map_err(|e| OpenError {
+                        key: token_key,
+                        rv: errors::rv_of(&e),
+                        problem: format!("cannot open a session on the token: {e}"),
+                    })?;
                 reservation.fill(session)
             }
             _ => {
@@ -229,6 +240,9 @@ impl Pkcs11Backend {
         let session = self.checkout(false)?;
         let rv = match op(&session) {
             Ok(v) => return Ok(v),
+            Err(rv) if handles::is_handle_error(rv) => {
+                self.hidden_session_fault(&session).unwrap_or(rv)
+            }
             Err(rv) => rv,
         };
         if is_token_gone(rv) {
@@ -262,6 +276,40 @@ impl Pkcs11Backend {
             }
             result => result,
         }
+    }
+
+    /// After a handle error: is the real problem the session (gone, or not logged in)?
+    /// Costs one C_GetSessionInfo, on error paths only.
+    fn hidden_session_fault(&self, session: &Session) -> Option<Rv> {
+        match session.get_session_info() {
+            Err(e) => Some(errors::rv_of(&e)).filter(|rv| is_session_fault(*rv)),
+            // A recycled handle now naming someone else's session.
+            Ok(info) if info.slot_id() != self.slot => Some(Rv::SESSION_HANDLE_INVALID),
+            Ok(info) if self.pin.is_some() && info.session_state() != SessionState::RwUser => {
+                Some(Rv::USER_NOT_LOGGED_IN)
+            }
+            Ok(_) => None,
+        }
+    }
+
+    /// [`Self::call`] for an operation on one key: if its handle no longer names the object
+    /// (renumbered by a re-login), find the object again and retry once more.
+    fn call_key<T>(
+        &self,
+        key: BackendKey,
+        retry: Retry,
+        op: impl Fn(&Session, ObjectHandle) -> CkResult<T>,
+    ) -> CkResult<T> {
+        match self.call(retry, |s| op(s, self.keys.resolve(key))) {
+            Err(rv) if handles::is_handle_error(rv) && self.keys.knows(key) => {
+                self.call(retry, |s| op(s, self.keys.refind(s, key)?))
+            }
+            result => result,
+        }
+    }
+
+    fn read_key(&self, session: &Session, handle: ObjectHandle) -> CkResult<KeyInfo> {
+        attributes::read_key_info(session, handle, &self.quirks).map(|info| self.keys.record(info))
     }
 
     fn shutdown_inner(&self) {
@@ -373,7 +421,7 @@ impl Backend for Pkcs11Backend {
                 .map_err(|e| errors::rv_of(&e))?;
             let mut keys = Vec::with_capacity(handles.len());
             for handle in handles {
-                match attributes::read_key_info(s, handle) {
+                match self.read_key(s, handle) {
                     Ok(info) => keys.push(info),
                     // Destroyed between FindObjects and now: it is simply not there any more.
                     Err(Rv::OBJECT_HANDLE_INVALID | Rv::KEY_HANDLE_INVALID) => {}
@@ -385,15 +433,16 @@ impl Backend for Pkcs11Backend {
     }
 
     fn key_info(&self, key: BackendKey) -> CkResult<KeyInfo> {
-        self.call(Retry::Always, |s| {
-            attributes::read_key_info(s, attributes::object(key)).map_err(|rv| {
-                if rv == Rv::OBJECT_HANDLE_INVALID {
-                    Rv::KEY_HANDLE_INVALID
-                } else {
-                    rv
-                }
-            })
-        })
+        let info = self.call_key(key, Retry::Always, |s, h| self.read_key(s, h));
+        match info {
+            // Reported under the key the module asked about, even if the handle changed.
+            Ok(info) => Ok(KeyInfo {
+                handle: key,
+                ..info
+            }),
+            Err(Rv::OBJECT_HANDLE_INVALID) => Err(Rv::KEY_HANDLE_INVALID),
+            Err(rv) => Err(rv),
+        }
     }
 
     fn generate_aes_key(&self, spec: &NewKey) -> CkResult<KeyInfo> {
@@ -402,26 +451,31 @@ impl Backend for Pkcs11Backend {
             let handle = s
                 .generate_key(&Mechanism::AesKeyGen, &template)
                 .map_err(|e| errors::rv_of(&e))?;
-            attributes::read_key_info(s, handle)
+            self.read_key(s, handle)
         })
     }
 
     fn set_key_attributes(&self, key: BackendKey, changes: &KeyChanges) -> CkResult<()> {
-        let template = attributes::change_template(changes)?;
+        let template = attributes::change_template(changes, &self.quirks)?;
         if template.is_empty() {
             return Ok(());
         }
-        self.call(Retry::Always, |s| {
-            s.update_attributes(attributes::object(key), &template)
+        self.call_key(key, Retry::Always, |s, h| {
+            s.update_attributes(h, &template)
                 .map_err(|e| errors::rv_of(&e))
-        })
+        })?;
+        if let Some(label) = &changes.label {
+            self.keys.relabel(key, label);
+        }
+        Ok(())
     }
 
     fn destroy_key(&self, key: BackendKey) -> CkResult<()> {
-        self.call(Retry::IfNotRun, |s| {
-            s.destroy_object(attributes::object(key))
-                .map_err(|e| errors::rv_of(&e))
-        })
+        self.call_key(key, Retry::IfNotRun, |s, h| {
+            s.destroy_object(h).map_err(|e| errors::rv_of(&e))
+        })?;
+        self.keys.forget(key);
+        Ok(())
     }
 
     fn gcm_encrypt(
@@ -431,8 +485,7 @@ impl Backend for Pkcs11Backend {
         aad: &[u8],
         plaintext: &[u8],
     ) -> CkResult<Vec<u8>> {
-        let handle = attributes::object(key);
-        self.call(Retry::Always, |s| {
+        self.call_key(key, Retry::Always, |s, handle| {
             // GcmParams wants a mutable IV (PKCS#11 may write generated IVs back); ours is
             // caller-supplied, so hand it a copy.
             let mut iv = iv.to_vec();
@@ -450,8 +503,7 @@ impl Backend for Pkcs11Backend {
         aad: &[u8],
         ciphertext_and_tag: &[u8],
     ) -> CkResult<Zeroizing<Vec<u8>>> {
-        let handle = attributes::object(key);
-        self.call(Retry::Always, |s| {
+        self.call_key(key, Retry::Always, |s, handle| {
             let mut iv = iv.to_vec();
             let params = GcmParams::new(&mut iv, aad, Ulong::from(GCM_TAG_BITS))
                 .map_err(|e| errors::rv_of(&e))?;

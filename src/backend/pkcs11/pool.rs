@@ -196,7 +196,9 @@ impl Deref for Pooled<'_> {
     type Target = Session;
     fn deref(&self) -> &Session {
         // Only `discard` (which consumes self) and `drop` take the session out.
-        self.session.as_ref().expect("pooled session present until dropped")
+        self.session
+            .as_ref()
+            .expect("pooled session present until dropped")
     }
 }
 

@@ -8,6 +8,8 @@
 //! |---|---|---|---|---|
 //! | `SoftHSM` (SoftHSM2 2.6) | `C_Decrypt` (single part, the step that checks the tag) of `CKM_AES_GCM` | `CKR_GENERAL_ERROR` on a failed tag check (wrong tag, AAD, IV or key) | `CKR_ENCRYPTED_DATA_INVALID` | `tests/backend_pkcs11.rs::gcm_bad_tag_aad_iv_is_encrypted_data_invalid` |
 //!
+//! | `SoftHSM` (SoftHSM2 2.6) | `C_GetAttributeValue` of a *private* object that has a non-empty `CKA_START_DATE`/`CKA_END_DATE` | `CKR_GENERAL_ERROR` (dates are stored in clear but decrypted on read: upstream issues softhsm/SoftHSMv2#655, #804, still open) | writing a non-empty date is refused with `CKR_ATTRIBUTE_TYPE_INVALID` (it would make every later read of the key fail); a key already carrying one is read without its dates | `tests/backend_pkcs11.rs::set_attributes_disable_encrypt_and_dates` |
+//!
 //! Other libraries are assumed to follow the specification (`CKR_ENCRYPTED_DATA_INVALID`) until
 //! a test against them shows otherwise; add a row here (and a test) when one does not.
 
@@ -22,6 +24,8 @@ pub(crate) struct Quirks {
     /// What the library returns from the GCM decrypt step when the tag does not verify,
     /// if that is not `CKR_ENCRYPTED_DATA_INVALID`.
     pub gcm_tag_failure: Option<Rv>,
+    /// The library cannot read back non-empty dates of private objects.
+    pub private_dates_unreadable: bool,
 }
 
 /// The manufacturer ID SoftHSM2 reports in `CK_INFO` (space padded; compared trimmed).
@@ -35,6 +39,7 @@ impl Quirks {
             // CKR_GENERAL_ERROR (SoftHSM.cpp SymDecrypt: `decryptFinal` failed).
             SOFTHSM_MANUFACTURER => Quirks {
                 gcm_tag_failure: Some(Rv::GENERAL_ERROR),
+                private_dates_unreadable: true,
             },
             _ => Quirks::default(),
         }
