@@ -225,6 +225,27 @@ fn gcm_bad_tag_aad_iv_is_encrypted_data_invalid() {
         b.gcm_decrypt(other, &iv, b"aad", &ct).unwrap_err(),
         Rv::ENCRYPTED_DATA_INVALID
     );
+    // What SoftHSM2 itself answers (what quirks.rs normalises): CKR_GENERAL_ERROR from the
+    // C_Decrypt step.
+    let other = cryptoki::context::Pkcs11::new(MODULE).unwrap();
+    let slot = cryptoki::slot::Slot::try_from(b.slot_id()).unwrap();
+    let s = other.open_rw_session(slot).unwrap();
+    let mut iv2 = iv;
+    let params = cryptoki::mechanism::aead::GcmParams::new(&mut iv2, b"aad", 128.into()).unwrap();
+    // SAFETY: a handle the backend reported for this token; the library validates it.
+    let h = unsafe { cryptoki::object::ObjectHandle::new_from_raw(k.0) };
+    let raw = s.decrypt(&cryptoki::mechanism::Mechanism::AesGcm(params), h, &bad_tag);
+    assert!(
+        matches!(
+            raw,
+            Err(cryptoki::error::Error::Pkcs11(
+                cryptoki::error::RvError::GeneralError,
+                cryptoki::context::Function::Decrypt
+            ))
+        ),
+        "{raw:?}"
+    );
+    drop(s);
     // After all those failures the pool's sessions still work.
     assert_eq!(
         &b.gcm_decrypt(k, &iv, b"aad", &ct).unwrap()[..],

@@ -13,9 +13,12 @@
 //!
 //! Fork: the registry remembers the pid it belongs to. In a forked child the inherited entries
 //! describe the parent's initialisation, so the first acquire in the child forgets those counts
-//! (the child's leaked backends never release) and initialises the library again; SoftHSM2
-//! 2.6 answers `CKR_OK` there (it resets itself in a child), others may answer
-//! `ALREADY_INITIALIZED`, and both are handled by the rule above.
+//! (the parent's backends are leaked in the child and never release). A library the parent
+//! process had initialised *itself* is finalized once in the child (dropping the copied state:
+//! sessions, logins, vendor connections) and initialised again, so the child owns a clean
+//! initialisation. SoftHSM2 2.6 does not reset itself in a child: without that finalize it
+//! answers `CKR_CRYPTOKI_ALREADY_INITIALIZED` and keeps serving the copied state (which also
+//! works; that is the path taken when the host, not we, initialised the library).
 
 use crate::rv::Rv;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -119,9 +122,20 @@ pub(crate) fn acquire(module: &Path) -> Result<Lease, LoadError> {
     let mut reg = REGISTRY.lock();
     if reg.pid != pid {
         // Forked child: the parent's counts mean nothing here. Keep the loaded contexts (the
-        // mapping was inherited) but forget who initialised what.
+        // mapping was inherited). A library the parent had initialised itself carries the
+        // parent's state (sessions, connections) into the child: finalize that copy so the
+        // child starts clean. One the host had initialised is left to the host.
         reg.pid = pid;
-        for entry in reg.libs.values_mut() {
+        for (path, entry) in reg.libs.iter_mut() {
+            if entry.owned {
+                if let Err(e) = entry.ctx.clone().finalize() {
+                    log::info!(
+                        "forked child: C_Finalize of the inherited {} state: {}",
+                        path.display(),
+                        super::errors::rv_of(&e)
+                    );
+                }
+            }
             entry.users = 0;
             entry.owned = false;
         }

@@ -133,12 +133,6 @@ impl Pool {
         self.state.lock().total -= 1;
         self.returned.notify_one();
     }
-
-    /// Sessions that currently exist (idle + in use), for tests.
-    #[cfg(test)]
-    pub(crate) fn size(&self) -> usize {
-        self.state.lock().total
-    }
 }
 
 /// Close a session, ignoring errors: it may already be gone (token reset), which is why it
