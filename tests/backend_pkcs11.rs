@@ -88,6 +88,11 @@ fn open_errors_name_the_key_and_rv() {
         .expect("bad pin");
     assert_eq!((err.key, err.rv), ("pin_env", Rv::PIN_INCORRECT));
 
+    let err = Pkcs11Backend::open("x", &config("t-errors"), None)
+        .err()
+        .expect("no pin");
+    assert_eq!((err.key, err.rv), ("pin_file", Rv::USER_NOT_LOGGED_IN));
+
     // The right PIN still works after wrong ones, and slot_id works as well as the label.
     let b = Pkcs11Backend::open("x", &config("t-errors"), pin()).expect("open");
     let mut cfg = config("t-errors");

@@ -119,6 +119,20 @@ impl Pkcs11Backend {
         } else {
             "pin_file"
         };
+        if pin.is_none() {
+            // Without a PIN we can only serve a token that needs no login.
+            let needs_login = ctx
+                .get_token_info(slot)
+                .map(|i| i.login_required() && !i.protected_authentication_path())
+                .unwrap_or(true);
+            if needs_login {
+                return Err(OpenError {
+                    key: pin_key,
+                    rv: Rv::USER_NOT_LOGGED_IN,
+                    problem: "the token requires a user PIN: set pin_file or pin_env".into(),
+                });
+            }
+        }
         let wait =
             Duration::from_millis(cfg.timeout_ms.unwrap_or(BackendConfig::DEFAULT_TIMEOUT_MS));
         let max = cfg
@@ -320,6 +334,16 @@ impl Pkcs11Backend {
     }
 }
 
+/// The rv of a slot-level (sessionless) call: a token that is gone is `CKR_DEVICE_ERROR`.
+fn token_rv(err: &Error) -> Rv {
+    let rv = errors::rv_of(err);
+    if is_token_gone(rv) {
+        Rv::DEVICE_ERROR
+    } else {
+        rv
+    }
+}
+
 /// Find the configured token's slot by label or id.
 fn find_slot(ctx: &Pkcs11, cfg: &BackendConfig) -> Result<Slot, OpenError> {
     let key = if cfg.token_label.is_some() {
@@ -380,14 +404,10 @@ impl Backend for Pkcs11Backend {
     }
 
     fn describe(&self) -> CkResult<TokenDescription> {
-        let info = self.ctx.get_token_info(self.slot).map_err(|e| {
-            let rv = errors::rv_of(&e);
-            if is_token_gone(rv) {
-                Rv::DEVICE_ERROR
-            } else {
-                rv
-            }
-        })?;
+        let info = self
+            .ctx
+            .get_token_info(self.slot)
+            .map_err(|e| token_rv(&e))?;
         let hw = info.hardware_version();
         let fw = info.firmware_version();
         Ok(TokenDescription {
@@ -406,7 +426,7 @@ impl Backend for Pkcs11Backend {
         let info = self
             .ctx
             .get_mechanism_info(self.slot, mech)
-            .map_err(|e| errors::rv_of(&e))?;
+            .map_err(|e| token_rv(&e))?;
         Ok(MechanismInfo {
             min_key_size: info.min_key_size() as u64,
             max_key_size: info.max_key_size() as u64,
@@ -447,12 +467,13 @@ impl Backend for Pkcs11Backend {
 
     fn generate_aes_key(&self, spec: &NewKey) -> CkResult<KeyInfo> {
         let template = attributes::generate_template(spec);
-        self.call(Retry::IfNotRun, |s| {
-            let handle = s
-                .generate_key(&Mechanism::AesKeyGen, &template)
-                .map_err(|e| errors::rv_of(&e))?;
-            self.read_key(s, handle)
-        })
+        // Generation and the read-back are separate calls so that a fault during the read
+        // retries only the read, never the generation (no duplicate keys).
+        let handle = self.call(Retry::IfNotRun, |s| {
+            s.generate_key(&Mechanism::AesKeyGen, &template)
+                .map_err(|e| errors::rv_of(&e))
+        })?;
+        self.call(Retry::Always, |s| self.read_key(s, handle))
     }
 
     fn set_key_attributes(&self, key: BackendKey, changes: &KeyChanges) -> CkResult<()> {
