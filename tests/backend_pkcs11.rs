@@ -231,6 +231,35 @@ fn gcm_bad_tag_aad_iv_is_encrypted_data_invalid() {
         b.gcm_decrypt(other, &iv, b"aad", &ct).unwrap_err(),
         Rv::ENCRYPTED_DATA_INVALID
     );
+    // Truncated input (shorter than the tag, or empty) fails the same way.
+    assert_eq!(
+        b.gcm_decrypt(k, &iv, b"aad", &ct[..10]).unwrap_err(),
+        Rv::ENCRYPTED_DATA_INVALID
+    );
+    assert_eq!(
+        b.gcm_decrypt(k, &iv, b"aad", &[]).unwrap_err(),
+        Rv::ENCRYPTED_DATA_INVALID
+    );
+    // SoftHSM2 accepts an empty IV; the backend does not.
+    assert_eq!(
+        b.gcm_encrypt(k, &[], b"", b"x").unwrap_err(),
+        Rv::MECHANISM_PARAM_INVALID
+    );
+    assert_eq!(
+        b.gcm_decrypt(k, &[], b"", &ct).unwrap_err(),
+        Rv::MECHANISM_PARAM_INVALID
+    );
+    // A handle that names no key (SoftHSM2 says CKR_OBJECT_HANDLE_INVALID; see quirks.rs).
+    let nokey = BackendKey(999_999);
+    assert_eq!(
+        b.gcm_encrypt(nokey, &iv, b"", b"x").unwrap_err(),
+        Rv::KEY_HANDLE_INVALID
+    );
+    assert_eq!(
+        b.gcm_decrypt(nokey, &iv, b"aad", &ct).unwrap_err(),
+        Rv::KEY_HANDLE_INVALID
+    );
+    assert_eq!(b.key_info(nokey).unwrap_err(), Rv::KEY_HANDLE_INVALID);
     // What SoftHSM2 itself answers (what quirks.rs normalises): CKR_GENERAL_ERROR from the
     // C_Decrypt step.
     let other = cryptoki::context::Pkcs11::new(MODULE).unwrap();

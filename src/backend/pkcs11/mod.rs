@@ -334,6 +334,15 @@ impl Pkcs11Backend {
     }
 }
 
+/// GCM needs a non-empty IV (PKCS#11 `CK_GCM_PARAMS`); SoftHSM2 2.6 would accept an empty
+/// one, so it is refused here for every library.
+fn check_iv(iv: &[u8]) -> CkResult<()> {
+    if iv.is_empty() {
+        return Err(Rv::MECHANISM_PARAM_INVALID);
+    }
+    Ok(())
+}
+
 /// The rv of a slot-level (sessionless) call: a token that is gone is `CKR_DEVICE_ERROR`.
 fn token_rv(err: &Error) -> Rv {
     let rv = errors::rv_of(err);
@@ -506,6 +515,7 @@ impl Backend for Pkcs11Backend {
         aad: &[u8],
         plaintext: &[u8],
     ) -> CkResult<Vec<u8>> {
+        check_iv(iv)?;
         self.call_key(key, Retry::Always, |s, handle| {
             // GcmParams wants a mutable IV (PKCS#11 may write generated IVs back); ours is
             // caller-supplied, so hand it a copy.
@@ -513,7 +523,7 @@ impl Backend for Pkcs11Backend {
             let params = GcmParams::new(&mut iv, aad, Ulong::from(GCM_TAG_BITS))
                 .map_err(|e| errors::rv_of(&e))?;
             s.encrypt(&Mechanism::AesGcm(params), handle, plaintext)
-                .map_err(|e| errors::rv_of(&e))
+                .map_err(|e| self.quirks.gcm_encrypt_error(&e))
         })
     }
 
@@ -524,6 +534,7 @@ impl Backend for Pkcs11Backend {
         aad: &[u8],
         ciphertext_and_tag: &[u8],
     ) -> CkResult<Zeroizing<Vec<u8>>> {
+        check_iv(iv)?;
         self.call_key(key, Retry::Always, |s, handle| {
             let mut iv = iv.to_vec();
             let params = GcmParams::new(&mut iv, aad, Ulong::from(GCM_TAG_BITS))

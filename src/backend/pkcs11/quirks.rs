@@ -9,6 +9,7 @@
 //! | `SoftHSM` (SoftHSM2 2.6) | `C_Decrypt` (single part, the step that checks the tag) of `CKM_AES_GCM` | `CKR_GENERAL_ERROR` on a failed tag check (wrong tag, AAD, IV or key) | `CKR_ENCRYPTED_DATA_INVALID` | `tests/backend_pkcs11.rs::gcm_bad_tag_aad_iv_is_encrypted_data_invalid` |
 //!
 //! | `SoftHSM` (SoftHSM2 2.6) | `C_GetAttributeValue` of a *private* object that has a non-empty `CKA_START_DATE`/`CKA_END_DATE` | `CKR_GENERAL_ERROR` (dates are stored in clear but decrypted on read: upstream issues softhsm/SoftHSMv2#655, #804, still open) | writing a non-empty date is refused with `CKR_ATTRIBUTE_TYPE_INVALID` (it would make every later read of the key fail); a key already carrying one is read without its dates | `tests/backend_pkcs11.rs::set_attributes_disable_encrypt_and_dates` |
+//! | any (SoftHSM2 2.6 seen) | `C_EncryptInit` / `C_DecryptInit` with a handle that names no key | `CKR_OBJECT_HANDLE_INVALID` | `CKR_KEY_HANDLE_INVALID` (what the specification lists for these functions) | `tests/backend_pkcs11.rs::gcm_bad_tag_aad_iv_is_encrypted_data_invalid` |
 //!
 //! Other libraries are assumed to follow the specification (`CKR_ENCRYPTED_DATA_INVALID`) until
 //! a test against them shows otherwise; add a row here (and a test) when one does not.
@@ -45,16 +46,35 @@ impl Quirks {
         }
     }
 
+    /// Normalise an error of the single-part GCM encrypt.
+    pub(crate) fn gcm_encrypt_error(&self, err: &Error) -> Rv {
+        init_key_handle(err)
+    }
+
     /// Normalise an error of the single-part GCM decrypt. Only the `C_Decrypt` step (where the
     /// tag is checked) is mapped; errors of `C_DecryptInit` pass through unchanged.
     pub(crate) fn gcm_decrypt_error(&self, err: &Error) -> Rv {
-        let rv = errors::rv_of(err);
+        let rv = init_key_handle(err);
         match (err, self.gcm_tag_failure) {
             (Error::Pkcs11(_, Function::Decrypt), Some(tag_rv)) if rv == tag_rv => {
                 Rv::ENCRYPTED_DATA_INVALID
             }
             _ => rv,
         }
+    }
+}
+
+/// `C_EncryptInit`/`C_DecryptInit` report a bad key as `CKR_KEY_HANDLE_INVALID` (spec), not
+/// `CKR_OBJECT_HANDLE_INVALID` (SoftHSM2).
+fn init_key_handle(err: &Error) -> Rv {
+    let rv = errors::rv_of(err);
+    match err {
+        Error::Pkcs11(_, Function::EncryptInit | Function::DecryptInit)
+            if rv == Rv::OBJECT_HANDLE_INVALID =>
+        {
+            Rv::KEY_HANDLE_INVALID
+        }
+        _ => rv,
     }
 }
 
@@ -72,6 +92,10 @@ mod tests {
         assert_eq!(q.gcm_decrypt_error(&init), Rv::GENERAL_ERROR);
         let other = Error::Pkcs11(RvError::DeviceError, Function::Decrypt);
         assert_eq!(q.gcm_decrypt_error(&other), Rv::DEVICE_ERROR);
+        let key = Error::Pkcs11(RvError::ObjectHandleInvalid, Function::DecryptInit);
+        assert_eq!(q.gcm_decrypt_error(&key), Rv::KEY_HANDLE_INVALID);
+        let key = Error::Pkcs11(RvError::ObjectHandleInvalid, Function::EncryptInit);
+        assert_eq!(q.gcm_encrypt_error(&key), Rv::KEY_HANDLE_INVALID);
     }
 
     #[test]
