@@ -7,7 +7,6 @@
 //! | Library (manufacturerID) | Step | Vendor answer | Normalised to | Evidence |
 //! |---|---|---|---|---|
 //! | `SoftHSM` (SoftHSM2 2.6) | `C_Decrypt` (single part, the step that checks the tag) of `CKM_AES_GCM` | `CKR_GENERAL_ERROR` on a failed tag check (wrong tag, AAD, IV or key) | `CKR_ENCRYPTED_DATA_INVALID` | `tests/backend_pkcs11.rs::gcm_bad_tag_aad_iv_is_encrypted_data_invalid` |
-//!
 //! | `SoftHSM` (SoftHSM2 2.6) | `C_GetAttributeValue` of a *private* object that has a non-empty `CKA_START_DATE`/`CKA_END_DATE` | `CKR_GENERAL_ERROR` (dates are stored in clear but decrypted on read: upstream issues softhsm/SoftHSMv2#655, #804, still open) | writing a non-empty date is refused with `CKR_ATTRIBUTE_TYPE_INVALID` (it would make every later read of the key fail); a key already carrying one is read without its dates | `tests/backend_pkcs11.rs::set_attributes_disable_encrypt_and_dates` |
 //! | any (SoftHSM2 2.6 seen) | `C_EncryptInit` / `C_DecryptInit` with a handle that names no key | `CKR_OBJECT_HANDLE_INVALID` | `CKR_KEY_HANDLE_INVALID` (what the specification lists for these functions) | `tests/backend_pkcs11.rs::gcm_bad_tag_aad_iv_is_encrypted_data_invalid` |
 //!
