@@ -32,6 +32,8 @@ pub mod store;
 mod backend;
 mod open;
 mod state;
+#[cfg(test)]
+mod tests;
 
 use self::format::Identity;
 use self::gcm::GcmKey;
