@@ -8,7 +8,7 @@
 //! Layout:
 //! - [`kdf`]: the key-encryption key (Argon2id over a PIN, or a key file);
 //! - [`keyfile`]: reading / first-run creation of the key file;
-//! - [`format`]: the sealed file (header + AES-256-GCM body);
+//! - [`format`](mod@format): the sealed file (header + AES-256-GCM body);
 //! - [`records`]: the key records inside the body;
 //! - [`store`]: crash-safe writes, the cross-process lock, change detection;
 //! - [`gcm`]: cached per-key GCM ciphers (12- and 16-byte IVs);

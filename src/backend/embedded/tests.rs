@@ -354,3 +354,33 @@ fn shutdown_drops_keys() {
     assert_eq!(b.list_secret_keys().unwrap().len(), 1);
     let _ = k;
 }
+
+#[test]
+fn threads_and_instances_writing_at_once_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let a = std::sync::Arc::new(open(&c));
+    let b = std::sync::Arc::new(open(&c));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let backend = if t % 2 == 0 { a.clone() } else { b.clone() };
+            std::thread::spawn(move || {
+                for n in 0..10 {
+                    let k = backend
+                        .generate_aes_key(&new_key(&format!("xki-t{t}-{n}")))
+                        .unwrap();
+                    let ct = backend.gcm_encrypt(k.handle, &[0; 12], b"", b"p").unwrap();
+                    assert_eq!(
+                        &backend.gcm_decrypt(k.handle, &[0; 12], b"", &ct).unwrap()[..],
+                        b"p"
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(a.list_secret_keys().unwrap().len(), 40);
+    assert_eq!(b.list_secret_keys().unwrap(), a.list_secret_keys().unwrap());
+}
