@@ -90,7 +90,9 @@ fn spawn_child(
     ])
     .env(CHILD_DIR_ENV, dir)
     .env(CHILD_TAG_ENV, tag)
-    .env_remove(FAULT_ENV);
+    .env_remove(FAULT_ENV)
+    // The child's harness chatter is noise; its panics (stderr) stay visible.
+    .stdout(std::process::Stdio::null());
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
