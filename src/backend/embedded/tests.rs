@@ -384,3 +384,25 @@ fn threads_and_instances_writing_at_once_lose_nothing() {
     assert_eq!(a.list_secret_keys().unwrap().len(), 40);
     assert_eq!(b.list_secret_keys().unwrap(), a.list_secret_keys().unwrap());
 }
+
+#[test]
+fn crypto_path_never_reads_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let b = open(&c);
+    let k = b.generate_aes_key(&new_key("xki-hot")).unwrap();
+    std::fs::remove_file(c.store.as_ref().unwrap()).unwrap();
+    // Listing needs the file and says so; encrypt/decrypt run from memory alone.
+    assert_eq!(b.list_secret_keys().unwrap_err(), Rv::DEVICE_ERROR);
+    let ct = b.gcm_encrypt(k.handle, &[3; 16], b"a", b"memory").unwrap();
+    assert_eq!(
+        &b.gcm_decrypt(k.handle, &[3; 16], b"a", &ct).unwrap()[..],
+        b"memory"
+    );
+    // Nothing recreates a vanished store behind the operator's back.
+    assert_eq!(
+        b.generate_aes_key(&new_key("xki-x")).unwrap_err(),
+        Rv::DEVICE_ERROR
+    );
+    assert!(!c.store.as_ref().unwrap().exists());
+}
