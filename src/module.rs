@@ -808,7 +808,14 @@ pub fn generate_key(session: u64, mechanism: &Mechanism, template: &[Attribute])
     }
     let req = match policy::generation_request(mechanism, template) {
         Ok(r) => r,
-        Err(rv) => return refused(s, "C_GenerateKey", b"", rv),
+        Err(rv) => {
+            log::warn!(
+                "slot {}: C_GenerateKey refused ({rv}); template attributes: {}",
+                s.slot.label,
+                attribute_summary(template)
+            );
+            return refused(s, "C_GenerateKey", b"", rv);
+        }
     };
     let id = match req.id {
         Some(id) if !id.is_empty() => id,
@@ -945,4 +952,22 @@ pub fn set_operation_state(session: u64) -> CkResult<()> {
 pub fn not_supported(_function: &'static str) -> CkResult<()> {
     module()?;
     Err(Rv::FUNCTION_NOT_SUPPORTED)
+}
+
+/// Attribute types of a template, with the values of booleans and numbers (never of byte
+/// strings), so a refused template can be diagnosed from the log.
+fn attribute_summary(template: &[Attribute]) -> String {
+    template
+        .iter()
+        .map(|a| match a.value.len() {
+            1 => format!("{:#x}={}", a.kind, a.value[0]),
+            8 => format!(
+                "{:#x}={}",
+                a.kind,
+                u64::from_ne_bytes(a.value[..].try_into().unwrap_or([0; 8]))
+            ),
+            n => format!("{:#x}=<{n} bytes>", a.kind),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
