@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the tests need, then runs every test.
+#
+#   bash tests/run-all.sh
+#
+# - SoftHSM2, opensc (pkcs11-tool), p11-kit, curl and jq are installed with apt-get when
+#   missing (as root); as another user it fails loudly with the command to run. Nothing is
+#   skipped because a dependency is absent.
+# - Every test runs against throwaway tokens (SOFTHSM2_CONF in temp dirs); nothing touches
+#   ~/.config/xki or a real HSM.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+passed=0
+failed=0
+failures=()
+step() {
+    local name=$1
+    shift
+    echo
+    echo "=== $name"
+    local start=$SECONDS
+    if "$@"; then
+        passed=$((passed + 1))
+        echo "=== $name: ok ($((SECONDS - start)) s)"
+    else
+        failed=$((failed + 1))
+        failures+=("$name")
+        echo "=== $name: FAILED ($((SECONDS - start)) s)"
+    fi
+}
+
+# --- dependencies -------------------------------------------------------------------------
+bash softhsm/ensure-installed.sh opensc p11-kit
+missing=()
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v jq >/dev/null 2>&1 || missing+=(jq)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+if [[ ${#missing[@]} -gt 0 ]]; then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "ERROR: missing packages: ${missing[*]}; run: sudo apt-get install -y ${missing[*]}" >&2
+        exit 1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+# curl signs SigV4 itself from 7.75 on; the proxy's curl test depends on it.
+curl_version=$(curl --version | head -1 | awk '{print $2}')
+if [[ "$(printf '%s\n7.75.0\n' "$curl_version" | sort -V | head -1)" != "7.75.0" ]]; then
+    echo "ERROR: curl $curl_version is older than 7.75 (no --aws-sigv4)" >&2
+    exit 1
+fi
+
+# --- build --------------------------------------------------------------------------------
+cargo build --workspace --all-targets
+cargo build --workspace --release
+
+# --- checks -------------------------------------------------------------------------------
+step "cargo fmt --check" cargo fmt --all -- --check
+step "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
+
+# --- tests --------------------------------------------------------------------------------
+step "cargo test (workspace)" cargo test --workspace
+if grep -q '^fault-injection' Cargo.toml; then
+    step "cargo test (fault injection: replica groups)" cargo test -p xki-pkcs11 --features fault-injection
+fi
+for script in tests/scripts/*.sh; do
+    [[ -e "$script" ]] || continue
+    step "$script" bash "$script" target/debug/libxki_pkcs11.so
+done
+
+echo
+if [[ $failed -gt 0 ]]; then
+    echo "failed steps: ${failures[*]}"
+fi
+echo "steps: $passed passed, $failed failed"
+[[ $failed -eq 0 ]]
