@@ -209,7 +209,7 @@ pub enum Effect {
 }
 
 /// A secondary-authorization rule on requestMetadata. Unset fields match anything;
-/// list entries may end in `*` for a prefix match.
+/// list entries may contain `*` wildcards (any run of characters).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {

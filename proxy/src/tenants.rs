@@ -109,10 +109,29 @@ impl Tenant {
 fn pattern_match(pats: &Option<Vec<String>>, v: Option<&str>) -> bool {
     let Some(pats) = pats else { return true };
     let Some(v) = v else { return false };
-    pats.iter().any(|p| match p.strip_suffix('*') {
-        Some(prefix) => v.starts_with(prefix),
-        None => p == v,
-    })
+    pats.iter().any(|p| glob(p.as_bytes(), v.as_bytes()))
+}
+
+/// `*` matches any run of characters (IAM-style); everything else is literal.
+fn glob(p: &[u8], v: &[u8]) -> bool {
+    let (mut pi, mut vi) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while vi < v.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, vi));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == v[vi] {
+            pi += 1;
+            vi += 1;
+        } else if let Some((sp, sv)) = star {
+            pi = sp + 1;
+            vi = sv + 1;
+            star = Some((sp, sv + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&b| b == b'*')
 }
 
 fn rule_matches(r: &RuleConfig, key: Option<&str>, md: &RequestMetadata) -> bool {
@@ -190,6 +209,16 @@ mod tests {
         assert_eq!(t.authorize(None, &md("arn:aws:iam::1:user/bob")), Err("no-bob".into()));
         assert_eq!(t.authorize(None, &md("arn:aws:iam::1:user/al")), Ok(()));
         assert!(t.authorize(None, &md("arn:aws:iam::2:user/al")).is_err());
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob(b"arn:*:user/m", b"arn:aws:iam::1:user/m"));
+        assert!(glob(b"*", b""));
+        assert!(glob(b"a*", b"abc"));
+        assert!(!glob(b"a*c", b"abd"));
+        assert!(glob(b"a*b*c", b"axxbyyc"));
+        assert!(!glob(b"abc", b"abcd"));
     }
 
     #[test]
