@@ -243,13 +243,50 @@ fn read_state(s: &Session, h: ObjectHandle) -> Result<KeyState, HsmError> {
     Ok(st)
 }
 
+/// Suffix of CKA_ID carrying a mirrored deletion date (see [`Hsm::schedule_deletion`]).
+const ID_MARK: &[u8] = b"\0xki-delete:";
+
+fn read_id(s: &Session, h: ObjectHandle) -> Result<Vec<u8>, HsmError> {
+    Ok(s.get_attributes(h, &[AttributeType::Id])
+        .map_err(ck("C_GetAttributeValue"))?
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Id(v) => Some(v),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
+/// Split CKA_ID into (original id, mirrored deletion date).
+fn split_id(id: &[u8]) -> (&[u8], Option<Date>) {
+    if id.len() >= ID_MARK.len() + 8 {
+        let at = id.len() - ID_MARK.len() - 8;
+        if &id[at..at + ID_MARK.len()] == ID_MARK {
+            let d = std::str::from_utf8(&id[at + ID_MARK.len()..]).ok().and_then(|t| {
+                Some(Date {
+                    y: t.get(0..4)?.parse().ok()?,
+                    m: t.get(4..6)?.parse().ok()?,
+                    d: t.get(6..8)?.parse().ok()?,
+                })
+            });
+            return (&id[..at], d);
+        }
+    }
+    (id, None)
+}
+
+/// CKA_END_DATE if the module returns it; else the CKA_ID mirror.
 fn read_end_date(s: &Session, h: ObjectHandle) -> Option<Date> {
-    // A module that does not keep CKA_END_DATE simply has no deletion schedule.
-    let attrs = s.get_attributes(h, &[AttributeType::EndDate]).ok()?;
-    attrs.iter().find_map(|a| match a {
-        Attribute::EndDate(d) => Date::from_ck(d),
-        _ => None,
-    })
+    let std_date = s
+        .get_attributes(h, &[AttributeType::EndDate])
+        .ok()
+        .and_then(|attrs| {
+            attrs.iter().find_map(|a| match a {
+                Attribute::EndDate(d) => Date::from_ck(d),
+                _ => None,
+            })
+        });
+    std_date.or_else(|| read_id(s, h).ok().and_then(|id| split_id(&id).1))
 }
 
 impl Hsm {
@@ -395,24 +432,55 @@ impl Hsm {
     }
 
     /// Disable and record the deletion date in CKA_END_DATE.
+    ///
+    /// Some modules do not keep CKA_END_DATE readable on private keys (SoftHSM2 2.6 stores it
+    /// unencrypted and then fails C_GetAttributeValue with CKR_GENERAL_ERROR). The date is
+    /// read back; if it did not stick, it is mirrored as a suffix of CKA_ID
+    /// (`<id>\0xki-delete:YYYYMMDD`), which every module keeps.
     pub fn schedule_deletion(&self, s: &Session, label: &str, on: Date) -> Result<(), HsmError> {
         let h = self.admin_handle(s, label)?;
-        s.update_attributes(
-            h,
-            &[
-                Attribute::Encrypt(false),
-                Attribute::Decrypt(false),
-                Attribute::EndDate(on.to_ck()),
-            ],
-        )
-        .map_err(ck("C_SetAttributeValue"))
+        s.update_attributes(h, &[Attribute::Encrypt(false), Attribute::Decrypt(false)])
+            .map_err(ck("C_SetAttributeValue"))?;
+        let stored = s.update_attributes(h, &[Attribute::EndDate(on.to_ck())]).is_ok()
+            && s.get_attributes(h, &[AttributeType::EndDate])
+                .ok()
+                .and_then(|a| {
+                    a.iter().find_map(|x| match x {
+                        Attribute::EndDate(d) => Date::from_ck(d),
+                        _ => None,
+                    })
+                })
+                == Some(on);
+        if !stored {
+            tracing::info!(key = label, "module did not keep CKA_END_DATE; mirroring the date in CKA_ID");
+            let id = read_id(s, h)?;
+            let mut new_id = split_id(&id).0.to_vec();
+            new_id.extend_from_slice(ID_MARK);
+            new_id.extend_from_slice(format!("{:04}{:02}{:02}", on.y, on.m, on.d).as_bytes());
+            s.update_attributes(h, &[Attribute::Id(new_id)])
+                .map_err(ck("C_SetAttributeValue"))?;
+        }
+        Ok(())
     }
 
-    /// Clear CKA_END_DATE; the key stays disabled (enable it explicitly), like KMS.
+    /// Clear the deletion date; the key stays disabled (enable it explicitly), like KMS.
     pub fn cancel_deletion(&self, s: &Session, label: &str) -> Result<(), HsmError> {
         let h = self.admin_handle(s, label)?;
-        s.update_attributes(h, &[Attribute::EndDate(cryptoki::types::Date::new_empty())])
-            .map_err(ck("C_SetAttributeValue"))
+        if read_end_date(s, h).is_none() {
+            return Err(HsmError::Other(format!("key {label} has no deletion scheduled")));
+        }
+        // Best effort on the standard attribute (an empty CK_DATE means "none").
+        let _ = s.update_attributes(h, &[Attribute::EndDate(cryptoki::types::Date::new_empty())]);
+        let id = read_id(s, h)?;
+        let (orig, mirrored) = split_id(&id);
+        if mirrored.is_some() {
+            s.update_attributes(h, &[Attribute::Id(orig.to_vec())])
+                .map_err(ck("C_SetAttributeValue"))?;
+        }
+        if read_end_date(s, h).is_some() {
+            return Err(HsmError::Other(format!("could not clear the deletion date of {label}")));
+        }
+        Ok(())
     }
 
     /// Destroy one key whose deletion date has passed (checked again here).
@@ -434,6 +502,15 @@ impl Hsm {
 #[cfg(test)]
 mod tests {
     use super::Date;
+
+    #[test]
+    fn id_mirror() {
+        let mut id = b"abc".to_vec();
+        id.extend_from_slice(super::ID_MARK);
+        id.extend_from_slice(b"20261207");
+        assert_eq!(super::split_id(&id), (&b"abc"[..], Some(Date { y: 2026, m: 12, d: 7 })));
+        assert_eq!(super::split_id(b"plain"), (&b"plain"[..], None));
+    }
 
     #[test]
     fn civil_dates_round_trip() {
