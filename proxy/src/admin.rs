@@ -20,7 +20,9 @@ fn check_id(id: &str) -> Result<(), String> {
     if valid_key_id(id) {
         Ok(())
     } else {
-        Err(format!("{id:?}: external key ids are 1-128 chars of [A-Za-z0-9._-]"))
+        Err(format!(
+            "{id:?}: external key ids are 1-128 chars of [A-Za-z0-9._-]"
+        ))
     }
 }
 
@@ -46,15 +48,24 @@ pub fn create(config: &Path, label: &str, usage: Usage) -> Result<(), String> {
 /// `keys list`.
 pub fn list(config: &Path) -> Result<(), String> {
     let (_, hsm) = open(config)?;
-    let keys = hsm.with_session(|s| hsm.list_keys(s)).map_err(|e| e.to_string())?;
-    println!("{:<40} {:<17} {:<16} DELETION_DATE", "EXTERNAL_KEY_ID", "STATE", "USAGE");
+    let keys = hsm
+        .with_session(|s| hsm.list_keys(s))
+        .map_err(|e| e.to_string())?;
+    println!(
+        "{:<40} {:<17} {:<16} DELETION_DATE",
+        "EXTERNAL_KEY_ID", "STATE", "USAGE"
+    );
     for k in keys {
         let state = match (k.deletion, k.state.disabled()) {
             (Some(_), _) => "PENDING_DELETION",
             (None, true) => "DISABLED",
             (None, false) => "ENABLED",
         };
-        let mark = if k.label == hsm.canary_label { " (health canary)" } else { "" };
+        let mark = if k.label == hsm.canary_label {
+            " (health canary)"
+        } else {
+            ""
+        };
         println!(
             "{:<40} {:<17} {:<16} {}{}",
             k.label,
@@ -97,7 +108,9 @@ pub fn schedule_deletion(config: &Path, label: &str, days: u32) -> Result<(), St
     let (_, hsm) = open(config)?;
     hsm.with_session(|s| hsm.schedule_deletion(s, label, on))
         .map_err(|e| e.to_string())?;
-    println!("{label}: DISABLED, pending deletion on {on} (run `keys purge` on or after that date)");
+    println!(
+        "{label}: DISABLED, pending deletion on {on} (run `keys purge` on or after that date)"
+    );
     Ok(())
 }
 
@@ -115,9 +128,14 @@ pub fn cancel_deletion(config: &Path, label: &str) -> Result<(), String> {
 pub fn purge(config: &Path, today: Option<Date>) -> Result<(), String> {
     let (_, hsm) = open(config)?;
     let today = today.unwrap_or_else(Date::today);
-    let keys = hsm.with_session(|s| hsm.list_keys(s)).map_err(|e| e.to_string())?;
+    let keys = hsm
+        .with_session(|s| hsm.list_keys(s))
+        .map_err(|e| e.to_string())?;
     let (mut done, mut failed) = (0, 0);
-    for k in keys.iter().filter(|k| k.deletion.is_some_and(|d| d <= today)) {
+    for k in keys
+        .iter()
+        .filter(|k| k.deletion.is_some_and(|d| d <= today))
+    {
         match hsm.with_session(|s| hsm.purge_key(s, &k.label, today)) {
             Ok(()) => {
                 done += 1;
@@ -163,7 +181,10 @@ pub fn health(config: &Path) -> Result<(), String> {
         "checkLatencyMicros": start.elapsed().as_micros() as u64,
         "error": r.as_ref().err().map(HsmError::to_string),
     });
-    println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&body).unwrap_or_default()
+    );
     r.map_err(|e| format!("health check failed: {e}"))
 }
 
@@ -182,7 +203,10 @@ pub fn reload(config: &Path) -> Result<(), String> {
     // memory is passed.
     let rc = unsafe { libc::kill(pid, libc::SIGHUP) };
     if rc != 0 {
-        return Err(format!("kill -HUP {pid}: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "kill -HUP {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     println!("sent SIGHUP to {pid}");
     Ok(())

@@ -253,8 +253,8 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
-        let cfg: Config = toml::from_str(&text)
-            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let cfg: Config =
+            toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
         cfg.validate()
             .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
         Ok(cfg)
@@ -279,7 +279,10 @@ impl Config {
                 ));
             }
             if tls.client_ca_file.is_none() && !tls.client_names.is_empty() {
-                return Err(err("tls.client_ca_file", "required when tls.client_names is set"));
+                return Err(err(
+                    "tls.client_ca_file",
+                    "required when tls.client_names is set",
+                ));
             }
         }
         let h = &self.hsm;
@@ -299,17 +302,26 @@ impl Config {
             return Err(err("hsm.health_interval_ms", "must be 1..=30000"));
         }
         if !valid_key_id(&h.canary_label) {
-            return Err(err("hsm.canary_label", "must be 1-128 chars of [A-Za-z0-9._-]"));
+            return Err(err(
+                "hsm.canary_label",
+                "must be 1-128 chars of [A-Za-z0-9._-]",
+            ));
         }
         let mut seen = HashSet::new();
         for (i, p) in self.prefix.iter().enumerate() {
             let k = format!("prefix[{i}]");
             validate_prefix_path(&p.path).map_err(|m| err(&format!("{k}.path"), m))?;
             if !seen.insert(p.path.clone()) {
-                return Err(err(&format!("{k}.path"), format!("duplicate prefix {:?}", p.path)));
+                return Err(err(
+                    &format!("{k}.path"),
+                    format!("duplicate prefix {:?}", p.path),
+                ));
             }
             if p.credential.is_empty() {
-                return Err(err(&format!("{k}.credential"), "at least one credential is required"));
+                return Err(err(
+                    &format!("{k}.credential"),
+                    "at least one credential is required",
+                ));
             }
             let mut ids = HashSet::new();
             for (j, c) in p.credential.iter().enumerate() {
@@ -323,7 +335,10 @@ impl Config {
             }
             match &p.keys {
                 KeyAllowList::All(s) if s != "all" => {
-                    return Err(err(&format!("{k}.keys"), "must be \"all\" or a list of key ids"))
+                    return Err(err(
+                        &format!("{k}.keys"),
+                        "must be \"all\" or a list of key ids",
+                    ))
                 }
                 KeyAllowList::List(l) => {
                     if let Some(bad) = l.iter().find(|id| !valid_key_id(id)) {
@@ -333,7 +348,10 @@ impl Config {
                 _ => {}
             }
             if p.quota_rps == Some(0) {
-                return Err(err(&format!("{k}.quota_rps"), "must be > 0 (omit for unlimited)"));
+                return Err(err(
+                    &format!("{k}.quota_rps"),
+                    "must be > 0 (omit for unlimited)",
+                ));
             }
             if let Some(r) = &p.regions {
                 if r.is_empty() {
@@ -347,16 +365,21 @@ impl Config {
     /// Read the HSM user PIN from `pin_file` or `pin_env`.
     pub fn read_pin(&self) -> Result<Zeroizing<String>, ConfigError> {
         if let Some(f) = &self.hsm.pin_file {
-            let s = Zeroizing::new(
-                std::fs::read_to_string(f)
-                    .map_err(|e| err("hsm.pin_file", format!("cannot read {}: {e}", f.display())))?,
-            );
+            let s =
+                Zeroizing::new(std::fs::read_to_string(f).map_err(|e| {
+                    err("hsm.pin_file", format!("cannot read {}: {e}", f.display()))
+                })?);
             return Ok(Zeroizing::new(s.trim().to_string()));
         }
         let var = self.hsm.pin_env.as_deref().unwrap_or_default();
         std::env::var(var)
             .map(|v| Zeroizing::new(v.trim().to_string()))
-            .map_err(|_| err("hsm.pin_env", format!("environment variable {var} is not set")))
+            .map_err(|_| {
+                err(
+                    "hsm.pin_env",
+                    format!("environment variable {var} is not set"),
+                )
+            })
     }
 }
 
@@ -393,13 +416,16 @@ pub fn valid_key_id(id: &str) -> bool {
 
 /// 20-30 chars of the base32 alphabet A-Z2-7.
 pub fn valid_access_key_id(s: &str) -> bool {
-    (20..=30).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+    (20..=30).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
 }
 
 /// 43-64 chars of `[A-Za-z0-9+/=]`.
 pub fn valid_secret(s: &str) -> bool {
     (43..=64).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
 }
 
 /// A prefix is empty or `/seg[/seg...]` of `[A-Za-z0-9_-]`, no trailing slash, <= 64 chars
@@ -466,7 +492,9 @@ secret_file = "/x"
 "#;
         let e = parse(&format!("{BASE}{p}")).unwrap_err();
         assert!(e.contains("prefix[0].path"), "{e}");
-        let p2 = p.replace("/a/", "/a").replace("ABCDEFGHIJKLMNOPQRST", "abc");
+        let p2 = p
+            .replace("/a/", "/a")
+            .replace("ABCDEFGHIJKLMNOPQRST", "abc");
         let e = parse(&format!("{BASE}{p2}")).unwrap_err();
         assert!(e.contains("prefix[0].credential[0].access_key_id"), "{e}");
         let p3 = p.replace("/a/", "/a").replace("\"all\"", "\"some\"");

@@ -26,7 +26,10 @@ pub fn generate() -> Result<NewCredential, String> {
     let mut raw = Zeroizing::new([0u8; 24 + 48]);
     getrandom::getrandom(raw.as_mut()).map_err(|e| format!("OS RNG: {e}"))?;
     // 256 is a multiple of 32, so `b % 32` is unbiased.
-    let access_key_id = raw[..24].iter().map(|b| BASE32[(b % 32) as usize] as char).collect();
+    let access_key_id = raw[..24]
+        .iter()
+        .map(|b| BASE32[(b % 32) as usize] as char)
+        .collect();
     let secret = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&raw[24..]));
     Ok(NewCredential {
         access_key_id,
@@ -92,7 +95,10 @@ pub fn run_new(prefix: &str, out: Option<&Path>) -> Result<(), String> {
             write_private(&json_path, json.as_bytes())?;
             println!("Access key id:  {}", c.access_key_id);
             println!("Secret file:    {} (mode 0600)", path.display());
-            println!("Console JSON:   {} (mode 0600, contains the secret)", json_path.display());
+            println!(
+                "Console JSON:   {} (mode 0600, contains the secret)",
+                json_path.display()
+            );
             println!();
             println!("Add to the [[prefix]] with path = {prefix:?}:");
             println!("[[prefix.credential]]");

@@ -71,7 +71,9 @@ pub fn canary_round_trip(hsm: &Hsm, s: &cryptoki::session::Session) -> Result<()
         let out = gcm_encrypt(s, h, aad, &probe)?;
         let back = gcm_decrypt(s, h, &out.iv, aad, &out.ciphertext, &out.tag)?;
         if back != probe {
-            return Err(HsmError::Other("canary round trip returned different bytes".into()));
+            return Err(HsmError::Other(
+                "canary round trip returned different bytes".into(),
+            ));
         }
         Ok(())
     })
@@ -92,7 +94,7 @@ impl Health {
         let start = Instant::now();
         let r = self
             .hsm
-            .run(start + CHECK_DEADLINE, |hsm, s| canary_round_trip(hsm, s))
+            .run(start + CHECK_DEADLINE, canary_round_trip)
             .await;
         let res = CheckResult {
             ok: r.is_ok(),
@@ -105,7 +107,9 @@ impl Health {
         if changed {
             match &res.error {
                 None => tracing::info!(backend = %self.hsm.token.label, "backend health: ACTIVE"),
-                Some(e) => tracing::warn!(backend = %self.hsm.token.label, error = %e, "backend health: UNAVAILABLE"),
+                Some(e) => {
+                    tracing::warn!(backend = %self.hsm.token.label, error = %e, "backend health: UNAVAILABLE")
+                }
             }
         }
         res

@@ -8,7 +8,11 @@ use xki_proxy::hsm::{Date, Usage};
 use xki_proxy::{admin, credentials, server};
 
 #[derive(Parser)]
-#[command(name = "xki-proxy", version, about = "XKS Proxy API v1 server over any PKCS#11 module")]
+#[command(
+    name = "xki-proxy",
+    version,
+    about = "XKS Proxy API v1 server over any PKCS#11 module"
+)]
 struct Cli {
     /// Config file.
     #[arg(long, short, global = true, default_value = "/etc/xki/proxy.toml")]
@@ -125,7 +129,9 @@ fn main() -> ExitCode {
                 .transpose()
                 .and_then(|d| admin::purge(c, d)),
         },
-        Cmd::Credentials(CredCmd::New { prefix, out }) => credentials::run_new(&prefix, out.as_deref()),
+        Cmd::Credentials(CredCmd::New { prefix, out }) => {
+            credentials::run_new(&prefix, out.as_deref())
+        }
         Cmd::Health => admin::health(c),
         Cmd::Reload => admin::reload(c),
         Cmd::Bench(args) => xki_proxy::bench::run(args),

@@ -60,15 +60,27 @@ impl Metrics {
         let pool_in_use = Gauge::default();
         let pool_waiting = Gauge::default();
         let health = Family::<BackendLabels, Gauge>::default();
-        registry.register("requests", "API requests by operation and outcome", requests.clone());
+        registry.register(
+            "requests",
+            "API requests by operation and outcome",
+            requests.clone(),
+        );
         registry.register(
             "request_duration_seconds",
             "API request latency",
             latency.clone(),
         );
         registry.register("hsm_sessions", "HSM session pool size", pool_size.clone());
-        registry.register("hsm_sessions_in_use", "HSM sessions in a call", pool_in_use.clone());
-        registry.register("hsm_waiting", "Requests waiting for an HSM session", pool_waiting.clone());
+        registry.register(
+            "hsm_sessions_in_use",
+            "HSM sessions in a call",
+            pool_in_use.clone(),
+        );
+        registry.register(
+            "hsm_waiting",
+            "Requests waiting for an HSM session",
+            pool_waiting.clone(),
+        );
         registry.register(
             "backend_health",
             "Backend health: 2 ACTIVE, 1 DEGRADED, 0 UNAVAILABLE",

@@ -42,7 +42,9 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
     crate::logging::init(cfg.log_format, &cfg.log_level);
     let tenants = Tenants::from_config(&cfg).map_err(|e| e.to_string())?;
     if tenants.is_empty() {
-        tracing::warn!("no [[prefix]] configured: every API request will get InvalidUriPathException");
+        tracing::warn!(
+            "no [[prefix]] configured: every API request will get InvalidUriPathException"
+        );
     }
     let tls = cfg.tls.as_ref().map(http::tls::server_config).transpose()?;
     let pin = cfg.read_pin().map_err(|e| e.to_string())?;

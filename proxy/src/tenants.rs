@@ -198,7 +198,11 @@ mod tests {
             keys: None,
             quota: None,
             rules: vec![
-                rule("no-bob", Effect::Deny, Some(vec!["arn:aws:iam::1:user/bob"])),
+                rule(
+                    "no-bob",
+                    Effect::Deny,
+                    Some(vec!["arn:aws:iam::1:user/bob"]),
+                ),
                 rule("acct-1", Effect::Allow, Some(vec!["arn:aws:iam::1:*"])),
             ],
         };
@@ -206,7 +210,10 @@ mod tests {
             aws_principal_arn: Some(p.into()),
             ..Default::default()
         };
-        assert_eq!(t.authorize(None, &md("arn:aws:iam::1:user/bob")), Err("no-bob".into()));
+        assert_eq!(
+            t.authorize(None, &md("arn:aws:iam::1:user/bob")),
+            Err("no-bob".into())
+        );
         assert_eq!(t.authorize(None, &md("arn:aws:iam::1:user/al")), Ok(()));
         assert!(t.authorize(None, &md("arn:aws:iam::2:user/al")).is_err());
     }

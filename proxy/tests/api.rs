@@ -32,8 +32,14 @@ fn setup() -> Env {
     );
     config(&tok, "", "", &rest);
     cli_ok(&tok, &["keys", "create", "--label", "k1"]);
-    cli_ok(&tok, &["keys", "create", "--label", "kenc", "--usage", "encrypt"]);
-    cli_ok(&tok, &["keys", "create", "--label", "kdec", "--usage", "decrypt"]);
+    cli_ok(
+        &tok,
+        &["keys", "create", "--label", "kenc", "--usage", "encrypt"],
+    );
+    cli_ok(
+        &tok,
+        &["keys", "create", "--label", "kdec", "--usage", "decrypt"],
+    );
     cli_ok(&tok, &["keys", "create", "--label", "kdis"]);
     cli_ok(&tok, &["keys", "disable", "kdis"]);
     cli_ok(&tok, &["keys", "create", "--label", "k2only"]);
@@ -47,12 +53,26 @@ fn operations_succeed_and_round_trip() {
     let s = Signer::new(&e.a);
     let addr = &e.srv.addr;
 
-    let m = post(addr, Some(&s), &key_path("/t1", "k1", "metadata"), &json!({"requestMetadata": md("DescribeKey")}))
-        .expect_ok();
-    assert_eq!(m, json!({"keySpec": "AES_256", "keyUsage": ["ENCRYPT", "DECRYPT"], "keyStatus": "ENABLED"}));
+    let m = post(
+        addr,
+        Some(&s),
+        &key_path("/t1", "k1", "metadata"),
+        &json!({"requestMetadata": md("DescribeKey")}),
+    )
+    .expect_ok();
+    assert_eq!(
+        m,
+        json!({"keySpec": "AES_256", "keyUsage": ["ENCRYPT", "DECRYPT"], "keyStatus": "ENABLED"})
+    );
 
     let aad = b"project=nile,department=marketing";
-    let enc = post(addr, Some(&s), &key_path("/t1", "k1", "encrypt"), &encrypt_body(b"hello world", Some(aad))).expect_ok();
+    let enc = post(
+        addr,
+        Some(&s),
+        &key_path("/t1", "k1", "encrypt"),
+        &encrypt_body(b"hello world", Some(aad)),
+    )
+    .expect_ok();
     let (iv, ct, tag, meta) = (
         unb64(&enc["initializationVector"]),
         unb64(&enc["ciphertext"]),
@@ -66,46 +86,89 @@ fn operations_succeed_and_round_trip() {
     for p in [&aad[..], &meta, &iv, &ct, &tag] {
         h.update(p);
     }
-    assert_eq!(unb64(&enc["ciphertextDataIntegrityValue"]), h.finalize().to_vec());
+    assert_eq!(
+        unb64(&enc["ciphertextDataIntegrityValue"]),
+        h.finalize().to_vec()
+    );
 
-    let dec = post(addr, Some(&s), &key_path("/t1", "k1", "decrypt"), &decrypt_body(&enc, Some(aad))).expect_ok();
+    let dec = post(
+        addr,
+        Some(&s),
+        &key_path("/t1", "k1", "decrypt"),
+        &decrypt_body(&enc, Some(aad)),
+    )
+    .expect_ok();
     assert_eq!(unb64(&dec["plaintext"]), b"hello world");
 
     // Fresh IV every time.
-    let enc2 = post(addr, Some(&s), &key_path("/t1", "k1", "encrypt"), &encrypt_body(b"hello world", Some(aad))).expect_ok();
+    let enc2 = post(
+        addr,
+        Some(&s),
+        &key_path("/t1", "k1", "encrypt"),
+        &encrypt_body(b"hello world", Some(aad)),
+    )
+    .expect_ok();
     assert_ne!(enc2["initializationVector"], enc["initializationVector"]);
 
     // No CDIV requested -> none returned; no AAD works.
     let mut body = encrypt_body(b"x", None);
-    body.as_object_mut().unwrap().remove("ciphertextDataIntegrityValueAlgorithm");
+    body.as_object_mut()
+        .unwrap()
+        .remove("ciphertextDataIntegrityValueAlgorithm");
     let enc3 = post(addr, Some(&s), &key_path("/t1", "k1", "encrypt"), &body).expect_ok();
     assert!(enc3.get("ciphertextDataIntegrityValue").is_none());
-    let dec3 = post(addr, Some(&s), &key_path("/t1", "k1", "decrypt"), &decrypt_body(&enc3, None)).expect_ok();
+    let dec3 = post(
+        addr,
+        Some(&s),
+        &key_path("/t1", "k1", "decrypt"),
+        &decrypt_body(&enc3, None),
+    )
+    .expect_ok();
     assert_eq!(unb64(&dec3["plaintext"]), b"x");
 
-    let h = post(addr, Some(&s), "/t1/kms/xks/v1/health", &json!({"requestMetadata": {"kmsRequestId": "h1", "kmsOperation": "GetHealthStatus"}})).expect_ok();
+    let h = post(
+        addr,
+        Some(&s),
+        "/t1/kms/xks/v1/health",
+        &json!({"requestMetadata": {"kmsRequestId": "h1", "kmsOperation": "GetHealthStatus"}}),
+    )
+    .expect_ok();
     assert_eq!(h["xksProxyFleetSize"], 1);
     assert_eq!(h["ekmFleetDetails"][0]["healthStatus"], "ACTIVE");
-    assert!(h["xksProxyModel"].as_str().unwrap().starts_with("xki-proxy"));
+    assert!(h["xksProxyModel"]
+        .as_str()
+        .unwrap()
+        .starts_with("xki-proxy"));
 
     // Unauthenticated liveness.
     let s2 = std::net::TcpStream::connect(addr).unwrap();
-    let r = exchange(s2, format!("GET /ping HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes());
+    let r = exchange(
+        s2,
+        format!("GET /ping HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
     assert_eq!(r.status, 200);
 
     // The log has the request line with kmsRequestId and never the plaintext.
     let log = e.srv.log();
     assert!(log.contains("kms_request_id=\"h1\""), "{log}");
-    assert!(!log.contains("aGVsbG8gd29ybGQ"), "plaintext (base64) leaked into the log");
+    assert!(
+        !log.contains("aGVsbG8gd29ybGQ"),
+        "plaintext (base64) leaked into the log"
+    );
     assert!(!log.contains(&e.a.secret));
 
     // Metrics on the admin listener.
     let m = exchange(
         std::net::TcpStream::connect(&e.srv.admin).unwrap(),
-        format!("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(m.status, 200);
-    assert!(m.body.contains("xki_proxy_requests_total{operation=\"Encrypt\",outcome=\"ok\"}"), "{}", m.body);
+    assert!(
+        m.body
+            .contains("xki_proxy_requests_total{operation=\"Encrypt\",outcome=\"ok\"}"),
+        "{}",
+        m.body
+    );
     assert!(m.body.contains("xki_proxy_backend_health"));
 }
 
@@ -115,9 +178,21 @@ fn large_plaintext_and_aad() {
     let s = Signer::new(&e.a);
     let pt: Vec<u8> = (0..4300u32).map(|i| (i * 7) as u8).collect();
     let aad: Vec<u8> = (0..8192u32).map(|i| (i * 13) as u8).collect();
-    let enc = post(&e.srv.addr, Some(&s), &key_path("/t1", "k1", "encrypt"), &encrypt_body(&pt, Some(&aad))).expect_ok();
+    let enc = post(
+        &e.srv.addr,
+        Some(&s),
+        &key_path("/t1", "k1", "encrypt"),
+        &encrypt_body(&pt, Some(&aad)),
+    )
+    .expect_ok();
     assert_eq!(unb64(&enc["ciphertext"]).len(), 4300);
-    let dec = post(&e.srv.addr, Some(&s), &key_path("/t1", "k1", "decrypt"), &decrypt_body(&enc, Some(&aad))).expect_ok();
+    let dec = post(
+        &e.srv.addr,
+        Some(&s),
+        &key_path("/t1", "k1", "decrypt"),
+        &decrypt_body(&enc, Some(&aad)),
+    )
+    .expect_ok();
     assert_eq!(unb64(&dec["plaintext"]), pt);
 }
 
@@ -131,18 +206,39 @@ fn validation_and_crypto_error_rows() {
     let post = |p: &str, b: &serde_json::Value| common::post(addr, Some(&s), p, b);
 
     // ValidationException (400)
-    post(&enc_p, &json!({"plaintext": "aGk=", "encryptionAlgorithm": "AES_GCM"})).expect_err(400, "ValidationException");
-    post(&enc_p, &json!({"requestMetadata": md("Encrypt"), "encryptionAlgorithm": "AES_GCM"})).expect_err(400, "ValidationException");
+    post(
+        &enc_p,
+        &json!({"plaintext": "aGk=", "encryptionAlgorithm": "AES_GCM"}),
+    )
+    .expect_err(400, "ValidationException");
+    post(
+        &enc_p,
+        &json!({"requestMetadata": md("Encrypt"), "encryptionAlgorithm": "AES_GCM"}),
+    )
+    .expect_err(400, "ValidationException");
     post(&enc_p, &json!({"requestMetadata": md("Encrypt"), "plaintext": "!!notbase64", "encryptionAlgorithm": "AES_GCM"})).expect_err(400, "ValidationException");
-    post(&enc_p, &json!({"requestMetadata": md("Encrypt"), "plaintext": "aGk="})).expect_err(400, "ValidationException");
+    post(
+        &enc_p,
+        &json!({"requestMetadata": md("Encrypt"), "plaintext": "aGk="}),
+    )
+    .expect_err(400, "ValidationException");
     let mut nop = encrypt_body(b"hi", None);
-    nop["requestMetadata"].as_object_mut().unwrap().remove("awsPrincipalArn");
+    nop["requestMetadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("awsPrincipalArn");
     post(&enc_p, &nop).expect_err(400, "ValidationException");
     let mut nokarn = encrypt_body(b"hi", None);
-    nokarn["requestMetadata"].as_object_mut().unwrap().remove("kmsKeyArn");
+    nokarn["requestMetadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("kmsKeyArn");
     post(&enc_p, &nokarn).expect_err(400, "ValidationException");
     let mut noid = encrypt_body(b"hi", None);
-    noid["requestMetadata"].as_object_mut().unwrap().remove("kmsRequestId");
+    noid["requestMetadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("kmsRequestId");
     post(&enc_p, &noid).expect_err(400, "ValidationException");
     common::post_bytes(addr, Some(&s), &enc_p, b"{not json").expect_err(400, "ValidationException");
     post(&enc_p, &json!({"requestMetadata": md("Encrypt"), "plaintext": 5, "encryptionAlgorithm": "AES_GCM"})).expect_err(400, "ValidationException");
@@ -165,7 +261,8 @@ fn validation_and_crypto_error_rows() {
     let mut cdiv = encrypt_body(b"hi", None);
     cdiv["ciphertextDataIntegrityValueAlgorithm"] = "MD5".into();
     post(&enc_p, &cdiv).expect_err(501, "UnsupportedOperationException");
-    post(&enc_p, &encrypt_body(&vec![0u8; 64 * 1024 + 1], None)).expect_err(501, "UnsupportedOperationException");
+    post(&enc_p, &encrypt_body(&vec![0u8; 64 * 1024 + 1], None))
+        .expect_err(501, "UnsupportedOperationException");
 
     // InvalidCiphertextException (400): tag, AAD, IV, metadata, ciphertext tampering.
     let mut t = decrypt_body(&enc, Some(b"ctx"));
@@ -191,22 +288,64 @@ fn validation_and_crypto_error_rows() {
     post(&dec_p, &iv16).expect_err(400, "InvalidCiphertextException");
 
     // InvalidStateException (disabled), InvalidKeyUsageException (one-way keys).
-    post(&key_path("/t1", "kdis", "encrypt"), &encrypt_body(b"hi", None)).expect_err(400, "InvalidStateException");
-    post(&key_path("/t1", "kdis", "decrypt"), &decrypt_body(&enc, Some(b"ctx"))).expect_err(400, "InvalidStateException");
-    let md_kdis = post(&key_path("/t1", "kdis", "metadata"), &json!({"requestMetadata": md("DescribeKey")})).expect_ok();
+    post(
+        &key_path("/t1", "kdis", "encrypt"),
+        &encrypt_body(b"hi", None),
+    )
+    .expect_err(400, "InvalidStateException");
+    post(
+        &key_path("/t1", "kdis", "decrypt"),
+        &decrypt_body(&enc, Some(b"ctx")),
+    )
+    .expect_err(400, "InvalidStateException");
+    let md_kdis = post(
+        &key_path("/t1", "kdis", "metadata"),
+        &json!({"requestMetadata": md("DescribeKey")}),
+    )
+    .expect_ok();
     assert_eq!(md_kdis["keyStatus"], "DISABLED");
-    let enc_only = post(&key_path("/t1", "kenc", "encrypt"), &encrypt_body(b"one way", None)).expect_ok();
+    let enc_only = post(
+        &key_path("/t1", "kenc", "encrypt"),
+        &encrypt_body(b"one way", None),
+    )
+    .expect_ok();
     assert!(enc_only["ciphertextDataIntegrityValue"].is_string());
-    post(&key_path("/t1", "kenc", "decrypt"), &decrypt_body(&enc_only, None)).expect_err(400, "InvalidKeyUsageException");
-    post(&key_path("/t1", "kdec", "encrypt"), &encrypt_body(b"hi", None)).expect_err(400, "InvalidKeyUsageException");
-    let md_kdec = post(&key_path("/t1", "kdec", "metadata"), &json!({"requestMetadata": md("DescribeKey")})).expect_ok();
+    post(
+        &key_path("/t1", "kenc", "decrypt"),
+        &decrypt_body(&enc_only, None),
+    )
+    .expect_err(400, "InvalidKeyUsageException");
+    post(
+        &key_path("/t1", "kdec", "encrypt"),
+        &encrypt_body(b"hi", None),
+    )
+    .expect_err(400, "InvalidKeyUsageException");
+    let md_kdec = post(
+        &key_path("/t1", "kdec", "metadata"),
+        &json!({"requestMetadata": md("DescribeKey")}),
+    )
+    .expect_ok();
     assert_eq!(md_kdec["keyUsage"], json!(["DECRYPT"]));
 
     // KeyNotFoundException (404): missing key, the health canary, a key off the allow-list.
-    post(&key_path("/t1", "nope", "encrypt"), &encrypt_body(b"hi", None)).expect_err(404, "KeyNotFoundException");
-    post(&key_path("/t1", "xki-proxy-canary", "encrypt"), &encrypt_body(b"hi", None)).expect_err(404, "KeyNotFoundException");
+    post(
+        &key_path("/t1", "nope", "encrypt"),
+        &encrypt_body(b"hi", None),
+    )
+    .expect_err(404, "KeyNotFoundException");
+    post(
+        &key_path("/t1", "xki-proxy-canary", "encrypt"),
+        &encrypt_body(b"hi", None),
+    )
+    .expect_err(404, "KeyNotFoundException");
     let s_c = Signer::new(&e.c);
-    common::post(addr, Some(&s_c), &key_path("/t2", "k1", "encrypt"), &encrypt_body(b"hi", None)).expect_err(404, "KeyNotFoundException");
+    common::post(
+        addr,
+        Some(&s_c),
+        &key_path("/t2", "k1", "encrypt"),
+        &encrypt_body(b"hi", None),
+    )
+    .expect_err(404, "KeyNotFoundException");
 
     // AccessDeniedException (403): the deny rule; health is exempt.
     let mut mal = encrypt_body(b"hi", None);
@@ -217,7 +356,11 @@ fn validation_and_crypto_error_rows() {
     // InternalException (500): two keys share a label -> the proxy refuses to guess.
     pkcs11_dup_key(&e.tok, "dup");
     pkcs11_dup_key(&e.tok, "dup");
-    post(&key_path("/t1", "dup", "encrypt"), &encrypt_body(b"hi", None)).expect_err(500, "InternalException");
+    post(
+        &key_path("/t1", "dup", "encrypt"),
+        &encrypt_body(b"hi", None),
+    )
+    .expect_err(500, "InternalException");
 
     // Unknown kmsOperation accepted, unknown fields ignored.
     let mut unk = encrypt_body(b"hi", None);
@@ -242,29 +385,47 @@ fn http_level_errors() {
         "/kms/xks/v1/health",
         "/",
     ] {
-        post(addr, Some(&s), p, &encrypt_body(b"hi", None)).expect_err(404, "InvalidUriPathException");
+        post(addr, Some(&s), p, &encrypt_body(b"hi", None))
+            .expect_err(404, "InvalidUriPathException");
     }
 
     // 405 on GET / PUT of an API path.
     for m in ["GET", "PUT"] {
         let p = key_path("/t1", "k1", "metadata");
-        let r = exchange(std::net::TcpStream::connect(addr).unwrap(), &raw_request(m, addr, &p, &[], b""));
+        let r = exchange(
+            std::net::TcpStream::connect(addr).unwrap(),
+            &raw_request(m, addr, &p, &[], b""),
+        );
         assert_eq!(r.status, 405, "{m}");
         assert!(r.headers.iter().any(|(k, v)| k == "allow" && v == "POST"));
     }
 
     // 413 for a body over max_body_bytes (256 KiB default), rejected from Content-Length.
     let big = vec![b' '; 300 * 1024];
-    post_bytes(addr, Some(&s), &key_path("/t1", "k1", "encrypt"), &big).expect_err(413, "ValidationException");
+    post_bytes(addr, Some(&s), &key_path("/t1", "k1", "encrypt"), &big)
+        .expect_err(413, "ValidationException");
 
     // ThrottlingException (429): /t2 allows 2 rps.
     let s_c = Signer::new(&e.c);
     let mut codes = Vec::new();
     for _ in 0..5 {
-        codes.push(post(addr, Some(&s_c), &key_path("/t2", "k2only", "metadata"), &json!({"requestMetadata": md("DescribeKey")})).status);
+        codes.push(
+            post(
+                addr,
+                Some(&s_c),
+                &key_path("/t2", "k2only", "metadata"),
+                &json!({"requestMetadata": md("DescribeKey")}),
+            )
+            .status,
+        );
     }
     assert!(codes.contains(&200) && codes.contains(&429), "{codes:?}");
-    let r = post(addr, Some(&s_c), &key_path("/t2", "k2only", "metadata"), &json!({"requestMetadata": md("DescribeKey")}));
+    let r = post(
+        addr,
+        Some(&s_c),
+        &key_path("/t2", "k2only", "metadata"),
+        &json!({"requestMetadata": md("DescribeKey")}),
+    );
     if r.status == 429 {
         r.expect_err(429, "ThrottlingException");
     }
@@ -276,7 +437,9 @@ fn sigv4_authentication() {
     let addr = &e.srv.addr;
     let p = key_path("/t1", "k1", "metadata");
     let body = json!({"requestMetadata": md("DescribeKey")});
-    let fail = |s: Option<&Signer>| post(addr, s, &p, &body).expect_err(401, "AuthenticationFailedException");
+    let fail = |s: Option<&Signer>| {
+        post(addr, s, &p, &body).expect_err(401, "AuthenticationFailedException")
+    };
 
     fail(None);
     let base = Signer::new(&e.a);
@@ -301,13 +464,23 @@ fn sigv4_authentication() {
     fail(Some(&scope));
     // Prefix isolation: /t2's credential is unknown on /t1 and vice versa.
     fail(Some(&Signer::new(&e.c)));
-    post(addr, Some(&base), &key_path("/t2", "k2only", "metadata"), &body).expect_err(401, "AuthenticationFailedException");
+    post(
+        addr,
+        Some(&base),
+        &key_path("/t2", "k2only", "metadata"),
+        &body,
+    )
+    .expect_err(401, "AuthenticationFailedException");
 
     // Clock skew: +-4 min accepted, +-6 min rejected.
     for (mins, ok) in [(4i64, true), (-4, true), (6, false), (-6, false)] {
         let mut sk = base.clone();
         let d = Duration::from_secs(mins.unsigned_abs() * 60);
-        sk.time = if mins > 0 { SystemTime::now() + d } else { SystemTime::now() - d };
+        sk.time = if mins > 0 {
+            SystemTime::now() + d
+        } else {
+            SystemTime::now() - d
+        };
         let r = post(addr, Some(&sk), &p, &body);
         if ok {
             r.expect_ok();
@@ -321,11 +494,17 @@ fn sigv4_authentication() {
     let hdrs = base.headers(addr, &p, &b1);
     let mut b2 = b1.clone();
     b2.push(b' ');
-    let r = exchange(std::net::TcpStream::connect(addr).unwrap(), &raw_request("POST", addr, &p, &hdrs, &b2));
+    let r = exchange(
+        std::net::TcpStream::connect(addr).unwrap(),
+        &raw_request("POST", addr, &p, &hdrs, &b2),
+    );
     r.expect_err(401, "AuthenticationFailedException");
     // Path altered after signing (same tenant).
     let hdrs = base.headers(addr, &key_path("/t1", "kenc", "metadata"), &b1);
-    let r = exchange(std::net::TcpStream::connect(addr).unwrap(), &raw_request("POST", addr, &p, &hdrs, &b1));
+    let r = exchange(
+        std::net::TcpStream::connect(addr).unwrap(),
+        &raw_request("POST", addr, &p, &hdrs, &b1),
+    );
     r.expect_err(401, "AuthenticationFailedException");
 }
 
@@ -338,11 +517,17 @@ fn credential_rotation_via_reload() {
     post(&addr, Some(&Signer::new(&e.a)), &p, &body).expect_ok();
     let d = Cred::new(&e.tok, 3);
     // Rotate: drop a, keep b, add d.
-    let rest = format!("[[prefix]]\npath = \"/t1\"\nkeys = \"all\"\n{}{}", e.b.toml(), d.toml());
+    let rest = format!(
+        "[[prefix]]\npath = \"/t1\"\nkeys = \"all\"\n{}{}",
+        e.b.toml(),
+        d.toml()
+    );
     config(&e.tok, "", "", &rest);
     // Keep a connection open across the reload: it must keep working.
     cli_ok(&e.tok, &["reload"]);
-    wait_until(10, || post(&addr, Some(&Signer::new(&e.a)), &p, &body).status == 401);
+    wait_until(10, || {
+        post(&addr, Some(&Signer::new(&e.a)), &p, &body).status == 401
+    });
     post(&addr, Some(&Signer::new(&e.b)), &p, &body).expect_ok();
     post(&addr, Some(&Signer::new(&d)), &p, &body).expect_ok();
     // A broken config on reload keeps the previous one.
@@ -359,8 +544,13 @@ fn health_follows_the_hsm_and_shutdown_is_graceful() {
     let addr = e.srv.addr.clone();
     let s = Signer::new(&e.a);
     let health = |s: &Signer| {
-        post(&addr, Some(s), "/t1/kms/xks/v1/health", &json!({"requestMetadata": {"kmsRequestId": "h", "kmsOperation": "GetHealthStatus"}}))
-            .expect_ok()["ekmFleetDetails"][0]["healthStatus"]
+        post(
+            &addr,
+            Some(s),
+            "/t1/kms/xks/v1/health",
+            &json!({"requestMetadata": {"kmsRequestId": "h", "kmsOperation": "GetHealthStatus"}}),
+        )
+        .expect_ok()["ekmFleetDetails"][0]["healthStatus"]
             .as_str()
             .unwrap()
             .to_string()
@@ -400,14 +590,28 @@ fn overload_gives_throttling_and_dependency_timeout() {
         for _ in 0..24 {
             sc.spawn(|| {
                 for _ in 0..4 {
-                    let r = post(&srv.addr, Some(&Signer::new(&a)), "/kms/xks/v1/keys/k/encrypt", &body);
+                    let r = post(
+                        &srv.addr,
+                        Some(&Signer::new(&a)),
+                        "/kms/xks/v1/keys/k/encrypt",
+                        &body,
+                    );
                     seen.lock().unwrap().push((r.status, r.error_name()));
                 }
             });
         }
     });
     let seen = seen.into_inner().unwrap();
-    assert!(seen.contains(&(429, "ThrottlingException".into())), "{seen:?}");
-    assert!(seen.contains(&(503, "DependencyTimeoutException".into())), "{seen:?}");
-    assert!(seen.iter().all(|(s, _)| [200, 429, 503].contains(s)), "{seen:?}");
+    assert!(
+        seen.contains(&(429, "ThrottlingException".into())),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&(503, "DependencyTimeoutException".into())),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().all(|(s, _)| [200, 429, 503].contains(s)),
+        "{seen:?}"
+    );
 }

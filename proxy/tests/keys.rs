@@ -10,7 +10,12 @@ use xki_proxy::hsm::Date;
 fn key_lifecycle() {
     let tok = Token::new();
     let a = Cred::new(&tok, 0);
-    config(&tok, "", "", &format!("[[prefix]]\npath = \"\"\nkeys = \"all\"\n{}", a.toml()));
+    config(
+        &tok,
+        "",
+        "",
+        &format!("[[prefix]]\npath = \"\"\nkeys = \"all\"\n{}", a.toml()),
+    );
     let out = cli_ok(&tok, &["keys", "create", "--label", "app-key-1"]);
     assert!(out.contains("External Key ID: app-key-1"), "{out}");
     // Same label twice is refused; bad ids are refused.
@@ -19,49 +24,104 @@ fn key_lifecycle() {
 
     let srv = Server::start(&tok);
     let s = Signer::new(&a);
-    let meta = || post(&srv.addr, Some(&s), &key_path("", "app-key-1", "metadata"), &json!({"requestMetadata": md("DescribeKey")})).expect_ok();
+    let meta = || {
+        post(
+            &srv.addr,
+            Some(&s),
+            &key_path("", "app-key-1", "metadata"),
+            &json!({"requestMetadata": md("DescribeKey")}),
+        )
+        .expect_ok()
+    };
     assert_eq!(meta()["keyStatus"], "ENABLED");
 
-    let enc = post(&srv.addr, Some(&s), &key_path("", "app-key-1", "encrypt"), &encrypt_body(b"keep me", None)).expect_ok();
+    let enc = post(
+        &srv.addr,
+        Some(&s),
+        &key_path("", "app-key-1", "encrypt"),
+        &encrypt_body(b"keep me", None),
+    )
+    .expect_ok();
 
     // Disable/enable are visible to the running server at once (state is read from the HSM).
     cli_ok(&tok, &["keys", "disable", "app-key-1"]);
     assert_eq!(meta()["keyStatus"], "DISABLED");
-    post(&srv.addr, Some(&s), &key_path("", "app-key-1", "decrypt"), &decrypt_body(&enc, None)).expect_err(400, "InvalidStateException");
+    post(
+        &srv.addr,
+        Some(&s),
+        &key_path("", "app-key-1", "decrypt"),
+        &decrypt_body(&enc, None),
+    )
+    .expect_err(400, "InvalidStateException");
     cli_ok(&tok, &["keys", "enable", "app-key-1", "--usage", "decrypt"]);
     assert_eq!(meta()["keyUsage"], json!(["DECRYPT"]));
-    post(&srv.addr, Some(&s), &key_path("", "app-key-1", "decrypt"), &decrypt_body(&enc, None)).expect_ok();
+    post(
+        &srv.addr,
+        Some(&s),
+        &key_path("", "app-key-1", "decrypt"),
+        &decrypt_body(&enc, None),
+    )
+    .expect_ok();
     cli_ok(&tok, &["keys", "enable", "app-key-1"]);
     assert_eq!(meta()["keyUsage"], json!(["ENCRYPT", "DECRYPT"]));
 
     // Scheduled deletion: 7..30 days, disables the key, blocks enable until cancelled.
-    assert!(!cli(&tok, &["keys", "schedule-deletion", "app-key-1", "--days", "6"]).0);
-    cli_ok(&tok, &["keys", "schedule-deletion", "app-key-1", "--days", "7"]);
+    assert!(
+        !cli(
+            &tok,
+            &["keys", "schedule-deletion", "app-key-1", "--days", "6"]
+        )
+        .0
+    );
+    cli_ok(
+        &tok,
+        &["keys", "schedule-deletion", "app-key-1", "--days", "7"],
+    );
     assert_eq!(meta()["keyStatus"], "DISABLED");
     let due = Date::today().plus_days(7).to_string();
     let list = cli_ok(&tok, &["keys", "list"]);
     let line = list.lines().find(|l| l.starts_with("app-key-1")).unwrap();
-    assert!(line.contains("PENDING_DELETION") && line.contains(&due), "{list}");
+    assert!(
+        line.contains("PENDING_DELETION") && line.contains(&due),
+        "{list}"
+    );
     assert!(!cli(&tok, &["keys", "enable", "app-key-1"]).0);
     // Not yet due: purge leaves it alone.
     cli_ok(&tok, &["keys", "purge"]);
     assert!(cli_ok(&tok, &["keys", "list"]).contains("app-key-1"));
     cli_ok(&tok, &["keys", "cancel-deletion", "app-key-1"]);
     let list = cli_ok(&tok, &["keys", "list"]);
-    assert!(list.lines().any(|l| l.starts_with("app-key-1") && l.contains("DISABLED")), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("app-key-1") && l.contains("DISABLED")),
+        "{list}"
+    );
     cli_ok(&tok, &["keys", "enable", "app-key-1"]);
     assert_eq!(meta()["keyStatus"], "ENABLED");
 
     // Once due, purge destroys it (and only it).
     cli_ok(&tok, &["keys", "create", "--label", "other"]);
-    cli_ok(&tok, &["keys", "schedule-deletion", "app-key-1", "--days", "30"]);
+    cli_ok(
+        &tok,
+        &["keys", "schedule-deletion", "app-key-1", "--days", "30"],
+    );
     let later = Date::today().plus_days(31).to_string();
     let out = cli_ok(&tok, &["keys", "purge", "--as-of", &later]);
     assert!(out.contains("app-key-1: destroyed"), "{out}");
     let list = cli_ok(&tok, &["keys", "list"]);
-    assert!(!list.contains("app-key-1") && list.contains("other"), "{list}");
+    assert!(
+        !list.contains("app-key-1") && list.contains("other"),
+        "{list}"
+    );
     wait_until(10, || {
-        post(&srv.addr, Some(&s), &key_path("", "app-key-1", "metadata"), &json!({"requestMetadata": md("DescribeKey")})).status == 404
+        post(
+            &srv.addr,
+            Some(&s),
+            &key_path("", "app-key-1", "metadata"),
+            &json!({"requestMetadata": md("DescribeKey")}),
+        )
+        .status
+            == 404
     });
 
     // One-shot health from the CLI.
@@ -86,13 +146,27 @@ fn credentials_new_writes_private_files() {
     assert!(!stdout.contains(&secret), "secret printed to stdout");
     assert!(!String::from_utf8_lossy(&o.stderr).contains(&secret));
     let json_path = dir.path().join("tenant-a.secret.json");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     assert_eq!(v["XksProxyUriPath"], "/tenant-a/kms/xks/v1");
-    assert_eq!(v["XksProxyAuthenticationCredential"]["RawSecretAccessKey"], secret.as_str());
-    let akid = v["XksProxyAuthenticationCredential"]["AccessKeyId"].as_str().unwrap();
-    assert!((20..=30).contains(&akid.len()) && akid.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)));
+    assert_eq!(
+        v["XksProxyAuthenticationCredential"]["RawSecretAccessKey"],
+        secret.as_str()
+    );
+    let akid = v["XksProxyAuthenticationCredential"]["AccessKeyId"]
+        .as_str()
+        .unwrap();
+    assert!(
+        (20..=30).contains(&akid.len())
+            && akid
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+    );
     for p in [&out, &json_path] {
-        assert_eq!(std::fs::metadata(p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
     // Refuses to overwrite.
     let again = std::process::Command::new(BIN)

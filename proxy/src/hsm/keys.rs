@@ -73,27 +73,26 @@ impl Date {
     fn to_ck(self) -> cryptoki::types::Date {
         let s = format!("{:04}{:02}{:02}", self.y, self.m, self.d);
         let b = s.as_bytes();
-        cryptoki::types::Date::new(
-            [b[0], b[1], b[2], b[3]],
-            [b[4], b[5]],
-            [b[6], b[7]],
-        )
+        cryptoki::types::Date::new([b[0], b[1], b[2], b[3]], [b[4], b[5]], [b[6], b[7]])
     }
 
     fn from_ck(d: &cryptoki::types::Date) -> Option<Date> {
         if d.is_empty() {
             return None;
         }
-        let num = |bytes: &[u8]| -> Option<u32> {
-            std::str::from_utf8(bytes).ok()?.trim().parse().ok()
-        };
+        let num =
+            |bytes: &[u8]| -> Option<u32> { std::str::from_utf8(bytes).ok()?.trim().parse().ok() };
         let y = num(&d.year)?;
         let m = num(&d.month)?;
         let dd = num(&d.day)?;
         if y == 0 || !(1..=12).contains(&m) || !(1..=31).contains(&dd) {
             return None;
         }
-        Some(Date { y: y as i32, m, d: dd })
+        Some(Date {
+            y: y as i32,
+            m,
+            d: dd,
+        })
     }
 }
 
@@ -262,13 +261,15 @@ fn split_id(id: &[u8]) -> (&[u8], Option<Date>) {
     if id.len() >= ID_MARK.len() + 8 {
         let at = id.len() - ID_MARK.len() - 8;
         if &id[at..at + ID_MARK.len()] == ID_MARK {
-            let d = std::str::from_utf8(&id[at + ID_MARK.len()..]).ok().and_then(|t| {
-                Some(Date {
-                    y: t.get(0..4)?.parse().ok()?,
-                    m: t.get(4..6)?.parse().ok()?,
-                    d: t.get(6..8)?.parse().ok()?,
-                })
-            });
+            let d = std::str::from_utf8(&id[at + ID_MARK.len()..])
+                .ok()
+                .and_then(|t| {
+                    Some(Date {
+                        y: t.get(0..4)?.parse().ok()?,
+                        m: t.get(4..6)?.parse().ok()?,
+                        d: t.get(6..8)?.parse().ok()?,
+                    })
+                });
             return (&id[..at], d);
         }
     }
@@ -307,7 +308,10 @@ impl Hsm {
             }
         };
         if !is_hyok_key(s, h)? {
-            tracing::warn!(key = label, "key is not AES-256 sensitive non-extractable; ignored");
+            tracing::warn!(
+                key = label,
+                "key is not AES-256 sensitive non-extractable; ignored"
+            );
             return Err(HsmError::KeyNotFound);
         }
         self.keys.put(label, h);
@@ -340,7 +344,9 @@ impl Hsm {
     /// Generate a new HYOK key in the token. Fails if the label is taken.
     pub fn create_key(&self, s: &Session, label: &str, usage: Usage) -> Result<(), HsmError> {
         if !find_by_label(s, label)?.is_empty() {
-            return Err(HsmError::Other(format!("a key labelled {label:?} already exists")));
+            return Err(HsmError::Other(format!(
+                "a key labelled {label:?} already exists"
+            )));
         }
         let mut id = [0u8; 16];
         getrandom::getrandom(&mut id).map_err(|e| HsmError::Other(format!("OS RNG: {e}")))?;
@@ -441,7 +447,9 @@ impl Hsm {
         let h = self.admin_handle(s, label)?;
         s.update_attributes(h, &[Attribute::Encrypt(false), Attribute::Decrypt(false)])
             .map_err(ck("C_SetAttributeValue"))?;
-        let stored = s.update_attributes(h, &[Attribute::EndDate(on.to_ck())]).is_ok()
+        let stored = s
+            .update_attributes(h, &[Attribute::EndDate(on.to_ck())])
+            .is_ok()
             && s.get_attributes(h, &[AttributeType::EndDate])
                 .ok()
                 .and_then(|a| {
@@ -452,7 +460,10 @@ impl Hsm {
                 })
                 == Some(on);
         if !stored {
-            tracing::info!(key = label, "module did not keep CKA_END_DATE; mirroring the date in CKA_ID");
+            tracing::info!(
+                key = label,
+                "module did not keep CKA_END_DATE; mirroring the date in CKA_ID"
+            );
             let id = read_id(s, h)?;
             let mut new_id = split_id(&id).0.to_vec();
             new_id.extend_from_slice(ID_MARK);
@@ -467,7 +478,9 @@ impl Hsm {
     pub fn cancel_deletion(&self, s: &Session, label: &str) -> Result<(), HsmError> {
         let h = self.admin_handle(s, label)?;
         if read_end_date(s, h).is_none() {
-            return Err(HsmError::Other(format!("key {label} has no deletion scheduled")));
+            return Err(HsmError::Other(format!(
+                "key {label} has no deletion scheduled"
+            )));
         }
         // Best effort on the standard attribute (an empty CK_DATE means "none").
         let _ = s.update_attributes(h, &[Attribute::EndDate(cryptoki::types::Date::new_empty())]);
@@ -478,7 +491,9 @@ impl Hsm {
                 .map_err(ck("C_SetAttributeValue"))?;
         }
         if read_end_date(s, h).is_some() {
-            return Err(HsmError::Other(format!("could not clear the deletion date of {label}")));
+            return Err(HsmError::Other(format!(
+                "could not clear the deletion date of {label}"
+            )));
         }
         Ok(())
     }
@@ -488,10 +503,16 @@ impl Hsm {
         let h = self.admin_handle(s, label)?;
         match read_end_date(s, h) {
             Some(d) if d <= today => {}
-            _ => return Err(HsmError::Other(format!("key {label} is not past its deletion date"))),
+            _ => {
+                return Err(HsmError::Other(format!(
+                    "key {label} is not past its deletion date"
+                )))
+            }
         }
         if !read_state(s, h)?.disabled() {
-            return Err(HsmError::Other(format!("key {label} is enabled; not destroying")));
+            return Err(HsmError::Other(format!(
+                "key {label} is enabled; not destroying"
+            )));
         }
         s.destroy_object(h).map_err(ck("C_DestroyObject"))?;
         self.keys.remove(label);
@@ -508,17 +529,53 @@ mod tests {
         let mut id = b"abc".to_vec();
         id.extend_from_slice(super::ID_MARK);
         id.extend_from_slice(b"20261207");
-        assert_eq!(super::split_id(&id), (&b"abc"[..], Some(Date { y: 2026, m: 12, d: 7 })));
+        assert_eq!(
+            super::split_id(&id),
+            (
+                &b"abc"[..],
+                Some(Date {
+                    y: 2026,
+                    m: 12,
+                    d: 7
+                })
+            )
+        );
         assert_eq!(super::split_id(b"plain"), (&b"plain"[..], None));
     }
 
     #[test]
     fn civil_dates_round_trip() {
-        assert_eq!(Date::from_days(0), Date { y: 1970, m: 1, d: 1 });
-        assert_eq!(Date::from_days(20_513), Date { y: 2026, m: 3, d: 1 });
+        assert_eq!(
+            Date::from_days(0),
+            Date {
+                y: 1970,
+                m: 1,
+                d: 1
+            }
+        );
+        assert_eq!(
+            Date::from_days(20_513),
+            Date {
+                y: 2026,
+                m: 3,
+                d: 1
+            }
+        );
         for z in [-1000, 0, 59, 60, 11_016, 20_000, 50_000] {
             assert_eq!(Date::from_days(z).to_days(), z);
         }
-        assert_eq!(Date { y: 2024, m: 2, d: 28 }.plus_days(1), Date { y: 2024, m: 2, d: 29 });
+        assert_eq!(
+            Date {
+                y: 2024,
+                m: 2,
+                d: 28
+            }
+            .plus_days(1),
+            Date {
+                y: 2024,
+                m: 2,
+                d: 29
+            }
+        );
     }
 }

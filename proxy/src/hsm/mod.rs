@@ -154,8 +154,12 @@ impl Hsm {
 }
 
 fn load_module(path: &Path) -> Result<Pkcs11, HsmError> {
-    let ctx = Pkcs11::new(path)
-        .map_err(|e| HsmError::Other(format!("cannot load PKCS#11 module {}: {e}", path.display())))?;
+    let ctx = Pkcs11::new(path).map_err(|e| {
+        HsmError::Other(format!(
+            "cannot load PKCS#11 module {}: {e}",
+            path.display()
+        ))
+    })?;
     match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
         Ok(()) => {}
         Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
@@ -176,7 +180,10 @@ fn find_slot(ctx: &Pkcs11, cfg: &HsmConfig) -> Result<Slot, HsmError> {
                 }
             }
         }
-        return Err(HsmError::Other(format!("no token with label {label:?} in {}", cfg.module.display())));
+        return Err(HsmError::Other(format!(
+            "no token with label {label:?} in {}",
+            cfg.module.display()
+        )));
     }
     let want = cfg.slot.unwrap_or_default();
     slots

@@ -62,7 +62,10 @@ impl Pool {
     }
 
     /// Get the right to use one session, waiting at most until `deadline`.
-    pub(super) async fn acquire(&self, deadline: Instant) -> Result<OwnedSemaphorePermit, HsmError> {
+    pub(super) async fn acquire(
+        &self,
+        deadline: Instant,
+    ) -> Result<OwnedSemaphorePermit, HsmError> {
         match self.permits.clone().try_acquire_owned() {
             Ok(p) => return Ok(p),
             Err(TryAcquireError::Closed) => return Err(HsmError::ShuttingDown),

@@ -70,17 +70,18 @@ pub async fn serve_api(
                     let _ = watcher.watch(conn).await;
                 }
                 Some(acc) => {
-                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acc.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::info!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::info!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
+                    let tls =
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acc.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::info!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::info!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
                     let conn = http1_builder().serve_connection(TokioIo::new(tls), svc);
                     let _ = watcher.watch(conn).await;
                 }
@@ -89,7 +90,10 @@ pub async fn serve_api(
     }
     drop(listener);
     tracing::info!("stopped accepting; draining in-flight requests");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("drain timed out; closing remaining connections");
     }
 }
@@ -114,15 +118,22 @@ pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: impl Fu
                             app.metrics.render(&app.hsm, &app.health),
                         ),
                         "/ping" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-                        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
+                        _ => (
+                            StatusCode::NOT_FOUND,
+                            "text/plain",
+                            "not found\n".to_string(),
+                        ),
                     };
                     let mut r = Response::new(Full::new(Bytes::from(body)));
                     *r.status_mut() = status;
-                    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+                    r.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
                     Ok::<_, std::convert::Infallible>(r)
                 }
             });
-            let _ = http1_builder().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = http1_builder()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }

@@ -12,7 +12,9 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
-use crate::api::{ApiError, DecryptRequest, EncryptRequest, ErrorKind, MetadataOnlyRequest, RequestMetadata};
+use crate::api::{
+    ApiError, DecryptRequest, EncryptRequest, ErrorKind, MetadataOnlyRequest, RequestMetadata,
+};
 use crate::config::valid_key_id;
 use crate::ops::{self, validate_metadata, Op};
 use crate::state::App;
@@ -82,7 +84,10 @@ fn json_response(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
 }
 
 /// hyper service entry point.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() == "/ping" {
         let mut r = Response::new(Full::new(Bytes::from_static(b"ok\n")));
         r.headers_mut()
@@ -97,7 +102,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Fu
         Err(e) => {
             let mut r = json_response(e.kind.status(), e.body());
             if e.kind == ErrorKind::MethodNotAllowed {
-                r.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+                r.headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static("POST"));
             }
             if log.detail.is_none() {
                 log.detail = Some(e.message.clone());
@@ -126,8 +132,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Fu
 }
 
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::validation(format!("request body is not valid JSON for this operation: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::validation(format!(
+            "request body is not valid JSON for this operation: {e}"
+        ))
+    })
 }
 
 fn note_metadata(log: &mut RequestLog, md: Option<&RequestMetadata>) {
@@ -137,7 +146,11 @@ fn note_metadata(log: &mut RequestLog, md: Option<&RequestMetadata>) {
     }
 }
 
-async fn process(app: &App, req: Request<Incoming>, log: &mut RequestLog) -> Result<Vec<u8>, ApiError> {
+async fn process(
+    app: &App,
+    req: Request<Incoming>,
+    log: &mut RequestLog,
+) -> Result<Vec<u8>, ApiError> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let not_found = || ApiError::new(ErrorKind::InvalidUriPath, "unknown URI path");
@@ -145,9 +158,17 @@ async fn process(app: &App, req: Request<Incoming>, log: &mut RequestLog) -> Res
     log.op = Some(api.op);
     log.prefix = Some(api.prefix.to_string());
     log.key = api.key.map(str::to_string);
-    let tenant = app.tenants.load().get(api.prefix).cloned().ok_or_else(not_found)?;
+    let tenant = app
+        .tenants
+        .load()
+        .get(api.prefix)
+        .cloned()
+        .ok_or_else(not_found)?;
     if req.method() != Method::POST {
-        return Err(ApiError::new(ErrorKind::MethodNotAllowed, "only POST is allowed"));
+        return Err(ApiError::new(
+            ErrorKind::MethodNotAllowed,
+            "only POST is allowed",
+        ));
     }
     let too_large = || {
         ApiError::new(
@@ -183,12 +204,18 @@ async fn process(app: &App, req: Request<Incoming>, log: &mut RequestLog) -> Res
     )
     .map_err(|reason| {
         log.detail = Some(reason);
-        ApiError::new(ErrorKind::AuthenticationFailed, "request signature could not be verified")
+        ApiError::new(
+            ErrorKind::AuthenticationFailed,
+            "request signature could not be verified",
+        )
     })?;
     log.access_key_id = Some(who.access_key_id);
 
     if !tenant.take_quota() {
-        return Err(ApiError::new(ErrorKind::Throttling, "prefix request quota exceeded"));
+        return Err(ApiError::new(
+            ErrorKind::Throttling,
+            "prefix request quota exceeded",
+        ));
     }
 
     if api.op == Op::Health {
@@ -202,7 +229,10 @@ async fn process(app: &App, req: Request<Incoming>, log: &mut RequestLog) -> Res
     let key = api.key.unwrap_or_default();
     let authorize = |md: &RequestMetadata, log: &mut RequestLog| -> Result<(), ApiError> {
         if key == app.hsm.canary_label || !tenant.key_allowed(key) {
-            return Err(ApiError::new(ErrorKind::KeyNotFound, "external key not found"));
+            return Err(ApiError::new(
+                ErrorKind::KeyNotFound,
+                "external key not found",
+            ));
         }
         tenant.authorize(Some(key), md).map_err(|rule| {
             log.detail = Some(format!("denied by rule {rule}"));
@@ -244,11 +274,19 @@ mod tests {
     fn paths() {
         assert_eq!(
             parse_path("/kms/xks/v1/keys/k1/encrypt"),
-            Some(ApiPath { prefix: "", op: Op::Encrypt, key: Some("k1") })
+            Some(ApiPath {
+                prefix: "",
+                op: Op::Encrypt,
+                key: Some("k1")
+            })
         );
         assert_eq!(
             parse_path("/t/a/kms/xks/v1/health"),
-            Some(ApiPath { prefix: "/t/a", op: Op::Health, key: None })
+            Some(ApiPath {
+                prefix: "/t/a",
+                op: Op::Health,
+                key: None
+            })
         );
         assert_eq!(parse_path("/kms/xks/v1/keys/k1/sign"), None);
         assert_eq!(parse_path("/kms/xks/v1/keys/a%2Fb/encrypt"), None);

@@ -59,7 +59,12 @@ pub fn parse_amz_date(s: &str) -> Option<i64> {
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
         return None;
     }
-    let days = Date { y: y as i32, m: mo, d }.to_days();
+    let days = Date {
+        y: y as i32,
+        m: mo,
+        d,
+    }
+    .to_days();
     Some(days * 86_400 + i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(se))
 }
 
@@ -91,7 +96,10 @@ fn parse_authorization(v: &str) -> Result<AuthHeader<'_>, Reason> {
     }
     let cred = cred.ok_or("Authorization lacks Credential")?;
     let mut it = cred.split('/');
-    let mut next = || it.next().ok_or_else(|| "malformed Credential scope".to_string());
+    let mut next = || {
+        it.next()
+            .ok_or_else(|| "malformed Credential scope".to_string())
+    };
     let h = AuthHeader {
         access_key_id: next()?,
         date: next()?,
@@ -136,7 +144,13 @@ fn canonical_query(q: &str) -> String {
     let mut parts: Vec<String> = q
         .split('&')
         .filter(|p| !p.is_empty())
-        .map(|p| if p.contains('=') { p.to_string() } else { format!("{p}=") })
+        .map(|p| {
+            if p.contains('=') {
+                p.to_string()
+            } else {
+                format!("{p}=")
+            }
+        })
         .collect();
     parts.sort();
     parts.join("&")
@@ -159,7 +173,9 @@ pub fn verify(
         .map_err(|_| "Authorization header is not ASCII")?;
     let a = parse_authorization(auth)?;
     if a.service != SERVICE || a.terminator != "aws4_request" {
-        return Err(format!("credential scope must end in /{SERVICE}/aws4_request"));
+        return Err(format!(
+            "credential scope must end in /{SERVICE}/aws4_request"
+        ));
     }
     let amz_date = headers
         .get("x-amz-date")
@@ -169,9 +185,15 @@ pub fn verify(
     if &amz_date[..8] != a.date {
         return Err("credential scope date differs from X-Amz-Date".into());
     }
-    let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let now = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     if (now - ts).abs() > MAX_SKEW_SECS {
-        return Err(format!("X-Amz-Date is {}s away from the proxy clock", now - ts));
+        return Err(format!(
+            "X-Amz-Date is {}s away from the proxy clock",
+            now - ts
+        ));
     }
     if let Some(regions) = &tenant.regions {
         if !regions.iter().any(|r| r == a.region) {
@@ -186,7 +208,11 @@ pub fn verify(
     if !signed.contains(&"host") || !signed.contains(&"x-amz-date") {
         return Err("SignedHeaders must include host and x-amz-date".into());
     }
-    if signed.windows(2).any(|w| w[0] >= w[1]) || signed.iter().any(|h| h.bytes().any(|b| b.is_ascii_uppercase())) {
+    if signed.windows(2).any(|w| w[0] >= w[1])
+        || signed
+            .iter()
+            .any(|h| h.bytes().any(|b| b.is_ascii_uppercase()))
+    {
         return Err("SignedHeaders must be lowercase, sorted and unique".into());
     }
     let payload_hash = hex::encode(Sha256::digest(body));
@@ -203,7 +229,8 @@ pub fn verify(
     canonical.push_str(&canonical_query(query));
     canonical.push('\n');
     for h in &signed {
-        let v = canonical_value(headers, h).ok_or_else(|| format!("signed header {h} is missing"))?;
+        let v =
+            canonical_value(headers, h).ok_or_else(|| format!("signed header {h} is missing"))?;
         canonical.push_str(h);
         canonical.push(':');
         canonical.push_str(&v);
@@ -235,6 +262,53 @@ pub fn verify(
         access_key_id: a.access_key_id.to_string(),
         region: a.region.to_string(),
     })
+}
+
+/// Client side (for `bench`): the `X-Amz-Date` and `Authorization` values for a POST signed
+/// over `host` and `x-amz-date`.
+pub fn sign(
+    host: &str,
+    path: &str,
+    body: &[u8],
+    access_key_id: &str,
+    secret: &str,
+    region: &str,
+    now: SystemTime,
+) -> (String, String) {
+    let secs = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let d = Date::from_days(secs.div_euclid(86_400));
+    let r = secs.rem_euclid(86_400);
+    let amz_date = format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        d.y,
+        d.m,
+        d.d,
+        r / 3600,
+        (r / 60) % 60,
+        r % 60
+    );
+    let day = &amz_date[..8];
+    let canonical = format!(
+        "POST\n{path}\n\nhost:{host}\nx-amz-date:{amz_date}\n\nhost;x-amz-date\n{}",
+        hex::encode(Sha256::digest(body))
+    );
+    let scope = format!("{day}/{region}/{SERVICE}/aws4_request");
+    let sts = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    );
+    let k = hmac(format!("AWS4{secret}").as_bytes(), day.as_bytes());
+    let k = hmac(&k, region.as_bytes());
+    let k = hmac(&k, SERVICE.as_bytes());
+    let k = hmac(&k, b"aws4_request");
+    let sig = hex::encode(hmac(&k, sts.as_bytes()));
+    let auth = format!(
+        "AWS4-HMAC-SHA256 Credential={access_key_id}/{scope}, SignedHeaders=host;x-amz-date, Signature={sig}"
+    );
+    (amz_date, auth)
 }
 
 #[cfg(test)]

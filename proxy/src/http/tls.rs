@@ -11,7 +11,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
 
 use crate::config::TlsConfig;
 
@@ -21,7 +23,10 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
         .and_then(|it| it.collect())
         .map_err(|e| format!("tls.cert_file {}: {e}", tls.cert_file.display()))?;
     if certs.is_empty() {
-        return Err(format!("tls.cert_file {}: no certificate", tls.cert_file.display()));
+        return Err(format!(
+            "tls.cert_file {}: no certificate",
+            tls.cert_file.display()
+        ));
     }
     let key = PrivateKeyDer::from_pem_file(&tls.key_file)
         .map_err(|e| format!("tls.key_file {}: {e}", tls.key_file.display()))?;
@@ -103,9 +108,14 @@ impl ClientCertVerifier for NameCheck {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let ok = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
         let presented = cert_names(end_entity.as_ref());
-        if presented.iter().any(|n| self.names.iter().any(|w| w.eq_ignore_ascii_case(n))) {
+        if presented
+            .iter()
+            .any(|n| self.names.iter().any(|w| w.eq_ignore_ascii_case(n)))
+        {
             Ok(ok)
         } else {
             tracing::warn!(names = ?presented, "mTLS: client certificate name not allowed");

@@ -6,7 +6,9 @@ use zeroize::Zeroizing;
 
 use super::format::{cdiv, hsm_aad, METADATA_V1};
 use super::{b64, b64_required, check_algorithm, map_hsm, MAX_AAD, MAX_DATA, MAX_METADATA};
-use crate::api::{ApiError, DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, ErrorKind};
+use crate::api::{
+    ApiError, DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, ErrorKind,
+};
 use crate::hsm::{gcm_decrypt, gcm_encrypt, HsmError, TAG_LEN};
 use crate::state::App;
 
@@ -31,7 +33,11 @@ fn optional_aad(v: Option<&str>) -> Result<Vec<u8>, ApiError> {
 /// Encrypt under `key`. With a CDIV algorithm, the CDIV is computed from the output first,
 /// then that exact output is decrypted once to prove it round-trips (retried once with a
 /// fresh IV, then InternalException). Keys without CKA_DECRYPT skip that check.
-pub async fn encrypt(app: &App, key: &str, req: EncryptRequest) -> Result<EncryptResponse, ApiError> {
+pub async fn encrypt(
+    app: &App,
+    key: &str,
+    req: EncryptRequest,
+) -> Result<EncryptResponse, ApiError> {
     check_algorithm(req.encryption_algorithm.as_deref())?;
     let want_cdiv = match req.ciphertext_data_integrity_value_algorithm.as_deref() {
         None => false,
@@ -94,7 +100,11 @@ pub async fn encrypt(app: &App, key: &str, req: EncryptRequest) -> Result<Encryp
 }
 
 /// Decrypt under `key`. All lengths are checked before the HSM is asked.
-pub async fn decrypt(app: &App, key: &str, req: DecryptRequest) -> Result<DecryptResponse, ApiError> {
+pub async fn decrypt(
+    app: &App,
+    key: &str,
+    req: DecryptRequest,
+) -> Result<DecryptResponse, ApiError> {
     check_algorithm(req.encryption_algorithm.as_deref())?;
     let ciphertext = b64_required("ciphertext", req.ciphertext.as_deref())?;
     if ciphertext.len() > MAX_DATA {
@@ -102,7 +112,9 @@ pub async fn decrypt(app: &App, key: &str, req: DecryptRequest) -> Result<Decryp
     }
     let iv = b64_required("initializationVector", req.initialization_vector.as_deref())?;
     if iv.len() != 12 && iv.len() != 16 {
-        return Err(ApiError::validation("initializationVector must be 12 or 16 bytes"));
+        return Err(ApiError::validation(
+            "initializationVector must be 12 or 16 bytes",
+        ));
     }
     let tag = b64_required("authenticationTag", req.authentication_tag.as_deref())?;
     if tag.len() != TAG_LEN {
@@ -113,7 +125,9 @@ pub async fn decrypt(app: &App, key: &str, req: DecryptRequest) -> Result<Decryp
         None => Vec::new(),
     };
     if meta.len() > MAX_METADATA {
-        return Err(ApiError::validation("ciphertextMetadata must be at most 20 bytes"));
+        return Err(ApiError::validation(
+            "ciphertextMetadata must be at most 20 bytes",
+        ));
     }
     let aad = optional_aad(req.additional_authenticated_data.as_deref())?;
     let label = key.to_string();

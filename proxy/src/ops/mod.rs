@@ -46,20 +46,31 @@ impl Op {
 }
 
 /// Check requestMetadata presence and required fields for `op`.
-pub fn validate_metadata(md: Option<&RequestMetadata>, op: Op) -> Result<&RequestMetadata, ApiError> {
+pub fn validate_metadata(
+    md: Option<&RequestMetadata>,
+    op: Op,
+) -> Result<&RequestMetadata, ApiError> {
     let md = md.ok_or_else(|| ApiError::validation("requestMetadata is required"))?;
     let present = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
     if !present(&md.kms_request_id) {
-        return Err(ApiError::validation("requestMetadata.kmsRequestId is required"));
+        return Err(ApiError::validation(
+            "requestMetadata.kmsRequestId is required",
+        ));
     }
     if !present(&md.kms_operation) {
-        return Err(ApiError::validation("requestMetadata.kmsOperation is required"));
+        return Err(ApiError::validation(
+            "requestMetadata.kmsOperation is required",
+        ));
     }
     if op != Op::Health && !present(&md.aws_principal_arn) {
-        return Err(ApiError::validation("requestMetadata.awsPrincipalArn is required"));
+        return Err(ApiError::validation(
+            "requestMetadata.awsPrincipalArn is required",
+        ));
     }
     if matches!(op, Op::Encrypt | Op::Decrypt) && !present(&md.kms_key_arn) {
-        return Err(ApiError::validation("requestMetadata.kmsKeyArn is required"));
+        return Err(ApiError::validation(
+            "requestMetadata.kmsKeyArn is required",
+        ));
     }
     for (name, v) in [
         ("awsPrincipalArn", &md.aws_principal_arn),
@@ -71,7 +82,9 @@ pub fn validate_metadata(md: Option<&RequestMetadata>, op: Op) -> Result<&Reques
         ("kmsViaService", &md.kms_via_service),
     ] {
         if v.as_deref().is_some_and(|s| s.len() > MAX_ARN) {
-            return Err(ApiError::validation(format!("requestMetadata.{name} is too long")));
+            return Err(ApiError::validation(format!(
+                "requestMetadata.{name} is too long"
+            )));
         }
     }
     Ok(md)
@@ -106,18 +119,22 @@ pub fn map_hsm(e: HsmError) -> ApiError {
     match e {
         HsmError::KeyNotFound => ApiError::new(ErrorKind::KeyNotFound, "external key not found"),
         HsmError::Disabled => ApiError::new(ErrorKind::InvalidState, "key is disabled"),
-        HsmError::WrongUsage => {
-            ApiError::new(ErrorKind::InvalidKeyUsage, "key usage does not permit this operation")
-        }
+        HsmError::WrongUsage => ApiError::new(
+            ErrorKind::InvalidKeyUsage,
+            "key usage does not permit this operation",
+        ),
         HsmError::InvalidCiphertext => ApiError::new(
             ErrorKind::InvalidCiphertext,
             "ciphertext, tag, IV, AAD or metadata failed authentication",
         ),
         HsmError::Busy => ApiError::new(ErrorKind::Throttling, "HSM sessions busy; retry"),
-        HsmError::Timeout => ApiError::new(ErrorKind::DependencyTimeout, "HSM did not answer in time"),
-        e if e.rv() == Some(RvError::KeyFunctionNotPermitted) => {
-            ApiError::new(ErrorKind::InvalidKeyUsage, "key usage does not permit this operation")
+        HsmError::Timeout => {
+            ApiError::new(ErrorKind::DependencyTimeout, "HSM did not answer in time")
         }
+        e if e.rv() == Some(RvError::KeyFunctionNotPermitted) => ApiError::new(
+            ErrorKind::InvalidKeyUsage,
+            "key usage does not permit this operation",
+        ),
         e => {
             tracing::error!(error = %e, "HSM failure");
             ApiError::new(ErrorKind::Internal, "HSM failure")

@@ -41,7 +41,16 @@ impl Token {
         .unwrap();
         let st = Command::new("softhsm2-util")
             .env("SOFTHSM2_CONF", &conf)
-            .args(["--init-token", "--free", "--label", "xki-test", "--pin", PIN, "--so-pin", "5678"])
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                "xki-test",
+                "--pin",
+                PIN,
+                "--so-pin",
+                "5678",
+            ])
             .stdout(Stdio::null())
             .status()
             .unwrap();
@@ -248,7 +257,15 @@ pub fn amz_date(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
     let d = xki_proxy::hsm::Date::from_days(secs.div_euclid(86_400));
     let r = secs.rem_euclid(86_400);
-    format!("{:04}{:02}{:02}T{:02}{:02}{:02}Z", d.y, d.m, d.d, r / 3600, (r / 60) % 60, r % 60)
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        d.y,
+        d.m,
+        d.d,
+        r / 3600,
+        (r / 60) % 60,
+        r % 60
+    )
 }
 
 /// How to sign a request.
@@ -279,7 +296,10 @@ impl Signer {
     /// (+ content-type, to exercise extra signed headers).
     pub fn headers(&self, host: &str, path: &str, body: &[u8]) -> Vec<(String, String)> {
         let date = amz_date(self.time);
-        let day = self.scope_date.clone().unwrap_or_else(|| date[..8].to_string());
+        let day = self
+            .scope_date
+            .clone()
+            .unwrap_or_else(|| date[..8].to_string());
         let canonical = format!(
             "POST\n{path}\n\ncontent-type:application/json\nhost:{host}\nx-amz-date:{date}\n\ncontent-type;host;x-amz-date\n{}",
             hex::encode(Sha256::digest(body))
@@ -308,7 +328,13 @@ impl Signer {
 }
 
 /// Build a raw request.
-pub fn raw_request(method: &str, host: &str, path: &str, headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
+pub fn raw_request(
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Vec<u8> {
     let mut r = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
@@ -329,7 +355,9 @@ pub fn post(addr: &str, signer: Option<&Signer>, path: &str, body: &serde_json::
 }
 
 pub fn post_bytes(addr: &str, signer: Option<&Signer>, path: &str, body: &[u8]) -> Resp {
-    let headers = signer.map(|s| s.headers(addr, path, body)).unwrap_or_default();
+    let headers = signer
+        .map(|s| s.headers(addr, path, body))
+        .unwrap_or_default();
     let req = raw_request("POST", addr, path, &headers, body);
     let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -408,8 +436,23 @@ pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) {
 pub fn pkcs11_dup_key(tok: &Token, label: &str) {
     let st = Command::new("pkcs11-tool")
         .env("SOFTHSM2_CONF", &tok.conf)
-        .args(["--module", SOFTHSM, "--login", "--pin", PIN, "--token-label", "xki-test"])
-        .args(["--keygen", "--key-type", "AES:32", "--label", label, "--sensitive"])
+        .args([
+            "--module",
+            SOFTHSM,
+            "--login",
+            "--pin",
+            PIN,
+            "--token-label",
+            "xki-test",
+        ])
+        .args([
+            "--keygen",
+            "--key-type",
+            "AES:32",
+            "--label",
+            label,
+            "--sensitive",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
