@@ -280,12 +280,18 @@ async fn run_async(args: BenchArgs) -> Result<(), String> {
         None
     };
     let mut tasks = Vec::new();
-    for _ in 0..args.concurrency.max(1) {
+    let workers = args.concurrency.max(1);
+    for i in 0..workers {
         let (t, stats, done, failed) = (t.clone(), stats.clone(), done.clone(), failed.clone());
+        // Stagger paced workers so the rate is smooth, not bursts of `concurrency` at once.
+        let first =
+            per_worker.map(|p| tokio::time::Instant::now() + p.mul_f64(i as f64 / workers as f64));
         tasks.push(tokio::spawn(async move {
             let mut local = Stats::default();
             let mut sender: Option<Sender> = None;
-            let mut tick = per_worker.map(tokio::time::interval);
+            let mut tick = per_worker
+                .zip(first)
+                .map(|(p, f)| tokio::time::interval_at(f, p));
             while Instant::now() < end {
                 if let Some(t) = tick.as_mut() {
                     t.tick().await;

@@ -505,6 +505,14 @@ secret_file = "/x"
     }
 
     #[test]
+    fn example_file_is_valid() {
+        let text = include_str!("../proxy.example.toml");
+        let c: Config = toml::from_str(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.prefix[0].credential.len(), 2);
+    }
+
+    #[test]
     fn charsets() {
         assert!(valid_key_id("a.b_c-D9"));
         assert!(!valid_key_id("a/b"));

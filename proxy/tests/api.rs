@@ -515,6 +515,9 @@ fn credential_rotation_via_reload() {
     let p = key_path("/t1", "k1", "metadata");
     let body = json!({"requestMetadata": md("DescribeKey")});
     post(&addr, Some(&Signer::new(&e.a)), &p, &body).expect_ok();
+    // A keep-alive connection opened before the reload must keep working after it.
+    let mut conn = KeepAlive::connect(&addr);
+    conn.post(&Signer::new(&e.b), &p, &body).expect_ok();
     let d = Cred::new(&e.tok, 3);
     // Rotate: drop a, keep b, add d.
     let rest = format!(
@@ -614,4 +617,58 @@ fn overload_gives_throttling_and_dependency_timeout() {
         seen.iter().all(|(s, _)| [200, 429, 503].contains(s)),
         "{seen:?}"
     );
+}
+
+#[test]
+fn json_request_log_lines() {
+    let tok = Token::new();
+    let a = Cred::new(&tok, 0);
+    config(
+        &tok,
+        "log_format = \"json\"\n",
+        "",
+        &format!("[[prefix]]\npath = \"\"\nkeys = \"all\"\n{}", a.toml()),
+    );
+    cli_ok(&tok, &["keys", "create", "--label", "k"]);
+    let srv = Server::start(&tok);
+    let mut body = encrypt_body(b"do not log me", Some(b"nor me"));
+    body["requestMetadata"]["kmsRequestId"] = "json-req-1".into();
+    post(
+        &srv.addr,
+        Some(&Signer::new(&a)),
+        "/kms/xks/v1/keys/k/encrypt",
+        &body,
+    )
+    .expect_ok();
+    post(
+        &srv.addr,
+        Some(&Signer::new(&a)),
+        "/kms/xks/v1/keys/missing/metadata",
+        &json!({"requestMetadata": md("DescribeKey")}),
+    )
+    .expect_err(404, "KeyNotFoundException");
+    wait_until(5, || srv.log().contains("KeyNotFoundException"));
+    let lines: Vec<serde_json::Value> = srv
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["target"] == "xki_proxy::request")
+        .collect();
+    let ok = lines
+        .iter()
+        .find(|v| v["kms_request_id"] == "json-req-1")
+        .expect("request line");
+    assert_eq!(ok["operation"], "Encrypt");
+    assert_eq!(ok["key"], "k");
+    assert_eq!(ok["outcome"], "ok");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["principal"], "arn:aws:iam::123456789012:user/alice");
+    assert!(ok["latency_us"].as_u64().is_some());
+    let nf = lines
+        .iter()
+        .find(|v| v["outcome"] == "KeyNotFoundException")
+        .unwrap();
+    assert_eq!(nf["status"], 404);
+    let log = srv.log();
+    assert!(!log.contains(&b64(b"do not log me")) && !log.contains(&b64(b"nor me")));
 }

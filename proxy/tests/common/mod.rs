@@ -460,6 +460,58 @@ pub fn pkcs11_dup_key(tok: &Token, label: &str) {
     assert!(st.success());
 }
 
+/// A keep-alive connection: several requests on one socket.
+pub struct KeepAlive {
+    stream: BufReader<TcpStream>,
+    addr: String,
+}
+
+impl KeepAlive {
+    pub fn connect(addr: &str) -> KeepAlive {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        KeepAlive {
+            stream: BufReader::new(s),
+            addr: addr.to_string(),
+        }
+    }
+
+    /// Signed POST; reads exactly one response (Content-Length framed).
+    pub fn post(&mut self, signer: &Signer, path: &str, body: &serde_json::Value) -> Resp {
+        let body = serde_json::to_vec(body).unwrap();
+        let headers = signer.headers(&self.addr, path, &body);
+        let req = raw_request("POST", &self.addr, path, &headers, &body);
+        let req = String::from_utf8(req)
+            .unwrap()
+            .replace("Connection: close\r\n", "");
+        self.stream.get_mut().write_all(req.as_bytes()).unwrap();
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.stream.read_line(&mut line).unwrap();
+            assert!(n > 0, "connection closed");
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body).unwrap();
+        let mut raw = head.into_bytes();
+        raw.extend_from_slice(b"\r\n");
+        raw.extend_from_slice(&body);
+        parse_response(&raw)
+    }
+}
+
 pub fn path_of(p: &Path) -> String {
     p.display().to_string()
 }
