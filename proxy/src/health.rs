@@ -15,7 +15,7 @@ use crate::hsm::{gcm_decrypt, gcm_encrypt, Hsm, HsmError, Usage};
 
 /// Results older than this count as UNAVAILABLE.
 const MAX_AGE: Duration = Duration::from_secs(60);
-/// A check slower than this is DEGRADED.
+/// A check slower than this (or one that could not get a session in time) is DEGRADED.
 const SLOW: Duration = Duration::from_millis(100);
 /// Deadline for one check.
 const CHECK_DEADLINE: Duration = Duration::from_secs(5);
@@ -25,6 +25,8 @@ const CHECK_DEADLINE: Duration = Duration::from_secs(5);
 pub struct CheckResult {
     /// Did the round trip succeed?
     pub ok: bool,
+    /// Failed only because the pool was saturated or slow (overload, not an HSM fault).
+    pub overloaded: bool,
     /// When it finished.
     pub at: Instant,
     /// How long it took.
@@ -36,9 +38,9 @@ pub struct CheckResult {
 impl CheckResult {
     /// ACTIVE, DEGRADED or UNAVAILABLE.
     pub fn status(&self) -> &'static str {
-        if !self.ok || self.at.elapsed() > MAX_AGE {
+        if self.at.elapsed() > MAX_AGE || (!self.ok && !self.overloaded) {
             "UNAVAILABLE"
-        } else if self.latency > SLOW {
+        } else if !self.ok || self.latency > SLOW {
             "DEGRADED"
         } else {
             "ACTIVE"
@@ -98,6 +100,7 @@ impl Health {
             .await;
         let res = CheckResult {
             ok: r.is_ok(),
+            overloaded: matches!(r, Err(HsmError::Busy | HsmError::Timeout)),
             at: Instant::now(),
             latency: start.elapsed(),
             error: r.err().map(|e| e.to_string()),

@@ -20,17 +20,23 @@ use crate::metrics::Metrics;
 use crate::state::App;
 use crate::tenants::Tenants;
 
-/// Re-read the config file and swap in the new tenants. Listener, TLS and HSM changes are
-/// reported but need a restart.
+/// Re-read the config file and swap in the new tenants (`[[prefix]]`: credentials, key
+/// allow-lists, regions, quotas, rules). Changes to anything else are reported but need a
+/// restart.
 pub fn reload(app: &App, running: &Config) -> Result<(), String> {
     let cfg = Config::load(&app.config_path).map_err(|e| e.to_string())?;
     let tenants = Tenants::from_config(&cfg).map_err(|e| e.to_string())?;
     let n = tenants.len();
     app.tenants.store(Arc::new(tenants));
-    if format!("{:?}{:?}{:?}", cfg.listen, cfg.tls, cfg.hsm)
-        != format!("{:?}{:?}{:?}", running.listen, running.tls, running.hsm)
-    {
-        tracing::warn!("listen/tls/hsm settings changed; they take effect only after a restart");
+    let outside_prefixes = |c: &Config| {
+        let mut c = c.clone();
+        c.prefix.clear();
+        format!("{c:?}")
+    };
+    if outside_prefixes(&cfg) != outside_prefixes(running) {
+        tracing::warn!(
+            "settings outside [[prefix]] changed; they take effect only after a restart"
+        );
     }
     tracing::info!(prefixes = n, "configuration reloaded");
     Ok(())

@@ -176,3 +176,60 @@ fn credentials_new_writes_private_files() {
         .unwrap();
     assert!(!again.status.success());
 }
+
+/// A key the module refuses to destroy (CKA_DESTROYABLE=false, i.e. deletion protection):
+/// purge must say so clearly and fail, and leave the key in place.
+#[test]
+fn purge_reports_deletion_protection() {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+
+    let tok = Token::new();
+    config(&tok, "", "", "");
+    {
+        // Another process-like client: create the protected key with cryptoki directly.
+        std::env::set_var("SOFTHSM2_CONF", &tok.conf);
+        let ctx = Pkcs11::new(SOFTHSM).unwrap();
+        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .unwrap();
+        let slot = ctx.get_slots_with_token().unwrap()[0];
+        let s = ctx.open_rw_session(slot).unwrap();
+        s.login(UserType::User, Some(&AuthPin::new(PIN.to_string().into())))
+            .unwrap();
+        s.generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::ValueLen(32.into()),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+                Attribute::Destroyable(false),
+                Attribute::Label(b"protected".to_vec()),
+                Attribute::Id(b"p1".to_vec()),
+            ],
+        )
+        .unwrap();
+        drop(s);
+        ctx.finalize().unwrap();
+    }
+    cli_ok(
+        &tok,
+        &["keys", "schedule-deletion", "protected", "--days", "7"],
+    );
+    let later = Date::today().plus_days(8).to_string();
+    let (ok, out, err) = cli(&tok, &["keys", "purge", "--as-of", &later]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("protected: NOT destroyed") && err.contains("deletion protection"),
+        "{err}"
+    );
+    assert!(cli_ok(&tok, &["keys", "list"]).contains("protected"));
+}
