@@ -489,6 +489,14 @@ fn sigv4_authentication() {
         }
     }
 
+    // Extra signed header x-amz-content-sha256 (as S3-style signers and some SDKs send).
+    let b1 = serde_json::to_vec(&body).unwrap();
+    let mut sha = base.clone();
+    sha.content_sha256 = Some(hex::encode(Sha256::digest(&b1)));
+    common::post_bytes(addr, Some(&sha), &p, &b1).expect_ok();
+    sha.content_sha256 = Some(hex::encode(Sha256::digest(b"something else")));
+    common::post_bytes(addr, Some(&sha), &p, &b1).expect_err(401, "AuthenticationFailedException");
+
     // Body altered after signing.
     let b1 = serde_json::to_vec(&body).unwrap();
     let hdrs = base.headers(addr, &p, &b1);

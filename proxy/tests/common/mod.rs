@@ -278,6 +278,8 @@ pub struct Signer {
     pub time: SystemTime,
     /// Use this date in the credential scope instead of the X-Amz-Date day.
     pub scope_date: Option<String>,
+    /// Also sign an `x-amz-content-sha256` header with this value (None = don't send it).
+    pub content_sha256: Option<String>,
 }
 
 impl Signer {
@@ -289,6 +291,7 @@ impl Signer {
             service: "kms-xks-proxy".into(),
             time: SystemTime::now(),
             scope_date: None,
+            content_sha256: None,
         }
     }
 
@@ -300,8 +303,15 @@ impl Signer {
             .scope_date
             .clone()
             .unwrap_or_else(|| date[..8].to_string());
+        let (sha_line, signed) = match &self.content_sha256 {
+            Some(v) => (
+                format!("x-amz-content-sha256:{v}\n"),
+                "content-type;host;x-amz-content-sha256;x-amz-date",
+            ),
+            None => (String::new(), "content-type;host;x-amz-date"),
+        };
         let canonical = format!(
-            "POST\n{path}\n\ncontent-type:application/json\nhost:{host}\nx-amz-date:{date}\n\ncontent-type;host;x-amz-date\n{}",
+            "POST\n{path}\n\ncontent-type:application/json\nhost:{host}\n{sha_line}x-amz-date:{date}\n\n{signed}\n{}",
             hex::encode(Sha256::digest(body))
         );
         let scope = format!("{day}/{}/{}/aws4_request", self.region, self.service);
@@ -314,16 +324,20 @@ impl Signer {
             k = hmac(&k, part.as_bytes());
         }
         let sig = hex::encode(hmac(&k, sts.as_bytes()));
-        vec![
+        let mut h = vec![
             ("X-Amz-Date".into(), date),
             (
                 "Authorization".into(),
                 format!(
-                    "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders=content-type;host;x-amz-date, Signature={sig}",
+                    "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed}, Signature={sig}",
                     self.akid
                 ),
             ),
-        ]
+        ];
+        if let Some(v) = &self.content_sha256 {
+            h.push(("X-Amz-Content-Sha256".into(), v.clone()));
+        }
+        h
     }
 }
 
