@@ -680,3 +680,31 @@ fn json_request_log_lines() {
     let log = srv.log();
     assert!(!log.contains(&b64(b"do not log me")) && !log.contains(&b64(b"nor me")));
 }
+
+#[test]
+fn bench_tool_runs_against_a_server() {
+    let e = setup();
+    for op in ["encrypt", "decrypt", "metadata", "health"] {
+        let out = std::process::Command::new(BIN)
+            .args([
+                "bench",
+                "--url",
+                &format!("http://{}/t1", e.srv.addr),
+                "--key",
+                "k1",
+                "--op",
+                op,
+            ])
+            .args(["--access-key-id", &e.a.akid, "--secret-file"])
+            .arg(&e.a.file)
+            .args(["--concurrency", "4", "--duration", "1"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains("errors: none") && text.contains("p99.9="),
+            "{op}: {text}"
+        );
+    }
+}
