@@ -1,1 +1,146 @@
-fn main() {}
+//! `xki-proxy`: the XKS proxy server and its admin commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use xki_proxy::hsm::{Date, Usage};
+use xki_proxy::{admin, credentials, server};
+
+#[derive(Parser)]
+#[command(
+    name = "xki-proxy",
+    version,
+    about = "XKS Proxy API v1 server over any PKCS#11 module"
+)]
+struct Cli {
+    /// Config file.
+    #[arg(long, short, global = true, default_value = "/etc/xki/proxy.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the HTTPS server.
+    Serve,
+    /// Manage HYOK keys in the HSM.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Mint SigV4 credentials.
+    #[command(subcommand)]
+    Credentials(CredCmd),
+    /// Run the deep health check once and print the result.
+    Health,
+    /// Ask the running server (pid_file) to reload credentials, allow-lists and rules.
+    Reload,
+    /// Load-test a running proxy with signed requests.
+    Bench(xki_proxy::bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Generate an AES-256 key in the HSM; prints the External Key ID.
+    Create {
+        /// External key id (CKA_LABEL).
+        #[arg(long)]
+        label: String,
+        /// Usage: encrypt, decrypt or both.
+        #[arg(long, value_enum, default_value = "both")]
+        usage: Usage,
+    },
+    /// List keys: id, state, usage, deletion date.
+    List,
+    /// Enable a key (sets CKA_ENCRYPT/CKA_DECRYPT per --usage).
+    Enable {
+        /// External key id.
+        id: String,
+        /// Usage to restore.
+        #[arg(long, value_enum, default_value = "both")]
+        usage: Usage,
+    },
+    /// Disable a key (clears CKA_ENCRYPT and CKA_DECRYPT).
+    Disable {
+        /// External key id.
+        id: String,
+    },
+    /// Disable a key and schedule its deletion in N days (7-30).
+    ScheduleDeletion {
+        /// External key id.
+        id: String,
+        /// Days until deletion.
+        #[arg(long)]
+        days: u32,
+    },
+    /// Cancel a scheduled deletion (the key stays disabled).
+    CancelDeletion {
+        /// External key id.
+        id: String,
+    },
+    /// Destroy keys whose deletion date has passed.
+    Purge {
+        /// Pretend today is this date (YYYY-MM-DD); for tests and drills.
+        #[arg(long, hide = true)]
+        as_of: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CredCmd {
+    /// New access key id + secret for a path prefix.
+    New {
+        /// URI path prefix ("" for none).
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Secret file to write (0600); the console JSON goes to FILE.json.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn parse_date(s: &str) -> Result<Date, String> {
+    let p: Vec<&str> = s.split('-').collect();
+    match p.as_slice() {
+        [y, m, d] => Ok(Date {
+            y: y.parse().map_err(|_| "bad year")?,
+            m: m.parse().map_err(|_| "bad month")?,
+            d: d.parse().map_err(|_| "bad day")?,
+        }),
+        _ => Err(format!("{s}: expected YYYY-MM-DD")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let c = &cli.config;
+    let r = match cli.cmd {
+        Cmd::Serve => server::serve(c),
+        Cmd::Keys(k) => match k {
+            KeysCmd::Create { label, usage } => admin::create(c, &label, usage),
+            KeysCmd::List => admin::list(c),
+            KeysCmd::Enable { id, usage } => admin::enable(c, &id, usage),
+            KeysCmd::Disable { id } => admin::disable(c, &id),
+            KeysCmd::ScheduleDeletion { id, days } => admin::schedule_deletion(c, &id, days),
+            KeysCmd::CancelDeletion { id } => admin::cancel_deletion(c, &id),
+            KeysCmd::Purge { as_of } => as_of
+                .as_deref()
+                .map(parse_date)
+                .transpose()
+                .and_then(|d| admin::purge(c, d)),
+        },
+        Cmd::Credentials(CredCmd::New { prefix, out }) => {
+            credentials::run_new(&prefix, out.as_deref())
+        }
+        Cmd::Health => admin::health(c),
+        Cmd::Reload => admin::reload(c),
+        Cmd::Bench(args) => xki_proxy::bench::run(args),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xki-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! `xki-proxy bench`: a load generator that signs every request like KMS does, keeps one
+//! keep-alive connection per worker, prints a live progress line, and ends with throughput,
+//! p50/p99/p99.9 latency and errors by errorName.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use serde_json::json;
+use tokio::net::TcpStream;
+
+use crate::http::sigv4;
+
+/// Bench options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Base URL including the prefix, e.g. https://127.0.0.1:8443/tenant-a
+    #[arg(long)]
+    pub url: String,
+    /// External key id.
+    #[arg(long, default_value = "bench-key")]
+    pub key: String,
+    /// Operation: encrypt, decrypt, metadata or health.
+    #[arg(long, default_value = "encrypt")]
+    pub op: String,
+    /// Access key id.
+    #[arg(long)]
+    pub access_key_id: String,
+    /// File holding the secret access key.
+    #[arg(long)]
+    pub secret_file: PathBuf,
+    /// SigV4 region.
+    #[arg(long, default_value = "us-east-1")]
+    pub region: String,
+    /// Concurrent connections (each with one request in flight).
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Total target rate in requests/s (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Test length in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Plaintext size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// CA certificate (PEM) to trust for https URLs.
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// Worker threads for the client runtime.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+}
+
+struct Target {
+    host: String,
+    addr: String,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    path: String,
+    body: Vec<u8>,
+    akid: String,
+    secret: String,
+    region: String,
+}
+
+#[derive(Default)]
+struct Stats {
+    lat_us: Vec<u32>,
+    errors: BTreeMap<String, u64>,
+}
+
+fn parse_url(url: &str) -> Result<(bool, String, String), String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err("--url must start with http:// or https://".into());
+    };
+    let (host, prefix) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    Ok((tls, host.to_string(), prefix.to_string()))
+}
+
+fn tls_connector(cacert: Option<&PathBuf>) -> Result<tokio_rustls::TlsConnector, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = cacert.ok_or("https needs --cacert")?;
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| e.to_string())? {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
+}
+
+type Sender = http1::SendRequest<Full<Bytes>>;
+
+async fn connect(t: &Target) -> Result<Sender, String> {
+    let tcp = TcpStream::connect(&t.addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    match &t.tls {
+        None => {
+            let (s, conn) = http1::handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            Ok(s)
+        }
+        Some((c, name)) => {
+            let tls = c
+                .connect(name.clone(), tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (s, conn) = http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            Ok(s)
+        }
+    }
+}
+
+async fn one(t: &Target, s: &mut Sender, path: &str, body: &[u8]) -> Result<(u16, Bytes), String> {
+    let (date, auth) = sigv4::sign(
+        &t.host,
+        path,
+        body,
+        &t.akid,
+        &t.secret,
+        &t.region,
+        SystemTime::now(),
+    );
+    let req = Request::post(path)
+        .header("host", &t.host)
+        .header("content-type", "application/json")
+        .header("x-amz-date", date)
+        .header("authorization", auth)
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body))
+}
+
+fn md(op: &str) -> serde_json::Value {
+    json!({
+        "kmsRequestId": "bench",
+        "kmsOperation": op,
+        "awsPrincipalArn": "arn:aws:iam::000000000000:user/bench",
+        "kmsKeyArn": "arn:aws:kms:us-east-1:000000000000:key/bench",
+    })
+}
+
+/// Run the bench.
+pub fn run(args: BenchArgs) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: BenchArgs) -> Result<(), String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (https, host, prefix) = parse_url(&args.url)?;
+    let secret = std::fs::read_to_string(&args.secret_file)
+        .map_err(|e| format!("{}: {e}", args.secret_file.display()))?
+        .trim()
+        .to_string();
+    let tls = if https {
+        let name = host
+            .rsplit_once(':')
+            .map_or(host.as_str(), |(h, _)| h)
+            .to_string();
+        let sn = rustls::pki_types::ServerName::try_from(name).map_err(|e| e.to_string())?;
+        Some((tls_connector(args.cacert.as_ref())?, sn))
+    } else {
+        None
+    };
+    let plaintext = vec![0x5au8; args.size];
+    let enc_path = format!("{prefix}/kms/xks/v1/keys/{}/encrypt", args.key);
+    let enc_body = serde_json::to_vec(&json!({
+        "requestMetadata": md("Encrypt"),
+        "plaintext": b64.encode(&plaintext),
+        "encryptionAlgorithm": "AES_GCM",
+        "additionalAuthenticatedData": b64.encode(b"bench aad"),
+        "ciphertextDataIntegrityValueAlgorithm": "SHA_256",
+    }))
+    .map_err(|e| e.to_string())?;
+    let mut t = Target {
+        addr: host.clone(),
+        host,
+        tls,
+        path: enc_path.clone(),
+        body: enc_body.clone(),
+        akid: args.access_key_id.clone(),
+        secret,
+        region: args.region.clone(),
+    };
+    match args.op.as_str() {
+        "encrypt" => {}
+        "decrypt" => {
+            let mut s = connect(&t).await?;
+            let (st, b) = one(&t, &mut s, &enc_path, &enc_body).await?;
+            if st != 200 {
+                return Err(format!(
+                    "priming encrypt failed: {st} {}",
+                    String::from_utf8_lossy(&b)
+                ));
+            }
+            let e: serde_json::Value = serde_json::from_slice(&b).map_err(|e| e.to_string())?;
+            t.path = format!("{prefix}/kms/xks/v1/keys/{}/decrypt", args.key);
+            t.body = serde_json::to_vec(&json!({
+                "requestMetadata": md("Decrypt"),
+                "ciphertext": e["ciphertext"], "initializationVector": e["initializationVector"],
+                "authenticationTag": e["authenticationTag"], "ciphertextMetadata": e["ciphertextMetadata"],
+                "additionalAuthenticatedData": b64.encode(b"bench aad"),
+                "encryptionAlgorithm": "AES_GCM",
+            }))
+            .map_err(|e| e.to_string())?;
+        }
+        "metadata" => {
+            t.path = format!("{prefix}/kms/xks/v1/keys/{}/metadata", args.key);
+            t.body = serde_json::to_vec(&json!({"requestMetadata": md("DescribeKey")}))
+                .map_err(|e| e.to_string())?;
+        }
+        "health" => {
+            t.path = format!("{prefix}/kms/xks/v1/health");
+            t.body = serde_json::to_vec(&json!({"requestMetadata": {"kmsRequestId": "bench", "kmsOperation": "GetHealthStatus"}}))
+                .map_err(|e| e.to_string())?;
+        }
+        other => {
+            return Err(format!(
+                "--op {other}: use encrypt, decrypt, metadata or health"
+            ))
+        }
+    }
+    let t = Arc::new(t);
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let end = start + Duration::from_secs(args.duration);
+    let per_worker = if args.rate > 0 {
+        Some(Duration::from_secs_f64(
+            args.concurrency as f64 / args.rate as f64,
+        ))
+    } else {
+        None
+    };
+    let mut tasks = Vec::new();
+    let workers = args.concurrency.max(1);
+    for i in 0..workers {
+        let (t, stats, done, failed) = (t.clone(), stats.clone(), done.clone(), failed.clone());
+        // Stagger paced workers so the rate is smooth, not bursts of `concurrency` at once.
+        let first =
+            per_worker.map(|p| tokio::time::Instant::now() + p.mul_f64(i as f64 / workers as f64));
+        tasks.push(tokio::spawn(async move {
+            let mut local = Stats::default();
+            let mut sender: Option<Sender> = None;
+            let mut tick = per_worker
+                .zip(first)
+                .map(|(p, f)| tokio::time::interval_at(f, p));
+            while Instant::now() < end {
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
+                }
+                if sender.is_none() {
+                    match connect(&t).await {
+                        Ok(s) => sender = Some(s),
+                        Err(e) => {
+                            *local.errors.entry(format!("connect: {e}")).or_default() += 1;
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    }
+                }
+                let s = sender.as_mut().expect("connected above");
+                let t0 = Instant::now();
+                match one(&t, s, &t.path, &t.body).await {
+                    Ok((200, _)) => {
+                        local
+                            .lat_us
+                            .push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok((st, b)) => {
+                        let name = serde_json::from_slice::<serde_json::Value>(&b)
+                            .ok()
+                            .and_then(|v| v["errorName"].as_str().map(str::to_string))
+                            .unwrap_or_else(|| format!("HTTP {st}"));
+                        *local.errors.entry(name).or_default() += 1;
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        *local.errors.entry(format!("transport: {e}")).or_default() += 1;
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        sender = None;
+                    }
+                }
+            }
+            let mut g = stats.lock();
+            g.lat_us.extend(local.lat_us);
+            for (k, v) in local.errors {
+                *g.errors.entry(k).or_default() += v;
+            }
+        }));
+    }
+    let progress = {
+        let (done, failed) = (done.clone(), failed.clone());
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let d = done.load(Ordering::Relaxed);
+                eprint!(
+                    "\r[{:>3}s] ok {d:>9}  {:>7} req/s  errors {:>6}   ",
+                    start.elapsed().as_secs(),
+                    d - last,
+                    failed.load(Ordering::Relaxed)
+                );
+                last = d;
+            }
+        })
+    };
+    for t in tasks {
+        let _ = t.await;
+    }
+    progress.abort();
+    eprintln!();
+    let secs = start.elapsed().as_secs_f64();
+    let mut g = stats.lock();
+    g.lat_us.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if g.lat_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((g.lat_us.len() as f64 * p).ceil() as usize).clamp(1, g.lat_us.len()) - 1;
+        f64::from(g.lat_us[i]) / 1000.0
+    };
+    println!(
+        "op={} concurrency={} size={}B duration={secs:.1}s",
+        args.op, args.concurrency, args.size
+    );
+    println!(
+        "ok={} throughput={:.0} req/s",
+        g.lat_us.len(),
+        g.lat_us.len() as f64 / secs
+    );
+    println!(
+        "latency ms: p50={:.2} p99={:.2} p99.9={:.2} max={:.2}",
+        pct(0.5),
+        pct(0.99),
+        pct(0.999),
+        pct(1.0)
+    );
+    if g.errors.is_empty() {
+        println!("errors: none");
+    } else {
+        for (k, v) in &g.errors {
+            println!("errors: {k}: {v}");
+        }
+    }
+    Ok(())
+}

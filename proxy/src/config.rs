@@ -1,0 +1,525 @@
+//! Proxy configuration: one TOML file, strict schema, validation messages that name the key.
+//!
+//! Secrets (HSM PIN, SigV4 secrets) are never inline: `pin_file`/`pin_env` and `secret_file`.
+//! Everything under `[[prefix]]` is re-read on reload (SIGHUP); listener, TLS and HSM settings
+//! need a restart.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+/// A configuration problem, naming the file, the key and what is wrong.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: &str, problem: impl fmt::Display) -> ConfigError {
+    ConfigError(format!("{key}: {problem}"))
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable key=value lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the XKS API listens on, e.g. `0.0.0.0:8443`.
+    pub listen: SocketAddr,
+    /// Optional plain-HTTP admin listener serving `/metrics` and `/ping`.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Minimum log level: error, warn, info (default), debug, trace.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// Where `serve` writes its pid, so `reload` can signal it.
+    #[serde(default)]
+    pub pid_file: Option<PathBuf>,
+    /// Number of proxy instances reported in health (`xksProxyFleetSize`).
+    #[serde(default = "one")]
+    pub fleet_size: u32,
+    /// Largest accepted request body in bytes (checked before the body is read).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// TLS; absent means plain HTTP (only for tests or behind a TLS-terminating balancer).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// The PKCS#11 module and token.
+    pub hsm: HsmConfig,
+    /// Path-prefix tenants (each an isolated key store).
+    #[serde(default)]
+    pub prefix: Vec<PrefixConfig>,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+fn one() -> u32 {
+    1
+}
+fn default_max_body() -> usize {
+    256 * 1024
+}
+
+/// Server certificate and optional client-certificate (mTLS) requirements.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA bundle; when set, clients must present a certificate chaining to it.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Accepted client subject CN or DNS SAN values (any one matches). Required with a CA.
+    #[serde(default)]
+    pub client_names: Vec<String>,
+}
+
+/// Which PKCS#11 module, which token, how many sessions, how long to wait.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmConfig {
+    /// Path of the PKCS#11 library (ours: libxki_pkcs11.so).
+    pub module: PathBuf,
+    /// Token label to find the slot by (preferred).
+    #[serde(default)]
+    pub token_label: Option<String>,
+    /// Slot id, when no token label is given.
+    #[serde(default)]
+    pub slot: Option<u64>,
+    /// File holding the user PIN.
+    #[serde(default)]
+    pub pin_file: Option<PathBuf>,
+    /// Environment variable holding the user PIN.
+    #[serde(default)]
+    pub pin_env: Option<String>,
+    /// Logged-in sessions kept open; also the number of concurrent HSM calls.
+    #[serde(default = "default_sessions")]
+    pub sessions: usize,
+    /// Per-request HSM deadline (queue wait + call) in ms -> DependencyTimeoutException.
+    #[serde(default = "default_deadline")]
+    pub deadline_ms: u64,
+    /// Requests allowed to wait for a busy pool; beyond it -> ThrottlingException at once.
+    #[serde(default = "default_queue")]
+    pub queue_depth: usize,
+    /// How long a key label -> object handle lookup is cached (state is read every call).
+    #[serde(default = "default_key_cache")]
+    pub key_cache_ms: u64,
+    /// Label of the dedicated health-check key (created if missing).
+    #[serde(default = "default_canary")]
+    pub canary_label: String,
+    /// Interval of the background deep health check, ms (at most 30 000).
+    #[serde(default = "default_health_interval")]
+    pub health_interval_ms: u64,
+}
+
+fn default_sessions() -> usize {
+    8
+}
+fn default_deadline() -> u64 {
+    200
+}
+fn default_queue() -> usize {
+    256
+}
+fn default_key_cache() -> u64 {
+    5000
+}
+fn default_canary() -> String {
+    "xki-proxy-canary".into()
+}
+fn default_health_interval() -> u64 {
+    10_000
+}
+
+/// One tenant: a URI path prefix with its own credentials, keys, regions, quota and rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixConfig {
+    /// URI path prefix before `/kms/xks/v1`, e.g. `/tenant-a`; may be empty.
+    #[serde(default)]
+    pub path: String,
+    /// SigV4 credentials accepted on this prefix (two or more allow rotation).
+    pub credential: Vec<CredentialConfig>,
+    /// Allowed SigV4 regions; absent = any.
+    #[serde(default)]
+    pub regions: Option<Vec<String>>,
+    /// `"all"` or a list of external key ids this prefix may use.
+    pub keys: KeyAllowList,
+    /// Requests per second allowed on this prefix; absent = unlimited.
+    #[serde(default)]
+    pub quota_rps: Option<u32>,
+    /// Secondary authorization rules (first match wins; with rules, no match = deny).
+    #[serde(default)]
+    pub rule: Vec<RuleConfig>,
+}
+
+/// `keys = "all"` or `keys = ["id", ...]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum KeyAllowList {
+    /// Must be the string "all".
+    All(String),
+    /// Explicit external key ids.
+    List(Vec<String>),
+}
+
+/// One SigV4 access key id and the file holding its secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// 20-30 chars of A-Z2-7.
+    pub access_key_id: String,
+    /// File whose (trimmed) content is the secret access key.
+    pub secret_file: PathBuf,
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    /// Matching requests proceed.
+    Allow,
+    /// Matching requests get AccessDeniedException.
+    Deny,
+}
+
+/// A secondary-authorization rule on requestMetadata. Unset fields match anything;
+/// list entries may contain `*` wildcards (any run of characters).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Name logged when the rule denies.
+    pub name: String,
+    /// allow or deny.
+    pub effect: Effect,
+    /// External key ids.
+    #[serde(default)]
+    pub keys: Option<Vec<String>>,
+    /// awsPrincipalArn patterns.
+    #[serde(default)]
+    pub principals: Option<Vec<String>>,
+    /// kmsOperation values.
+    #[serde(default)]
+    pub operations: Option<Vec<String>>,
+    /// awsSourceVpc values.
+    #[serde(default)]
+    pub source_vpcs: Option<Vec<String>>,
+    /// awsSourceVpce values.
+    #[serde(default)]
+    pub source_vpces: Option<Vec<String>>,
+}
+
+/// A validated SigV4 credential with its secret loaded.
+pub struct Credential {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key (wiped on drop).
+    pub secret: Zeroizing<String>,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credential({}, <secret>)", self.access_key_id)
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        let cfg: Config =
+            toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        cfg.validate()
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        Ok(cfg)
+    }
+
+    /// Structural checks that need no file access beyond what is named.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.fleet_size == 0 {
+            return Err(err("fleet_size", "must be > 0"));
+        }
+        if self.max_body_bytes < 16 * 1024 {
+            return Err(err("max_body_bytes", "must be at least 16384"));
+        }
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
+            return Err(err("log_level", "must be error|warn|info|debug|trace"));
+        }
+        if let Some(tls) = &self.tls {
+            if tls.client_ca_file.is_some() && tls.client_names.is_empty() {
+                return Err(err(
+                    "tls.client_names",
+                    "required (at least one CN/SAN) when tls.client_ca_file is set",
+                ));
+            }
+            if tls.client_ca_file.is_none() && !tls.client_names.is_empty() {
+                return Err(err(
+                    "tls.client_ca_file",
+                    "required when tls.client_names is set",
+                ));
+            }
+        }
+        let h = &self.hsm;
+        if h.token_label.is_none() && h.slot.is_none() {
+            return Err(err("hsm", "set token_label or slot"));
+        }
+        if h.pin_file.is_some() == h.pin_env.is_some() {
+            return Err(err("hsm", "set exactly one of pin_file or pin_env"));
+        }
+        if h.sessions == 0 || h.sessions > 1024 {
+            return Err(err("hsm.sessions", "must be 1..=1024"));
+        }
+        if h.deadline_ms == 0 {
+            return Err(err("hsm.deadline_ms", "must be > 0"));
+        }
+        if h.health_interval_ms == 0 || h.health_interval_ms > 30_000 {
+            return Err(err("hsm.health_interval_ms", "must be 1..=30000"));
+        }
+        if !valid_key_id(&h.canary_label) {
+            return Err(err(
+                "hsm.canary_label",
+                "must be 1-128 chars of [A-Za-z0-9._-]",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, p) in self.prefix.iter().enumerate() {
+            let k = format!("prefix[{i}]");
+            validate_prefix_path(&p.path).map_err(|m| err(&format!("{k}.path"), m))?;
+            if !seen.insert(p.path.clone()) {
+                return Err(err(
+                    &format!("{k}.path"),
+                    format!("duplicate prefix {:?}", p.path),
+                ));
+            }
+            if p.credential.is_empty() {
+                return Err(err(
+                    &format!("{k}.credential"),
+                    "at least one credential is required",
+                ));
+            }
+            let mut ids = HashSet::new();
+            for (j, c) in p.credential.iter().enumerate() {
+                let ck = format!("{k}.credential[{j}].access_key_id");
+                if !valid_access_key_id(&c.access_key_id) {
+                    return Err(err(&ck, "must be 20-30 chars of A-Z2-7"));
+                }
+                if !ids.insert(c.access_key_id.clone()) {
+                    return Err(err(&ck, "duplicate access key id on this prefix"));
+                }
+            }
+            match &p.keys {
+                KeyAllowList::All(s) if s != "all" => {
+                    return Err(err(
+                        &format!("{k}.keys"),
+                        "must be \"all\" or a list of key ids",
+                    ))
+                }
+                KeyAllowList::List(l) => {
+                    if let Some(bad) = l.iter().find(|id| !valid_key_id(id)) {
+                        return Err(err(&format!("{k}.keys"), format!("invalid key id {bad:?}")));
+                    }
+                }
+                _ => {}
+            }
+            if p.quota_rps == Some(0) {
+                return Err(err(
+                    &format!("{k}.quota_rps"),
+                    "must be > 0 (omit for unlimited)",
+                ));
+            }
+            if let Some(r) = &p.regions {
+                if r.is_empty() {
+                    return Err(err(&format!("{k}.regions"), "empty list (omit for any)"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Read the HSM user PIN from `pin_file` or `pin_env`.
+    pub fn read_pin(&self) -> Result<Zeroizing<String>, ConfigError> {
+        if let Some(f) = &self.hsm.pin_file {
+            let s =
+                Zeroizing::new(std::fs::read_to_string(f).map_err(|e| {
+                    err("hsm.pin_file", format!("cannot read {}: {e}", f.display()))
+                })?);
+            return Ok(Zeroizing::new(s.trim().to_string()));
+        }
+        let var = self.hsm.pin_env.as_deref().unwrap_or_default();
+        std::env::var(var)
+            .map(|v| Zeroizing::new(v.trim().to_string()))
+            .map_err(|_| {
+                err(
+                    "hsm.pin_env",
+                    format!("environment variable {var} is not set"),
+                )
+            })
+    }
+}
+
+impl CredentialConfig {
+    /// Load and check the secret named by `secret_file`.
+    pub fn load(&self, key: &str) -> Result<Credential, ConfigError> {
+        let raw = Zeroizing::new(std::fs::read_to_string(&self.secret_file).map_err(|e| {
+            err(
+                &format!("{key}.secret_file"),
+                format!("cannot read {}: {e}", self.secret_file.display()),
+            )
+        })?);
+        let secret = Zeroizing::new(raw.trim().to_string());
+        if !valid_secret(&secret) {
+            return Err(err(
+                &format!("{key}.secret_file"),
+                "secret must be 43-64 chars of [A-Za-z0-9+/=]",
+            ));
+        }
+        Ok(Credential {
+            access_key_id: self.access_key_id.clone(),
+            secret,
+        })
+    }
+}
+
+/// `[A-Za-z0-9._-]{1,128}`: the external key id charset of the spec.
+pub fn valid_key_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// 20-30 chars of the base32 alphabet A-Z2-7.
+pub fn valid_access_key_id(s: &str) -> bool {
+    (20..=30).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+}
+
+/// 43-64 chars of `[A-Za-z0-9+/=]`.
+pub fn valid_secret(s: &str) -> bool {
+    (43..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+}
+
+/// A prefix is empty or `/seg[/seg...]` of `[A-Za-z0-9_-]`, no trailing slash, <= 64 chars
+/// (the whole URI path must stay within 128 chars).
+pub fn validate_prefix_path(p: &str) -> Result<(), &'static str> {
+    if p.is_empty() {
+        return Ok(());
+    }
+    if !p.starts_with('/') || p.ends_with('/') || p.contains("//") {
+        return Err("must be empty or start with '/', without trailing or double '/'");
+    }
+    if p.len() > 64 {
+        return Err("must be at most 64 characters");
+    }
+    if !p
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-'))
+    {
+        return Err("only [A-Za-z0-9/_-] allowed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, String> {
+        let c: Config = toml::from_str(s).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    const BASE: &str = r#"
+listen = "127.0.0.1:0"
+[hsm]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "t"
+pin_env = "PIN"
+"#;
+
+    #[test]
+    fn minimal_ok() {
+        let c = parse(BASE).unwrap();
+        assert_eq!(c.hsm.sessions, 8);
+        assert!(c.prefix.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_named() {
+        let e = parse(&format!("{BASE}bogus = 1\n")).unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn prefix_checks() {
+        let p = r#"
+[[prefix]]
+path = "/a/"
+keys = "all"
+[[prefix.credential]]
+access_key_id = "ABCDEFGHIJKLMNOPQRST"
+secret_file = "/x"
+"#;
+        let e = parse(&format!("{BASE}{p}")).unwrap_err();
+        assert!(e.contains("prefix[0].path"), "{e}");
+        let p2 = p
+            .replace("/a/", "/a")
+            .replace("ABCDEFGHIJKLMNOPQRST", "abc");
+        let e = parse(&format!("{BASE}{p2}")).unwrap_err();
+        assert!(e.contains("prefix[0].credential[0].access_key_id"), "{e}");
+        let p3 = p.replace("/a/", "/a").replace("\"all\"", "\"some\"");
+        let e = parse(&format!("{BASE}{p3}")).unwrap_err();
+        assert!(e.contains("prefix[0].keys"), "{e}");
+        let p4 = p.replace("/a/", "/a");
+        parse(&format!("{BASE}{p4}")).unwrap();
+    }
+
+    #[test]
+    fn example_file_is_valid() {
+        let text = include_str!("../proxy.example.toml");
+        let c: Config = toml::from_str(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.prefix[0].credential.len(), 2);
+    }
+
+    #[test]
+    fn charsets() {
+        assert!(valid_key_id("a.b_c-D9"));
+        assert!(!valid_key_id("a/b"));
+        assert!(!valid_key_id(""));
+        assert!(valid_access_key_id("ABCDEFGHIJKLMNOPQRS2"));
+        assert!(!valid_access_key_id("ABCDEFGHIJKLMNOPQRS1"));
+        assert!(valid_secret(&"A".repeat(43)));
+        assert!(!valid_secret(&"A".repeat(42)));
+    }
+}

@@ -1,0 +1,167 @@
+//! Deep health: a real encrypt + decrypt on a dedicated canary key (never a customer key),
+//! run in the background every `health_interval_ms` (<= 30 s); requests read the cached
+//! result, which is treated as UNAVAILABLE once older than 60 s.
+//!
+//! `ekmFleetDetails` is a list so a replica-aware backend can later report each member; today
+//! there is one entry, the token this proxy is logged in to.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::api::{EkmFleetMember, HealthResponse};
+use crate::hsm::{gcm_decrypt, gcm_encrypt, Hsm, HsmError, Usage};
+
+/// Results older than this count as UNAVAILABLE.
+const MAX_AGE: Duration = Duration::from_secs(60);
+/// A check slower than this (or one that could not get a session in time) is DEGRADED.
+const SLOW: Duration = Duration::from_millis(100);
+/// Deadline for one check.
+const CHECK_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Outcome of one deep check.
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    /// Did the round trip succeed?
+    pub ok: bool,
+    /// Failed only because the pool was saturated or slow (overload, not an HSM fault).
+    pub overloaded: bool,
+    /// When it finished.
+    pub at: Instant,
+    /// How long it took.
+    pub latency: Duration,
+    /// Failure reason.
+    pub error: Option<String>,
+}
+
+impl CheckResult {
+    /// ACTIVE, DEGRADED or UNAVAILABLE.
+    pub fn status(&self) -> &'static str {
+        if self.at.elapsed() > MAX_AGE || (!self.ok && !self.overloaded) {
+            "UNAVAILABLE"
+        } else if !self.ok || self.latency > SLOW {
+            "DEGRADED"
+        } else {
+            "ACTIVE"
+        }
+    }
+}
+
+/// The cached health of the backend(s).
+pub struct Health {
+    hsm: Arc<Hsm>,
+    fleet_size: u32,
+    last: Mutex<Option<CheckResult>>,
+}
+
+/// One canary round trip on a session (creates the canary key if it is missing).
+pub fn canary_round_trip(hsm: &Hsm, s: &cryptoki::session::Session) -> Result<(), HsmError> {
+    let label = hsm.canary_label.clone();
+    if let Err(HsmError::KeyNotFound) = hsm.find_key(s, &label) {
+        tracing::info!(key = %label, "creating health-check canary key");
+        hsm.create_key(s, &label, Usage::Both)?;
+    }
+    hsm.with_key(s, &label, |h, st| {
+        if !st.encrypt || !st.decrypt {
+            return Err(HsmError::Other("canary key is disabled".into()));
+        }
+        let mut probe = [0u8; 32];
+        s.generate_random_slice(&mut probe)
+            .map_err(|e| HsmError::pkcs11("C_GenerateRandom", e))?;
+        let aad = b"xki-proxy health canary";
+        let out = gcm_encrypt(s, h, aad, &probe)?;
+        let back = gcm_decrypt(s, h, &out.iv, aad, &out.ciphertext, &out.tag)?;
+        if back != probe {
+            return Err(HsmError::Other(
+                "canary round trip returned different bytes".into(),
+            ));
+        }
+        Ok(())
+    })
+}
+
+impl Health {
+    /// New, with no result yet (reports UNAVAILABLE until the first check).
+    pub fn new(hsm: Arc<Hsm>, fleet_size: u32) -> Arc<Health> {
+        Arc::new(Health {
+            hsm,
+            fleet_size,
+            last: Mutex::new(None),
+        })
+    }
+
+    /// Run one check through the pool and cache the result.
+    pub async fn check_now(&self) -> CheckResult {
+        let start = Instant::now();
+        let r = self
+            .hsm
+            .run(start + CHECK_DEADLINE, canary_round_trip)
+            .await;
+        let res = CheckResult {
+            ok: r.is_ok(),
+            overloaded: matches!(r, Err(HsmError::Busy | HsmError::Timeout)),
+            at: Instant::now(),
+            latency: start.elapsed(),
+            error: r.err().map(|e| e.to_string()),
+        };
+        let prev = self.last.lock().replace(res.clone());
+        let changed = prev.map(|p| p.ok) != Some(res.ok);
+        if changed {
+            match &res.error {
+                None => tracing::info!(backend = %self.hsm.token.label, "backend health: ACTIVE"),
+                Some(e) => {
+                    tracing::warn!(backend = %self.hsm.token.label, error = %e, "backend health: UNAVAILABLE")
+                }
+            }
+        }
+        res
+    }
+
+    /// Check every `interval` until the runtime stops.
+    pub fn spawn(self: &Arc<Self>, interval: Duration) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                me.check_now().await;
+            }
+        });
+    }
+
+    /// Status of the one backend (for metrics).
+    pub fn status(&self) -> &'static str {
+        self.last
+            .lock()
+            .as_ref()
+            .map_or("UNAVAILABLE", CheckResult::status)
+    }
+
+    /// Backend id used in reports.
+    pub fn backend_id(&self) -> String {
+        let t = &self.hsm.token;
+        if t.serial.is_empty() {
+            t.label.clone()
+        } else {
+            format!("{}/{}", t.label, t.serial)
+        }
+    }
+
+    /// The GetHealthStatus response body.
+    pub fn report(&self) -> HealthResponse {
+        let t = &self.hsm.token;
+        HealthResponse {
+            xks_proxy_fleet_size: self.fleet_size,
+            xks_proxy_vendor: "xki-bridge",
+            xks_proxy_model: format!("xki-proxy {}", env!("CARGO_PKG_VERSION")),
+            ekm_vendor: t.manufacturer.clone(),
+            ekm_fleet_details: vec![EkmFleetMember {
+                id: self.backend_id(),
+                model: t.model.clone(),
+                health_status: self.status(),
+            }],
+        }
+    }
+}

@@ -1,0 +1,581 @@
+//! Keys by label, their state, and their lifecycle — all in standard PKCS#11 attributes,
+//! so no database is needed and every proxy instance sees the same truth:
+//!
+//! * external key id = `CKA_LABEL` of an AES-256, token, sensitive, non-extractable secret key;
+//! * usage = `CKA_ENCRYPT` / `CKA_DECRYPT`; **both false = DISABLED**;
+//! * scheduled deletion = `CKA_END_DATE` set (and the key disabled); `purge` destroys keys
+//!   whose date has passed.
+//!
+//! Label -> handle lookups are cached for `key_cache_ms`; state attributes are read from the
+//! HSM on every call, so GetKeyMetadata and enable/disable are never stale.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use parking_lot::Mutex;
+
+use super::{Hsm, HsmError};
+
+/// A calendar date (UTC), as stored in CKA_END_DATE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Date {
+    /// Year.
+    pub y: i32,
+    /// Month 1-12.
+    pub m: u32,
+    /// Day 1-31.
+    pub d: u32,
+}
+
+impl Date {
+    /// Today (UTC).
+    pub fn today() -> Date {
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Date::from_days((secs / 86_400) as i64)
+    }
+
+    /// Date `n` days after this one.
+    pub fn plus_days(self, n: i64) -> Date {
+        Date::from_days(self.to_days() + n)
+    }
+
+    /// Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    pub fn from_days(z: i64) -> Date {
+        let z = z + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let y = (yoe + era * 400 + i64::from(m <= 2)) as i32;
+        Date { y, m, d }
+    }
+
+    /// Days since 1970-01-01.
+    pub fn to_days(self) -> i64 {
+        let y = i64::from(self.y) - i64::from(self.m <= 2);
+        let era = y.div_euclid(400);
+        let yoe = y.rem_euclid(400);
+        let m = i64::from(self.m);
+        let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(self.d) - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        era * 146_097 + doe - 719_468
+    }
+
+    fn to_ck(self) -> cryptoki::types::Date {
+        let s = format!("{:04}{:02}{:02}", self.y, self.m, self.d);
+        let b = s.as_bytes();
+        cryptoki::types::Date::new([b[0], b[1], b[2], b[3]], [b[4], b[5]], [b[6], b[7]])
+    }
+
+    fn from_ck(d: &cryptoki::types::Date) -> Option<Date> {
+        if d.is_empty() {
+            return None;
+        }
+        let num =
+            |bytes: &[u8]| -> Option<u32> { std::str::from_utf8(bytes).ok()?.trim().parse().ok() };
+        let y = num(&d.year)?;
+        let m = num(&d.month)?;
+        let dd = num(&d.day)?;
+        if y == 0 || !(1..=12).contains(&m) || !(1..=31).contains(&dd) {
+            return None;
+        }
+        Some(Date {
+            y: y as i32,
+            m,
+            d: dd,
+        })
+    }
+}
+
+impl std::fmt::Display for Date {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04}-{:02}-{:02}", self.y, self.m, self.d)
+    }
+}
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Usage {
+    /// CKA_ENCRYPT only.
+    Encrypt,
+    /// CKA_DECRYPT only.
+    Decrypt,
+    /// Both.
+    Both,
+}
+
+impl Usage {
+    fn flags(self) -> (bool, bool) {
+        match self {
+            Usage::Encrypt => (true, false),
+            Usage::Decrypt => (false, true),
+            Usage::Both => (true, true),
+        }
+    }
+}
+
+/// Live usage flags of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyState {
+    /// CKA_ENCRYPT.
+    pub encrypt: bool,
+    /// CKA_DECRYPT.
+    pub decrypt: bool,
+}
+
+impl KeyState {
+    /// Our DISABLED state: neither usage.
+    pub fn disabled(self) -> bool {
+        !self.encrypt && !self.decrypt
+    }
+}
+
+/// One key as the admin CLI shows it.
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    /// External key id (CKA_LABEL).
+    pub label: String,
+    /// Usage flags.
+    pub state: KeyState,
+    /// Scheduled deletion date (CKA_END_DATE), if any.
+    pub deletion: Option<Date>,
+}
+
+/// Label -> handle cache (handles only; never state).
+pub(super) struct KeyCache {
+    map: Mutex<HashMap<String, (ObjectHandle, Instant)>>,
+    ttl: Duration,
+}
+
+impl KeyCache {
+    pub(super) fn new(ttl: Duration) -> Self {
+        KeyCache {
+            map: Mutex::new(HashMap::new()),
+            ttl,
+        }
+    }
+    pub(super) fn clear(&self) {
+        self.map.lock().clear();
+    }
+    fn get(&self, label: &str) -> Option<ObjectHandle> {
+        let m = self.map.lock();
+        m.get(label)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(h, _)| *h)
+    }
+    fn put(&self, label: &str, h: ObjectHandle) {
+        let mut m = self.map.lock();
+        if m.len() > 100_000 {
+            m.clear(); // crude bound; lookups are cheap to redo
+        }
+        m.insert(label.to_string(), (h, Instant::now()));
+    }
+    fn remove(&self, label: &str) {
+        self.map.lock().remove(label);
+    }
+}
+
+fn ck(op: &'static str) -> impl FnOnce(cryptoki::error::Error) -> HsmError {
+    move |e| HsmError::pkcs11(op, e)
+}
+
+/// Find every secret key object with this label (no HYOK filtering).
+fn find_by_label(s: &Session, label: &str) -> Result<Vec<ObjectHandle>, HsmError> {
+    s.find_objects(&[
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::Token(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ])
+    .map_err(ck("C_FindObjects"))
+}
+
+/// Is this object an AES-256, sensitive, non-extractable key (the only kind we serve)?
+fn is_hyok_key(s: &Session, h: ObjectHandle) -> Result<bool, HsmError> {
+    let attrs = s
+        .get_attributes(
+            h,
+            &[
+                AttributeType::KeyType,
+                AttributeType::ValueLen,
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+            ],
+        )
+        .map_err(ck("C_GetAttributeValue"))?;
+    let (mut aes, mut len32, mut sens, mut noext) = (false, false, false, false);
+    for a in attrs {
+        match a {
+            Attribute::KeyType(t) => aes = t == KeyType::AES,
+            Attribute::ValueLen(l) => len32 = u64::from(l) == 32,
+            Attribute::Sensitive(b) => sens = b,
+            Attribute::Extractable(b) => noext = !b,
+            _ => {}
+        }
+    }
+    Ok(aes && len32 && sens && noext)
+}
+
+fn read_state(s: &Session, h: ObjectHandle) -> Result<KeyState, HsmError> {
+    let attrs = s
+        .get_attributes(h, &[AttributeType::Encrypt, AttributeType::Decrypt])
+        .map_err(ck("C_GetAttributeValue"))?;
+    let mut st = KeyState {
+        encrypt: false,
+        decrypt: false,
+    };
+    for a in attrs {
+        match a {
+            Attribute::Encrypt(b) => st.encrypt = b,
+            Attribute::Decrypt(b) => st.decrypt = b,
+            _ => {}
+        }
+    }
+    Ok(st)
+}
+
+/// Suffix of CKA_ID carrying a mirrored deletion date (see [`Hsm::schedule_deletion`]).
+const ID_MARK: &[u8] = b"\0xki-delete:";
+
+fn read_id(s: &Session, h: ObjectHandle) -> Result<Vec<u8>, HsmError> {
+    Ok(s.get_attributes(h, &[AttributeType::Id])
+        .map_err(ck("C_GetAttributeValue"))?
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Id(v) => Some(v),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
+/// Split CKA_ID into (original id, mirrored deletion date).
+fn split_id(id: &[u8]) -> (&[u8], Option<Date>) {
+    if id.len() >= ID_MARK.len() + 8 {
+        let at = id.len() - ID_MARK.len() - 8;
+        if &id[at..at + ID_MARK.len()] == ID_MARK {
+            let d = std::str::from_utf8(&id[at + ID_MARK.len()..])
+                .ok()
+                .and_then(|t| {
+                    Some(Date {
+                        y: t.get(0..4)?.parse().ok()?,
+                        m: t.get(4..6)?.parse().ok()?,
+                        d: t.get(6..8)?.parse().ok()?,
+                    })
+                });
+            return (&id[..at], d);
+        }
+    }
+    (id, None)
+}
+
+/// CKA_END_DATE if the module returns it; else the CKA_ID mirror.
+fn read_end_date(s: &Session, h: ObjectHandle) -> Option<Date> {
+    let std_date = s
+        .get_attributes(h, &[AttributeType::EndDate])
+        .ok()
+        .and_then(|attrs| {
+            attrs.iter().find_map(|a| match a {
+                Attribute::EndDate(d) => Date::from_ck(d),
+                _ => None,
+            })
+        });
+    std_date.or_else(|| read_id(s, h).ok().and_then(|id| split_id(&id).1))
+}
+
+impl Hsm {
+    /// Resolve an external key id to its HYOK key handle (cached briefly).
+    pub fn find_key(&self, s: &Session, label: &str) -> Result<ObjectHandle, HsmError> {
+        if let Some(h) = self.keys.get(label) {
+            return Ok(h);
+        }
+        let found = find_by_label(s, label)?;
+        let h = match found.as_slice() {
+            [] => return Err(HsmError::KeyNotFound),
+            [h] => *h,
+            _ => {
+                return Err(HsmError::Other(format!(
+                    "{} secret keys carry the label {label:?}; refusing to guess",
+                    found.len()
+                )))
+            }
+        };
+        if !is_hyok_key(s, h)? {
+            tracing::warn!(
+                key = label,
+                "key is not AES-256 sensitive non-extractable; ignored"
+            );
+            return Err(HsmError::KeyNotFound);
+        }
+        self.keys.put(label, h);
+        Ok(h)
+    }
+
+    /// Run `f` on the key's handle and live state; a stale cached handle is looked up once more.
+    pub fn with_key<R>(
+        &self,
+        s: &Session,
+        label: &str,
+        mut f: impl FnMut(ObjectHandle, KeyState) -> Result<R, HsmError>,
+    ) -> Result<R, HsmError> {
+        for attempt in 0..2 {
+            let h = self.find_key(s, label)?;
+            let r = read_state(s, h).and_then(|st| f(h, st));
+            match r {
+                Err(e) if e.stale_handle() && attempt == 0 => self.keys.remove(label),
+                other => return other,
+            }
+        }
+        Err(HsmError::KeyNotFound)
+    }
+
+    /// Live state of a key.
+    pub fn key_state(&self, s: &Session, label: &str) -> Result<KeyState, HsmError> {
+        self.with_key(s, label, |_, st| Ok(st))
+    }
+
+    /// Generate a new HYOK key in the token. Fails if the label is taken.
+    pub fn create_key(&self, s: &Session, label: &str, usage: Usage) -> Result<(), HsmError> {
+        if !find_by_label(s, label)?.is_empty() {
+            return Err(HsmError::Other(format!(
+                "a key labelled {label:?} already exists"
+            )));
+        }
+        let mut id = [0u8; 16];
+        getrandom::getrandom(&mut id).map_err(|e| HsmError::Other(format!("OS RNG: {e}")))?;
+        // Generated with both usages (what any HYOK-enforcing module accepts), then narrowed.
+        let h = s
+            .generate_key(
+                &Mechanism::AesKeyGen,
+                &[
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(KeyType::AES),
+                    Attribute::ValueLen(32.into()),
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Modifiable(true),
+                    Attribute::Encrypt(true),
+                    Attribute::Decrypt(true),
+                    Attribute::Wrap(false),
+                    Attribute::Unwrap(false),
+                    Attribute::Label(label.as_bytes().to_vec()),
+                    Attribute::Id(id.to_vec()),
+                ],
+            )
+            .map_err(ck("C_GenerateKey"))?;
+        if usage != Usage::Both {
+            let (e, d) = usage.flags();
+            s.update_attributes(h, &[Attribute::Encrypt(e), Attribute::Decrypt(d)])
+                .map_err(ck("C_SetAttributeValue"))?;
+        }
+        Ok(())
+    }
+
+    /// List every HYOK key on the token.
+    pub fn list_keys(&self, s: &Session) -> Result<Vec<KeyInfo>, HsmError> {
+        let all = s
+            .find_objects(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Token(true),
+            ])
+            .map_err(ck("C_FindObjects"))?;
+        let mut out = Vec::new();
+        for h in all {
+            if !is_hyok_key(s, h)? {
+                continue;
+            }
+            let label = s
+                .get_attributes(h, &[AttributeType::Label])
+                .map_err(ck("C_GetAttributeValue"))?
+                .into_iter()
+                .find_map(|a| match a {
+                    Attribute::Label(l) => Some(String::from_utf8_lossy(&l).into_owned()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            out.push(KeyInfo {
+                label,
+                state: read_state(s, h)?,
+                deletion: read_end_date(s, h),
+            });
+        }
+        out.sort_by(|a, b| a.label.cmp(&b.label));
+        Ok(out)
+    }
+
+    fn admin_handle(&self, s: &Session, label: &str) -> Result<ObjectHandle, HsmError> {
+        self.keys.remove(label);
+        self.find_key(s, label)
+    }
+
+    /// Set usage flags (enable with a usage). Refused while deletion is scheduled.
+    pub fn set_usage(&self, s: &Session, label: &str, usage: Usage) -> Result<(), HsmError> {
+        let h = self.admin_handle(s, label)?;
+        if let Some(d) = read_end_date(s, h) {
+            return Err(HsmError::Other(format!(
+                "key {label} is pending deletion on {d}; cancel the deletion first"
+            )));
+        }
+        let (e, d) = usage.flags();
+        s.update_attributes(h, &[Attribute::Encrypt(e), Attribute::Decrypt(d)])
+            .map_err(ck("C_SetAttributeValue"))
+    }
+
+    /// Disable: clear both usage flags.
+    pub fn disable_key(&self, s: &Session, label: &str) -> Result<(), HsmError> {
+        let h = self.admin_handle(s, label)?;
+        s.update_attributes(h, &[Attribute::Encrypt(false), Attribute::Decrypt(false)])
+            .map_err(ck("C_SetAttributeValue"))
+    }
+
+    /// Disable and record the deletion date in CKA_END_DATE.
+    ///
+    /// Some modules do not keep CKA_END_DATE readable on private keys (SoftHSM2 2.6 stores it
+    /// unencrypted and then fails C_GetAttributeValue with CKR_GENERAL_ERROR). The date is
+    /// read back; if it did not stick, it is mirrored as a suffix of CKA_ID
+    /// (`<id>\0xki-delete:YYYYMMDD`), which every module keeps.
+    pub fn schedule_deletion(&self, s: &Session, label: &str, on: Date) -> Result<(), HsmError> {
+        let h = self.admin_handle(s, label)?;
+        s.update_attributes(h, &[Attribute::Encrypt(false), Attribute::Decrypt(false)])
+            .map_err(ck("C_SetAttributeValue"))?;
+        let stored = s
+            .update_attributes(h, &[Attribute::EndDate(on.to_ck())])
+            .is_ok()
+            && s.get_attributes(h, &[AttributeType::EndDate])
+                .ok()
+                .and_then(|a| {
+                    a.iter().find_map(|x| match x {
+                        Attribute::EndDate(d) => Date::from_ck(d),
+                        _ => None,
+                    })
+                })
+                == Some(on);
+        if !stored {
+            tracing::info!(
+                key = label,
+                "module did not keep CKA_END_DATE; mirroring the date in CKA_ID"
+            );
+            let id = read_id(s, h)?;
+            let mut new_id = split_id(&id).0.to_vec();
+            new_id.extend_from_slice(ID_MARK);
+            new_id.extend_from_slice(format!("{:04}{:02}{:02}", on.y, on.m, on.d).as_bytes());
+            s.update_attributes(h, &[Attribute::Id(new_id)])
+                .map_err(ck("C_SetAttributeValue"))?;
+        }
+        Ok(())
+    }
+
+    /// Clear the deletion date; the key stays disabled (enable it explicitly), like KMS.
+    pub fn cancel_deletion(&self, s: &Session, label: &str) -> Result<(), HsmError> {
+        let h = self.admin_handle(s, label)?;
+        if read_end_date(s, h).is_none() {
+            return Err(HsmError::Other(format!(
+                "key {label} has no deletion scheduled"
+            )));
+        }
+        // Best effort on the standard attribute (an empty CK_DATE means "none").
+        let _ = s.update_attributes(h, &[Attribute::EndDate(cryptoki::types::Date::new_empty())]);
+        let id = read_id(s, h)?;
+        let (orig, mirrored) = split_id(&id);
+        if mirrored.is_some() {
+            s.update_attributes(h, &[Attribute::Id(orig.to_vec())])
+                .map_err(ck("C_SetAttributeValue"))?;
+        }
+        if read_end_date(s, h).is_some() {
+            return Err(HsmError::Other(format!(
+                "could not clear the deletion date of {label}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Destroy one key whose deletion date has passed (checked again here).
+    pub fn purge_key(&self, s: &Session, label: &str, today: Date) -> Result<(), HsmError> {
+        let h = self.admin_handle(s, label)?;
+        match read_end_date(s, h) {
+            Some(d) if d <= today => {}
+            _ => {
+                return Err(HsmError::Other(format!(
+                    "key {label} is not past its deletion date"
+                )))
+            }
+        }
+        if !read_state(s, h)?.disabled() {
+            return Err(HsmError::Other(format!(
+                "key {label} is enabled; not destroying"
+            )));
+        }
+        s.destroy_object(h).map_err(ck("C_DestroyObject"))?;
+        self.keys.remove(label);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Date;
+
+    #[test]
+    fn id_mirror() {
+        let mut id = b"abc".to_vec();
+        id.extend_from_slice(super::ID_MARK);
+        id.extend_from_slice(b"20261207");
+        assert_eq!(
+            super::split_id(&id),
+            (
+                &b"abc"[..],
+                Some(Date {
+                    y: 2026,
+                    m: 12,
+                    d: 7
+                })
+            )
+        );
+        assert_eq!(super::split_id(b"plain"), (&b"plain"[..], None));
+    }
+
+    #[test]
+    fn civil_dates_round_trip() {
+        assert_eq!(
+            Date::from_days(0),
+            Date {
+                y: 1970,
+                m: 1,
+                d: 1
+            }
+        );
+        assert_eq!(
+            Date::from_days(20_513),
+            Date {
+                y: 2026,
+                m: 3,
+                d: 1
+            }
+        );
+        for z in [-1000, 0, 59, 60, 11_016, 20_000, 50_000] {
+            assert_eq!(Date::from_days(z).to_days(), z);
+        }
+        assert_eq!(
+            Date {
+                y: 2024,
+                m: 2,
+                d: 28
+            }
+            .plus_days(1),
+            Date {
+                y: 2024,
+                m: 2,
+                d: 29
+            }
+        );
+    }
+}

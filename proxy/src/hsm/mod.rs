@@ -1,0 +1,193 @@
+//! The HSM side: one PKCS#11 module loaded by path (cryptoki), one token, a pool of
+//! logged-in sessions. Only standard PKCS#11 is used, so any module works (ours, SoftHSM2,
+//! a vendor HSM's).
+//!
+//! Blocking PKCS#11 calls never run on the async workers: [`Hsm::run`] executes a closure on
+//! tokio's blocking thread pool, bounded by a semaphore sized to the session pool.
+
+mod error;
+mod gcm;
+mod keys;
+mod pool;
+
+pub use error::HsmError;
+pub use gcm::{gcm_decrypt, gcm_encrypt, GcmOutput, TAG_LEN};
+pub use keys::{Date, KeyInfo, KeyState, Usage};
+pub use pool::PoolStats;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+
+use crate::config::HsmConfig;
+
+/// Description of the token, for health reports and logs.
+#[derive(Debug, Clone)]
+pub struct TokenDesc {
+    /// Token label.
+    pub label: String,
+    /// Manufacturer id.
+    pub manufacturer: String,
+    /// Model string.
+    pub model: String,
+    /// Serial number.
+    pub serial: String,
+}
+
+/// A loaded module, its token, the session pool and the key-handle cache.
+pub struct Hsm {
+    ctx: Pkcs11,
+    slot: Slot,
+    pin: AuthPin,
+    pool: pool::Pool,
+    keys: keys::KeyCache,
+    /// Dedicated health-check key label.
+    pub canary_label: String,
+    /// The token behind this pool.
+    pub token: TokenDesc,
+}
+
+impl Hsm {
+    /// Load the module, find the token, log in once and keep one session open.
+    pub fn open(cfg: &HsmConfig, pin: &str) -> Result<Arc<Hsm>, HsmError> {
+        let ctx = load_module(&cfg.module)?;
+        let slot = find_slot(&ctx, cfg)?;
+        let info = ctx
+            .get_token_info(slot)
+            .map_err(|e| HsmError::pkcs11("C_GetTokenInfo", e))?;
+        let token = TokenDesc {
+            label: info.label().trim().to_string(),
+            manufacturer: info.manufacturer_id().trim().to_string(),
+            model: info.model().trim().to_string(),
+            serial: info.serial_number().trim().to_string(),
+        };
+        let hsm = Arc::new(Hsm {
+            ctx,
+            slot,
+            pin: AuthPin::new(pin.to_string().into()),
+            pool: pool::Pool::new(cfg.sessions, cfg.queue_depth),
+            keys: keys::KeyCache::new(Duration::from_millis(cfg.key_cache_ms)),
+            canary_label: cfg.canary_label.clone(),
+            token,
+        });
+        // Fail fast on a wrong PIN or a broken module: open and log in the first session now.
+        let s = hsm.open_session()?;
+        hsm.pool.put_back(s);
+        Ok(hsm)
+    }
+
+    /// Open a read-write session and make sure the token is logged in.
+    fn open_session(&self) -> Result<Session, HsmError> {
+        let s = self
+            .ctx
+            .open_rw_session(self.slot)
+            .map_err(|e| HsmError::pkcs11("C_OpenSession", e))?;
+        match s.login(UserType::User, Some(&self.pin)) {
+            Ok(()) => {}
+            Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(e) => return Err(HsmError::pkcs11("C_Login", e)),
+        }
+        Ok(s)
+    }
+
+    /// Run `f` with a pooled session on the blocking pool, within `deadline`.
+    ///
+    /// All sessions busy and more than `queue_depth` waiters -> [`HsmError::Busy`] at once;
+    /// deadline passes (waiting or in the call) -> [`HsmError::Timeout`]. A call that times out
+    /// keeps its session until the module returns, then the session goes back to the pool.
+    pub async fn run<R, F>(self: &Arc<Self>, deadline: Instant, f: F) -> Result<R, HsmError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Hsm, &Session) -> Result<R, HsmError> + Send + 'static,
+    {
+        let permit = self.pool.acquire(deadline).await?;
+        let me = self.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            me.with_session(|s| f(&me, s))
+        });
+        match tokio::time::timeout_at(deadline.into(), job).await {
+            Err(_) => Err(HsmError::Timeout),
+            Ok(Err(_)) => Err(HsmError::Other("HSM worker panicked".into())),
+            Ok(Ok(r)) => r,
+        }
+    }
+
+    /// Run `f` on the current thread with a pooled session (CLI and blocking contexts).
+    /// Callers on async runtimes must use [`Hsm::run`] instead.
+    pub fn with_session<R>(
+        &self,
+        f: impl FnOnce(&Session) -> Result<R, HsmError>,
+    ) -> Result<R, HsmError> {
+        let _busy = self.pool.mark_busy();
+        let s = match self.pool.take() {
+            Some(s) => s,
+            None => self.open_session()?,
+        };
+        let r = f(&s);
+        match &r {
+            Err(e) if e.session_broken() => {
+                // Dropping closes it; the next caller opens (and logs in) a fresh one.
+                self.keys.clear();
+                drop(s);
+            }
+            _ => self.pool.put_back(s),
+        }
+        r
+    }
+
+    /// Pool occupancy for metrics.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// Stop handing out sessions and close the idle ones (graceful shutdown).
+    pub fn close(&self) {
+        self.pool.close();
+    }
+}
+
+fn load_module(path: &Path) -> Result<Pkcs11, HsmError> {
+    let ctx = Pkcs11::new(path).map_err(|e| {
+        HsmError::Other(format!(
+            "cannot load PKCS#11 module {}: {e}",
+            path.display()
+        ))
+    })?;
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) => {}
+        Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(HsmError::pkcs11("C_Initialize", e)),
+    }
+    Ok(ctx)
+}
+
+fn find_slot(ctx: &Pkcs11, cfg: &HsmConfig) -> Result<Slot, HsmError> {
+    let slots = ctx
+        .get_slots_with_token()
+        .map_err(|e| HsmError::pkcs11("C_GetSlotList", e))?;
+    if let Some(label) = &cfg.token_label {
+        for s in &slots {
+            if let Ok(ti) = ctx.get_token_info(*s) {
+                if ti.label().trim() == label {
+                    return Ok(*s);
+                }
+            }
+        }
+        return Err(HsmError::Other(format!(
+            "no token with label {label:?} in {}",
+            cfg.module.display()
+        )));
+    }
+    let want = cfg.slot.unwrap_or_default();
+    slots
+        .into_iter()
+        .find(|s| s.id() == want)
+        .ok_or_else(|| HsmError::Other(format!("no token in slot {want}")))
+}

@@ -1,0 +1,17 @@
+//! xki-proxy: the XKS Proxy API v1 server a cloud KMS calls for external-key operations,
+//! backed by any PKCS#11 module (ours, `libxki_pkcs11.so`, by default).
+
+pub mod admin;
+pub mod api;
+pub mod bench;
+pub mod config;
+pub mod credentials;
+pub mod health;
+pub mod hsm;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod ops;
+pub mod server;
+pub mod state;
+pub mod tenants;

@@ -1,0 +1,153 @@
+//! Encrypt and Decrypt: validate every size first, then one pooled HSM call.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use zeroize::Zeroizing;
+
+use super::format::{cdiv, hsm_aad, METADATA_V1};
+use super::{b64, b64_required, check_algorithm, map_hsm, MAX_AAD, MAX_DATA, MAX_METADATA};
+use crate::api::{
+    ApiError, DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, ErrorKind,
+};
+use crate::hsm::{gcm_decrypt, gcm_encrypt, HsmError, TAG_LEN};
+use crate::state::App;
+
+fn too_big(field: &str, max: usize) -> ApiError {
+    ApiError::new(
+        ErrorKind::UnsupportedOperation,
+        format!("{field} larger than the {max} bytes this proxy supports"),
+    )
+}
+
+fn optional_aad(v: Option<&str>) -> Result<Vec<u8>, ApiError> {
+    let aad = match v {
+        Some(s) => b64("additionalAuthenticatedData", s)?,
+        None => Vec::new(),
+    };
+    if aad.len() > MAX_AAD {
+        return Err(too_big("additionalAuthenticatedData", MAX_AAD));
+    }
+    Ok(aad)
+}
+
+/// Encrypt under `key`. With a CDIV algorithm, the CDIV is computed from the output first,
+/// then that exact output is decrypted once to prove it round-trips (retried once with a
+/// fresh IV, then InternalException). Keys without CKA_DECRYPT skip that check.
+pub async fn encrypt(
+    app: &App,
+    key: &str,
+    req: EncryptRequest,
+) -> Result<EncryptResponse, ApiError> {
+    check_algorithm(req.encryption_algorithm.as_deref())?;
+    let want_cdiv = match req.ciphertext_data_integrity_value_algorithm.as_deref() {
+        None => false,
+        Some("SHA_256") => true,
+        Some(_) => {
+            return Err(ApiError::new(
+                ErrorKind::UnsupportedOperation,
+                "ciphertextDataIntegrityValueAlgorithm must be SHA_256",
+            ))
+        }
+    };
+    let plaintext = Zeroizing::new(b64_required("plaintext", req.plaintext.as_deref())?);
+    if plaintext.len() > MAX_DATA {
+        return Err(too_big("plaintext", MAX_DATA));
+    }
+    let aad = optional_aad(req.additional_authenticated_data.as_deref())?;
+    let label = key.to_string();
+    let (out, digest) = app
+        .hsm
+        .run(app.deadline(), move |hsm, s| {
+            let full_aad = hsm_aad(&aad, &METADATA_V1);
+            hsm.with_key(s, &label, |h, st| {
+                if st.disabled() {
+                    return Err(HsmError::Disabled);
+                }
+                if !st.encrypt {
+                    return Err(HsmError::WrongUsage);
+                }
+                for _attempt in 0..2 {
+                    let out = gcm_encrypt(s, h, &full_aad, &plaintext)?;
+                    if !want_cdiv {
+                        return Ok((out, None));
+                    }
+                    let d = cdiv(&aad, &METADATA_V1, &out.iv, &out.ciphertext, &out.tag);
+                    if !st.decrypt {
+                        return Ok((out, Some(d)));
+                    }
+                    match gcm_decrypt(s, h, &out.iv, &full_aad, &out.ciphertext, &out.tag) {
+                        Ok(back) if back.as_slice() == plaintext.as_slice() => {
+                            return Ok((out, Some(d)))
+                        }
+                        Ok(_) | Err(HsmError::InvalidCiphertext) => {
+                            tracing::error!(key = %label, "encrypt round-trip check failed; retrying");
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(HsmError::Other("encrypt output failed its round-trip check twice".into()))
+            })
+        })
+        .await
+        .map_err(map_hsm)?;
+    Ok(EncryptResponse {
+        authentication_tag: B64.encode(&out.tag),
+        ciphertext: B64.encode(&out.ciphertext),
+        ciphertext_data_integrity_value: digest.map(|d| B64.encode(d)),
+        ciphertext_metadata: B64.encode(METADATA_V1),
+        initialization_vector: B64.encode(&out.iv),
+    })
+}
+
+/// Decrypt under `key`. All lengths are checked before the HSM is asked.
+pub async fn decrypt(
+    app: &App,
+    key: &str,
+    req: DecryptRequest,
+) -> Result<DecryptResponse, ApiError> {
+    check_algorithm(req.encryption_algorithm.as_deref())?;
+    let ciphertext = b64_required("ciphertext", req.ciphertext.as_deref())?;
+    if ciphertext.len() > MAX_DATA {
+        return Err(too_big("ciphertext", MAX_DATA));
+    }
+    let iv = b64_required("initializationVector", req.initialization_vector.as_deref())?;
+    if iv.len() != 12 && iv.len() != 16 {
+        return Err(ApiError::validation(
+            "initializationVector must be 12 or 16 bytes",
+        ));
+    }
+    let tag = b64_required("authenticationTag", req.authentication_tag.as_deref())?;
+    if tag.len() != TAG_LEN {
+        return Err(ApiError::validation("authenticationTag must be 16 bytes"));
+    }
+    let meta = match req.ciphertext_metadata.as_deref() {
+        Some(s) => b64("ciphertextMetadata", s)?,
+        None => Vec::new(),
+    };
+    if meta.len() > MAX_METADATA {
+        return Err(ApiError::validation(
+            "ciphertextMetadata must be at most 20 bytes",
+        ));
+    }
+    let aad = optional_aad(req.additional_authenticated_data.as_deref())?;
+    let label = key.to_string();
+    let plaintext = app
+        .hsm
+        .run(app.deadline(), move |hsm, s| {
+            let full_aad = hsm_aad(&aad, &meta);
+            hsm.with_key(s, &label, |h, st| {
+                if st.disabled() {
+                    return Err(HsmError::Disabled);
+                }
+                if !st.decrypt {
+                    return Err(HsmError::WrongUsage);
+                }
+                gcm_decrypt(s, h, &iv, &full_aad, &ciphertext, &tag).map(Zeroizing::new)
+            })
+        })
+        .await
+        .map_err(map_hsm)?;
+    Ok(DecryptResponse {
+        plaintext: B64.encode(plaintext.as_slice()),
+    })
+}

@@ -1,0 +1,168 @@
+//! The four operations: request validation, HSM calls, response shaping, error mapping.
+
+pub mod crypto;
+pub mod format;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use cryptoki::error::RvError;
+
+use crate::api::{ApiError, ErrorKind, KeyMetadataResponse, RequestMetadata};
+use crate::hsm::HsmError;
+use crate::state::App;
+
+/// Largest plaintext/ciphertext we accept (decoded). The spec needs 4300.
+pub const MAX_DATA: usize = 64 * 1024;
+/// Largest AAD (decoded). The spec needs 8192; the u16 length prefix caps it at 65535.
+pub const MAX_AAD: usize = 32 * 1024;
+/// Largest ciphertextMetadata (spec).
+pub const MAX_METADATA: usize = 20;
+/// Largest ARN (spec).
+const MAX_ARN: usize = 2048;
+
+/// Which operation a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// GetKeyMetadata.
+    Metadata,
+    /// Encrypt.
+    Encrypt,
+    /// Decrypt.
+    Decrypt,
+    /// GetHealthStatus.
+    Health,
+}
+
+impl Op {
+    /// Label used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Metadata => "GetKeyMetadata",
+            Op::Encrypt => "Encrypt",
+            Op::Decrypt => "Decrypt",
+            Op::Health => "GetHealthStatus",
+        }
+    }
+}
+
+/// Check requestMetadata presence and required fields for `op`.
+pub fn validate_metadata(
+    md: Option<&RequestMetadata>,
+    op: Op,
+) -> Result<&RequestMetadata, ApiError> {
+    let md = md.ok_or_else(|| ApiError::validation("requestMetadata is required"))?;
+    let present = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+    if !present(&md.kms_request_id) {
+        return Err(ApiError::validation(
+            "requestMetadata.kmsRequestId is required",
+        ));
+    }
+    if !present(&md.kms_operation) {
+        return Err(ApiError::validation(
+            "requestMetadata.kmsOperation is required",
+        ));
+    }
+    if op != Op::Health && !present(&md.aws_principal_arn) {
+        return Err(ApiError::validation(
+            "requestMetadata.awsPrincipalArn is required",
+        ));
+    }
+    if matches!(op, Op::Encrypt | Op::Decrypt) && !present(&md.kms_key_arn) {
+        return Err(ApiError::validation(
+            "requestMetadata.kmsKeyArn is required",
+        ));
+    }
+    for (name, v) in [
+        ("awsPrincipalArn", &md.aws_principal_arn),
+        ("kmsKeyArn", &md.kms_key_arn),
+        ("kmsRequestId", &md.kms_request_id),
+        ("kmsOperation", &md.kms_operation),
+        ("awsSourceVpc", &md.aws_source_vpc),
+        ("awsSourceVpce", &md.aws_source_vpce),
+        ("kmsViaService", &md.kms_via_service),
+    ] {
+        if v.as_deref().is_some_and(|s| s.len() > MAX_ARN) {
+            return Err(ApiError::validation(format!(
+                "requestMetadata.{name} is too long"
+            )));
+        }
+    }
+    Ok(md)
+}
+
+/// Decode a required base64 field.
+pub fn b64_required(field: &str, v: Option<&str>) -> Result<Vec<u8>, ApiError> {
+    let v = v.ok_or_else(|| ApiError::validation(format!("{field} is required")))?;
+    b64(field, v)
+}
+
+/// Decode a base64 field.
+pub fn b64(field: &str, v: &str) -> Result<Vec<u8>, ApiError> {
+    B64.decode(v)
+        .map_err(|_| ApiError::validation(format!("{field} is not valid base64")))
+}
+
+/// `encryptionAlgorithm` must be present and AES_GCM.
+pub fn check_algorithm(v: Option<&str>) -> Result<(), ApiError> {
+    match v {
+        None => Err(ApiError::validation("encryptionAlgorithm is required")),
+        Some("AES_GCM") => Ok(()),
+        Some(_) => Err(ApiError::new(
+            ErrorKind::UnsupportedOperation,
+            "encryptionAlgorithm must be AES_GCM",
+        )),
+    }
+}
+
+/// Map an HSM-layer error to the API error the spec prescribes.
+pub fn map_hsm(e: HsmError) -> ApiError {
+    match e {
+        HsmError::KeyNotFound => ApiError::new(ErrorKind::KeyNotFound, "external key not found"),
+        HsmError::Disabled => ApiError::new(ErrorKind::InvalidState, "key is disabled"),
+        HsmError::WrongUsage => ApiError::new(
+            ErrorKind::InvalidKeyUsage,
+            "key usage does not permit this operation",
+        ),
+        HsmError::InvalidCiphertext => ApiError::new(
+            ErrorKind::InvalidCiphertext,
+            "ciphertext, tag, IV, AAD or metadata failed authentication",
+        ),
+        HsmError::Busy => ApiError::new(ErrorKind::Throttling, "HSM sessions busy; retry"),
+        HsmError::Timeout => {
+            ApiError::new(ErrorKind::DependencyTimeout, "HSM did not answer in time")
+        }
+        e if e.rv() == Some(RvError::KeyFunctionNotPermitted) => ApiError::new(
+            ErrorKind::InvalidKeyUsage,
+            "key usage does not permit this operation",
+        ),
+        e => {
+            tracing::error!(error = %e, "HSM failure");
+            ApiError::new(ErrorKind::Internal, "HSM failure")
+        }
+    }
+}
+
+/// GetKeyMetadata: live usage flags from the HSM.
+///
+/// A DISABLED key (both flags false) reports both usages, since that is what `keys enable`
+/// restores by default.
+pub async fn key_metadata(app: &App, key: &str) -> Result<KeyMetadataResponse, ApiError> {
+    let label = key.to_string();
+    let st = app
+        .hsm
+        .run(app.deadline(), move |hsm, s| hsm.key_state(s, &label))
+        .await
+        .map_err(map_hsm)?;
+    let mut usage = Vec::new();
+    if st.encrypt || st.disabled() {
+        usage.push("ENCRYPT");
+    }
+    if st.decrypt || st.disabled() {
+        usage.push("DECRYPT");
+    }
+    Ok(KeyMetadataResponse {
+        key_spec: "AES_256",
+        key_usage: usage,
+        key_status: if st.disabled() { "DISABLED" } else { "ENABLED" },
+    })
+}

@@ -1,0 +1,137 @@
+//! `xki-proxy serve`: wire config, HSM, tenants, health, metrics and listeners together;
+//! SIGHUP reloads tenants (credentials, allow-lists, rules, quotas) without dropping
+//! connections; SIGTERM/SIGINT stop accepting, drain, and close the HSM sessions.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::health::Health;
+use crate::hsm::Hsm;
+use crate::http;
+use crate::metrics::Metrics;
+use crate::state::App;
+use crate::tenants::Tenants;
+
+/// Re-read the config file and swap in the new tenants (`[[prefix]]`: credentials, key
+/// allow-lists, regions, quotas, rules). Changes to anything else are reported but need a
+/// restart.
+pub fn reload(app: &App, running: &Config) -> Result<(), String> {
+    let cfg = Config::load(&app.config_path).map_err(|e| e.to_string())?;
+    let tenants = Tenants::from_config(&cfg).map_err(|e| e.to_string())?;
+    let n = tenants.len();
+    app.tenants.store(Arc::new(tenants));
+    let outside_prefixes = |c: &Config| {
+        let mut c = c.clone();
+        c.prefix.clear();
+        format!("{c:?}")
+    };
+    if outside_prefixes(&cfg) != outside_prefixes(running) {
+        tracing::warn!(
+            "settings outside [[prefix]] changed; they take effect only after a restart"
+        );
+    }
+    tracing::info!(prefixes = n, "configuration reloaded");
+    Ok(())
+}
+
+/// Run the server until SIGTERM/SIGINT.
+pub fn serve(config_path: &Path) -> Result<(), String> {
+    let cfg = Config::load(config_path).map_err(|e| e.to_string())?;
+    crate::logging::init(cfg.log_format, &cfg.log_level);
+    let tenants = Tenants::from_config(&cfg).map_err(|e| e.to_string())?;
+    if tenants.is_empty() {
+        tracing::warn!(
+            "no [[prefix]] configured: every API request will get InvalidUriPathException"
+        );
+    }
+    let tls = cfg.tls.as_ref().map(http::tls::server_config).transpose()?;
+    let pin = cfg.read_pin().map_err(|e| e.to_string())?;
+    let hsm = Hsm::open(&cfg.hsm, &pin).map_err(|e| format!("hsm: {e}"))?;
+    drop(pin);
+    tracing::info!(module = %cfg.hsm.module.display(), token = %hsm.token.label, "HSM ready");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(cfg.hsm.sessions + 8)
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    rt.block_on(async move {
+        let health = Health::new(hsm.clone(), cfg.fleet_size);
+        let app = Arc::new(App {
+            hsm: hsm.clone(),
+            tenants: ArcSwap::from_pointee(tenants),
+            health: health.clone(),
+            metrics: Metrics::new(),
+            hsm_deadline: Duration::from_millis(cfg.hsm.deadline_ms),
+            max_body: cfg.max_body_bytes,
+            config_path: config_path.to_path_buf(),
+        });
+        let first = health.check_now().await;
+        if let Some(e) = &first.error {
+            tracing::warn!(error = %e, "initial health check failed");
+        }
+        health.spawn(Duration::from_millis(cfg.hsm.health_interval_ms));
+
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| format!("listen {}: {e}", cfg.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|v| *v).await;
+        };
+        if let Some(a) = cfg.admin_listen {
+            let l = TcpListener::bind(a).await.map_err(|e| format!("admin_listen {a}: {e}"))?;
+            let admin_addr = l.local_addr().map_err(|e| e.to_string())?;
+            println!("xki-proxy admin listening on {admin_addr}");
+            tokio::spawn(http::serve_admin(app.clone(), l, stopped(stop_rx.clone())));
+        }
+        if let Some(p) = &cfg.pid_file {
+            std::fs::write(p, format!("{}\n", std::process::id()))
+                .map_err(|e| format!("pid_file {}: {e}", p.display()))?;
+        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        println!("xki-proxy listening on {addr} ({scheme})");
+        let _ = std::io::stdout().flush();
+        tracing::info!(%addr, scheme, "listening");
+
+        let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        let app2 = app.clone();
+        let running = cfg.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = hup.recv() => {
+                        if let Err(e) = reload(&app2, &running) {
+                            tracing::error!(error = %e, "reload failed; keeping the previous configuration");
+                        }
+                    }
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                }
+            }
+            tracing::info!("shutdown requested");
+            let _ = stop_tx.send(true);
+        });
+
+        http::serve_api(app.clone(), listener, tls, stopped(stop_rx)).await;
+        hsm.close();
+        if let Some(p) = &cfg.pid_file {
+            let _ = std::fs::remove_file(p);
+        }
+        tracing::info!("stopped");
+        Ok::<(), String>(())
+    })?;
+    rt.shutdown_timeout(Duration::from_secs(2));
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! Shared state of a running server.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+use crate::health::Health;
+use crate::hsm::Hsm;
+use crate::metrics::Metrics;
+use crate::tenants::Tenants;
+
+/// Everything a request handler needs.
+pub struct App {
+    /// The HSM pool.
+    pub hsm: Arc<Hsm>,
+    /// Tenants; swapped on reload.
+    pub tenants: ArcSwap<Tenants>,
+    /// Cached deep-health result.
+    pub health: Arc<Health>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// HSM deadline per request.
+    pub hsm_deadline: Duration,
+    /// Body size cap.
+    pub max_body: usize,
+    /// Config file, re-read on reload.
+    pub config_path: PathBuf,
+}
+
+impl App {
+    /// Deadline for an HSM call starting now.
+    pub fn deadline(&self) -> Instant {
+        Instant::now() + self.hsm_deadline
+    }
+}
