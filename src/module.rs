@@ -301,7 +301,7 @@ pub fn get_token_info(slot: u64) -> CkResult<TokenInfo> {
     Ok(TokenInfo {
         label: s.slot.label.clone(),
         manufacturer: "xki-bridge".into(),
-        model: format!("xki/{}", s.token.model),
+        model: s.token.model.clone(),
         serial,
         flags: CKF_RNG | CKF_LOGIN_REQUIRED | CKF_USER_PIN_INITIALIZED | CKF_TOKEN_INITIALIZED,
         max_session_count: CK_EFFECTIVELY_INFINITE,
