@@ -131,9 +131,12 @@ fn as_ulong(a: &Attribute) -> CkResult<u64> {
     Ok(CK_ULONG::from_ne_bytes(bytes))
 }
 
+/// A `CK_DATE`: 8 ASCII digits, or "no date" given as zero length or as 8 zero bytes (the
+/// form the `cryptoki` crate and some C callers use).
 fn as_date(a: &Attribute) -> CkResult<Vec<u8>> {
     match a.value.len() {
         0 => Ok(Vec::new()),
+        8 if a.value.iter().all(|b| *b == 0) => Ok(Vec::new()),
         8 if a.value.iter().all(u8::is_ascii_digit) => Ok(a.value.clone()),
         _ => Err(Rv::ATTRIBUTE_VALUE_INVALID),
     }
