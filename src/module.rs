@@ -109,7 +109,7 @@ pub fn initialize(args: Option<InitArgs>) -> CkResult<()> {
         log::error!("{}: {e}", config.source);
         return Err(Rv::FUNCTION_FAILED);
     }
-    let module = build(&config)?;
+    let module = build(&config, args.is_some_and(|a| a.no_os_threads))?;
     log::info!(
         "initialised from {} with {} slot(s)",
         config.source,
@@ -125,36 +125,31 @@ fn config_failed(e: crate::config::ConfigError) -> Rv {
 }
 
 /// Open every backend and slot the config names. On any failure, shut down what was opened.
-fn build(config: &Config) -> CkResult<Module> {
+/// `no_os_threads`: the application forbade creating threads (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`),
+/// which replica groups need (worker and probe threads), so they are refused then.
+fn build(config: &Config, no_os_threads: bool) -> CkResult<Module> {
     let mut opened: HashMap<String, Arc<dyn Backend>> = HashMap::new();
+    let mut groups: Vec<Arc<dyn Backend>> = Vec::new();
     let result = (|| {
         let mut slots = Vec::with_capacity(config.slots.len());
         for (index, slot_cfg) in config.slots.iter().enumerate() {
-            if slot_cfg.backends.len() > 1 {
+            if slot_cfg.backends.len() > 1 && no_os_threads {
                 log::error!(
-                    "{}: slot[{index}].backends: replica groups of several backends are not supported yet; name exactly one backend",
+                    "{}: slot[{index}].backends: a replica group needs its own threads, but C_Initialize was given CKF_LIBRARY_CANT_CREATE_OS_THREADS",
                     config.source
                 );
-                return Err(Rv::FUNCTION_FAILED);
+                return Err(Rv::NEED_TO_CREATE_THREADS);
             }
-            let name = &slot_cfg.backends[0];
-            let backend = match opened.get(name) {
-                Some(b) => b.clone(),
-                None => {
-                    let pin = config.backend_pin(name).map_err(config_failed)?;
-                    let b = backend::open(name, &config.backends[name], pin).map_err(|e| {
-                        log::error!(
-                            "{}: backend.{name}.{}: {} ({})",
-                            config.source,
-                            e.key,
-                            e.problem,
-                            e.rv
-                        );
-                        Rv::FUNCTION_FAILED
-                    })?;
-                    opened.insert(name.clone(), b.clone());
-                    b
-                }
+            let mut members = Vec::with_capacity(slot_cfg.backends.len());
+            for name in &slot_cfg.backends {
+                members.push(open_backend(config, name, &mut opened)?);
+            }
+            let (name, backend) = if members.len() == 1 {
+                (slot_cfg.backends[0].clone(), members.remove(0))
+            } else {
+                let group = replica_group(config, index, members)?;
+                groups.push(group.clone());
+                (slot_cfg.label.clone(), group)
             };
             let user_pin = config
                 .slot_user_pin(index)
@@ -184,15 +179,114 @@ fn build(config: &Config) -> CkResult<Module> {
             slots,
             sessions: SessionTable::default(),
             objects: ObjectTable::default(),
-            backends: opened.into_values().collect(),
+            // Groups first: they stop their threads before their members shut down.
+            backends: groups.into_iter().chain(opened.into_values()).collect(),
         }),
         Err(rv) => {
-            for b in opened.values() {
+            for b in groups.iter().chain(opened.values()) {
                 b.shutdown();
             }
             Err(rv)
         }
     }
+}
+
+/// The backend `name`, opened once however many slots name it.
+fn open_backend(
+    config: &Config,
+    name: &str,
+    opened: &mut HashMap<String, Arc<dyn Backend>>,
+) -> CkResult<Arc<dyn Backend>> {
+    if let Some(b) = opened.get(name) {
+        return Ok(b.clone());
+    }
+    let pin = config.backend_pin(name).map_err(config_failed)?;
+    let b = backend::open(name, &config.backends[name], pin).map_err(|e| {
+        log::error!(
+            "{}: backend.{name}.{}: {} ({})",
+            config.source,
+            e.key,
+            e.problem,
+            e.rv
+        );
+        Rv::FUNCTION_FAILED
+    })?;
+    opened.insert(name.to_string(), b.clone());
+    Ok(b)
+}
+
+/// A replica group over the opened members of slot `index`.
+fn replica_group(
+    config: &Config,
+    index: usize,
+    members: Vec<Arc<dyn Backend>>,
+) -> CkResult<Arc<dyn Backend>> {
+    use crate::backend::replicas::{GroupSettings, MemberSpec, ReplicaGroup};
+    use crate::config::{BackendConfig, SlotConfig};
+    use std::time::Duration;
+    let slot_cfg = &config.slots[index];
+    let specs = slot_cfg
+        .backends
+        .iter()
+        .zip(members)
+        .map(|(name, backend)| {
+            let b = &config.backends[name];
+            MemberSpec {
+                backend,
+                deadline: Duration::from_millis(
+                    b.timeout_ms.unwrap_or(BackendConfig::DEFAULT_TIMEOUT_MS),
+                ),
+                max_threads: b
+                    .max_sessions
+                    .unwrap_or(BackendConfig::DEFAULT_MAX_SESSIONS),
+            }
+        })
+        .collect();
+    let settings = GroupSettings {
+        replication: slot_cfg.replication,
+        probe_interval: Duration::from_millis(
+            slot_cfg
+                .probe_interval_ms
+                .unwrap_or(SlotConfig::DEFAULT_PROBE_INTERVAL_MS),
+        ),
+        replication_wait: Duration::from_millis(
+            slot_cfg
+                .replication_wait_ms
+                .unwrap_or(SlotConfig::DEFAULT_REPLICATION_WAIT_MS),
+        ),
+        canary_label: slot_cfg
+            .canary_label
+            .as_ref()
+            .map(|l| l.as_bytes().to_vec()),
+    };
+    let group = ReplicaGroup::new(&slot_cfg.label, specs, settings).map_err(|rv| {
+        log::error!(
+            "{}: slot[{index}]: replica group over {} cannot start: {rv}",
+            config.source,
+            slot_cfg.backends.join(",")
+        );
+        Rv::FUNCTION_FAILED
+    })?;
+    Ok(Arc::new(group))
+}
+
+/// `XKI_GetMemberCount`: how many tokens serve `slot` (1 unless it is a replica group).
+pub fn member_count(slot: u64) -> CkResult<u64> {
+    let m = module()?;
+    Ok(m.slot(slot)?.slot.backend.member_status().len() as u64)
+}
+
+/// `XKI_GetMemberStatus`: health of member `index` of `slot`.
+pub fn member_status(
+    slot: u64,
+    index: u64,
+) -> CkResult<crate::backend::replicas::health::MemberStatus> {
+    let m = module()?;
+    let all = m.slot(slot)?.slot.backend.member_status();
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| all.into_iter().nth(i))
+        .ok_or(Rv::ARGUMENTS_BAD)
 }
 
 /// The module's mechanisms that the backend really supports for 256-bit keys, with flags
