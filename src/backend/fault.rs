@@ -9,7 +9,7 @@ use crate::backend::*;
 use crate::rv::{CkResult, Rv};
 use parking_lot::Mutex;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
@@ -25,11 +25,16 @@ pub enum FaultMode {
     Hang = 2,
 }
 
-/// A handle that switches a wrapper's mode.
+/// A handle that switches a wrapper's mode and counts the calls it passed through.
 #[derive(Clone, Default)]
-pub struct FaultSwitch(Arc<AtomicU8>);
+pub struct FaultSwitch(Arc<AtomicU8>, Arc<AtomicU64>);
 
 impl FaultSwitch {
+    /// Calls passed to the wrapped backend so far.
+    pub fn calls(&self) -> u64 {
+        self.1.load(Ordering::SeqCst)
+    }
+
     /// Set the mode.
     pub fn set(&self, mode: FaultMode) {
         self.0.store(mode as u8, Ordering::SeqCst);
@@ -96,7 +101,10 @@ impl FaultBackend {
     fn gate(&self) -> CkResult<()> {
         loop {
             match self.mode() {
-                FaultMode::Ok => return Ok(()),
+                FaultMode::Ok => {
+                    self.switch.1.fetch_add(1, Ordering::SeqCst);
+                    return Ok(());
+                }
                 FaultMode::Fail => return Err(Rv::DEVICE_ERROR),
                 FaultMode::Hang => std::thread::sleep(Duration::from_millis(2)),
             }
