@@ -211,8 +211,27 @@ fn open_backend(
         );
         Rv::FUNCTION_FAILED
     })?;
+    #[cfg(feature = "fault-injection")]
+    let b = fault_wrapped(name, b);
     opened.insert(name.to_string(), b.clone());
     Ok(b)
+}
+
+/// TEST-ONLY (feature `fault-injection`): wrap backend `name` in the fault injector when the
+/// environment variable `XKI_FAULT_CONTROL_<name>` names a control file (`ok`/`fail`/`hang`).
+#[cfg(feature = "fault-injection")]
+fn fault_wrapped(name: &str, b: Arc<dyn Backend>) -> Arc<dyn Backend> {
+    match std::env::var_os(format!("XKI_FAULT_CONTROL_{name}")) {
+        Some(path) => {
+            log::warn!("backend {name}: fault injection enabled (test build)");
+            Arc::new(crate::backend::fault::FaultBackend::with_control_file(
+                name,
+                b,
+                path.into(),
+            ))
+        }
+        None => b,
+    }
 }
 
 /// A replica group over the opened members of slot `index`.
