@@ -12,6 +12,7 @@ use pkcs11_sys::{
     CK_FLAGS, CK_FUNCTION_LIST_PTR_PTR, CK_INTERFACE, CK_INTERFACE_PTR, CK_INTERFACE_PTR_PTR,
     CK_RV, CK_ULONG_PTR, CK_UTF8CHAR_PTR, CK_VERSION, CK_VERSION_PTR,
 };
+use std::ffi::CStr;
 use std::ptr;
 
 /// `C_GetFunctionList`: the PKCS#11 2.40 function table.
@@ -66,13 +67,11 @@ pub unsafe extern "C" fn C_GetInterface(
     guard("C_GetInterface", || {
         // SAFETY: a non-NULL ppInterface is writable (contract above).
         let out = unsafe { Out::new(ppInterface) }?;
-        let name = if pInterfaceName.is_null() {
+        // SAFETY (both calls): a non-NULL name is NUL-terminated (contract above).
+        let is = |want: &CStr| unsafe { c_str_is(pInterfaceName, want.to_bytes()) };
+        let name = if pInterfaceName.is_null() || is(INTERFACE_NAME) {
             INTERFACE_NAME
-        // SAFETY: a non-NULL name is NUL-terminated (contract above).
-        } else if unsafe { c_str_is(pInterfaceName, INTERFACE_NAME.to_bytes()) } {
-            INTERFACE_NAME
-        // SAFETY: as above.
-        } else if unsafe { c_str_is(pInterfaceName, STATUS_INTERFACE_NAME.to_bytes()) } {
+        } else if is(STATUS_INTERFACE_NAME) {
             STATUS_INTERFACE_NAME
         } else {
             return Err(Rv::ARGUMENTS_BAD);
@@ -93,7 +92,7 @@ pub unsafe extern "C" fn C_GetInterface(
 /// of `flags`.
 fn select<'a>(
     interfaces: &'a [CK_INTERFACE],
-    name: &std::ffi::CStr,
+    name: &CStr,
     version: Option<CK_VERSION>,
     flags: CK_FLAGS,
 ) -> CkResult<&'a CK_INTERFACE> {
@@ -104,7 +103,7 @@ fn select<'a>(
         .find(|i| {
             let v = interface_version(i);
             let version_ok =
-                version.map_or(true, |want| (want.major, want.minor) == (v.major, v.minor));
+                version.is_none_or(|want| (want.major, want.minor) == (v.major, v.minor));
             version_ok && i.flags & flags == flags
         })
         .ok_or(Rv::ARGUMENTS_BAD)
