@@ -140,14 +140,15 @@ fn build(config: &Config, no_os_threads: bool) -> CkResult<Module> {
                 );
                 return Err(Rv::NEED_TO_CREATE_THREADS);
             }
-            let mut members = Vec::with_capacity(slot_cfg.backends.len());
-            for name in &slot_cfg.backends {
-                members.push(open_backend(config, name, &mut opened)?);
-            }
-            let (name, backend) = if members.len() == 1 {
-                (slot_cfg.backends[0].clone(), members.remove(0))
+            let (name, backend) = if slot_cfg.backends.len() == 1 {
+                let name = slot_cfg.backends[0].clone();
+                let b = open_backend(config, &name, &mut opened).map_err(|e| {
+                    log_open_error(config, &name, &e);
+                    Rv::FUNCTION_FAILED
+                })?;
+                (name, b)
             } else {
-                let group = replica_group(config, index, members)?;
+                let group = replica_group(config, index, &mut opened)?;
                 groups.push(group.clone());
                 (slot_cfg.label.clone(), group)
             };
@@ -196,25 +197,43 @@ fn open_backend(
     config: &Config,
     name: &str,
     opened: &mut HashMap<String, Arc<dyn Backend>>,
-) -> CkResult<Arc<dyn Backend>> {
+) -> Result<Arc<dyn Backend>, backend::OpenError> {
     if let Some(b) = opened.get(name) {
         return Ok(b.clone());
     }
-    let pin = config.backend_pin(name).map_err(config_failed)?;
-    let b = backend::open(name, &config.backends[name], pin).map_err(|e| {
-        log::error!(
-            "{}: backend.{name}.{}: {} ({})",
-            config.source,
-            e.key,
-            e.problem,
-            e.rv
-        );
-        Rv::FUNCTION_FAILED
-    })?;
-    #[cfg(feature = "fault-injection")]
-    let b = fault_wrapped(name, b);
+    let b = opener(config, name)?()?;
     opened.insert(name.to_string(), b.clone());
     Ok(b)
+}
+
+/// A function that opens backend `name` (with its PIN read now), for opening at start-up
+/// and, for replica group members unreachable then, later from the group's probe thread.
+fn opener(
+    config: &Config,
+    name: &str,
+) -> Result<crate::backend::replicas::member::Opener, backend::OpenError> {
+    let pin = config.backend_pin(name).map_err(|e| backend::OpenError {
+        key: "pin_file",
+        rv: Rv::FUNCTION_FAILED,
+        problem: e.problem,
+    })?;
+    let (name, cfg) = (name.to_string(), config.backends[name].clone());
+    Ok(Arc::new(move || {
+        let b = backend::open(&name, &cfg, pin.clone())?;
+        #[cfg(feature = "fault-injection")]
+        let b = fault_wrapped(&name, b);
+        Ok(b)
+    }))
+}
+
+fn log_open_error(config: &Config, name: &str, e: &backend::OpenError) {
+    log::error!(
+        "{}: backend.{name}.{}: {} ({})",
+        config.source,
+        e.key,
+        e.problem,
+        e.rv
+    );
 }
 
 /// TEST-ONLY (feature `fault-injection`): wrap backend `name` in the fault injector when the
@@ -234,33 +253,53 @@ fn fault_wrapped(name: &str, b: Arc<dyn Backend>) -> Arc<dyn Backend> {
     }
 }
 
-/// A replica group over the opened members of slot `index`.
+/// The replica group of slot `index`. A member that cannot be reached now (device or token
+/// not present, see [`open_later`](crate::backend::replicas::open_later)) starts out of
+/// service and the group's probe opens it later; any other open error fails initialisation.
 fn replica_group(
     config: &Config,
     index: usize,
-    members: Vec<Arc<dyn Backend>>,
+    opened: &mut HashMap<String, Arc<dyn Backend>>,
 ) -> CkResult<Arc<dyn Backend>> {
-    use crate::backend::replicas::{GroupSettings, MemberSpec, ReplicaGroup};
+    use crate::backend::replicas::{open_later, GroupSettings, MemberSpec, ReplicaGroup};
     use crate::config::{BackendConfig, SlotConfig};
     use std::time::Duration;
     let slot_cfg = &config.slots[index];
-    let specs = slot_cfg
-        .backends
-        .iter()
-        .zip(members)
-        .map(|(name, backend)| {
-            let b = &config.backends[name];
-            MemberSpec {
-                backend,
-                deadline: Duration::from_millis(
-                    b.timeout_ms.unwrap_or(BackendConfig::DEFAULT_TIMEOUT_MS),
-                ),
-                max_threads: b
-                    .max_sessions
-                    .unwrap_or(BackendConfig::DEFAULT_MAX_SESSIONS),
+    let mut specs = Vec::with_capacity(slot_cfg.backends.len());
+    for name in &slot_cfg.backends {
+        let b = &config.backends[name];
+        let mut spec = MemberSpec {
+            name: name.clone(),
+            backend: None,
+            reopen: None,
+            deadline: Duration::from_millis(
+                b.timeout_ms.unwrap_or(BackendConfig::DEFAULT_TIMEOUT_MS),
+            ),
+            max_threads: b
+                .max_sessions
+                .unwrap_or(BackendConfig::DEFAULT_MAX_SESSIONS),
+        };
+        match open_backend(config, name, opened) {
+            Ok(backend) => spec.backend = Some(backend),
+            Err(e) if open_later(e.rv) => {
+                log::error!(
+                    "{}: slot[{index}]: member {name} cannot be reached now ({}: {}); it starts out of service and is retried by the probe",
+                    config.source,
+                    e.rv,
+                    e.problem
+                );
+                spec.reopen = Some(opener(config, name).map_err(|e| {
+                    log_open_error(config, name, &e);
+                    Rv::FUNCTION_FAILED
+                })?);
             }
-        })
-        .collect();
+            Err(e) => {
+                log_open_error(config, name, &e);
+                return Err(Rv::FUNCTION_FAILED);
+            }
+        }
+        specs.push(spec);
+    }
     let settings = GroupSettings {
         replication: slot_cfg.replication,
         probe_interval: Duration::from_millis(

@@ -232,7 +232,7 @@ fn key_mismatches_are_detected_and_reported() {
     import_key("mm-b", b"twice-b", "twice-b-2", &KEY_VALUE);
     let (a, sa) = faulty("mm-a");
     let (b, _sb) = faulty("mm-b");
-    let g = group(vec![a, b], Duration::from_secs(2), settings());
+    let g = group(vec![a, b.clone()], Duration::from_secs(2), settings());
     let listed = g.list_secret_keys().unwrap();
     let mut ids: Vec<&[u8]> = listed.iter().map(|k| k.id.as_slice()).collect();
     ids.sort();
@@ -253,6 +253,24 @@ fn key_mismatches_are_detected_and_reported() {
     assert!(!round_trip(&g, only_a, 2));
     assert!(round_trip(&g, both, 3));
     sa.set(FaultMode::Ok);
+
+    // A key destroyed on one member behind the group's back: served from the other one,
+    // and reported as a mismatch of that member.
+    wait_for("a back", Duration::from_secs(3), || {
+        states(&g)[0] != MemberState::Unavailable
+    });
+    let on_b = b
+        .list_secret_keys()
+        .unwrap()
+        .into_iter()
+        .find(|k| k.id == b"both")
+        .unwrap()
+        .handle;
+    b.destroy_key(on_b).unwrap();
+    for n in 10..20 {
+        assert!(round_trip(&g, both, n));
+    }
+    assert_eq!(g.status()[1].key_mismatches, 3);
     g.shutdown();
 }
 
@@ -412,4 +430,55 @@ fn Lazy_init() {
     // Creating the tokens and the host initialisation happen on first use; force them here so
     // every test starts from the same state.
     let _ = real as fn(&str) -> Arc<dyn Backend>;
+}
+
+#[test]
+fn a_member_unreachable_at_start_is_opened_by_the_probe() {
+    use xki_pkcs11::backend::replicas::MemberSpec;
+    use xki_pkcs11::backend::OpenError;
+    Lazy_init();
+    shared_key(&["late-a", "late-b"], b"late");
+    let (a, sa) = faulty("late-a");
+    let reachable = Arc::new(AtomicBool::new(false));
+    let r = reachable.clone();
+    let late = MemberSpec {
+        name: "late-b".into(),
+        backend: None,
+        reopen: Some(Arc::new(move || {
+            if r.load(Ordering::SeqCst) {
+                Ok(real("late-b"))
+            } else {
+                Err(OpenError {
+                    key: "token_label",
+                    rv: Rv::TOKEN_NOT_PRESENT,
+                    problem: "not there yet".into(),
+                })
+            }
+        })),
+        deadline: Duration::from_secs(2),
+        max_threads: 4,
+    };
+    let g = ReplicaGroup::new(
+        "late",
+        vec![MemberSpec::open(a, Duration::from_secs(2), 4), late],
+        settings(),
+    )
+    .unwrap();
+    assert_eq!(
+        states(&g),
+        vec![MemberState::Active, MemberState::Unavailable]
+    );
+    let key = key_of(&g, b"late");
+    assert!(round_trip(&g, key, 1));
+    std::thread::sleep(Duration::from_millis(150));
+    assert!(g.status()[1].last_error_text.contains("not there yet"));
+    reachable.store(true, Ordering::SeqCst);
+    wait_for("late-b opened", Duration::from_secs(3), || {
+        states(&g)[1] == MemberState::Active
+    });
+    // Now b alone can serve.
+    sa.set(FaultMode::Fail);
+    assert!(round_trip(&g, key, 2));
+    sa.set(FaultMode::Ok);
+    g.shutdown();
 }

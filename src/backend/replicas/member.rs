@@ -4,7 +4,7 @@ use super::health::{is_member_failure, MemberState, MemberStatus};
 use super::worker::Workers;
 use crate::backend::Backend;
 use crate::rv::{CkResult, Rv};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +18,18 @@ pub enum Outcome<T> {
     Failed(Rv),
 }
 
+/// Opens a member's backend that could not be opened when the group started.
+pub type Opener =
+    Arc<dyn Fn() -> Result<Arc<dyn Backend>, crate::backend::OpenError> + Send + Sync>;
+
 /// A member of a group.
 pub struct Member {
     /// The backend's name.
     pub name: String,
-    backend: Arc<dyn Backend>,
+    /// `None` until a member that was unreachable at start-up has been opened by the probe.
+    backend: RwLock<Option<Arc<dyn Backend>>>,
+    /// How to open it then; set only for such members.
+    opener: Option<Opener>,
     workers: Workers,
     deadline: Duration,
     up: AtomicBool,
@@ -33,18 +40,66 @@ pub struct Member {
 }
 
 impl Member {
-    /// A member in service, with at most `max_threads` worker threads.
-    pub fn new(backend: Arc<dyn Backend>, deadline: Duration, max_threads: usize) -> Self {
-        let name = backend.name().to_string();
+    /// A member named `name` with at most `max_threads` worker threads: in service on
+    /// `backend`, or (with `None`) out of service until `opener` succeeds in the probe.
+    pub fn new(
+        name: &str,
+        backend: Option<Arc<dyn Backend>>,
+        opener: Option<Opener>,
+        deadline: Duration,
+        max_threads: usize,
+    ) -> Self {
+        let up = backend.is_some();
         Member {
-            workers: Workers::new(&name, max_threads),
-            name,
-            backend,
+            workers: Workers::new(name, max_threads),
+            name: name.to_string(),
+            backend: RwLock::new(backend),
+            opener,
             deadline,
-            up: AtomicBool::new(true),
+            up: AtomicBool::new(up),
             in_flight: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             last_error: Mutex::new((0, String::new())),
+        }
+    }
+
+    /// Whether the group opened this member's backend itself (and so must shut it down).
+    pub fn opened_late(&self) -> bool {
+        self.opener.is_some()
+    }
+
+    /// The backend, once open.
+    pub fn backend(&self) -> Option<Arc<dyn Backend>> {
+        self.backend.read().clone()
+    }
+
+    /// For a member not yet open: try to open it (on a worker, within a generous deadline,
+    /// since opening logs in). True when the backend is open.
+    pub fn ensure_open(&self) -> bool {
+        if self.backend.read().is_some() {
+            return true;
+        }
+        let Some(open) = self.opener.clone() else {
+            return false;
+        };
+        let limit = self.deadline.max(Duration::from_secs(10));
+        match self.workers.call(limit, move || open()) {
+            Ok(Ok(b)) => {
+                log::warn!("replica member {}: opened", self.name);
+                *self.backend.write() = Some(b);
+                true
+            }
+            Ok(Err(e)) => {
+                self.note_problem(e.rv, format!("cannot open: {} ({})", e.problem, e.rv));
+                false
+            }
+            Err(_) => {
+                self.note_problem(
+                    Rv::DEVICE_ERROR,
+                    format!("cannot open: no answer within {} ms", limit.as_millis()),
+                );
+                false
+            }
         }
     }
 
@@ -65,7 +120,9 @@ impl Member {
         T: Send + 'static,
         F: FnOnce(&dyn Backend) -> CkResult<T> + Send + 'static,
     {
-        let backend = self.backend.clone();
+        let Some(backend) = self.backend() else {
+            return Outcome::Failed(Rv::DEVICE_ERROR);
+        };
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let answer = self
             .workers

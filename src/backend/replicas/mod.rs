@@ -64,12 +64,44 @@ impl Default for GroupSettings {
 
 /// One member to build a group from: its backend and per-call deadline.
 pub struct MemberSpec {
-    /// The opened backend.
-    pub backend: Arc<dyn Backend>,
+    /// The member's name (`[backend.NAME]`).
+    pub name: String,
+    /// The opened backend, or `None` when it could not be opened yet (then `reopen` is set).
+    pub backend: Option<Arc<dyn Backend>>,
+    /// For a member that could not be opened at start-up: how the probe opens it later.
+    pub reopen: Option<member::Opener>,
     /// Per-call deadline (`timeout_ms`).
     pub deadline: Duration,
     /// Most worker threads (and so most calls stuck in a hung library) for this member.
     pub max_threads: usize,
+}
+
+impl MemberSpec {
+    /// A member on an opened backend.
+    pub fn open(backend: Arc<dyn Backend>, deadline: Duration, max_threads: usize) -> Self {
+        MemberSpec {
+            name: backend.name().to_string(),
+            backend: Some(backend),
+            reopen: None,
+            deadline,
+            max_threads,
+        }
+    }
+}
+
+/// Whether a failure to open a member means "unreachable now, try again later" rather than
+/// a configuration problem. PIN and login errors are never retried (retrying a wrong PIN can
+/// lock the HSM user), nor is a library that does not load.
+pub fn open_later(rv: Rv) -> bool {
+    matches!(
+        rv.code(),
+        pkcs11_sys::CKR_DEVICE_ERROR
+            | pkcs11_sys::CKR_DEVICE_REMOVED
+            | pkcs11_sys::CKR_DEVICE_MEMORY
+            | pkcs11_sys::CKR_TOKEN_NOT_PRESENT
+            | pkcs11_sys::CKR_TOKEN_NOT_RECOGNIZED
+            | pkcs11_sys::CKR_SLOT_ID_INVALID
+    )
 }
 
 pub(crate) struct Inner {
@@ -102,7 +134,7 @@ impl ReplicaGroup {
             name: name.to_string(),
             members: members
                 .into_iter()
-                .map(|m| Member::new(m.backend, m.deadline, m.max_threads))
+                .map(|m| Member::new(&m.name, m.backend, m.reopen, m.deadline, m.max_threads))
                 .collect(),
             keys: RwLock::new(KeyMap::new(count)),
             settings,
@@ -110,8 +142,12 @@ impl ReplicaGroup {
             stop: Mutex::new(false),
             wake: Condvar::new(),
         });
-        for i in 0..count {
-            inner.refresh_member(i);
+        for (i, m) in inner.members.iter().enumerate() {
+            if m.backend().is_some() {
+                inner.refresh_member(i);
+            } else {
+                m.mark_down(Rv::DEVICE_ERROR, "could not be opened at start-up".into());
+            }
         }
         if !inner.members.iter().any(Member::is_up) {
             log::error!("replica group {name}: no member answers");
@@ -214,6 +250,20 @@ impl Inner {
             tried[i] = true;
             let op = op.clone();
             match self.members[i].attempt(move |b| op(b, mk)) {
+                Outcome::Answer(Err(rv)) if key.is_some() && is_gone(rv) => {
+                    // The map says the member holds the key, the member says it does not:
+                    // it was destroyed there behind our back. Serve from the others.
+                    let k = key.unwrap_or_default();
+                    self.keys.write().set_missing(k, i);
+                    let text = format!("key #{k} vanished from this member ({rv})");
+                    log::error!(
+                        "replica group {}: member {}: {text}",
+                        self.name,
+                        self.members[i].name
+                    );
+                    self.members[i].note_problem(rv, text);
+                    last = rv;
+                }
                 Outcome::Answer(result) => return result,
                 Outcome::Failed(rv) => {
                     last = rv;
@@ -289,6 +339,11 @@ impl Inner {
             m.shutdown();
         }
     }
+}
+
+/// A member's answer that the key object is not there (any more).
+fn is_gone(rv: Rv) -> bool {
+    rv == Rv::KEY_HANDLE_INVALID || rv == Rv::OBJECT_HANDLE_INVALID
 }
 
 /// The group's view of a member's key: same attributes, the group's key number.
@@ -484,6 +539,13 @@ impl Backend for ReplicaGroup {
         self.inner.stop();
         if let Some(h) = self.probe.lock().take() {
             let _ = h.join();
+        }
+        // Backends opened at start-up belong to the module, which shuts them down; the ones
+        // the probe opened later are ours.
+        for m in self.inner.members.iter().filter(|m| m.opened_late()) {
+            if let Some(b) = m.backend() {
+                b.shutdown();
+            }
         }
     }
 

@@ -38,6 +38,9 @@ pub(super) fn run(inner: Arc<Inner>) {
 
 /// One probe of member `i`; true when it works.
 fn probe(inner: &Inner, i: usize) -> bool {
+    if !inner.members[i].ensure_open() {
+        return false;
+    }
     let Some(listed) = inner.refresh_member(i) else {
         return false;
     };
