@@ -10,12 +10,37 @@
 //!   run on per-member worker threads ([`worker`]) so a hung vendor library never holds the
 //!   caller beyond the deadline. Every verb retried this way is safe to repeat (GCM with the
 //!   caller's IV, decrypt, reads, random); key generation is never retried.
-//! - Recovery: a probe thread ([`probe`]) re-checks members out of service every
+//! - Recovery: a probe thread (`probe.rs`) re-checks members out of service every
 //!   `probe_interval_ms` with a listing and a real encrypt/decrypt round trip on a key the
 //!   group knows on that member (the slot's `canary_label` key if configured).
 //! - Health: [`ReplicaGroup::status`], reported through the `XKI Status` vendor interface.
 //!
 //! With no member in service a call fails at once with `CKR_DEVICE_ERROR` (no waiting).
+//!
+//! Decisions (documented here because callers and operators depend on them):
+//! - Failure set: [`health::is_member_failure`]. Errors about the request
+//!   (`CKR_ENCRYPTED_DATA_INVALID`, `CKR_KEY_FUNCTION_NOT_PERMITTED`, length errors, ...)
+//!   are returned as they are and never take a member out of service.
+//! - Retried verbs: GCM encrypt (with the caller's IV) and decrypt, key reads, listing,
+//!   random. Each attempt has the member's own deadline, so a caller waits at most one
+//!   deadline per member that hangs at that very moment (one, normally: after the first
+//!   timeout the member is out of service and later calls skip it).
+//! - Key mismatches: served only from members holding exactly one copy ([`keys`]); a key a
+//!   member answers `CKR_KEY_HANDLE_INVALID`/`CKR_OBJECT_HANDLE_INVALID` for is marked
+//!   missing there and the call goes to another member.
+//! - Key generation: only with `replication = "hsm"`: created on one member, then the group
+//!   polls every 50 ms until every member in service lists it (`replication_wait_ms`,
+//!   default 10 s) or fails with `CKR_FUNCTION_FAILED`. Without it, a group of several
+//!   members refuses with `CKR_FUNCTION_FAILED` and an error in the log (keys cannot be
+//!   copied between HSMs, so a key on one member only would be a mismatch from birth).
+//! - Attribute changes and destruction go to every member in service holding the key; the
+//!   first member's answer decides, later members that fail are logged and reported.
+//! - Members that cannot be reached when the module starts ([`open_later`]) start out of
+//!   service and the probe opens them; at least one member must answer at start.
+//! - Threads: per member at most `max_sessions` workers (default 32), which bounds how many
+//!   threads a hung vendor library can hold; one probe thread per group. An application that
+//!   forbids thread creation (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`) cannot have groups:
+//!   `C_Initialize` then fails with `CKR_NEED_TO_CREATE_THREADS`.
 
 pub mod health;
 pub mod keys;
