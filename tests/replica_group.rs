@@ -482,3 +482,52 @@ fn a_member_unreachable_at_start_is_opened_by_the_probe() {
     sa.set(FaultMode::Ok);
     g.shutdown();
 }
+
+#[test]
+fn answers_about_the_request_never_take_a_member_out() {
+    Lazy_init();
+    shared_key(&["ce-a", "ce-b"], b"ce");
+    import_key("ce-a", b"canary", "canary", &KEY_VALUE);
+    import_key("ce-b", b"canary", "canary", &KEY_VALUE);
+    let (a, sa) = faulty("ce-a");
+    let (b, _sb) = faulty("ce-b");
+    let cfg = xki_pkcs11::backend::replicas::GroupSettings {
+        canary_label: Some(b"canary".to_vec()),
+        ..settings()
+    };
+    let g = group(vec![a, b], Duration::from_secs(2), cfg);
+    let key = key_of(&g, b"ce");
+    let iv = [7u8; 12];
+    let mut ct = g.gcm_encrypt(key, &iv, b"", b"secret").unwrap();
+    ct[0] ^= 1;
+    for _ in 0..4 {
+        assert_eq!(
+            g.gcm_decrypt(key, &iv, b"", &ct).unwrap_err(),
+            Rv::ENCRYPTED_DATA_INVALID
+        );
+    }
+    assert_eq!(
+        g.gcm_encrypt(key, &[], b"", b"x").unwrap_err(),
+        Rv::MECHANISM_PARAM_INVALID
+    );
+    assert_eq!(
+        g.gcm_encrypt(BackendKey(9999), &iv, b"", b"x").unwrap_err(),
+        Rv::KEY_HANDLE_INVALID
+    );
+    let st = g.status();
+    assert!(
+        st.iter()
+            .all(|m| m.state == MemberState::Active && m.failures == 0),
+        "{st:?}"
+    );
+
+    // The probe (with the configured canary key) brings a failed member back.
+    sa.set(FaultMode::Fail);
+    assert!(round_trip(&g, key, 1));
+    assert_eq!(states(&g)[0], MemberState::Unavailable);
+    sa.set(FaultMode::Ok);
+    wait_for("a back", Duration::from_secs(3), || {
+        states(&g)[0] == MemberState::Active
+    });
+    g.shutdown();
+}
