@@ -276,6 +276,8 @@ timeout_ms = 300
         }
         // Member a fails: every operation still succeeds (on b), and health says so.
         std::fs::write(&control, "fail").unwrap();
+        // The injector re-reads its control file at most every 10 ms.
+        std::thread::sleep(Duration::from_millis(30));
         for i in 20..60 {
             assert_eq!(round_trip(&m, session, key, i), CKR_OK);
         }
@@ -293,6 +295,32 @@ timeout_ms = 300
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(round_trip(&m, session, key, 99), CKR_OK);
+
+        // Member a hangs: the call that meets it waits one deadline (300 ms), then goes to b.
+        std::fs::write(&control, "hang").unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let mut worst = Duration::ZERO;
+        for i in 100..110 {
+            let t = Instant::now();
+            assert_eq!(round_trip(&m, session, key, i), CKR_OK);
+            worst = worst.max(t.elapsed());
+        }
+        println!("hung member through the module: worst round trip {worst:?} (deadline 300 ms)");
+        assert!(worst >= Duration::from_millis(300), "{worst:?}");
+        assert!(worst < Duration::from_millis(450), "{worst:?}");
+        let a = member(&m, 0);
+        assert_eq!(a.state, 2);
+        assert!(a.stuck_calls >= 1);
+        assert!(String::from_utf8_lossy(&a.last_error_text).contains("no answer within 300 ms"));
+        std::fs::write(&control, "ok").unwrap();
+        let start = Instant::now();
+        while member(&m, 0).state != 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "a not back after the hang"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
 
         // Generation on a group without replication = "hsm" is refused.
         let mut mech = CK_MECHANISM {
