@@ -11,17 +11,22 @@
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// A call's state: its caller is waiting, gave up, or the call has returned.
+const WAITING: u8 = 0;
+const ABANDONED: u8 = 1;
+const DONE: u8 = 2;
+
 struct Queued {
     job: Job,
-    /// Set by a caller that stopped waiting.
-    abandoned: Arc<AtomicBool>,
+    /// `WAITING`, `ABANDONED` or `DONE`.
+    state: Arc<AtomicU8>,
 }
 
 #[derive(Default)]
@@ -76,12 +81,12 @@ impl Workers {
         F: FnOnce() -> T + Send + 'static,
     {
         let (tx, rx) = mpsc::sync_channel::<T>(1);
-        let abandoned = Arc::new(AtomicBool::new(false));
-        let flag = abandoned.clone();
+        let state = Arc::new(AtomicU8::new(WAITING));
+        let job_state = state.clone();
         let shared = self.shared.clone();
         let job: Job = Box::new(move || {
             let value = f();
-            if flag.load(Ordering::Acquire) {
+            if job_state.swap(DONE, Ordering::AcqRel) == ABANDONED {
                 // The caller left while we were inside the library; we are no longer stuck.
                 shared.stuck.fetch_sub(1, Ordering::Relaxed);
             }
@@ -91,29 +96,41 @@ impl Workers {
         });
         self.submit(Queued {
             job,
-            abandoned: abandoned.clone(),
+            state: state.clone(),
         })?;
         match rx.recv_timeout(deadline) {
             Ok(v) => Ok(v),
-            Err(_) => {
-                self.abandon(&abandoned);
-                // The answer may have arrived between the timeout and the flag.
-                rx.try_recv().map_err(|_| TimedOut)
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(TimedOut),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if self.abandon(&state) {
+                    Err(TimedOut)
+                } else {
+                    // The call returned just now: its answer is being sent.
+                    rx.recv().map_err(|_| TimedOut)
+                }
             }
         }
     }
 
-    /// Mark a call abandoned. If a worker already runs it, it counts as stuck until it ends.
-    fn abandon(&self, abandoned: &Arc<AtomicBool>) {
-        // Hold the queue lock so the job is either still queued (and will be skipped) or
-        // already taken by a worker (and counts as stuck) - never both or neither.
+    /// Give up on a call. A queued call is marked so no worker runs it; a running one counts
+    /// as stuck until it returns. False when the call already returned.
+    fn abandon(&self, state: &Arc<AtomicU8>) -> bool {
+        // Under the queue lock, where workers take calls and check the state, so a call is
+        // either skipped or run, never both or neither.
         let q = self.shared.queue.lock();
-        let queued = q.jobs.iter().any(|j| Arc::ptr_eq(&j.abandoned, abandoned));
-        if !queued {
-            self.shared.stuck.fetch_add(1, Ordering::Relaxed);
+        let queued = q.jobs.iter().any(|j| Arc::ptr_eq(&j.state, state));
+        if queued {
+            state.store(ABANDONED, Ordering::Release);
+            return true;
         }
-        abandoned.store(true, Ordering::Release);
         drop(q);
+        match state.compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                self.shared.stuck.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     fn submit(&self, job: Queued) -> Result<(), TimedOut> {
@@ -158,6 +175,10 @@ fn worker(shared: Arc<Shared>) {
             let mut q = shared.queue.lock();
             loop {
                 if let Some(j) = q.jobs.pop_front() {
+                    // Checked under the queue lock, where `abandon` marks queued calls.
+                    if j.state.load(Ordering::Acquire) == ABANDONED {
+                        continue;
+                    }
                     break Some(j);
                 }
                 if q.shutdown {
@@ -172,9 +193,6 @@ fn worker(shared: Arc<Shared>) {
             shared.queue.lock().threads -= 1;
             return;
         };
-        if queued.abandoned.load(Ordering::Acquire) {
-            continue;
-        }
         // A panicking backend must not take the worker (and the pool's count) with it; the
         // caller then sees its channel closed and treats it like a timeout.
         let _ = catch_unwind(AssertUnwindSafe(queued.job));
@@ -184,6 +202,7 @@ fn worker(shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
     use std::time::Instant;
 
     #[test]
@@ -210,6 +229,37 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(w.stuck(), 0);
+        w.shutdown();
+    }
+
+    #[test]
+    fn a_hung_library_pins_at_most_max_threads() {
+        let w = Workers::new("t", 2);
+        let release = Arc::new(AtomicBool::new(false));
+        let ran = Arc::new(AtomicU64::new(0));
+        for _ in 0..6 {
+            let (r, ran) = (release.clone(), ran.clone());
+            let start = Instant::now();
+            let out = w.call(Duration::from_millis(20), move || {
+                ran.fetch_add(1, Ordering::SeqCst);
+                while !r.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            });
+            assert_eq!(out, Err(TimedOut));
+            assert!(start.elapsed() < Duration::from_millis(100));
+        }
+        // Two workers are stuck; the four calls queued behind them were abandoned.
+        assert_eq!(w.stuck(), 2);
+        assert_eq!(w.shared.queue.lock().threads, 2);
+        release.store(true, Ordering::Relaxed);
+        let t = Instant::now();
+        while w.stuck() != 0 && t.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        // Abandoned queued calls are skipped, not run late.
+        assert_eq!(ran.load(Ordering::SeqCst), 2);
         w.shutdown();
     }
 }
