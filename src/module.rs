@@ -213,7 +213,11 @@ fn opener(
     name: &str,
 ) -> Result<crate::backend::replicas::member::Opener, backend::OpenError> {
     let pin = config.backend_pin(name).map_err(|e| backend::OpenError {
-        key: "pin_file",
+        key: if e.key.ends_with("pin_env") {
+            "pin_env"
+        } else {
+            "pin_file"
+        },
         rv: Rv::FUNCTION_FAILED,
         problem: e.problem,
     })?;
