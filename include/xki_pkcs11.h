@@ -5,10 +5,12 @@
  * symbols; every other function is reached through a function table:
  *
  *   C_GetFunctionList   -> CK_FUNCTION_LIST, version 2.40
- *   C_GetInterfaceList  -> two CK_INTERFACEs, both named "PKCS 11", flags 0:
- *                            [0] CK_FUNCTION_LIST_3_0, version 3.0  (the default interface)
- *                            [1] CK_FUNCTION_LIST,     version 2.40
+ *   C_GetInterfaceList  -> three CK_INTERFACEs, flags 0, the standard ones first:
+ *                            [0] "PKCS 11" CK_FUNCTION_LIST_3_0, version 3.0 (the default)
+ *                            [1] "PKCS 11" CK_FUNCTION_LIST,     version 2.40
+ *                            [2] "XKI Status" XKI_STATUS_FUNCTION_LIST, version 1.0
  *   C_GetInterface      -> name NULL or "PKCS 11"; version NULL (3.0), {3,0} or {2,40};
+ *                          or name "XKI Status", version NULL or {1,0};
  *                          flags must be 0 (the module claims no interface flags).
  *                          Anything else: CKR_ARGUMENTS_BAD.
  *
@@ -37,6 +39,45 @@
 
 /* The interface name accepted by C_GetInterface and reported by C_GetInterfaceList. */
 #define XKI_PKCS11_INTERFACE_NAME "PKCS 11"
+
+/*
+ * The "XKI Status" vendor interface: health of the tokens ("members") behind each slot.
+ * A slot over one backend has one member (always reported ACTIVE); a replica group slot
+ * ([[slot]] backends = ["hsm-a", "hsm-b", ...]) has one member per backend, in config order.
+ * Both functions need C_Initialize first (else CKR_CRYPTOKI_NOT_INITIALIZED); a NULL out
+ * pointer or an index past the last member is CKR_ARGUMENTS_BAD; an unknown slot is
+ * CKR_SLOT_ID_INVALID. Requires pkcs11.h (CK_RV, CK_ULONG, CK_SLOT_ID, CK_VERSION) first.
+ *
+ *   CK_INTERFACE *i;
+ *   C_GetInterface((CK_UTF8CHAR *)XKI_STATUS_INTERFACE_NAME, NULL, &i, 0);
+ *   XKI_STATUS_FUNCTION_LIST *st = i->pFunctionList;
+ *   st->XKI_GetMemberCount(slot, &n); st->XKI_GetMemberStatus(slot, 0, &status);
+ */
+#define XKI_STATUS_INTERFACE_NAME "XKI Status"
+
+/* XKI_MEMBER_STATUS.state */
+#define XKI_MEMBER_ACTIVE      0UL /* in service, nothing wrong known */
+#define XKI_MEMBER_DEGRADED    1UL /* in service, but key mismatches or calls stuck in it */
+#define XKI_MEMBER_UNAVAILABLE 2UL /* out of service until the probe finds it working */
+
+#ifdef CKR_OK
+typedef struct XKI_MEMBER_STATUS {
+    CK_UTF8CHAR name[64];           /* backend name, blank padded, not NUL-terminated */
+    CK_ULONG    state;              /* XKI_MEMBER_* */
+    CK_ULONG    inFlight;           /* calls running on the member now */
+    CK_ULONG    stuckCalls;         /* abandoned (timed-out) calls still inside its library */
+    CK_ULONG    keyMismatches;      /* group keys it is missing or holds more than once */
+    CK_ULONG    failures;           /* times it was taken out of service */
+    CK_RV       lastError;          /* last failure, CKR_OK if none (a timeout: CKR_DEVICE_ERROR) */
+    CK_UTF8CHAR lastErrorText[128]; /* last failure or mismatch, blank padded, no NUL */
+} XKI_MEMBER_STATUS;
+
+typedef struct XKI_STATUS_FUNCTION_LIST {
+    CK_VERSION version; /* {1, 0} */
+    CK_RV (*XKI_GetMemberCount)(CK_SLOT_ID slotID, CK_ULONG *pulCount);
+    CK_RV (*XKI_GetMemberStatus)(CK_SLOT_ID slotID, CK_ULONG ulIndex, XKI_MEMBER_STATUS *pStatus);
+} XKI_STATUS_FUNCTION_LIST;
+#endif /* CKR_OK */
 
 /* Reserved tag ("XKI\0") for future vendor-defined values: CKA_VENDOR_DEFINED | tag | n. */
 #define XKI_VENDOR_TAG 0x584B4900UL

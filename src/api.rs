@@ -102,7 +102,13 @@ macro_rules! core_fn {
     };
 }
 
+pub use crate::backend::replicas::health::{MemberState, MemberStatus};
+
 core_fn! {
+    /// `XKI_GetMemberCount` (vendor interface `XKI Status`).
+    pub fn member_count(slot: u64) -> CkResult<u64>;
+    /// `XKI_GetMemberStatus` (vendor interface `XKI Status`).
+    pub fn member_status(slot: u64, index: u64) -> CkResult<MemberStatus>;
     /// `C_Initialize`.
     pub fn initialize(args: Option<InitArgs>) -> CkResult<()>;
     /// `C_Finalize`.

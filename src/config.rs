@@ -87,6 +87,24 @@ pub struct SlotConfig {
     /// so a key generated on one member appears on all.
     #[serde(default)]
     pub replication: Replication,
+    /// Replica groups: how often members out of service are re-checked (default 5000 ms).
+    #[serde(default)]
+    pub probe_interval_ms: Option<u64>,
+    /// Replica groups with `replication = "hsm"`: how long a generated key may take to appear
+    /// on every member before generation fails (default 10000 ms).
+    #[serde(default)]
+    pub replication_wait_ms: Option<u64>,
+    /// Replica groups: label of the key the probe encrypts with to check a member; default
+    /// any key the group knows on that member.
+    #[serde(default)]
+    pub canary_label: Option<String>,
+}
+
+impl SlotConfig {
+    /// Default probe interval of replica groups.
+    pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 5000;
+    /// Default wait for HSM replication of a generated key.
+    pub const DEFAULT_REPLICATION_WAIT_MS: u64 = 10_000;
 }
 
 /// How keys get onto every member of a replica group.
@@ -257,6 +275,14 @@ impl Config {
                         format!("{key}.backends"),
                         format!("no [backend.{name}] table is defined"),
                     ));
+                }
+            }
+            for (field, v) in [
+                ("probe_interval_ms", slot.probe_interval_ms),
+                ("replication_wait_ms", slot.replication_wait_ms),
+            ] {
+                if v == Some(0) {
+                    return Err(self.err(format!("{key}.{field}"), "must be at least 1"));
                 }
             }
             if slot.user_pin_file.is_some() && slot.user_pin_env.is_some() {
@@ -494,6 +520,9 @@ impl Config {
                 user_pin_env: None,
                 allow_destroy: false,
                 replication: Replication::None,
+                probe_interval_ms: None,
+                replication_wait_ms: None,
+                canary_label: None,
             }],
             backends,
             source,

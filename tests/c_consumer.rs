@@ -44,11 +44,12 @@ int main(int argc, char **argv) {
 
     CK_ULONG n = 0;
     CHECK(get_list(NULL, &n) == CKR_OK);
-    CHECK(n == 2);
-    CK_INTERFACE list[2];
+    CHECK(n == 3);
+    CK_INTERFACE list[3];
     CK_ULONG one = 1;
-    CHECK(get_list(list, &one) == CKR_BUFFER_TOO_SMALL && one == 2);
-    CHECK(get_list(list, &n) == CKR_OK && n == 2);
+    CHECK(get_list(list, &one) == CKR_BUFFER_TOO_SMALL && one == 3);
+    CHECK(get_list(list, &n) == CKR_OK && n == 3);
+    CHECK(strcmp((const char *)list[2].pInterfaceName, XKI_STATUS_INTERFACE_NAME) == 0);
     for (int k = 0; k < 2; k++) {
         CHECK(strcmp((const char *)list[k].pInterfaceName, XKI_PKCS11_INTERFACE_NAME) == 0);
         CHECK(list[k].flags == 0);

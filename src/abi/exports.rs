@@ -6,11 +6,13 @@ use super::args::c_str_is;
 use super::buffers::{Out, OutList};
 use super::function_list::{interface_version, FUNCTION_LIST_2_40, INTERFACES, INTERFACE_NAME};
 use super::guard::guard;
+use super::status::STATUS_INTERFACE_NAME;
 use crate::rv::{CkResult, Rv};
 use pkcs11_sys::{
     CK_FLAGS, CK_FUNCTION_LIST_PTR_PTR, CK_INTERFACE, CK_INTERFACE_PTR, CK_INTERFACE_PTR_PTR,
     CK_RV, CK_ULONG_PTR, CK_UTF8CHAR_PTR, CK_VERSION, CK_VERSION_PTR,
 };
+use std::ffi::CStr;
 use std::ptr;
 
 /// `C_GetFunctionList`: the PKCS#11 2.40 function table.
@@ -28,7 +30,8 @@ pub unsafe extern "C" fn C_GetFunctionList(ppFunctionList: CK_FUNCTION_LIST_PTR_
     })
 }
 
-/// `C_GetInterfaceList`: two interfaces named "PKCS 11", version 3.0 first, then 2.40, under
+/// `C_GetInterfaceList`: two interfaces named "PKCS 11", version 3.0 first, then 2.40, then
+/// the vendor interface "XKI Status" (version 1.0, `include/xki_pkcs11.h`), under
 /// the two-call convention (NULL list: count only; too small: `CKR_BUFFER_TOO_SMALL`).
 ///
 /// # Safety
@@ -46,9 +49,10 @@ pub unsafe extern "C" fn C_GetInterfaceList(
     })
 }
 
-/// `C_GetInterface`: the interface with the given name ("PKCS 11" or NULL for the default),
-/// version (NULL for the default, else exactly 3.0 or 2.40), and all of `flags` (ours have
-/// none). No match is `CKR_ARGUMENTS_BAD`.
+/// `C_GetInterface`: the interface with the given name ("PKCS 11" or NULL for the default;
+/// "XKI Status" for the vendor status interface), version (NULL for the default, else exactly
+/// 3.0 or 2.40 for "PKCS 11", 1.0 for "XKI Status"), and all of `flags` (ours have none). No
+/// match is `CKR_ARGUMENTS_BAD`.
 ///
 /// # Safety
 /// `pInterfaceName` must be NULL or a NUL-terminated string; `pVersion` NULL or a readable
@@ -63,35 +67,43 @@ pub unsafe extern "C" fn C_GetInterface(
     guard("C_GetInterface", || {
         // SAFETY: a non-NULL ppInterface is writable (contract above).
         let out = unsafe { Out::new(ppInterface) }?;
-        let name = INTERFACE_NAME.to_bytes();
-        // SAFETY: a non-NULL name is NUL-terminated (contract above).
-        if !pInterfaceName.is_null() && !unsafe { c_str_is(pInterfaceName, name) } {
+        // SAFETY (both calls): a non-NULL name is NUL-terminated (contract above).
+        let is = |want: &CStr| unsafe { c_str_is(pInterfaceName, want.to_bytes()) };
+        let name = if pInterfaceName.is_null() || is(INTERFACE_NAME) {
+            INTERFACE_NAME
+        } else if is(STATUS_INTERFACE_NAME) {
+            STATUS_INTERFACE_NAME
+        } else {
             return Err(Rv::ARGUMENTS_BAD);
-        }
+        };
         let version = if pVersion.is_null() {
             None
         } else {
             // SAFETY: non-NULL pVersion is readable (contract above).
             Some(unsafe { pVersion.read_unaligned() })
         };
-        let found = select(&INTERFACES.0, version, flags)?;
+        let found = select(&INTERFACES.0, name, version, flags)?;
         out.write(ptr::from_ref(found).cast_mut());
         Ok(())
     })
 }
 
-/// The first interface matching `version` (any when `None`) that has every bit of `flags`.
-fn select(
-    interfaces: &[CK_INTERFACE],
+/// The first interface named `name` matching `version` (any when `None`) that has every bit
+/// of `flags`.
+fn select<'a>(
+    interfaces: &'a [CK_INTERFACE],
+    name: &CStr,
     version: Option<CK_VERSION>,
     flags: CK_FLAGS,
-) -> CkResult<&CK_INTERFACE> {
+) -> CkResult<&'a CK_INTERFACE> {
     interfaces
         .iter()
+        // Names are compared by address: every record points at one of the two name statics.
+        .filter(|i| ptr::eq(i.pInterfaceName.cast_const(), name.as_ptr().cast()))
         .find(|i| {
             let v = interface_version(i);
             let version_ok =
-                version.map_or(true, |want| (want.major, want.minor) == (v.major, v.minor));
+                version.is_none_or(|want| (want.major, want.minor) == (v.major, v.minor));
             version_ok && i.flags & flags == flags
         })
         .ok_or(Rv::ARGUMENTS_BAD)
@@ -128,7 +140,7 @@ mod tests {
     #[test]
     fn interface_list_two_call() {
         let mut count: CK_ULONG = 0;
-        let mut list = [CK_INTERFACE::default(); 3];
+        let mut list = [CK_INTERFACE::default(); 4];
         // SAFETY: `count` and `list` are live locals; `list` holds `count` entries.
         unsafe {
             assert_eq!(
@@ -136,16 +148,16 @@ mod tests {
                 CKR_ARGUMENTS_BAD
             );
             assert_eq!(C_GetInterfaceList(ptr::null_mut(), &mut count), CKR_OK);
-            assert_eq!(count, 2);
+            assert_eq!(count, 3);
             count = 1;
             assert_eq!(
                 C_GetInterfaceList(list.as_mut_ptr(), &mut count),
                 CKR_BUFFER_TOO_SMALL
             );
-            assert_eq!(count, 2);
-            count = 3;
+            assert_eq!(count, 3);
+            count = 4;
             assert_eq!(C_GetInterfaceList(list.as_mut_ptr(), &mut count), CKR_OK);
-            assert_eq!(count, 2);
+            assert_eq!(count, 3);
         }
         assert_eq!(table_version(&mut list[0]), (3, 0));
         assert_eq!(table_version(&mut list[1]), (2, 40));
@@ -154,7 +166,9 @@ mod tests {
         unsafe {
             assert!(c_str_is(list[0].pInterfaceName, b"PKCS 11"));
             assert!(c_str_is(list[1].pInterfaceName, b"PKCS 11"));
+            assert!(c_str_is(list[2].pInterfaceName, b"XKI Status"));
         }
+        assert_eq!(table_version(&mut list[2]), (1, 0));
         assert_eq!((list[0].flags, list[1].flags), (0, 0));
     }
 
@@ -181,6 +195,24 @@ mod tests {
             assert_eq!(table_version(iface), (2, 40));
             assert_eq!(C_GetInterface(null, &mut v3, &mut iface, 0), CKR_OK);
             assert_eq!(table_version(iface), (3, 0));
+            let status = c"XKI Status".as_ptr().cast_mut().cast();
+            assert_eq!(
+                C_GetInterface(status, ptr::null_mut(), &mut iface, 0),
+                CKR_OK
+            );
+            assert_eq!(table_version(iface), (1, 0));
+            assert!(
+                (*iface).pFunctionList
+                    == ptr::addr_of!(crate::abi::status::STATUS_FUNCTION_LIST)
+                        .cast_mut()
+                        .cast()
+            );
+            // The vendor interface is never the default, whatever version is asked.
+            let mut v1 = CK_VERSION { major: 1, minor: 0 };
+            assert_eq!(
+                C_GetInterface(null, &mut v1, &mut iface, 0),
+                CKR_ARGUMENTS_BAD
+            );
             for (n, v, f) in [
                 (other, ptr::null_mut(), 0),
                 (name, &mut v31 as *mut CK_VERSION, 0),

@@ -130,10 +130,11 @@ pub(crate) static FUNCTION_LIST_3_0: CK_FUNCTION_LIST_3_0 = table!(
     C_MessageVerifyFinal: unsupported::C_MessageVerifyFinal,
 );
 
-/// The interface records, 3.0 first (the default), then 2.40.
-pub(crate) struct Interfaces(pub(crate) [CK_INTERFACE; 2]);
+/// The interface records, 3.0 first (the default), then 2.40, then the `XKI Status` vendor
+/// interface.
+pub(crate) struct Interfaces(pub(crate) [CK_INTERFACE; 3]);
 
-// SAFETY: the raw pointers inside point to immutable statics (the name literal and the two
+// SAFETY: the raw pointers inside point to immutable statics (the name literals and the
 // function tables), which live for the whole program and are never written by the module;
 // sharing pointers to read-only data between threads is sound. PKCS#11 forbids callers to
 // modify these structures.
@@ -153,12 +154,22 @@ pub(crate) static INTERFACES: Interfaces = Interfaces([
             .cast::<c_void>(),
         flags: 0,
     },
+    CK_INTERFACE {
+        pInterfaceName: super::status::STATUS_INTERFACE_NAME
+            .as_ptr()
+            .cast_mut()
+            .cast::<CK_CHAR>(),
+        pFunctionList: ptr::addr_of!(super::status::STATUS_FUNCTION_LIST)
+            .cast_mut()
+            .cast::<c_void>(),
+        flags: 0,
+    },
 ]);
 
 /// The version stored at the start of an interface's function table.
 pub(crate) fn interface_version(interface: &CK_INTERFACE) -> CK_VERSION {
     // SAFETY: every pFunctionList in INTERFACES points to a static table whose first field
-    // is its CK_VERSION (both table types are repr(C) with `version` first).
+    // is its CK_VERSION (all three table types are repr(C) with `version` first).
     unsafe { *interface.pFunctionList.cast::<CK_VERSION>() }
 }
 
@@ -202,7 +213,7 @@ mod tests {
 
     #[test]
     fn interfaces_point_at_the_tables() {
-        let [first, second] = &INTERFACES.0;
+        let [first, second, _status] = &INTERFACES.0;
         assert_eq!(interface_version(first).major, 3);
         assert_eq!(interface_version(second).minor, 40);
         assert_eq!(first.flags, 0);

@@ -28,6 +28,7 @@ pub(crate) mod object;
 pub(crate) mod refused;
 pub(crate) mod session;
 pub(crate) mod slot_token;
+pub mod status;
 pub(crate) mod unsupported;
 
 #[cfg(test)]

@@ -17,7 +17,10 @@ use crate::rv::{CkResult, Rv};
 use zeroize::Zeroizing;
 
 pub mod embedded;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod pkcs11;
+pub mod replicas;
 
 /// A backend's own reference to a key object (a PKCS#11 object handle, or the embedded
 /// token's record number). Opaque to the module; it never crosses the C boundary.
@@ -201,6 +204,22 @@ pub trait Backend: Send + Sync {
     /// Release backend sessions and, if this backend initialised the library itself,
     /// finalize it. Called once from `C_Finalize`; the backend is not used afterwards.
     fn shutdown(&self);
+
+    /// Health of the tokens behind this backend, for the `XKI Status` interface. A single
+    /// token reports itself as one active member (it has no failover state to report); a
+    /// replica group reports each member.
+    fn member_status(&self) -> Vec<replicas::health::MemberStatus> {
+        vec![replicas::health::MemberStatus {
+            name: self.name().to_string(),
+            state: replicas::health::MemberState::Active,
+            in_flight: 0,
+            stuck_calls: 0,
+            key_mismatches: 0,
+            last_error: 0,
+            last_error_text: String::new(),
+            failures: 0,
+        }]
+    }
 }
 
 /// Open the backend `name` as configured, as a shareable trait object.

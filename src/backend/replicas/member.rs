@@ -1,0 +1,193 @@
+//! One member of a replica group: its backend, worker pool, deadline and health counters.
+
+use super::health::{is_member_failure, MemberState, MemberStatus};
+use super::worker::Workers;
+use crate::backend::Backend;
+use crate::rv::{CkResult, Rv};
+use parking_lot::{Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How one attempt on a member ended.
+pub enum Outcome<T> {
+    /// The member answered (successfully or with an error about the request).
+    Answer(CkResult<T>),
+    /// The member failed (error class of [`is_member_failure`], or no answer in time) and
+    /// is now out of service.
+    Failed(Rv),
+}
+
+/// Opens a member's backend that could not be opened when the group started.
+pub type Opener =
+    Arc<dyn Fn() -> Result<Arc<dyn Backend>, crate::backend::OpenError> + Send + Sync>;
+
+/// A member of a group.
+pub struct Member {
+    /// The backend's name.
+    pub name: String,
+    /// `None` until a member that was unreachable at start-up has been opened by the probe.
+    backend: RwLock<Option<Arc<dyn Backend>>>,
+    /// How to open it then; set only for such members.
+    opener: Option<Opener>,
+    workers: Workers,
+    deadline: Duration,
+    up: AtomicBool,
+    in_flight: AtomicU64,
+    failures: AtomicU64,
+    /// Last failure: code and text.
+    last_error: Mutex<(u64, String)>,
+}
+
+impl Member {
+    /// A member named `name` with at most `max_threads` worker threads: in service on
+    /// `backend`, or (with `None`) out of service until `opener` succeeds in the probe.
+    pub fn new(
+        name: &str,
+        backend: Option<Arc<dyn Backend>>,
+        opener: Option<Opener>,
+        deadline: Duration,
+        max_threads: usize,
+    ) -> Self {
+        let up = backend.is_some();
+        Member {
+            workers: Workers::new(name, max_threads),
+            name: name.to_string(),
+            backend: RwLock::new(backend),
+            opener,
+            deadline,
+            up: AtomicBool::new(up),
+            in_flight: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            last_error: Mutex::new((0, String::new())),
+        }
+    }
+
+    /// Whether the group opened this member's backend itself (and so must shut it down).
+    pub fn opened_late(&self) -> bool {
+        self.opener.is_some()
+    }
+
+    /// The backend, once open.
+    pub fn backend(&self) -> Option<Arc<dyn Backend>> {
+        self.backend.read().clone()
+    }
+
+    /// For a member not yet open: try to open it (on a worker, within a generous deadline,
+    /// since opening logs in). True when the backend is open.
+    pub fn ensure_open(&self) -> bool {
+        if self.backend.read().is_some() {
+            return true;
+        }
+        let Some(open) = self.opener.clone() else {
+            return false;
+        };
+        let limit = self.deadline.max(Duration::from_secs(10));
+        match self.workers.call(limit, move || open()) {
+            Ok(Ok(b)) => {
+                log::warn!("replica member {}: opened", self.name);
+                *self.backend.write() = Some(b);
+                true
+            }
+            Ok(Err(e)) => {
+                self.note_problem(e.rv, format!("cannot open: {} ({})", e.problem, e.rv));
+                false
+            }
+            Err(_) => {
+                self.note_problem(
+                    Rv::DEVICE_ERROR,
+                    format!("cannot open: no answer within {} ms", limit.as_millis()),
+                );
+                false
+            }
+        }
+    }
+
+    /// In service.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Calls running on the member now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Run `f` on the member within its deadline. A member-class failure or a timeout takes
+    /// the member out of service.
+    pub fn attempt<T, F>(&self, f: F) -> Outcome<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Backend) -> CkResult<T> + Send + 'static,
+    {
+        let Some(backend) = self.backend() else {
+            return Outcome::Failed(Rv::DEVICE_ERROR);
+        };
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let answer = self
+            .workers
+            .call(self.deadline, move || f(backend.as_ref()));
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        match answer {
+            Ok(Err(rv)) if is_member_failure(rv) => {
+                self.mark_down(rv, format!("answered {rv}"));
+                Outcome::Failed(rv)
+            }
+            Ok(result) => Outcome::Answer(result),
+            Err(_) => {
+                let ms = self.deadline.as_millis();
+                self.mark_down(Rv::DEVICE_ERROR, format!("no answer within {ms} ms"));
+                Outcome::Failed(Rv::DEVICE_ERROR)
+            }
+        }
+    }
+
+    /// Take the member out of service (logged once per outage).
+    pub fn mark_down(&self, rv: Rv, text: String) {
+        *self.last_error.lock() = (rv.code(), text.clone());
+        if self.up.swap(false, Ordering::AcqRel) {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            log::error!("replica member {}: out of service: {text}", self.name);
+        }
+    }
+
+    /// Record a problem that does not take the member out of service (a key mismatch).
+    pub fn note_problem(&self, rv: Rv, text: String) {
+        *self.last_error.lock() = (rv.code(), text);
+    }
+
+    /// Return the member to service.
+    pub fn mark_up(&self) {
+        if !self.up.swap(true, Ordering::AcqRel) {
+            log::warn!("replica member {}: back in service", self.name);
+        }
+    }
+
+    /// The health snapshot; `mismatches` comes from the group's key map.
+    pub fn status(&self, mismatches: u64) -> MemberStatus {
+        let stuck = self.workers.stuck();
+        let state = if !self.is_up() {
+            MemberState::Unavailable
+        } else if mismatches > 0 || stuck > 0 {
+            MemberState::Degraded
+        } else {
+            MemberState::Active
+        };
+        let (code, text) = self.last_error.lock().clone();
+        MemberStatus {
+            name: self.name.clone(),
+            state,
+            in_flight: self.in_flight(),
+            stuck_calls: stuck,
+            key_mismatches: mismatches,
+            last_error: code,
+            last_error_text: text,
+            failures: self.failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stop the worker threads (the backend itself is shut down by its owner).
+    pub fn shutdown(&self) {
+        self.workers.shutdown();
+    }
+}

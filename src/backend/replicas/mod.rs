@@ -1,0 +1,586 @@
+//! Replica groups: one slot served by several HSMs that hold the same keys.
+//!
+//! [`ReplicaGroup`] implements [`Backend`] over its members, so the module core still talks to
+//! one backend per slot. What it adds:
+//! - Key identity across members by `CKA_ID` (or `CKA_LABEL`), with the group's own stable
+//!   key numbers and mismatch detection ([`keys`]).
+//! - Load spreading: each call goes to the in-service member with the fewest calls in flight.
+//! - Failover: a member that fails (see [`health::is_member_failure`]) or does not answer
+//!   within its `timeout_ms` leaves service and the call is retried on the next member. Calls
+//!   run on per-member worker threads ([`worker`]) so a hung vendor library never holds the
+//!   caller beyond the deadline. Every verb retried this way is safe to repeat (GCM with the
+//!   caller's IV, decrypt, reads, random); key generation is never retried.
+//! - Recovery: a probe thread (`probe.rs`) re-checks members out of service every
+//!   `probe_interval_ms` with a listing and a real encrypt/decrypt round trip on a key the
+//!   group knows on that member (the slot's `canary_label` key if configured).
+//! - Health: [`ReplicaGroup::status`], reported through the `XKI Status` vendor interface.
+//!
+//! With no member in service a call fails at once with `CKR_DEVICE_ERROR` (no waiting).
+//!
+//! Decisions (documented here because callers and operators depend on them):
+//! - Failure set: [`health::is_member_failure`]. Errors about the request
+//!   (`CKR_ENCRYPTED_DATA_INVALID`, `CKR_KEY_FUNCTION_NOT_PERMITTED`, length errors, ...)
+//!   are returned as they are and never take a member out of service.
+//! - Retried verbs: GCM encrypt (with the caller's IV) and decrypt, key reads, listing,
+//!   random. Each attempt has the member's own deadline, so a caller waits at most one
+//!   deadline per member that hangs at that very moment (one, normally: after the first
+//!   timeout the member is out of service and later calls skip it).
+//! - Key mismatches: served only from members holding exactly one copy ([`keys`]); a key a
+//!   member answers `CKR_KEY_HANDLE_INVALID`/`CKR_OBJECT_HANDLE_INVALID` for is marked
+//!   missing there and the call goes to another member.
+//! - Key generation: only with `replication = "hsm"`: created on one member, then the group
+//!   polls every 50 ms until every member in service lists it (`replication_wait_ms`,
+//!   default 10 s) or fails with `CKR_FUNCTION_FAILED`. Without it, a group of several
+//!   members refuses with `CKR_FUNCTION_FAILED` and an error in the log (keys cannot be
+//!   copied between HSMs, so a key on one member only would be a mismatch from birth).
+//! - Attribute changes and destruction go to every member in service holding the key; the
+//!   first member's answer decides, later members that fail are logged and reported.
+//! - Members that cannot be reached when the module starts ([`open_later`]) start out of
+//!   service and the probe opens them; at least one member must answer at start.
+//! - Threads: per member at most `max_sessions` workers (default 32), which bounds how many
+//!   threads a hung vendor library can hold; one probe thread per group. An application that
+//!   forbids thread creation (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`) cannot have groups:
+//!   `C_Initialize` then fails with `CKR_NEED_TO_CREATE_THREADS`.
+
+pub mod health;
+pub mod keys;
+pub mod member;
+mod probe;
+pub mod worker;
+
+use crate::backend::{
+    Backend, BackendKey, KeyChanges, KeyInfo, MechanismInfo, NewKey, TokenDescription,
+};
+use crate::config::Replication;
+use crate::rv::{CkResult, Rv};
+use health::MemberStatus;
+use keys::KeyMap;
+use member::{Member, Outcome};
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+/// Group settings from the slot's config.
+#[derive(Clone, Debug)]
+pub struct GroupSettings {
+    /// How new keys reach every member.
+    pub replication: Replication,
+    /// How often members out of service are probed.
+    pub probe_interval: Duration,
+    /// How long a generated key may take to appear on every member (replication = "hsm").
+    pub replication_wait: Duration,
+    /// Label of the key the probe encrypts with; any key of the group when `None`.
+    pub canary_label: Option<Vec<u8>>,
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        GroupSettings {
+            replication: Replication::None,
+            probe_interval: Duration::from_millis(5000),
+            replication_wait: Duration::from_millis(10_000),
+            canary_label: None,
+        }
+    }
+}
+
+/// One member to build a group from: its backend and per-call deadline.
+pub struct MemberSpec {
+    /// The member's name (`[backend.NAME]`).
+    pub name: String,
+    /// The opened backend, or `None` when it could not be opened yet (then `reopen` is set).
+    pub backend: Option<Arc<dyn Backend>>,
+    /// For a member that could not be opened at start-up: how the probe opens it later.
+    pub reopen: Option<member::Opener>,
+    /// Per-call deadline (`timeout_ms`).
+    pub deadline: Duration,
+    /// Most worker threads (and so most calls stuck in a hung library) for this member.
+    pub max_threads: usize,
+}
+
+impl MemberSpec {
+    /// A member on an opened backend.
+    pub fn open(backend: Arc<dyn Backend>, deadline: Duration, max_threads: usize) -> Self {
+        MemberSpec {
+            name: backend.name().to_string(),
+            backend: Some(backend),
+            reopen: None,
+            deadline,
+            max_threads,
+        }
+    }
+}
+
+/// Whether a failure to open a member means "unreachable now, try again later" rather than
+/// a configuration problem. PIN and login errors are never retried (retrying a wrong PIN can
+/// lock the HSM user), nor is a library that does not load.
+pub fn open_later(rv: Rv) -> bool {
+    matches!(
+        rv.code(),
+        pkcs11_sys::CKR_DEVICE_ERROR
+            | pkcs11_sys::CKR_DEVICE_REMOVED
+            | pkcs11_sys::CKR_DEVICE_MEMORY
+            | pkcs11_sys::CKR_TOKEN_NOT_PRESENT
+            | pkcs11_sys::CKR_TOKEN_NOT_RECOGNIZED
+            | pkcs11_sys::CKR_SLOT_ID_INVALID
+    )
+}
+
+pub(crate) struct Inner {
+    name: String,
+    members: Vec<Member>,
+    keys: RwLock<KeyMap>,
+    settings: GroupSettings,
+    /// Rotates the tie-break between equally busy members.
+    turn: AtomicUsize,
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+/// A replica group. See the module docs.
+pub struct ReplicaGroup {
+    inner: Arc<Inner>,
+    probe: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ReplicaGroup {
+    /// Build a group named `name` (the slot label, for logs) and start its probe thread.
+    /// Members that cannot list their keys now start out of service. Fails only when no
+    /// member answers at all.
+    pub fn new(name: &str, members: Vec<MemberSpec>, settings: GroupSettings) -> CkResult<Self> {
+        if members.is_empty() {
+            return Err(Rv::ARGUMENTS_BAD);
+        }
+        let count = members.len();
+        let inner = Arc::new(Inner {
+            name: name.to_string(),
+            members: members
+                .into_iter()
+                .map(|m| Member::new(&m.name, m.backend, m.reopen, m.deadline, m.max_threads))
+                .collect(),
+            keys: RwLock::new(KeyMap::new(count)),
+            settings,
+            turn: AtomicUsize::new(0),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        for (i, m) in inner.members.iter().enumerate() {
+            if m.backend().is_some() {
+                inner.refresh_member(i);
+            } else {
+                m.mark_down(Rv::DEVICE_ERROR, "could not be opened at start-up".into());
+            }
+        }
+        if !inner.members.iter().any(Member::is_up) {
+            log::error!("replica group {name}: no member answers");
+            return Err(Rv::DEVICE_ERROR);
+        }
+        let worker = inner.clone();
+        let probe = std::thread::Builder::new()
+            .name(format!("xki-probe-{name}"))
+            .spawn(move || probe::run(worker))
+            .map_err(|e| {
+                log::error!("replica group {name}: cannot start the probe thread: {e}");
+                Rv::FUNCTION_FAILED
+            })?;
+        Ok(ReplicaGroup {
+            inner,
+            probe: Mutex::new(Some(probe)),
+        })
+    }
+
+    /// Health of every member, in configured order.
+    pub fn status(&self) -> Vec<MemberStatus> {
+        let keys = self.inner.keys.read();
+        self.inner
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| m.status(keys.mismatches_of(i)))
+            .collect()
+    }
+}
+
+impl Inner {
+    /// List member `i`'s keys and merge them into the key map, logging new mismatches.
+    /// Returns the listing, or `None` when the member failed (it is then out of service).
+    fn refresh_member(&self, i: usize) -> Option<Vec<KeyInfo>> {
+        let m = &self.members[i];
+        let listed = match m.attempt(|b| b.list_secret_keys()) {
+            Outcome::Answer(Ok(l)) => l,
+            Outcome::Answer(Err(rv)) => {
+                m.mark_down(rv, format!("cannot list keys: {rv}"));
+                return None;
+            }
+            Outcome::Failed(_) => return None,
+        };
+        let fresh = self.keys.write().merge_listing(i, &listed);
+        for x in fresh {
+            let text = format!("key {} is {} on this member", x.key, x.kind);
+            log::error!(
+                "replica group {}: member {}: {text}; it is served only from members holding exactly one copy",
+                self.name,
+                m.name
+            );
+            m.note_problem(Rv::GENERAL_ERROR, text);
+        }
+        Some(listed)
+    }
+
+    /// Candidates for a call on `key` (any member for `None`), least busy first.
+    fn pick(&self, key: Option<u64>, tried: &[bool]) -> Option<(usize, BackendKey)> {
+        let keys = self.keys.read();
+        let n = self.members.len();
+        let start = self.turn.fetch_add(1, Ordering::Relaxed);
+        let mut best: Option<(usize, BackendKey, u64)> = None;
+        for off in 0..n {
+            let i = (start + off) % n;
+            let m = &self.members[i];
+            if tried[i] || !m.is_up() {
+                continue;
+            }
+            let mk = match key {
+                Some(k) => match keys.member_key(k, i) {
+                    Some(mk) => mk,
+                    None => continue,
+                },
+                None => BackendKey(0),
+            };
+            let load = m.in_flight();
+            if best.is_none_or(|(_, _, l)| load < l) {
+                best = Some((i, mk, load));
+            }
+        }
+        best.map(|(i, mk, _)| (i, mk))
+    }
+
+    /// Run `op` on the least busy member that can, failing over until one answers.
+    fn run<T, F>(&self, key: Option<u64>, op: F) -> CkResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(&dyn Backend, BackendKey) -> CkResult<T> + Send + Sync + 'static,
+    {
+        if let Some(k) = key {
+            if !self.keys.read().contains(k) {
+                return Err(Rv::KEY_HANDLE_INVALID);
+            }
+        }
+        let op = Arc::new(op);
+        let mut tried = vec![false; self.members.len()];
+        let mut last = Rv::DEVICE_ERROR;
+        while let Some((i, mk)) = self.pick(key, &tried) {
+            tried[i] = true;
+            let op = op.clone();
+            match self.members[i].attempt(move |b| op(b, mk)) {
+                Outcome::Answer(Err(rv)) if key.is_some() && is_gone(rv) => {
+                    // The map says the member holds the key, the member says it does not:
+                    // it was destroyed there behind our back. Serve from the others.
+                    let k = key.unwrap_or_default();
+                    self.keys.write().set_missing(k, i);
+                    let text = format!("key #{k} vanished from this member ({rv})");
+                    log::error!(
+                        "replica group {}: member {}: {text}",
+                        self.name,
+                        self.members[i].name
+                    );
+                    self.members[i].note_problem(rv, text);
+                    last = rv;
+                }
+                Outcome::Answer(result) => return result,
+                Outcome::Failed(rv) => {
+                    last = rv;
+                    self.wake.notify_all();
+                }
+            }
+        }
+        if tried.iter().all(|t| !t) {
+            log::error!(
+                "replica group {}: no member in service can serve the call",
+                self.name
+            );
+        }
+        Err(
+            if crate::backend::replicas::health::is_member_failure(last) {
+                Rv::DEVICE_ERROR
+            } else {
+                last
+            },
+        )
+    }
+
+    /// Members in service holding `key` exactly once, in configured order.
+    fn holders(&self, key: u64) -> Vec<(usize, BackendKey)> {
+        let keys = self.keys.read();
+        (0..self.members.len())
+            .filter(|i| self.members[*i].is_up())
+            .filter_map(|i| keys.member_key(key, i).map(|mk| (i, mk)))
+            .collect()
+    }
+
+    /// Apply a change to every member in service holding `key`. The first answer about the
+    /// request decides the result (a refused change is refused everywhere alike); a later
+    /// member that fails to follow is logged and reported as a mismatch.
+    fn apply_all<F>(&self, key: u64, what: &str, op: F) -> CkResult<Vec<usize>>
+    where
+        F: Fn(&dyn Backend, BackendKey) -> CkResult<()> + Send + Sync + 'static,
+    {
+        if !self.keys.read().contains(key) {
+            return Err(Rv::KEY_HANDLE_INVALID);
+        }
+        let op = Arc::new(op);
+        let mut done = Vec::new();
+        let mut decided: Option<CkResult<()>> = None;
+        for (i, mk) in self.holders(key) {
+            let m = &self.members[i];
+            let op = op.clone();
+            match (m.attempt(move |b| op(b, mk)), &decided) {
+                (Outcome::Answer(Ok(())), _) => {
+                    done.push(i);
+                    decided.get_or_insert(Ok(()));
+                }
+                (Outcome::Answer(Err(rv)), None) => return Err(rv),
+                (Outcome::Answer(Err(rv)), Some(_)) => {
+                    let text = format!("{what} failed on this member only: {rv}");
+                    log::error!("replica group {}: member {}: {text}", self.name, m.name);
+                    m.note_problem(rv, text);
+                }
+                (Outcome::Failed(_), _) => {}
+            }
+        }
+        match decided {
+            Some(Ok(())) => Ok(done),
+            _ => Err(Rv::DEVICE_ERROR),
+        }
+    }
+
+    /// Stop the probe thread and the workers.
+    fn stop(&self) {
+        *self.stop.lock() = true;
+        self.wake.notify_all();
+        for m in &self.members {
+            m.shutdown();
+        }
+    }
+}
+
+/// A member's answer that the key object is not there (any more).
+fn is_gone(rv: Rv) -> bool {
+    rv == Rv::KEY_HANDLE_INVALID || rv == Rv::OBJECT_HANDLE_INVALID
+}
+
+/// The group's view of a member's key: same attributes, the group's key number.
+fn as_group_key(mut info: KeyInfo, key: u64) -> KeyInfo {
+    info.handle = BackendKey(key);
+    info
+}
+
+impl Backend for ReplicaGroup {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn describe(&self) -> CkResult<TokenDescription> {
+        self.inner.run(None, |b, _| b.describe())
+    }
+
+    fn mechanism_info(&self, mechanism: u64) -> CkResult<MechanismInfo> {
+        // What every member in service supports: the narrowest range and the common flags.
+        let mut combined: Option<MechanismInfo> = None;
+        for m in self.inner.members.iter().filter(|m| m.is_up()) {
+            match m.attempt(move |b| b.mechanism_info(mechanism)) {
+                Outcome::Answer(Ok(info)) => {
+                    let c = combined.get_or_insert(info);
+                    c.min_key_size = c.min_key_size.max(info.min_key_size);
+                    c.max_key_size = c.max_key_size.min(info.max_key_size);
+                    c.flags &= info.flags;
+                }
+                Outcome::Answer(Err(rv)) => return Err(rv),
+                Outcome::Failed(_) => {}
+            }
+        }
+        combined.ok_or(Rv::DEVICE_ERROR)
+    }
+
+    fn list_secret_keys(&self) -> CkResult<Vec<KeyInfo>> {
+        let inner = &self.inner;
+        let mut first: std::collections::BTreeMap<u64, KeyInfo> = Default::default();
+        let mut answered = false;
+        for i in 0..inner.members.len() {
+            if !inner.members[i].is_up() {
+                continue;
+            }
+            let Some(listed) = inner.refresh_member(i) else {
+                continue;
+            };
+            answered = true;
+            let keys = inner.keys.read();
+            for info in listed {
+                if let Some(gk) = keys.group_key_of(&info) {
+                    if keys.member_key(gk, i).is_some() && !first.contains_key(&gk) {
+                        first.insert(gk, as_group_key(info, gk));
+                    }
+                }
+            }
+        }
+        if !answered {
+            return Err(Rv::DEVICE_ERROR);
+        }
+        Ok(first.into_values().collect())
+    }
+
+    fn key_info(&self, key: BackendKey) -> CkResult<KeyInfo> {
+        let k = key.0;
+        self.inner.run(Some(k), move |b, mk| {
+            b.key_info(mk).map(|i| as_group_key(i, k))
+        })
+    }
+
+    fn generate_aes_key(&self, spec: &NewKey) -> CkResult<KeyInfo> {
+        let inner = &self.inner;
+        if inner.members.len() > 1 && inner.settings.replication != Replication::Hsm {
+            log::error!(
+                "replica group {}: key generation refused: the members do not replicate keys (set replication = \"hsm\" on the slot if the HSMs do)",
+                inner.name
+            );
+            return Err(Rv::FUNCTION_FAILED);
+        }
+        let tried = vec![false; inner.members.len()];
+        let (i, _) = inner.pick(None, &tried).ok_or(Rv::DEVICE_ERROR)?;
+        let spec_owned = spec.clone();
+        // Never retried elsewhere: a timed-out generation may still have created the key.
+        let created = match inner.members[i].attempt(move |b| b.generate_aes_key(&spec_owned)) {
+            Outcome::Answer(r) => r?,
+            Outcome::Failed(rv) => return Err(rv),
+        };
+        inner.refresh_member(i);
+        let gk = inner
+            .keys
+            .read()
+            .group_key_of(&created)
+            .ok_or(Rv::GENERAL_ERROR)?;
+        // Wait for the HSMs' own replication to bring the key to every member in service.
+        let until = Instant::now() + inner.settings.replication_wait;
+        loop {
+            let missing: Vec<usize> = (0..inner.members.len())
+                .filter(|j| inner.members[*j].is_up())
+                .filter(|j| inner.keys.read().member_key(gk, *j).is_none())
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            if Instant::now() >= until {
+                let names: Vec<&str> = missing
+                    .iter()
+                    .map(|j| inner.members[*j].name.as_str())
+                    .collect();
+                log::error!(
+                    "replica group {}: generated key did not appear on {} within {} ms",
+                    inner.name,
+                    names.join(","),
+                    inner.settings.replication_wait.as_millis()
+                );
+                return Err(Rv::FUNCTION_FAILED);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            for j in missing {
+                inner.refresh_member(j);
+            }
+        }
+        Ok(as_group_key(created, gk))
+    }
+
+    fn set_key_attributes(&self, key: BackendKey, changes: &KeyChanges) -> CkResult<()> {
+        let changes = changes.clone();
+        self.inner
+            .apply_all(key.0, "attribute change", move |b, mk| {
+                b.set_key_attributes(mk, &changes)
+            })
+            .map(|_| ())
+    }
+
+    fn destroy_key(&self, key: BackendKey) -> CkResult<()> {
+        let done = self
+            .inner
+            .apply_all(key.0, "destroy", |b, mk| match b.destroy_key(mk) {
+                // Replicating HSMs may have removed it already.
+                Err(rv) if rv == Rv::OBJECT_HANDLE_INVALID || rv == Rv::KEY_HANDLE_INVALID => {
+                    Ok(())
+                }
+                r => r,
+            })?;
+        let mut keys = self.inner.keys.write();
+        for i in done {
+            keys.set_missing(key.0, i);
+        }
+        if (0..self.inner.members.len()).all(|i| keys.member_key(key.0, i).is_none()) {
+            keys.remove(key.0);
+        }
+        Ok(())
+    }
+
+    fn gcm_encrypt(
+        &self,
+        key: BackendKey,
+        iv: &[u8],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> CkResult<Vec<u8>> {
+        let iv = iv.to_vec();
+        let aad = aad.to_vec();
+        let pt = Zeroizing::new(plaintext.to_vec());
+        self.inner
+            .run(Some(key.0), move |b, mk| b.gcm_encrypt(mk, &iv, &aad, &pt))
+    }
+
+    fn gcm_decrypt(
+        &self,
+        key: BackendKey,
+        iv: &[u8],
+        aad: &[u8],
+        ciphertext_and_tag: &[u8],
+    ) -> CkResult<Zeroizing<Vec<u8>>> {
+        let iv = iv.to_vec();
+        let aad = aad.to_vec();
+        let ct = ciphertext_and_tag.to_vec();
+        self.inner
+            .run(Some(key.0), move |b, mk| b.gcm_decrypt(mk, &iv, &aad, &ct))
+    }
+
+    fn generate_random(&self, out: &mut [u8]) -> CkResult<()> {
+        let len = out.len();
+        let bytes = self.inner.run(None, move |b, _| {
+            let mut buf = Zeroizing::new(vec![0u8; len]);
+            b.generate_random(&mut buf)?;
+            Ok(buf)
+        })?;
+        out.copy_from_slice(&bytes);
+        Ok(())
+    }
+
+    fn shutdown(&self) {
+        self.inner.stop();
+        if let Some(h) = self.probe.lock().take() {
+            let _ = h.join();
+        }
+        // Backends opened at start-up belong to the module, which shuts them down; the ones
+        // the probe opened later are ours.
+        for m in self.inner.members.iter().filter(|m| m.opened_late()) {
+            if let Some(b) = m.backend() {
+                b.shutdown();
+            }
+        }
+    }
+
+    fn member_status(&self) -> Vec<MemberStatus> {
+        self.status()
+    }
+}
+
+impl Drop for ReplicaGroup {
+    fn drop(&mut self) {
+        self.inner.stop();
+    }
+}
