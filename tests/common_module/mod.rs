@@ -414,3 +414,17 @@ pub fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 pub mod raw;
+
+/// The module initialised on a fresh two-slot config with NO session open and nobody logged
+/// in (for tests of the login state, which is per token and so per process).
+pub fn bare_module() -> (tempfile::TempDir, Pkcs11) {
+    let so = so_path();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let softhsm_conf = new_softhsm_token(dir.path(), SOFTHSM_TOKEN);
+    let config = write_config(dir.path(), Options::default());
+    set_env(&softhsm_conf, &config);
+    let ctx = Pkcs11::new(&so).expect("load the built module through cryptoki");
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .expect("module C_Initialize");
+    (dir, ctx)
+}
