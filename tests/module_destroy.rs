@@ -37,7 +37,10 @@ fn destroy_is_allowed_when_configured() {
         if t.index == 0 {
             // Gone from the HSM itself.
             let d = t.fx.direct_session();
-            assert!(find(&d, &[Attribute::Id(id)]).is_empty(), "still in SoftHSM2");
+            assert!(
+                find(&d, &[Attribute::Id(id)]).is_empty(),
+                "still in SoftHSM2"
+            );
         }
         // The label is free again.
         let again = t.keygen(&label, &[]);

@@ -29,7 +29,10 @@ fn child() {
     let mut info = CK_INFO::default();
     // SAFETY: live out-struct / NULL args.
     unsafe {
-        assert_eq!(f.C_GetInfo.unwrap()(&mut info), CKR_CRYPTOKI_NOT_INITIALIZED);
+        assert_eq!(
+            f.C_GetInfo.unwrap()(&mut info),
+            CKR_CRYPTOKI_NOT_INITIALIZED
+        );
         let mut n: CK_ULONG = 0;
         let rv = f.C_GetSlotList.unwrap()(CK_TRUE, ptr::null_mut(), &mut n);
         assert_eq!(rv, CKR_CRYPTOKI_NOT_INITIALIZED);
@@ -37,7 +40,10 @@ fn child() {
         let rv = f.C_OpenSession.unwrap()(0, CKF_SERIAL_SESSION, ptr::null_mut(), None, &mut h);
         assert_eq!(rv, CKR_CRYPTOKI_NOT_INITIALIZED);
         // The parent's sessions are not the child's.
-        assert_eq!(f.C_Finalize.unwrap()(ptr::null_mut()), CKR_CRYPTOKI_NOT_INITIALIZED);
+        assert_eq!(
+            f.C_Finalize.unwrap()(ptr::null_mut()),
+            CKR_CRYPTOKI_NOT_INITIALIZED
+        );
         assert_eq!(f.C_Initialize.unwrap()(ptr::null_mut()), CKR_OK);
     }
     for_each_token_of(fx, |t| {

@@ -40,7 +40,8 @@ fn encrypt_parts(
     chunk: usize,
 ) -> Vec<u8> {
     let mut iv = iv.to_vec();
-    s.encrypt_init(&gcm(&mut iv, aad), key).expect("C_EncryptInit");
+    s.encrypt_init(&gcm(&mut iv, aad), key)
+        .expect("C_EncryptInit");
     let mut out = Vec::new();
     for part in pt.chunks(chunk.max(1)) {
         out.extend(s.encrypt_update(part).expect("C_EncryptUpdate"));
@@ -115,7 +116,9 @@ fn gcm_authentication_failures_are_encrypted_data_invalid() {
         *bad_tag.last_mut().unwrap() ^= 1;
         let mut bad_body = ct.clone();
         bad_body[0] ^= 0x80;
-        let cases: [(&str, &[u8], &[u8], &[u8]); 5] = [
+        // (what, IV, AAD, ciphertext || tag)
+        type Case<'a> = (&'a str, &'a [u8], &'a [u8], &'a [u8]);
+        let cases: [Case; 5] = [
             ("wrong AAD", &iv, b"headex", &ct),
             ("missing AAD", &iv, b"", &ct),
             ("wrong IV", &[4u8; 12], &aad, &ct),
@@ -161,7 +164,11 @@ fn gcm_parameters_outside_the_profile_are_refused() {
         for (what, mut iv, aad, tag_bits) in cases {
             let mech =
                 Mechanism::AesGcm(GcmParams::new(&mut iv, aad, tag_bits.into()).expect("params"));
-            expect_rv_named(s.encrypt(&mech, key, b"x"), RvError::MechanismParamInvalid, what);
+            expect_rv_named(
+                s.encrypt(&mech, key, b"x"),
+                RvError::MechanismParamInvalid,
+                what,
+            );
             expect_rv_named(
                 s.decrypt(&mech, key, &[0u8; 32]),
                 RvError::MechanismParamInvalid,
@@ -194,9 +201,7 @@ fn gcm_parameters_outside_the_profile_are_refused() {
                 mech.pParameter = ptr::null_mut();
             }
             // SAFETY: `mech` and the buffers it points into are live locals.
-            let rv = unsafe {
-                f.C_EncryptInit.unwrap()(t.raw_session(), &mut mech, key.handle())
-            };
+            let rv = unsafe { f.C_EncryptInit.unwrap()(t.raw_session(), &mut mech, key.handle()) };
             assert_eq!(rv, CKR_MECHANISM_PARAM_INVALID, "{what}");
         }
     });
@@ -239,7 +244,11 @@ fn two_call_length_convention_for_encrypt_and_decrypt() {
             assert_eq!((rv, len), (CKR_OK, n + 16), "C_Encrypt length query");
             let mut short: CK_ULONG = n + 15;
             let rv = f.C_Encrypt.unwrap()(h, pt.as_mut_ptr(), n, ct.as_mut_ptr(), &mut short);
-            assert_eq!((rv, short), (CKR_BUFFER_TOO_SMALL, n + 16), "C_Encrypt short");
+            assert_eq!(
+                (rv, short),
+                (CKR_BUFFER_TOO_SMALL, n + 16),
+                "C_Encrypt short"
+            );
             let mut roomy: CK_ULONG = 128;
             let rv = f.C_Encrypt.unwrap()(h, pt.as_mut_ptr(), n, ct.as_mut_ptr(), &mut roomy);
             assert_eq!((rv, roomy), (CKR_OK, n + 16), "C_Encrypt");
@@ -266,13 +275,21 @@ fn two_call_length_convention_for_encrypt_and_decrypt() {
             assert_eq!(f.C_EncryptInit.unwrap()(h, &mut mech, key), CKR_OK);
             let mut upd: CK_ULONG = 128;
             let rv = f.C_EncryptUpdate.unwrap()(h, pt.as_mut_ptr(), n, out.as_mut_ptr(), &mut upd);
-            assert_eq!((rv, upd), (CKR_OK, 0), "C_EncryptUpdate returns nothing yet");
+            assert_eq!(
+                (rv, upd),
+                (CKR_OK, 0),
+                "C_EncryptUpdate returns nothing yet"
+            );
             let mut len: CK_ULONG = 0;
             let rv = f.C_EncryptFinal.unwrap()(h, ptr::null_mut(), &mut len);
             assert_eq!((rv, len), (CKR_OK, n + 16), "C_EncryptFinal length query");
             let mut short: CK_ULONG = 16;
             let rv = f.C_EncryptFinal.unwrap()(h, out.as_mut_ptr(), &mut short);
-            assert_eq!((rv, short), (CKR_BUFFER_TOO_SMALL, n + 16), "C_EncryptFinal short");
+            assert_eq!(
+                (rv, short),
+                (CKR_BUFFER_TOO_SMALL, n + 16),
+                "C_EncryptFinal short"
+            );
             let mut roomy: CK_ULONG = 128;
             let rv = f.C_EncryptFinal.unwrap()(h, out.as_mut_ptr(), &mut roomy);
             assert_eq!((rv, roomy), (CKR_OK, n + 16), "C_EncryptFinal");
@@ -289,7 +306,11 @@ fn two_call_length_convention_for_encrypt_and_decrypt() {
             assert_eq!((rv, len), (CKR_OK, n), "C_DecryptFinal length query");
             let mut short: CK_ULONG = 1;
             let rv = f.C_DecryptFinal.unwrap()(h, out.as_mut_ptr(), &mut short);
-            assert_eq!((rv, short), (CKR_BUFFER_TOO_SMALL, n), "C_DecryptFinal short");
+            assert_eq!(
+                (rv, short),
+                (CKR_BUFFER_TOO_SMALL, n),
+                "C_DecryptFinal short"
+            );
             out.fill(0);
             let mut roomy: CK_ULONG = 128;
             let rv = f.C_DecryptFinal.unwrap()(h, out.as_mut_ptr(), &mut roomy);

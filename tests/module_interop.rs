@@ -67,7 +67,9 @@ fn ciphertext_crosses_between_module_and_softhsm2() {
     tpl.push(Attribute::Id(id2.clone()));
     let key_d2 = direct.generate_key(&Mechanism::AesKeyGen, &tpl).unwrap();
     let mut iv = [8u8; 12];
-    let ct = direct.encrypt(&gcm(&mut iv, b"a"), key_d2, b"direct").unwrap();
+    let ct = direct
+        .encrypt(&gcm(&mut iv, b"a"), key_d2, b"direct")
+        .unwrap();
     let key_m2 = find_id(&module, &id2);
     assert_eq!(find_label(&module, "interop-2"), key_m2);
     assert_eq!(
@@ -109,7 +111,9 @@ fn keys_that_break_the_rule_are_invisible() {
     let mut imported = aes("bad-imported", 32, true, false);
     imported.retain(|a| !matches!(a, Attribute::ValueLen(_)));
     imported.push(Attribute::Value(vec![0x42; 32]));
-    direct.create_object(&imported).expect("SoftHSM2 imports it");
+    direct
+        .create_object(&imported)
+        .expect("SoftHSM2 imports it");
     // Once extractable, later made non-extractable: NEVER_EXTRACTABLE stays false.
     let was = gen(aes("bad-was-extractable", 32, true, true));
     direct
@@ -154,7 +158,11 @@ fn keys_that_break_the_rule_are_invisible() {
             }
             for h in &all {
                 let l = attr(&t.session, *h, cryptoki::object::AttributeType::Label);
-                assert_ne!(l, Attribute::Label(label.as_bytes().to_vec()), "in find-all");
+                assert_ne!(
+                    l,
+                    Attribute::Label(label.as_bytes().to_vec()),
+                    "in find-all"
+                );
             }
         }
         let good = find(&t.session, &[Attribute::Label(b"good-direct".to_vec())]);

@@ -138,7 +138,10 @@ fn weaker_generation_templates_are_rejected() {
         }
         for len in [16u64, 24, 31, 33, 64] {
             expect_rv(
-                s.generate_key(&Mechanism::AesKeyGen, &with(Attribute::ValueLen(len.into()))),
+                s.generate_key(
+                    &Mechanism::AesKeyGen,
+                    &with(Attribute::ValueLen(len.into())),
+                ),
                 RvError::AttributeValueInvalid,
             );
         }
@@ -165,7 +168,10 @@ fn weaker_generation_templates_are_rejected() {
             s.generate_key(&Mechanism::AesKeyGen, &secure_template(&dup)),
             RvError::AttributeValueInvalid,
         );
-        assert_eq!(find(s, &[Attribute::Label(dup.as_bytes().to_vec())]).len(), 1);
+        assert_eq!(
+            find(s, &[Attribute::Label(dup.as_bytes().to_vec())]).len(),
+            1
+        );
 
         // Read-only session.
         let ro = t.fx.ctx.open_ro_session(t.slot).unwrap();
@@ -186,7 +192,10 @@ fn find_by_template_and_stable_handles() {
         let key = t.keygen(&label, &[Attribute::Id(id.clone())]);
         let other = t.keygen(&t.label("keys-find-other"), &[]);
 
-        assert_eq!(find(s, &[Attribute::Label(label.as_bytes().to_vec())]), [key]);
+        assert_eq!(
+            find(s, &[Attribute::Label(label.as_bytes().to_vec())]),
+            [key]
+        );
         assert_eq!(find(s, &[Attribute::Id(id.clone())]), [key]);
         assert_eq!(
             find(
@@ -237,7 +246,8 @@ fn disabling_and_enabling_a_key() {
         let mut iv = [5u8; 12];
         let ct = s.encrypt(&gcm(&mut iv, b""), key, b"data").unwrap();
 
-        s.update_attributes(key, &[Attribute::Encrypt(false)]).unwrap();
+        s.update_attributes(key, &[Attribute::Encrypt(false)])
+            .unwrap();
         assert!(!read_bool(t, key, AttributeType::Encrypt));
         assert!(read_bool(t, key, AttributeType::Decrypt));
         expect_rv(
@@ -246,7 +256,8 @@ fn disabling_and_enabling_a_key() {
         );
         assert_eq!(s.decrypt(&gcm(&mut iv, b""), key, &ct).unwrap(), b"data");
 
-        s.update_attributes(key, &[Attribute::Decrypt(false)]).unwrap();
+        s.update_attributes(key, &[Attribute::Decrypt(false)])
+            .unwrap();
         assert!(!read_bool(t, key, AttributeType::Decrypt));
         expect_rv(
             s.decrypt(&gcm(&mut iv, b""), key, &ct),
@@ -359,11 +370,7 @@ fn never_export_refusals() {
             let rv = f.C_SetOperationState.unwrap()(h, state.as_mut_ptr(), 16, k, k);
             assert_eq!(rv, CKR_SAVED_STATE_INVALID);
         }
-        for tpl in [
-            "keys-unwrapped",
-            "keys-derived",
-            "keys-imported",
-        ] {
+        for tpl in ["keys-unwrapped", "keys-derived", "keys-imported"] {
             assert!(find(s, &[Attribute::Label(t.label(tpl).into_bytes())]).is_empty());
         }
 
@@ -382,14 +389,19 @@ fn never_export_refusals() {
             for tpl in [vec![a.clone()], vec![Attribute::Encrypt(false), a]] {
                 match s.update_attributes(key, &tpl) {
                     Ok(()) => panic!("{what}: accepted"),
-                    Err(e) => assert_eq!(common_module::rv(e), RvError::AttributeReadOnly, "{what}"),
+                    Err(e) => {
+                        assert_eq!(common_module::rv(e), RvError::AttributeReadOnly, "{what}")
+                    }
                 }
             }
         }
         assert!(read_bool(t, key, AttributeType::Sensitive));
         assert!(!read_bool(t, key, AttributeType::Extractable));
         assert!(!read_bool(t, key, AttributeType::Wrap));
-        assert!(read_bool(t, key, AttributeType::Encrypt), "partial update applied");
+        assert!(
+            read_bool(t, key, AttributeType::Encrypt),
+            "partial update applied"
+        );
         assert_eq!(find_label(s, &label), key);
 
         // Deletion protection (default config).
@@ -484,7 +496,10 @@ fn two_call_convention_for_lists_and_attributes() {
     // SAFETY: every pointer is a live local of the right size.
     unsafe {
         let mut n: CK_ULONG = 0;
-        assert_eq!(f.C_GetSlotList.unwrap()(CK_TRUE, ptr::null_mut(), &mut n), CKR_OK);
+        assert_eq!(
+            f.C_GetSlotList.unwrap()(CK_TRUE, ptr::null_mut(), &mut n),
+            CKR_OK
+        );
         assert_eq!(n, 2);
         let mut slots = [CK_ULONG::MAX; 4];
         let mut short: CK_ULONG = 1;
@@ -585,11 +600,23 @@ fn bad_arguments_and_handles() {
                 f.C_GetSlotList.unwrap()(CK_TRUE, ptr::null_mut(), ptr::null_mut()),
                 CKR_ARGUMENTS_BAD
             );
-            assert_eq!(f.C_GetTokenInfo.unwrap()(slot, ptr::null_mut()), CKR_ARGUMENTS_BAD);
-            assert_eq!(f.C_GetSlotInfo.unwrap()(slot, ptr::null_mut()), CKR_ARGUMENTS_BAD);
+            assert_eq!(
+                f.C_GetTokenInfo.unwrap()(slot, ptr::null_mut()),
+                CKR_ARGUMENTS_BAD
+            );
+            assert_eq!(
+                f.C_GetSlotInfo.unwrap()(slot, ptr::null_mut()),
+                CKR_ARGUMENTS_BAD
+            );
             assert_eq!(f.C_GetInfo.unwrap()(ptr::null_mut()), CKR_ARGUMENTS_BAD);
             assert_eq!(
-                f.C_OpenSession.unwrap()(slot, CKF_SERIAL_SESSION, ptr::null_mut(), None, ptr::null_mut()),
+                f.C_OpenSession.unwrap()(
+                    slot,
+                    CKF_SERIAL_SESSION,
+                    ptr::null_mut(),
+                    None,
+                    ptr::null_mut()
+                ),
                 CKR_ARGUMENTS_BAD
             );
             assert_eq!(
@@ -604,7 +631,10 @@ fn bad_arguments_and_handles() {
                 f.C_FindObjectsInit.unwrap()(h, ptr::null_mut(), 1),
                 CKR_ARGUMENTS_BAD
             );
-            assert_eq!(f.C_EncryptInit.unwrap()(h, ptr::null_mut(), key), CKR_ARGUMENTS_BAD);
+            assert_eq!(
+                f.C_EncryptInit.unwrap()(h, ptr::null_mut(), key),
+                CKR_ARGUMENTS_BAD
+            );
             let mut gen = CK_MECHANISM {
                 mechanism: CKM_AES_KEY_GEN,
                 pParameter: ptr::null_mut(),
@@ -642,7 +672,10 @@ fn bad_arguments_and_handles() {
                 f.C_FindObjectsInit.unwrap()(BAD_SESSION, ptr::null_mut(), 0),
                 CKR_SESSION_HANDLE_INVALID
             );
-            assert_eq!(f.C_CloseSession.unwrap()(BAD_SESSION), CKR_SESSION_HANDLE_INVALID);
+            assert_eq!(
+                f.C_CloseSession.unwrap()(BAD_SESSION),
+                CKR_SESSION_HANDLE_INVALID
+            );
 
             // Invalid object / key handles.
             let mut v: CK_ULONG = 0;

@@ -43,7 +43,10 @@ fn raw_round_trip(f: &CK_FUNCTION_LIST_3_0, slot: CK_SLOT_ID, label: &str) {
         assert_eq!(rv, CKR_OK);
         let mut pin = PIN.as_bytes().to_vec();
         let rv = f.C_Login.unwrap()(h, CKU_USER, pin.as_mut_ptr(), pin.len() as CK_ULONG);
-        assert!(rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN, "login {rv:#x}");
+        assert!(
+            rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN,
+            "login {rv:#x}"
+        );
         let mut gen = CK_MECHANISM {
             mechanism: CKM_AES_KEY_GEN,
             pParameter: ptr::null_mut(),
@@ -102,45 +105,84 @@ fn initialize_and_finalize() {
         let before: Vec<(&str, CK_RV)> = vec![
             ("C_GetInfo", f.C_GetInfo.unwrap()(&mut info)),
             ("C_Finalize", f.C_Finalize.unwrap()(ptr::null_mut())),
-            ("C_GetSlotList", f.C_GetSlotList.unwrap()(CK_TRUE, ptr::null_mut(), &mut n)),
+            (
+                "C_GetSlotList",
+                f.C_GetSlotList.unwrap()(CK_TRUE, ptr::null_mut(), &mut n),
+            ),
             ("C_GetSlotInfo", f.C_GetSlotInfo.unwrap()(0, &mut si)),
             ("C_GetTokenInfo", f.C_GetTokenInfo.unwrap()(0, &mut ti)),
-            ("C_GetMechanismList", f.C_GetMechanismList.unwrap()(0, ptr::null_mut(), &mut n)),
-            ("C_GetMechanismInfo", f.C_GetMechanismInfo.unwrap()(0, CKM_AES_GCM, &mut mi)),
+            (
+                "C_GetMechanismList",
+                f.C_GetMechanismList.unwrap()(0, ptr::null_mut(), &mut n),
+            ),
+            (
+                "C_GetMechanismInfo",
+                f.C_GetMechanismInfo.unwrap()(0, CKM_AES_GCM, &mut mi),
+            ),
             (
                 "C_OpenSession",
                 f.C_OpenSession.unwrap()(0, CKF_SERIAL_SESSION, ptr::null_mut(), None, &mut h),
             ),
             ("C_CloseSession", f.C_CloseSession.unwrap()(1)),
             ("C_CloseAllSessions", f.C_CloseAllSessions.unwrap()(0)),
-            ("C_Login", f.C_Login.unwrap()(1, CKU_USER, buf.as_mut_ptr(), 4)),
+            (
+                "C_Login",
+                f.C_Login.unwrap()(1, CKU_USER, buf.as_mut_ptr(), 4),
+            ),
             ("C_Logout", f.C_Logout.unwrap()(1)),
-            ("C_FindObjectsInit", f.C_FindObjectsInit.unwrap()(1, ptr::null_mut(), 0)),
+            (
+                "C_FindObjectsInit",
+                f.C_FindObjectsInit.unwrap()(1, ptr::null_mut(), 0),
+            ),
             ("C_EncryptInit", f.C_EncryptInit.unwrap()(1, &mut mech, 1)),
             ("C_DecryptInit", f.C_DecryptInit.unwrap()(1, &mut mech, 1)),
-            ("C_Encrypt", f.C_Encrypt.unwrap()(1, buf.as_mut_ptr(), 1, buf.as_mut_ptr(), &mut len)),
-            ("C_GenerateKey", f.C_GenerateKey.unwrap()(1, &mut mech, ptr::null_mut(), 0, &mut h)),
-            ("C_GenerateRandom", f.C_GenerateRandom.unwrap()(1, buf.as_mut_ptr(), 4)),
+            (
+                "C_Encrypt",
+                f.C_Encrypt.unwrap()(1, buf.as_mut_ptr(), 1, buf.as_mut_ptr(), &mut len),
+            ),
+            (
+                "C_GenerateKey",
+                f.C_GenerateKey.unwrap()(1, &mut mech, ptr::null_mut(), 0, &mut h),
+            ),
+            (
+                "C_GenerateRandom",
+                f.C_GenerateRandom.unwrap()(1, buf.as_mut_ptr(), 4),
+            ),
             ("C_DestroyObject", f.C_DestroyObject.unwrap()(1, 1)),
             ("C_SignInit", f.C_SignInit.unwrap()(1, &mut mech, 1)),
-            ("C_WaitForSlotEvent", f.C_WaitForSlotEvent.unwrap()(CKF_DONT_BLOCK, &mut n, ptr::null_mut())),
+            (
+                "C_WaitForSlotEvent",
+                f.C_WaitForSlotEvent.unwrap()(CKF_DONT_BLOCK, &mut n, ptr::null_mut()),
+            ),
         ];
         for (name, rv) in before {
-            assert_eq!(rv, CKR_CRYPTOKI_NOT_INITIALIZED, "{name} before C_Initialize: {rv:#x}");
+            assert_eq!(
+                rv, CKR_CRYPTOKI_NOT_INITIALIZED,
+                "{name} before C_Initialize: {rv:#x}"
+            );
         }
 
         // Bad CK_C_INITIALIZE_ARGS.
         let mut a = init_args(4, 0, false);
         let init = f.C_Initialize.unwrap();
-        assert_eq!(init((&mut a as *mut CK_C_INITIALIZE_ARGS).cast()), CKR_CANT_LOCK);
+        assert_eq!(
+            init((&mut a as *mut CK_C_INITIALIZE_ARGS).cast()),
+            CKR_CANT_LOCK
+        );
         for partial in 1..4 {
             let mut a = init_args(partial, CKF_OS_LOCKING_OK, false);
             let rv = init((&mut a as *mut CK_C_INITIALIZE_ARGS).cast());
             assert_eq!(rv, CKR_ARGUMENTS_BAD, "{partial} of 4 callbacks");
         }
         let mut a = init_args(0, CKF_OS_LOCKING_OK, true);
-        assert_eq!(init((&mut a as *mut CK_C_INITIALIZE_ARGS).cast()), CKR_ARGUMENTS_BAD);
-        assert_eq!(f.C_GetInfo.unwrap()(&mut info), CKR_CRYPTOKI_NOT_INITIALIZED);
+        assert_eq!(
+            init((&mut a as *mut CK_C_INITIALIZE_ARGS).cast()),
+            CKR_ARGUMENTS_BAD
+        );
+        assert_eq!(
+            f.C_GetInfo.unwrap()(&mut info),
+            CKR_CRYPTOKI_NOT_INITIALIZED
+        );
 
         // Callbacks with CKF_OS_LOCKING_OK are fine (the module uses OS locking).
         let mut a = init_args(4, CKF_OS_LOCKING_OK, false);
@@ -152,12 +194,18 @@ fn initialize_and_finalize() {
             CKR_CRYPTOKI_ALREADY_INITIALIZED
         );
         assert_eq!(f.C_GetInfo.unwrap()(&mut info), CKR_OK);
-        assert_eq!((info.cryptokiVersion.major, info.cryptokiVersion.minor), (2, 40));
+        assert_eq!(
+            (info.cryptokiVersion.major, info.cryptokiVersion.minor),
+            (2, 40)
+        );
         raw_round_trip(f, 0, "life-1-softhsm");
         raw_round_trip(f, 1, "life-1-embedded");
         // A session left open across finalize.
         let flags = CKF_SERIAL_SESSION | CKF_RW_SESSION;
-        assert_eq!(f.C_OpenSession.unwrap()(0, flags, ptr::null_mut(), None, &mut h), CKR_OK);
+        assert_eq!(
+            f.C_OpenSession.unwrap()(0, flags, ptr::null_mut(), None, &mut h),
+            CKR_OK
+        );
 
         // C_Finalize(non-NULL) is refused; C_Finalize(NULL) works once.
         assert_eq!(
@@ -165,20 +213,31 @@ fn initialize_and_finalize() {
             CKR_ARGUMENTS_BAD
         );
         assert_eq!(f.C_Finalize.unwrap()(ptr::null_mut()), CKR_OK);
-        assert_eq!(f.C_Finalize.unwrap()(ptr::null_mut()), CKR_CRYPTOKI_NOT_INITIALIZED);
-        assert_eq!(f.C_GetInfo.unwrap()(&mut info), CKR_CRYPTOKI_NOT_INITIALIZED);
+        assert_eq!(
+            f.C_Finalize.unwrap()(ptr::null_mut()),
+            CKR_CRYPTOKI_NOT_INITIALIZED
+        );
+        assert_eq!(
+            f.C_GetInfo.unwrap()(&mut info),
+            CKR_CRYPTOKI_NOT_INITIALIZED
+        );
 
         // Initialise again: everything works, old sessions are gone, keys are still there.
         assert_eq!(init(ptr::null_mut()), CKR_OK);
         let mut si = CK_SESSION_INFO::default();
-        assert_eq!(f.C_GetSessionInfo.unwrap()(h, &mut si), CKR_SESSION_HANDLE_INVALID);
+        assert_eq!(
+            f.C_GetSessionInfo.unwrap()(h, &mut si),
+            CKR_SESSION_HANDLE_INVALID
+        );
         raw_round_trip(f, 0, "life-2-softhsm");
         raw_round_trip(f, 1, "life-2-embedded");
         assert_eq!(f.C_Finalize.unwrap()(ptr::null_mut()), CKR_OK);
         // And a third time, through cryptoki.
         let ctx = cryptoki::context::Pkcs11::new(so_path()).unwrap();
         init_ctx(&ctx);
-        let s = ctx.open_rw_session(ctx.get_slots_with_token().unwrap()[1]).unwrap();
+        let s = ctx
+            .open_rw_session(ctx.get_slots_with_token().unwrap()[1])
+            .unwrap();
         login(&s);
         find_label(&s, "life-1-embedded");
         find_label(&s, "life-2-embedded");
@@ -205,7 +264,12 @@ const SECRET_PIN: &str = "Pin-Must-Not-Leak-7731";
 /// Run C_Initialize in a child process on `config`; returns (rv line, stderr).
 fn initialize_in_child(config: &Path, softhsm_conf: &Path) -> (String, String) {
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_initialize", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_initialize",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("XKI_ITEST_CHILD", "1")
         .env("XKI_PKCS11_CONF", config)
         .env("SOFTHSM2_CONF", softhsm_conf)
@@ -250,7 +314,10 @@ fn bad_configs_fail_initialize_and_say_why() {
                  pin_file = \"{}\"\n",
                 missing_pin.display()
             ),
-            vec!["backend.hsm.pin_file".into(), missing_pin.display().to_string()],
+            vec![
+                "backend.hsm.pin_file".into(),
+                missing_pin.display().to_string(),
+            ],
         ),
         (
             "unloadable backend module",
@@ -259,7 +326,10 @@ fn bad_configs_fail_initialize_and_say_why() {
                  token_label = \"xki-lifecycle-bad\"\npin_file = \"{}\"\n",
                 pin_file.display()
             ),
-            vec!["backend.hsm.module".into(), "/nonexistent/libno-such-hsm.so".into()],
+            vec![
+                "backend.hsm.module".into(),
+                "/nonexistent/libno-such-hsm.so".into(),
+            ],
         ),
         (
             "unknown token label",
@@ -285,11 +355,20 @@ fn bad_configs_fail_initialize_and_say_why() {
         let (rv, stderr) = initialize_in_child(&config, &softhsm_conf);
         assert_ne!(rv, "0x0", "{what}: C_Initialize succeeded; log:\n{stderr}");
         let config_name = config.display().to_string();
-        assert!(stderr.contains(&config_name), "{what}: log does not name {config_name}:\n{stderr}");
+        assert!(
+            stderr.contains(&config_name),
+            "{what}: log does not name {config_name}:\n{stderr}"
+        );
         for needle in must_name {
-            assert!(stderr.contains(&needle), "{what}: log lacks {needle:?}:\n{stderr}");
+            assert!(
+                stderr.contains(&needle),
+                "{what}: log lacks {needle:?}:\n{stderr}"
+            );
         }
-        assert!(!stderr.contains(SECRET_PIN), "{what}: the PIN is in the log:\n{stderr}");
+        assert!(
+            !stderr.contains(SECRET_PIN),
+            "{what}: the PIN is in the log:\n{stderr}"
+        );
     }
     // A config file that does not exist, named by XKI_PKCS11_CONF.
     let (rv, stderr) = initialize_in_child(&dir.path().join("absent.toml"), &softhsm_conf);

@@ -17,7 +17,10 @@ fn nothing_before_login() {
     for (i, slot) in ctx.get_slots_with_token().unwrap().into_iter().enumerate() {
         let name = SLOT_NAMES[i];
         let s = ctx.open_rw_session(slot).unwrap();
-        assert_eq!(s.get_session_info().unwrap().session_state(), SessionState::RwPublic);
+        assert_eq!(
+            s.get_session_info().unwrap().session_state(),
+            SessionState::RwPublic
+        );
         // Not logged in: no key generation, nothing found.
         expect_rv(
             s.generate_key(&Mechanism::AesKeyGen, &secure_template("login-early")),
@@ -35,7 +38,10 @@ fn nothing_before_login() {
             RvError::UserTypeInvalid,
         );
         s.login(UserType::User, Some(&AuthPin::from(PIN))).unwrap();
-        assert_eq!(s.get_session_info().unwrap().session_state(), SessionState::RwUser);
+        assert_eq!(
+            s.get_session_info().unwrap().session_state(),
+            SessionState::RwUser
+        );
         let label = format!("login-{name}");
         let key = s
             .generate_key(&Mechanism::AesKeyGen, &secure_template(&label))
@@ -68,7 +74,13 @@ fn nothing_before_login() {
         // Closing the token's last session logs it out.
         drop(s);
         let s = ctx.open_ro_session(slot).unwrap();
-        assert_eq!(s.get_session_info().unwrap().session_state(), SessionState::RoPublic);
-        assert!(find(&s, &[]).is_empty(), "{name}: objects in a fresh session");
+        assert_eq!(
+            s.get_session_info().unwrap().session_state(),
+            SessionState::RoPublic
+        );
+        assert!(
+            find(&s, &[]).is_empty(),
+            "{name}: objects in a fresh session"
+        );
     }
 }

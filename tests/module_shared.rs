@@ -23,13 +23,18 @@ fn module_shares_softhsm2_with_its_host_and_finalize_leaves_it_alone() {
     tpl.push(Attribute::Id(b"shared-host-key".to_vec()));
     let host_key = direct.generate_key(&Mechanism::AesKeyGen, &tpl).unwrap();
     let mut iv = [1u8; 12];
-    let ct = direct.encrypt(&gcm(&mut iv, b""), host_key, b"host").unwrap();
+    let ct = direct
+        .encrypt(&gcm(&mut iv, b""), host_key, b"host")
+        .unwrap();
 
     // The module works on the shared initialisation (both slots).
     for_each_token_of(fx, |t| {
         let key = t.keygen(&t.label("shared"), &[]);
         let mut iv = [2u8; 12];
-        let c = t.session.encrypt(&gcm(&mut iv, b""), key, b"module").unwrap();
+        let c = t
+            .session
+            .encrypt(&gcm(&mut iv, b""), key, b"module")
+            .unwrap();
         assert_eq!(
             t.session.decrypt(&gcm(&mut iv, b""), key, &c).unwrap(),
             b"module"
@@ -38,10 +43,7 @@ fn module_shares_softhsm2_with_its_host_and_finalize_leaves_it_alone() {
     let module = fx.ctx.open_rw_session(fx.slots()[0]).unwrap();
     login(&module);
     let k = find_label(&module, "shared-host-key");
-    assert_eq!(
-        module.decrypt(&gcm(&mut iv, b""), k, &ct).unwrap(),
-        b"host"
-    );
+    assert_eq!(module.decrypt(&gcm(&mut iv, b""), k, &ct).unwrap(), b"host");
     drop(module);
 
     // Finalize the module.
@@ -62,7 +64,10 @@ fn module_shares_softhsm2_with_its_host_and_finalize_leaves_it_alone() {
         "the module's C_Finalize broke the host's SoftHSM2 context"
     );
     let again = fx.direct_session();
-    assert_eq!(find(&again, &[Attribute::Id(b"shared-host-key".to_vec())]).len(), 1);
+    assert_eq!(
+        find(&again, &[Attribute::Id(b"shared-host-key".to_vec())]).len(),
+        1
+    );
 
     // The module initialises again and still shares.
     // SAFETY: NULL args = no callbacks.
@@ -70,10 +75,7 @@ fn module_shares_softhsm2_with_its_host_and_finalize_leaves_it_alone() {
     let module = fx.ctx.open_rw_session(fx.slots()[0]).unwrap();
     login(&module);
     let k = find_label(&module, "shared-host-key");
-    assert_eq!(
-        module.decrypt(&gcm(&mut iv, b""), k, &ct).unwrap(),
-        b"host"
-    );
+    assert_eq!(module.decrypt(&gcm(&mut iv, b""), k, &ct).unwrap(), b"host");
     // SAFETY: as above.
     assert_eq!(unsafe { f.C_Finalize.unwrap()(ptr::null_mut()) }, CKR_OK);
     assert_eq!(

@@ -306,7 +306,11 @@ impl TokenCtx {
 
     /// Open another session on this slot (logged in, since login is per token).
     pub fn open(&self) -> Session {
-        let s = self.fx.ctx.open_rw_session(self.slot).expect("open session");
+        let s = self
+            .fx
+            .ctx
+            .open_rw_session(self.slot)
+            .expect("open session");
         login(&s);
         s
     }
