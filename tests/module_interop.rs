@@ -170,3 +170,62 @@ fn keys_that_break_the_rule_are_invisible() {
         assert_eq!(good.len(), want, "control key (SoftHSM2 slot only)");
     });
 }
+
+/// Changes made on the HSM behind the module's back show through at once.
+#[test]
+fn changes_made_directly_on_the_hsm_show_through() {
+    let fx = fixture();
+    let module = fx.ctx.open_rw_session(fx.slots()[0]).unwrap();
+    login(&module);
+    let direct = fx.direct_session();
+    let id = b"interop-changes".to_vec();
+    let mut tpl = secure_template("interop-changes");
+    tpl.push(Attribute::Id(id.clone()));
+    let key_m = module.generate_key(&Mechanism::AesKeyGen, &tpl).unwrap();
+    let key_d = find_id(&direct, &id);
+
+    // Disabled directly: the module refuses to encrypt, reads the new value, and a
+    // template asking for CKA_ENCRYPT=true no longer finds it.
+    direct
+        .update_attributes(key_d, &[Attribute::Encrypt(false)])
+        .unwrap();
+    let mut iv = [1u8; 12];
+    expect_rv(
+        module.encrypt(&gcm(&mut iv, b""), key_m, b"x"),
+        cryptoki::error::RvError::KeyFunctionNotPermitted,
+    );
+    assert_eq!(
+        attr(&module, key_m, cryptoki::object::AttributeType::Encrypt),
+        Attribute::Encrypt(false)
+    );
+    assert!(find(
+        &module,
+        &[Attribute::Id(id.clone()), Attribute::Encrypt(true)]
+    )
+    .is_empty());
+    assert_eq!(
+        find(
+            &module,
+            &[Attribute::Id(id.clone()), Attribute::Encrypt(false)]
+        ),
+        [key_m]
+    );
+
+    // Renamed directly: found under the new label, same handle.
+    direct
+        .update_attributes(key_d, &[Attribute::Label(b"interop-renamed".to_vec())])
+        .unwrap();
+    assert_eq!(find_label(&module, "interop-renamed"), key_m);
+
+    // Deleted directly: gone, and the handle is invalid.
+    direct.destroy_object(key_d).unwrap();
+    assert!(find(&module, &[Attribute::Id(id)]).is_empty());
+    expect_rv(
+        module.get_attributes(key_m, &[cryptoki::object::AttributeType::Label]),
+        cryptoki::error::RvError::ObjectHandleInvalid,
+    );
+    expect_rv(
+        module.decrypt(&gcm(&mut iv, b""), key_m, &[0u8; 32]),
+        cryptoki::error::RvError::KeyHandleInvalid,
+    );
+}

@@ -232,16 +232,39 @@ fn initialize_and_finalize() {
         raw_round_trip(f, 0, "life-2-softhsm");
         raw_round_trip(f, 1, "life-2-embedded");
         assert_eq!(f.C_Finalize.unwrap()(ptr::null_mut()), CKR_OK);
-        // And a third time, through cryptoki.
+        // And a third time, through cryptoki: keys from both earlier runs are there; disable
+        // and rename some; the changes survive another finalize/initialize.
+        use cryptoki::object::{Attribute, AttributeType};
         let ctx = cryptoki::context::Pkcs11::new(so_path()).unwrap();
         init_ctx(&ctx);
-        let s = ctx
-            .open_rw_session(ctx.get_slots_with_token().unwrap()[1])
+        let slots = ctx.get_slots_with_token().unwrap();
+        for (i, name) in SLOT_NAMES.iter().enumerate() {
+            let s = ctx.open_rw_session(slots[i]).unwrap();
+            login(&s);
+            let k1 = find_label(&s, &format!("life-1-{name}"));
+            find_label(&s, &format!("life-2-{name}"));
+            s.update_attributes(
+                k1,
+                &[
+                    Attribute::Encrypt(false),
+                    Attribute::Label(format!("life-1-{name}-renamed").into_bytes()),
+                ],
+            )
             .unwrap();
-        login(&s);
-        find_label(&s, "life-1-embedded");
-        find_label(&s, "life-2-embedded");
-        drop(s);
+        }
+        assert_eq!(f.C_Finalize.unwrap()(ptr::null_mut()), CKR_OK);
+        init_ctx(&ctx);
+        for (i, name) in SLOT_NAMES.iter().enumerate() {
+            let s = ctx.open_rw_session(slots[i]).unwrap();
+            login(&s);
+            let k1 = find_label(&s, &format!("life-1-{name}-renamed"));
+            assert_eq!(
+                s.get_attributes(k1, &[AttributeType::Encrypt, AttributeType::Decrypt])
+                    .unwrap(),
+                [Attribute::Encrypt(false), Attribute::Decrypt(true)],
+                "{name}: state after re-initialisation"
+            );
+        }
         assert_eq!(f.C_Finalize.unwrap()(ptr::null_mut()), CKR_OK);
     }
 }
