@@ -204,6 +204,44 @@ fn gcm_parameters_outside_the_profile_are_refused() {
             let rv = unsafe { f.C_EncryptInit.unwrap()(t.raw_session(), &mut mech, key.handle()) };
             assert_eq!(rv, CKR_MECHANISM_PARAM_INVALID, "{what}");
         }
+        // Field-level problems of a well-sized CK_GCM_PARAMS.
+        let h = t.raw_session();
+        let k = key.handle();
+        type Tweak = fn(&mut CK_GCM_PARAMS);
+        let tweaks: [(&str, Tweak, CK_RV); 6] = [
+            ("ulIvBits 64 for a 12-byte IV", |p| p.ulIvBits = 64, CKR_MECHANISM_PARAM_INVALID),
+            ("NULL pIv", |p| p.pIv = ptr::null_mut(), CKR_MECHANISM_PARAM_INVALID),
+            ("NULL pAAD with a length", |p| p.pAAD = ptr::null_mut(), CKR_MECHANISM_PARAM_INVALID),
+            ("ulTagBits 0", |p| p.ulTagBits = 0, CKR_MECHANISM_PARAM_INVALID),
+            // Accepted: ulIvBits 0 (cryptoki crates before 0.7 sent it), NULL pAAD of length 0.
+            ("ulIvBits 0", |p| p.ulIvBits = 0, CKR_OK),
+            (
+                "NULL pAAD, length 0",
+                |p| {
+                    p.pAAD = ptr::null_mut();
+                    p.ulAADLen = 0
+                },
+                CKR_OK,
+            ),
+        ];
+        for (what, tweak, want) in tweaks {
+            let (mut iv, mut aad) = ([1u8; 12], [0u8; 4]);
+            let mut params = gcm_params(&mut iv, &mut aad, 128);
+            tweak(&mut params);
+            let mut mech = gcm_mechanism(&mut params);
+            let mut data = [7u8; 5];
+            let mut out = [0u8; 64];
+            let mut len: CK_ULONG = 64;
+            // SAFETY: `mech` and the buffers it points into are live locals.
+            unsafe {
+                let rv = f.C_EncryptInit.unwrap()(h, &mut mech, k);
+                assert_eq!(rv, want, "{what}");
+                if rv == CKR_OK {
+                    let rv = f.C_Encrypt.unwrap()(h, data.as_mut_ptr(), 5, out.as_mut_ptr(), &mut len);
+                    assert_eq!((rv, len), (CKR_OK, 21), "{what}");
+                }
+            }
+        }
     });
 }
 

@@ -71,8 +71,28 @@ fn nothing_before_login() {
         assert_eq!(find_label(&s, &label), key, "{name}: handle after re-login");
         assert_eq!(s.decrypt(&gcm(&mut iv, b""), key, &ct).unwrap(), b"x");
 
+        // Session counts in CK_TOKEN_INFO (this test is alone in its process).
+        let ro = ctx.open_ro_session(slot).unwrap();
+        let counts = || {
+            let mut info = pkcs11_sys::CK_TOKEN_INFO::default();
+            let f = common_module::raw::table();
+            // SAFETY: live out-struct.
+            let rv = unsafe { f.C_GetTokenInfo.unwrap()(slot.id(), &mut info) };
+            assert_eq!(rv, pkcs11_sys::CKR_OK);
+            (info.ulSessionCount, info.ulRwSessionCount)
+        };
+        assert_eq!(counts(), (2, 1), "{name}: one RW + one RO session");
+        assert_eq!(
+            ro.get_session_info().unwrap().session_state(),
+            SessionState::RoUser
+        );
+        drop(ro);
+        assert_eq!(counts(), (1, 1), "{name}");
+        assert_eq!(s.get_session_info().unwrap().session_state(), SessionState::RwUser);
+
         // Closing the token's last session logs it out.
         drop(s);
+        assert_eq!(counts(), (0, 0), "{name}");
         let s = ctx.open_ro_session(slot).unwrap();
         assert_eq!(
             s.get_session_info().unwrap().session_state(),
