@@ -229,3 +229,48 @@ fn changes_made_directly_on_the_hsm_show_through() {
         cryptoki::error::RvError::KeyHandleInvalid,
     );
 }
+
+/// Two different HSM keys that share a CKA_ID (made behind the module's back) must never be
+/// confused: the module's stable handles are keyed by CKA_ID, so one handle for both would
+/// silently switch keys between finds. The module must not hand out a handle that can mean
+/// either key.
+#[test]
+fn keys_sharing_a_cka_id_are_never_confused() {
+    let fx = fixture();
+    let direct = fx.direct_session();
+    let mut keys = Vec::new();
+    for label in ["dup-id-a", "dup-id-b"] {
+        let mut tpl = secure_template(label);
+        tpl.push(Attribute::Id(b"dup-id".to_vec()));
+        keys.push(direct.generate_key(&Mechanism::AesKeyGen, &tpl).unwrap());
+    }
+    let module = fx.ctx.open_rw_session(fx.slots()[0]).unwrap();
+    login(&module);
+    let by_label = |label: &str| find(&module, &[Attribute::Label(label.as_bytes().to_vec())]);
+    let (a, b) = (by_label("dup-id-a"), by_label("dup-id-b"));
+    match (a.as_slice(), b.as_slice()) {
+        // Hidden as ambiguous: acceptable.
+        ([], []) => {}
+        ([ha], [hb]) => {
+            assert_ne!(ha, hb, "two HSM keys, one module handle");
+            // Each handle drives its own key, whatever was found last.
+            for (h, direct_key) in [(ha, keys[0]), (hb, keys[1]), (ha, keys[0])] {
+                let _ = by_label("dup-id-b");
+                let mut iv = [3u8; 12];
+                let ct = module
+                    .encrypt(&gcm(&mut iv, b""), *h, b"which key?")
+                    .unwrap();
+                let pt = direct.decrypt(&gcm(&mut iv, b""), direct_key, &ct);
+                assert_eq!(pt.ok().as_deref(), Some(&b"which key?"[..]), "handle {h}");
+            }
+        }
+        other => panic!("one key visible, the other not: {other:?}"),
+    }
+    let all = find(&module, &[Attribute::Id(b"dup-id".to_vec())]);
+    let unique: std::collections::HashSet<_> = all.iter().map(|h| h.handle()).collect();
+    assert_eq!(
+        unique.len(),
+        all.len(),
+        "duplicate handles in one find: {all:?}"
+    );
+}
