@@ -209,10 +209,26 @@ fn gcm_parameters_outside_the_profile_are_refused() {
         let k = key.handle();
         type Tweak = fn(&mut CK_GCM_PARAMS);
         let tweaks: [(&str, Tweak, CK_RV); 6] = [
-            ("ulIvBits 64 for a 12-byte IV", |p| p.ulIvBits = 64, CKR_MECHANISM_PARAM_INVALID),
-            ("NULL pIv", |p| p.pIv = ptr::null_mut(), CKR_MECHANISM_PARAM_INVALID),
-            ("NULL pAAD with a length", |p| p.pAAD = ptr::null_mut(), CKR_MECHANISM_PARAM_INVALID),
-            ("ulTagBits 0", |p| p.ulTagBits = 0, CKR_MECHANISM_PARAM_INVALID),
+            (
+                "ulIvBits 64 for a 12-byte IV",
+                |p| p.ulIvBits = 64,
+                CKR_MECHANISM_PARAM_INVALID,
+            ),
+            (
+                "NULL pIv",
+                |p| p.pIv = ptr::null_mut(),
+                CKR_MECHANISM_PARAM_INVALID,
+            ),
+            (
+                "NULL pAAD with a length",
+                |p| p.pAAD = ptr::null_mut(),
+                CKR_MECHANISM_PARAM_INVALID,
+            ),
+            (
+                "ulTagBits 0",
+                |p| p.ulTagBits = 0,
+                CKR_MECHANISM_PARAM_INVALID,
+            ),
             // Accepted: ulIvBits 0 (cryptoki crates before 0.7 sent it), NULL pAAD of length 0.
             ("ulIvBits 0", |p| p.ulIvBits = 0, CKR_OK),
             (
@@ -237,7 +253,8 @@ fn gcm_parameters_outside_the_profile_are_refused() {
                 let rv = f.C_EncryptInit.unwrap()(h, &mut mech, k);
                 assert_eq!(rv, want, "{what}");
                 if rv == CKR_OK {
-                    let rv = f.C_Encrypt.unwrap()(h, data.as_mut_ptr(), 5, out.as_mut_ptr(), &mut len);
+                    let rv =
+                        f.C_Encrypt.unwrap()(h, data.as_mut_ptr(), 5, out.as_mut_ptr(), &mut len);
                     assert_eq!((rv, len), (CKR_OK, 21), "{what}");
                 }
             }

@@ -712,3 +712,55 @@ fn bad_arguments_and_handles() {
         }
     });
 }
+
+/// The audit trail records key lifecycle, use and refusals, and neither it nor the module log
+/// ever contains plaintext, AAD or the PIN.
+#[test]
+fn audit_records_and_logs_hold_no_secrets() {
+    let marker_pt = b"PLAINTEXT-MARKER-Qx7";
+    let marker_aad = b"AAD-MARKER-Zr4";
+    for_each_token(|t| {
+        let label = t.label("keys-audit");
+        let key = t.keygen(&label, &[]);
+        let mut iv = [4u8; 12];
+        let ct = t
+            .session
+            .encrypt(&gcm(&mut iv, marker_aad), key, marker_pt)
+            .unwrap();
+        t.session
+            .decrypt(&gcm(&mut iv, marker_aad), key, &ct)
+            .unwrap();
+        expect_rv(t.session.copy_object(key, &[]), RvError::ActionProhibited);
+        // A wrong PIN attempt on a fresh session (the token is logged in: the module answers
+        // USER_ALREADY_LOGGED_IN or PIN_INCORRECT; either way the PIN must not be logged).
+        let _ = t.session.login(
+            cryptoki::session::UserType::User,
+            Some(&cryptoki::types::AuthPin::from("WRONG-PIN-MARKER-Kp2")),
+        );
+    });
+    let fx = fixture();
+    let audit = std::fs::read_to_string(fx.dir.path().join("audit.log")).expect("audit.log");
+    for name in SLOT_NAMES {
+        let label = format!("keys-audit-{name}");
+        for op in ["op=generate", "op=encrypt", "op=decrypt", "op=refused:C_CopyObject"] {
+            assert!(
+                audit
+                    .lines()
+                    .any(|l| l.contains(op) && l.contains(&label)),
+                "no {op} record for {label} in:\n{audit}"
+            );
+        }
+    }
+    let log = std::fs::read_to_string(fx.dir.path().join("module.log")).unwrap_or_default();
+    for (what, text) in [("audit", &audit), ("module log", &log)] {
+        for marker in [
+            &marker_pt[..],
+            &marker_aad[..],
+            b"WRONG-PIN-MARKER-Kp2",
+            b"PIN=",
+        ] {
+            let m = String::from_utf8_lossy(marker);
+            assert!(!text.contains(&*m), "{what} contains {m}");
+        }
+    }
+}

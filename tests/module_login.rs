@@ -88,7 +88,10 @@ fn nothing_before_login() {
         );
         drop(ro);
         assert_eq!(counts(), (1, 1), "{name}");
-        assert_eq!(s.get_session_info().unwrap().session_state(), SessionState::RwUser);
+        assert_eq!(
+            s.get_session_info().unwrap().session_state(),
+            SessionState::RwUser
+        );
 
         // Closing the token's last session logs it out.
         drop(s);

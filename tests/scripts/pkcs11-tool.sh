@@ -2,7 +2,7 @@
 # Drive the built libxki_pkcs11.so with Debian's pkcs11-tool (OpenSC) and check its output.
 #
 # Usage: tests/scripts/pkcs11-tool.sh [path/to/libxki_pkcs11.so]
-#        (default target/debug/libxki_pkcs11.so; this script builds nothing)
+#        (default target/debug/libxki_pkcs11.so, see setup-env.sh; this script builds nothing)
 #
 # Creates its own throwaway SoftHSM2 token and config (tests/scripts/setup-env.sh), then on
 # both slots: --list-slots, --list-mechanisms (exactly AES-KEY-GEN and AES-GCM), a secure

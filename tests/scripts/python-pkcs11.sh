@@ -3,7 +3,7 @@
 # slots of a throwaway config.
 #
 # Usage: tests/scripts/python-pkcs11.sh [path/to/libxki_pkcs11.so]
-#        (default target/debug/libxki_pkcs11.so; this script builds nothing)
+#        (default target/debug/libxki_pkcs11.so, see setup-env.sh; this script builds nothing)
 #
 # python-pkcs11 lives in a venv under target/py-pkcs11, created and filled with
 # `pip install python-pkcs11` on first use. If that is impossible the script fails loudly.

@@ -1,7 +1,8 @@
 # Sourced by the scripts in tests/scripts/: a throwaway SoftHSM2 token and a two-slot module
 # config, the way tests/common_module/ sets them up for the Rust integration tests.
 #
-# In:  $1 (optional) path of libxki_pkcs11.so; default target/debug/libxki_pkcs11.so.
+# In:  $1 (optional) path of libxki_pkcs11.so; default target/debug/libxki_pkcs11.so (or
+#      target/debug/deps/libxki_pkcs11.so when that is newer).
 # Out: XKI_REPO, XKI_SO (absolute .so path), XKI_TMP (removed on exit), XKI_PIN, and exported
 #      SOFTHSM2_CONF, XKI_PKCS11_CONF, XKI_EMBEDDED_TEST_KDF=fast.
 # Slots: 0 = "xki-softhsm" (SoftHSM2 token "xki-script"), 1 = "xki-embedded"; user PIN 1234
@@ -9,17 +10,19 @@
 
 XKI_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 XKI_SO=${1:-$XKI_REPO/target/debug/libxki_pkcs11.so}
+# `cargo test` relinks target/debug/deps/libxki_pkcs11.so without always refreshing the
+# uplifted target/debug/libxki_pkcs11.so, which can then be stale or missing: by default use
+# whichever of the two is newer.
+if [[ -z ${1:-} && -f "$XKI_REPO/target/debug/deps/libxki_pkcs11.so" &&
+    "$XKI_REPO/target/debug/deps/libxki_pkcs11.so" -nt "$XKI_SO" ]]; then
+    echo "note: using target/debug/deps/libxki_pkcs11.so (newer than target/debug/libxki_pkcs11.so)" >&2
+    XKI_SO=$XKI_REPO/target/debug/deps/libxki_pkcs11.so
+fi
 if [[ ! -f "$XKI_SO" ]]; then
     echo "ERROR: $XKI_SO is not built. Run: cargo build -p xki-pkcs11" >&2
     exit 1
 fi
 XKI_SO=$(cd "$(dirname "$XKI_SO")" && pwd)/$(basename "$XKI_SO")
-# `cargo test` relinks target/<profile>/deps/libxki_pkcs11.so without always refreshing the
-# uplifted copy; say so when the copy we use by default is older.
-if [[ -z ${1:-} && "$XKI_REPO/target/debug/deps/libxki_pkcs11.so" -nt "$XKI_SO" ]]; then
-    echo "WARNING: $XKI_SO is older than target/debug/deps/libxki_pkcs11.so;" \
-        "run cargo build -p xki-pkcs11" >&2
-fi
 
 "$XKI_REPO/softhsm/ensure-installed.sh" >/dev/null
 
