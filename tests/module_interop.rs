@@ -274,3 +274,44 @@ fn keys_sharing_a_cka_id_are_never_confused() {
         "duplicate handles in one find: {all:?}"
     );
 }
+
+/// Keys without a CKA_ID (made directly on the HSM) are identified by their label. Renaming
+/// one through the module must keep its handle bound to it: a new key that later takes the
+/// old label must get its own handle, not the renamed key's.
+#[test]
+fn renamed_id_less_key_keeps_its_handle() {
+    let fx = fixture();
+    let direct = fx.direct_session();
+    let k1_direct = direct
+        .generate_key(&Mechanism::AesKeyGen, &secure_template("noid-x"))
+        .unwrap();
+    let module = fx.ctx.open_rw_session(fx.slots()[0]).unwrap();
+    login(&module);
+    let h1 = find_label(&module, "noid-x");
+    module
+        .update_attributes(h1, &[Attribute::Label(b"noid-y".to_vec())])
+        .unwrap();
+    assert_eq!(
+        find_label(&module, "noid-y"),
+        h1,
+        "same handle after rename"
+    );
+
+    // A second ID-less key takes the old label.
+    let k2_direct = direct
+        .generate_key(&Mechanism::AesKeyGen, &secure_template("noid-x"))
+        .unwrap();
+    let h2 = find_label(&module, "noid-x");
+    assert_ne!(h2, h1, "the new key got the renamed key's handle");
+    assert_eq!(find_label(&module, "noid-y"), h1);
+    // Each handle still drives its own key.
+    for (h, k) in [(h1, k1_direct), (h2, k2_direct), (h1, k1_direct)] {
+        let mut iv = [9u8; 12];
+        let ct = module.encrypt(&gcm(&mut iv, b""), h, b"mine").unwrap();
+        assert_eq!(
+            direct.decrypt(&gcm(&mut iv, b""), k, &ct).ok().as_deref(),
+            Some(&b"mine"[..]),
+            "handle {h} used another key"
+        );
+    }
+}

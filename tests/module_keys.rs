@@ -742,11 +742,14 @@ fn audit_records_and_logs_hold_no_secrets() {
     let audit = std::fs::read_to_string(fx.dir.path().join("audit.log")).expect("audit.log");
     for name in SLOT_NAMES {
         let label = format!("keys-audit-{name}");
-        for op in ["op=generate", "op=encrypt", "op=decrypt", "op=refused:C_CopyObject"] {
+        for op in [
+            "op=generate",
+            "op=encrypt",
+            "op=decrypt",
+            "op=refused:C_CopyObject",
+        ] {
             assert!(
-                audit
-                    .lines()
-                    .any(|l| l.contains(op) && l.contains(&label)),
+                audit.lines().any(|l| l.contains(op) && l.contains(&label)),
                 "no {op} record for {label} in:\n{audit}"
             );
         }
