@@ -58,6 +58,27 @@ pub fn so_path() -> PathBuf {
     so
 }
 
+static AT_EXIT_DIR: OnceCell<PathBuf> = OnceCell::new();
+
+extern "C" fn remove_fixture_dir() {
+    if let Some(dir) = AT_EXIT_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// The fixture lives in a static, which is never dropped: remove its directory when the
+/// process exits instead. `XKI_ITEST_KEEP=1` keeps it (and prints where) for debugging.
+fn remove_at_exit(dir: &Path) {
+    if std::env::var_os("XKI_ITEST_KEEP").is_some() {
+        eprintln!("XKI_ITEST_KEEP: fixture files kept in {}", dir.display());
+        return;
+    }
+    if AT_EXIT_DIR.set(dir.to_path_buf()).is_ok() {
+        // SAFETY: registers a plain function with no captured state.
+        unsafe { libc::atexit(remove_fixture_dir) };
+    }
+}
+
 /// Fixture options (fixed per test binary).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Options {
@@ -201,6 +222,7 @@ impl Fixture {
     fn new(options: Options) -> Fixture {
         let so = so_path();
         let dir = tempfile::tempdir().expect("tempdir");
+        remove_at_exit(dir.path());
         let softhsm_conf = new_softhsm_token(dir.path(), SOFTHSM_TOKEN);
         let config = write_config(dir.path(), options);
         set_env(&softhsm_conf, &config);
@@ -424,6 +446,7 @@ pub mod raw;
 pub fn bare_module() -> (tempfile::TempDir, Pkcs11) {
     let so = so_path();
     let dir = tempfile::tempdir().expect("tempdir");
+    remove_at_exit(dir.path());
     let softhsm_conf = new_softhsm_token(dir.path(), SOFTHSM_TOKEN);
     let config = write_config(dir.path(), Options::default());
     set_env(&softhsm_conf, &config);
