@@ -1002,25 +1002,42 @@ pub fn generate_key(session: u64, mechanism: &Mechanism, template: &[Attribute])
         decrypt: req.decrypt,
     };
     let result = (|| {
-        let mut info = s.slot.backend.generate_aes_key(&spec)?;
-        if req.start_date.is_some() || req.end_date.is_some() {
-            let dates = backend::KeyChanges {
-                start_date: req.start_date.clone(),
-                end_date: req.end_date.clone(),
-                ..Default::default()
-            };
-            s.slot.backend.set_key_attributes(info.handle, &dates)?;
-            info = s.slot.backend.key_info(info.handle)?;
+        let generated = s.slot.backend.generate_aes_key(&spec)?;
+        let finished = (|| {
+            let mut info = generated.clone();
+            if req.start_date.is_some() || req.end_date.is_some() {
+                let dates = backend::KeyChanges {
+                    start_date: req.start_date.clone(),
+                    end_date: req.end_date.clone(),
+                    ..Default::default()
+                };
+                s.slot.backend.set_key_attributes(info.handle, &dates)?;
+                info = s.slot.backend.key_info(info.handle)?;
+            }
+            if !s.slot.admits(&info) {
+                log::error!(
+                    "slot {}: backend {} generated a key that fails the never-export policy",
+                    s.slot.label,
+                    s.slot.backend.name()
+                );
+                return Err(Rv::GENERAL_ERROR);
+            }
+            Ok(info)
+        })();
+        match finished {
+            Ok(info) => Ok(m.objects.handle_for(index, &info)),
+            Err(rv) => {
+                // C_GenerateKey failed, so no key may remain: a half-made key would hold the
+                // label (and ID) the caller will retry with.
+                if let Err(e) = s.slot.backend.destroy_key(generated.handle) {
+                    log::error!(
+                        "slot {}: cannot remove the key of a failed C_GenerateKey: {e}",
+                        s.slot.label
+                    );
+                }
+                Err(rv)
+            }
         }
-        if !s.slot.admits(&info) {
-            log::error!(
-                "slot {}: backend {} generated a key that fails the never-export policy; it stays invisible",
-                s.slot.label,
-                s.slot.backend.name()
-            );
-            return Err(Rv::GENERAL_ERROR);
-        }
-        Ok(m.objects.handle_for(index, &info))
     })();
     let mut rec = lifecycle("generate", s, &label);
     rec.mechanism = "CKM_AES_KEY_GEN";

@@ -74,18 +74,37 @@ impl ObjectTable {
         handle
     }
 
-    /// Keep the entry in step with what the backend just reported (label, backend handle).
+    /// Keep the entry in step with what the backend just reported (label, backend handle,
+    /// identity). When the key's identity changed (an ID-less key renamed, or its CKA_ID
+    /// changed on the HSM), the handle follows the key to its new identity and gives up the
+    /// old one, so a different key that later takes the old identity gets its own handle
+    /// instead of this one.
     pub fn refresh(&self, handle: u64, key: &KeyInfo) {
-        let stale = self
-            .tables
-            .read()
-            .by_handle
-            .get(&handle)
-            .is_some_and(|e| e.key != key.handle || e.label != key.label);
+        let ident = identity(key);
+        let stale = {
+            let t = self.tables.read();
+            t.by_handle.get(&handle).is_some_and(|e| {
+                e.key != key.handle
+                    || e.label != key.label
+                    || t.by_identity.get(&(e.slot, ident.clone())) != Some(&handle)
+            })
+        };
         if stale {
-            if let Some(e) = self.tables.write().by_handle.get_mut(&handle) {
-                e.key = key.handle;
-                e.label = key.label.clone();
+            let mut t = self.tables.write();
+            let Some(e) = t.by_handle.get_mut(&handle) else {
+                return;
+            };
+            e.key = key.handle;
+            e.label = key.label.clone();
+            let slot_ident = (e.slot, ident);
+            match t.by_identity.get(&slot_ident) {
+                Some(h) if *h == handle => {}
+                // Another handle already stands for that identity: leave both as they are.
+                Some(_) => {}
+                None => {
+                    t.by_identity.retain(|_, h| *h != handle);
+                    t.by_identity.insert(slot_ident, handle);
+                }
             }
         }
     }

@@ -91,12 +91,37 @@ impl Slot {
     }
 
     /// The slot's visible keys, read fresh from the backend.
+    ///
+    /// Keys whose identity (`CKA_ID`, or the label when the ID is empty) is shared by another
+    /// admitted key of the backend are left out: the module's stable handles are keyed by that
+    /// identity, so one handle would stand for two different keys and silently switch between
+    /// them. Such duplicates can only be made behind the module's back (C_GenerateKey refuses
+    /// them), and are logged.
     pub fn visible_keys(&self) -> CkResult<Vec<KeyInfo>> {
-        Ok(self
+        let keys: Vec<KeyInfo> = self
             .backend
             .list_secret_keys()?
             .into_iter()
             .filter(|k| self.admits(k))
+            .collect();
+        let mut seen = std::collections::HashMap::new();
+        for k in &keys {
+            *seen.entry(crate::object::identity(k)).or_insert(0usize) += 1;
+        }
+        Ok(keys
+            .into_iter()
+            .filter(|k| {
+                let unique = seen[&crate::object::identity(k)] == 1;
+                if !unique {
+                    log::warn!(
+                        "slot {}: key {:?} is hidden: another key of backend {} has the same CKA_ID (or label)",
+                        self.label,
+                        String::from_utf8_lossy(&k.label),
+                        self.backend.name()
+                    );
+                }
+                unique
+            })
             .collect())
     }
 

@@ -57,9 +57,24 @@ pub(crate) fn read_key_info(
     handle: ObjectHandle,
     quirks: &Quirks,
 ) -> CkResult<KeyInfo> {
-    let attrs = session
-        .get_attributes(handle, KEY_INFO_ATTRIBUTES)
-        .map_err(|e| errors::rv_of(&e));
+    // cryptoki reads variable-length attributes in two calls (length, then value): a label
+    // another session lengthens in between fails the second call with CKR_BUFFER_TOO_SMALL.
+    // Reading again sees the new length.
+    let read = || {
+        let mut attempts = 0;
+        loop {
+            match session.get_attributes(handle, KEY_INFO_ATTRIBUTES) {
+                Err(cryptoki::error::Error::Pkcs11(
+                    cryptoki::error::RvError::BufferTooSmall,
+                    _,
+                )) if attempts < 3 => {
+                    attempts += 1;
+                }
+                other => return other,
+            }
+        }
+    };
+    let attrs = read().map_err(|e| errors::rv_of(&e));
     let attrs = match attrs {
         // See quirks.rs: such a library fails the whole read when a private key has a date.
         Err(Rv::GENERAL_ERROR) if quirks.private_dates_unreadable => session

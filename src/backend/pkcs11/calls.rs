@@ -10,6 +10,11 @@ use cryptoki::error::{Error, RvError};
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::types::RawAuthPin;
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// See `Quirks::object_writes_exclusive`: object writes hold this exclusively, every other
+/// key call shares it. Process-wide, like the library's object store.
+static OBJECT_WRITES: RwLock<()> = RwLock::new(());
 
 /// Whether a retry may follow a fault: `Always` for idempotent operations, `IfNotRun` for
 /// those (key generation) that may only be retried when the fault proves nothing happened.
@@ -51,6 +56,22 @@ pub(super) fn token_rv(err: &Error) -> Rv {
 }
 
 impl Pkcs11Backend {
+    /// Held across a call that reads keys or uses one, when the library needs it.
+    pub(super) fn reading(&self) -> Option<RwLockReadGuard<'static, ()>> {
+        // Recursive: a reader never waits for a queued writer, so no nesting can deadlock.
+        self.quirks
+            .object_writes_exclusive
+            .then(|| OBJECT_WRITES.read_recursive())
+    }
+
+    /// Held across a call that creates, changes or destroys an object, when the library
+    /// needs it.
+    pub(super) fn writing(&self) -> Option<RwLockWriteGuard<'static, ()>> {
+        self.quirks
+            .object_writes_exclusive
+            .then(|| OBJECT_WRITES.write())
+    }
+
     /// Log `session` in as CKU_USER (already logged in is fine: login is per token).
     pub(super) fn login(&self, session: &Session) -> CkResult<()> {
         let Some(pin) = &self.pin else {

@@ -136,6 +136,7 @@ impl Backend for Pkcs11Backend {
     }
 
     fn list_secret_keys(&self) -> CkResult<Vec<KeyInfo>> {
+        let _guard = self.reading();
         self.call(Retry::Always, |s| {
             let handles = s
                 .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
@@ -154,6 +155,7 @@ impl Backend for Pkcs11Backend {
     }
 
     fn key_info(&self, key: BackendKey) -> CkResult<KeyInfo> {
+        let _guard = self.reading();
         let info = self.call_key(key, Retry::Always, |s, h| self.read_key(s, h));
         match info {
             // Reported under the key the module asked about, even if the handle changed.
@@ -167,6 +169,7 @@ impl Backend for Pkcs11Backend {
     }
 
     fn generate_aes_key(&self, spec: &NewKey) -> CkResult<KeyInfo> {
+        let _guard = self.writing();
         let template = attributes::generate_template(spec);
         // Generation and the read-back are separate calls so that a fault during the read
         // retries only the read, never the generation (no duplicate keys).
@@ -178,6 +181,7 @@ impl Backend for Pkcs11Backend {
     }
 
     fn set_key_attributes(&self, key: BackendKey, changes: &KeyChanges) -> CkResult<()> {
+        let _guard = self.writing();
         let template = attributes::change_template(changes, &self.quirks)?;
         if template.is_empty() {
             return Ok(());
@@ -193,6 +197,7 @@ impl Backend for Pkcs11Backend {
     }
 
     fn destroy_key(&self, key: BackendKey) -> CkResult<()> {
+        let _guard = self.writing();
         self.call_key(key, Retry::IfNotRun, |s, h| {
             s.destroy_object(h).map_err(|e| errors::rv_of(&e))
         })?;
@@ -208,6 +213,7 @@ impl Backend for Pkcs11Backend {
         plaintext: &[u8],
     ) -> CkResult<Vec<u8>> {
         check_iv(iv)?;
+        let _guard = self.reading();
         self.call_key(key, Retry::Always, |s, handle| {
             // GcmParams wants a mutable IV (PKCS#11 may write generated IVs back); ours is
             // caller-supplied, so hand it a copy.
@@ -227,6 +233,7 @@ impl Backend for Pkcs11Backend {
         ciphertext_and_tag: &[u8],
     ) -> CkResult<Zeroizing<Vec<u8>>> {
         check_iv(iv)?;
+        let _guard = self.reading();
         self.call_key(key, Retry::Always, |s, handle| {
             let mut iv = iv.to_vec();
             let params = GcmParams::new(&mut iv, aad, Ulong::from(GCM_TAG_BITS))

@@ -1,31 +1,20 @@
-//! DRAFT for the lead (not run by cargo: files under tests/drafts/ are not test targets).
-//! Move to `tests/abi_conventions.rs` once the core behind `src/api.rs` is implemented.
+//! Behavioural checks of the C boundary of the BUILT module against the embedded token: the
+//! two-call buffer convention (NULL output = length query, short buffer =
+//! CKR_BUFFER_TOO_SMALL, both leaving the operation active), C_GetAttributeValue per PKCS#11
+//! 2.40 section 5.7, blank-padded info strings, refused and unsupported functions, and loading
+//! the .so through the cryptoki crate (C_GetInterface 3.0 path).
 //!
-//! Behavioural checks of the C boundary against the embedded token: the two-call buffer
-//! convention (NULL output = length query, short buffer = CKR_BUFFER_TOO_SMALL, both leaving
-//! the operation active), C_GetAttributeValue per PKCS#11 2.40 section 5.7, blank-padded info
-//! strings, and loading the built .so through the cryptoki crate (C_GetInterface 3.0 path).
-//!
-//! Assumptions to check when enabling: the embedded backend accepts `type = "embedded"`,
-//! `store`, `pin_file` as in src/config.rs, creates the store on first use, and the slot's user
-//! PIN defaults to the backend PIN. Everything runs in one test function because the module is
-//! process-global (C_Initialize once per process).
+//! The .so is dlopened and its function table fetched through its own C_GetInterface (no
+//! symbols of the rlib are called). Everything runs in one test function because the module
+//! is process-global (C_Initialize once per process).
 
+mod common_module;
+
+use common_module::raw::{bool_attr, table, ulong_attr};
 use pkcs11_sys::*;
 use std::ptr;
-use xki_pkcs11::abi::exports::C_GetInterface;
 
 const PIN: &[u8] = b"draft-pin-1234";
-
-/// The 3.0 function table, found the way the cryptoki crate finds it.
-fn table() -> &'static CK_FUNCTION_LIST_3_0 {
-    let mut iface: CK_INTERFACE_PTR = ptr::null_mut();
-    // SAFETY: NULL name/version select the default interface; `iface` is a live out-pointer.
-    let rv = unsafe { C_GetInterface(ptr::null_mut(), ptr::null_mut(), &mut iface, 0) };
-    assert_eq!(rv, CKR_OK);
-    // SAFETY: the default interface is the static 3.0 table.
-    unsafe { &*(*iface).pFunctionList.cast::<CK_FUNCTION_LIST_3_0>() }
-}
 
 fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
     let pin_file = dir.join("store.pin");
@@ -53,26 +42,11 @@ pin_file = "{}"
     conf
 }
 
-fn ulong_attr(kind: CK_ATTRIBUTE_TYPE, v: &mut CK_ULONG) -> CK_ATTRIBUTE {
-    CK_ATTRIBUTE {
-        type_: kind,
-        pValue: (v as *mut CK_ULONG).cast(),
-        ulValueLen: std::mem::size_of::<CK_ULONG>() as CK_ULONG,
-    }
-}
-
-fn bool_attr(kind: CK_ATTRIBUTE_TYPE, v: &mut CK_BBOOL) -> CK_ATTRIBUTE {
-    CK_ATTRIBUTE {
-        type_: kind,
-        pValue: (v as *mut CK_BBOOL).cast(),
-        ulValueLen: 1,
-    }
-}
-
 #[test]
 fn conventions_against_the_embedded_token() {
     let dir = tempfile::tempdir().unwrap();
     std::env::set_var("XKI_PKCS11_CONF", write_config(dir.path()));
+    std::env::set_var("XKI_EMBEDDED_TEST_KDF", "fast");
     let f = table();
     assert_eq!((f.version.major, f.version.minor), (3, 0));
 
@@ -351,14 +325,8 @@ fn conventions_against_the_embedded_token() {
     }
 
     // The built .so through the cryptoki crate: exercises C_GetInterface(NULL, NULL, .., 0)
-    // and the CK_FUNCTION_LIST_3_0 layout from a separately loaded copy of the module.
-    let exe = std::env::current_exe().unwrap();
-    let so = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("libxki_pkcs11.so");
+    // and the CK_FUNCTION_LIST_3_0 layout (the dynamic linker hands cryptoki the same copy).
+    let so = common_module::so_path();
     let pkcs11 = cryptoki::context::Pkcs11::new(so).unwrap();
     pkcs11
         .initialize(cryptoki::context::CInitializeArgs::new(
@@ -366,6 +334,29 @@ fn conventions_against_the_embedded_token() {
         ))
         .unwrap();
     let info = pkcs11.get_library_info().unwrap();
-    assert_eq!(info.cryptoki_version().major(), 3);
-    assert_eq!(pkcs11.get_slots_with_token().unwrap().len(), 1);
+    // CK_INFO reports the 2.40 semantics the module implements; the 3.0 interface (checked
+    // above through the table's version) only adds the 3.0 function-table layout.
+    assert_eq!(
+        (
+            info.cryptoki_version().major(),
+            info.cryptoki_version().minor()
+        ),
+        (2, 40)
+    );
+    assert_eq!(info.manufacturer_id(), "xki-bridge");
+    let slots = pkcs11.get_slots_with_token().unwrap();
+    assert_eq!(slots.len(), 1);
+    let session = pkcs11.open_rw_session(slots[0]).unwrap();
+    session
+        .login(
+            cryptoki::session::UserType::User,
+            Some(&cryptoki::types::AuthPin::from("draft-pin-1234")),
+        )
+        .unwrap();
+    let keys = session
+        .find_objects(&[cryptoki::object::Attribute::Label(b"xki-draft".to_vec())])
+        .unwrap();
+    assert_eq!(keys.len(), 1, "the key survives finalize/initialize");
+    drop(session);
+    pkcs11.finalize().unwrap();
 }

@@ -1,0 +1,457 @@
+//! Shared fixture of the `module_*` integration tests: the BUILT `libxki_pkcs11.so`, loaded
+//! the way a real consumer loads it (the `cryptoki` crate, or `dlopen` + `C_GetInterface` for
+//! raw calls), configured with two slots that carry the same user PIN:
+//!
+//! - slot 0 (`softhsm`): a throwaway SoftHSM2 token made by `softhsm/new-token.sh`;
+//! - slot 1 (`embedded`): the module's embedded token, sealed with the same PIN.
+//!
+//! The module is process-global, so each test binary initialises it once ([`fixture`]).
+//! Behavioural tests run against both slots through [`for_each_token`].
+
+#![allow(dead_code)]
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error, RvError};
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use once_cell::sync::{Lazy, OnceCell};
+use pkcs11_sys::*;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// SoftHSM2 as installed by Debian.
+pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// The test-only user PIN of both slots.
+pub const PIN: &str = "1234";
+/// Label of the throwaway SoftHSM2 token behind slot 0.
+pub const SOFTHSM_TOKEN: &str = "xki-itest";
+/// Token labels the module gives its two slots.
+pub const SLOT_LABELS: [&str; 2] = ["xki-softhsm", "xki-embedded"];
+/// Short names used to label assertion failures.
+pub const SLOT_NAMES: [&str; 2] = ["softhsm", "embedded"];
+
+/// The built module. Found from this test binary's location (`target/<profile>/deps/<test>-<hash>`):
+/// `target/<profile>/deps/libxki_pkcs11.so` is what cargo built for this very test run
+/// (`cargo test` relinks it there but does not always refresh the uplifted
+/// `target/<profile>/libxki_pkcs11.so`, which can be stale or missing), then the uplifted
+/// copy. Panics with instructions when neither exists.
+pub fn so_path() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let deps = exe.parent().expect("target/<profile>/deps layout");
+    let profile_dir = deps.parent().expect("target/<profile>/deps layout");
+    let fresh = deps.join("libxki_pkcs11.so");
+    if fresh.exists() {
+        return fresh;
+    }
+    let so = profile_dir.join("libxki_pkcs11.so");
+    assert!(
+        so.exists(),
+        "\n\n*** {} is not built. These tests load the BUILT module; run \
+         `cargo build -p xki-pkcs11` (or `cargo test -p xki-pkcs11`, which builds it). ***\n",
+        so.display()
+    );
+    so
+}
+
+static AT_EXIT_DIR: OnceCell<PathBuf> = OnceCell::new();
+
+extern "C" fn remove_fixture_dir() {
+    if let Some(dir) = AT_EXIT_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// The fixture lives in a static, which is never dropped: remove its directory when the
+/// process exits instead. `XKI_ITEST_KEEP=1` keeps it (and prints where) for debugging.
+fn remove_at_exit(dir: &Path) {
+    if std::env::var_os("XKI_ITEST_KEEP").is_some() {
+        eprintln!("XKI_ITEST_KEEP: fixture files kept in {}", dir.display());
+        return;
+    }
+    if AT_EXIT_DIR.set(dir.to_path_buf()).is_ok() {
+        // SAFETY: registers a plain function with no captured state.
+        unsafe { libc::atexit(remove_fixture_dir) };
+    }
+}
+
+/// Fixture options (fixed per test binary).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// `allow_destroy = true` on both slots.
+    pub allow_destroy: bool,
+    /// Load and initialise SoftHSM2 directly (a second cryptoki context) BEFORE the module
+    /// initialises, so the module shares an initialisation it does not own.
+    pub direct_softhsm_first: bool,
+}
+
+/// Everything one test binary shares.
+pub struct Fixture {
+    /// Holds the token store, embedded store, PIN file and config.
+    pub dir: tempfile::TempDir,
+    /// The written module config.
+    pub config: PathBuf,
+    /// `SOFTHSM2_CONF` of the throwaway token.
+    pub softhsm_conf: PathBuf,
+    /// The module, loaded through cryptoki.
+    pub ctx: Pkcs11,
+    /// SoftHSM2 loaded directly, when [`Options::direct_softhsm_first`] asked for it.
+    pub direct: Option<Pkcs11>,
+    /// One logged-in session per slot that lives as long as the process, so that sessions
+    /// closing in parallel tests never log the token out under another test.
+    keepers: std::sync::Mutex<Vec<Session>>,
+    pub options: Options,
+}
+
+static FIXTURE: OnceCell<Fixture> = OnceCell::new();
+
+/// The binary's fixture with default options.
+pub fn fixture() -> &'static Fixture {
+    fixture_with(Options::default())
+}
+
+/// The binary's fixture; every call in one binary must pass the same options.
+pub fn fixture_with(options: Options) -> &'static Fixture {
+    let f = FIXTURE.get_or_init(|| Fixture::new(options));
+    assert_eq!(f.options, options, "one binary, one fixture configuration");
+    f
+}
+
+/// Run a shell script of the repository and fail with its output if it fails.
+pub fn run_script(script: &Path, args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed: {}{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Repository path.
+pub fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// Create a SoftHSM2 token store with one token under `dir/softhsm`; returns SOFTHSM2_CONF.
+pub fn new_softhsm_token(dir: &Path, label: &str) -> PathBuf {
+    run_script(&repo("softhsm/ensure-installed.sh"), &[]);
+    let store = dir.join("softhsm");
+    run_script(
+        &repo("softhsm/new-token.sh"),
+        &[store.as_os_str(), label.as_ref(), PIN.as_ref()],
+    );
+    store.join("softhsm2.conf")
+}
+
+/// Write the two-slot module config into `dir` (PIN file included); returns its path.
+pub fn write_config(dir: &Path, options: Options) -> PathBuf {
+    let pin_file = dir.join("user.pin");
+    std::fs::write(&pin_file, PIN).expect("write pin file");
+    let conf = dir.join("pkcs11.toml");
+    let text = format!(
+        r#"log_level = "warn"
+log_file = "{log}"
+audit_file = "{audit}"
+
+[[slot]]
+label = "{s0}"
+backends = ["softhsm"]
+allow_destroy = {destroy}
+
+[[slot]]
+label = "{s1}"
+backends = ["emb"]
+allow_destroy = {destroy}
+
+[backend.softhsm]
+module = "{SOFTHSM}"
+token_label = "{SOFTHSM_TOKEN}"
+pin_file = "{pin}"
+
+[backend.emb]
+type = "embedded"
+store = "{store}"
+pin_file = "{pin}"
+"#,
+        s0 = SLOT_LABELS[0],
+        s1 = SLOT_LABELS[1],
+        destroy = options.allow_destroy,
+        pin = pin_file.display(),
+        store = dir.join("embedded.store").display(),
+        audit = dir.join("audit.log").display(),
+        log = dir.join("module.log").display(),
+    );
+    std::fs::write(&conf, text).expect("write config");
+    conf
+}
+
+/// Point the process at a config: `SOFTHSM2_CONF`, `XKI_PKCS11_CONF`, cheap Argon2.
+pub fn set_env(softhsm_conf: &Path, config: &Path) {
+    std::env::set_var("SOFTHSM2_CONF", softhsm_conf);
+    std::env::set_var("XKI_PKCS11_CONF", config);
+    std::env::set_var("XKI_EMBEDDED_TEST_KDF", "fast");
+}
+
+/// Initialise a cryptoki context, tolerating an initialisation someone else did.
+pub fn init_ctx(ctx: &Pkcs11) {
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => panic!("C_Initialize: {e}"),
+    }
+}
+
+/// Log a session in, tolerating a login that another session of the token already did.
+pub fn login(session: &Session) {
+    match session.login(UserType::User, Some(&AuthPin::from(PIN))) {
+        Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(e) => panic!("C_Login: {e}"),
+    }
+}
+
+impl Fixture {
+    fn new(options: Options) -> Fixture {
+        let so = so_path();
+        let dir = tempfile::tempdir().expect("tempdir");
+        remove_at_exit(dir.path());
+        let softhsm_conf = new_softhsm_token(dir.path(), SOFTHSM_TOKEN);
+        let config = write_config(dir.path(), options);
+        set_env(&softhsm_conf, &config);
+        let direct = options.direct_softhsm_first.then(|| {
+            let d = Pkcs11::new(SOFTHSM).expect("load SoftHSM2 directly");
+            d.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+                .expect("SoftHSM2 C_Initialize (direct, first)");
+            d
+        });
+        let ctx = Pkcs11::new(&so).expect("load the built module through cryptoki");
+        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "module C_Initialize failed: {e}; config:\n{}",
+                    std::fs::read_to_string(&config).unwrap_or_default()
+                )
+            });
+        let mut keepers = Vec::new();
+        for slot in ctx.get_slots_with_token().expect("slot list") {
+            let s = ctx.open_rw_session(slot).expect("keeper session");
+            login(&s);
+            keepers.push(s);
+        }
+        assert_eq!(keepers.len(), 2, "the config has two slots");
+        Fixture {
+            dir,
+            config,
+            softhsm_conf,
+            ctx,
+            direct,
+            keepers: std::sync::Mutex::new(keepers),
+            options,
+        }
+    }
+
+    /// The module's slots, in order (0 = softhsm, 1 = embedded).
+    pub fn slots(&self) -> Vec<Slot> {
+        self.ctx.get_slots_with_token().expect("slot list")
+    }
+
+    /// A second cryptoki context on SoftHSM2 itself (same process, same token store).
+    pub fn direct(&self) -> Pkcs11 {
+        if let Some(d) = &self.direct {
+            return d.clone();
+        }
+        static DIRECT: Lazy<Pkcs11> = Lazy::new(|| {
+            let d = Pkcs11::new(SOFTHSM).expect("load SoftHSM2 directly");
+            init_ctx(&d);
+            d
+        });
+        DIRECT.clone()
+    }
+
+    /// A logged-in RW session on the SoftHSM2 token used directly.
+    pub fn direct_session(&self) -> Session {
+        let d = self.direct();
+        let slot = d
+            .get_slots_with_token()
+            .expect("SoftHSM2 slots")
+            .into_iter()
+            .find(|s| {
+                d.get_token_info(*s)
+                    .map(|t| t.label().trim_end() == SOFTHSM_TOKEN)
+                    .unwrap_or(false)
+            })
+            .expect("the throwaway token in SoftHSM2");
+        let s = d.open_rw_session(slot).expect("direct session");
+        login(&s);
+        s
+    }
+}
+
+/// One slot of the module with an open, logged-in RW session.
+pub struct TokenCtx {
+    /// `softhsm` or `embedded`.
+    pub name: &'static str,
+    /// Index in the module's slot list.
+    pub index: usize,
+    pub slot: Slot,
+    pub session: Session,
+    pub fx: &'static Fixture,
+}
+
+impl TokenCtx {
+    /// A label unique to this test and slot.
+    pub fn label(&self, base: &str) -> String {
+        format!("{base}-{}", self.name)
+    }
+
+    /// Generate an AES-256 key with the secure template (and `extra` attributes).
+    pub fn keygen(&self, label: &str, extra: &[Attribute]) -> ObjectHandle {
+        let mut t = secure_template(label);
+        t.extend_from_slice(extra);
+        self.session
+            .generate_key(&Mechanism::AesKeyGen, &t)
+            .unwrap_or_else(|e| panic!("generate {label}: {e}"))
+    }
+
+    /// A raw session handle for calls through the function table.
+    pub fn raw_session(&self) -> CK_SESSION_HANDLE {
+        self.session.handle()
+    }
+
+    /// Open another session on this slot (logged in, since login is per token).
+    pub fn open(&self) -> Session {
+        let s = self
+            .fx
+            .ctx
+            .open_rw_session(self.slot)
+            .expect("open session");
+        login(&s);
+        s
+    }
+}
+
+/// The secure generation template (what the module requires).
+pub fn secure_template(label: &str) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32.into()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ]
+}
+
+/// Run `f` against both slots of the default fixture; failures name the slot.
+pub fn for_each_token(f: impl Fn(&TokenCtx)) {
+    for_each_token_of(fixture(), f)
+}
+
+/// Run `f` against both slots of `fx`; failures name the slot.
+pub fn for_each_token_of(fx: &'static Fixture, f: impl Fn(&TokenCtx)) {
+    for (index, slot) in fx.slots().into_iter().enumerate() {
+        let name = SLOT_NAMES[index];
+        let session = fx.ctx.open_rw_session(slot).expect("open session");
+        login(&session);
+        let t = TokenCtx {
+            name,
+            index,
+            slot,
+            session,
+            fx,
+        };
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| f(&t))) {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "non-string panic".into());
+            panic!("[slot {index} = {name}] {msg}");
+        }
+    }
+}
+
+/// The PKCS#11 error code of a cryptoki error.
+pub fn rv(e: Error) -> RvError {
+    match e {
+        Error::Pkcs11(rv, _) => rv,
+        other => panic!("not a PKCS#11 error: {other:?}"),
+    }
+}
+
+/// Assert that `result` failed with exactly `expected`.
+#[track_caller]
+pub fn expect_rv<T: std::fmt::Debug>(result: cryptoki::error::Result<T>, expected: RvError) {
+    match result {
+        Ok(v) => panic!("expected {expected:?}, got Ok({v:?})"),
+        Err(e) => assert_eq!(rv(e), expected),
+    }
+}
+
+/// AES-GCM with a 128-bit tag. `iv` is copied (cryptoki wants it mutable).
+pub fn gcm<'a>(iv: &'a mut [u8], aad: &'a [u8]) -> Mechanism<'a> {
+    Mechanism::AesGcm(GcmParams::new(iv, aad, 128.into()).expect("gcm params"))
+}
+
+/// Find keys by template on a session.
+pub fn find(session: &Session, template: &[Attribute]) -> Vec<ObjectHandle> {
+    session.find_objects(template).expect("find objects")
+}
+
+/// Find exactly one key by label.
+pub fn find_label(session: &Session, label: &str) -> ObjectHandle {
+    let found = find(session, &[Attribute::Label(label.as_bytes().to_vec())]);
+    assert_eq!(found.len(), 1, "keys labelled {label}: {found:?}");
+    found[0]
+}
+
+/// Read one attribute.
+pub fn attr(session: &Session, key: ObjectHandle, kind: AttributeType) -> Attribute {
+    let mut v = session
+        .get_attributes(key, &[kind])
+        .unwrap_or_else(|e| panic!("read {kind:?}: {e}"));
+    assert_eq!(v.len(), 1, "{kind:?} not answered");
+    v.remove(0)
+}
+
+/// Random bytes for test data (not cryptographic).
+pub fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub mod raw;
+
+/// The module initialised on a fresh two-slot config with NO session open and nobody logged
+/// in (for tests of the login state, which is per token and so per process).
+pub fn bare_module() -> (tempfile::TempDir, Pkcs11) {
+    let so = so_path();
+    let dir = tempfile::tempdir().expect("tempdir");
+    remove_at_exit(dir.path());
+    let softhsm_conf = new_softhsm_token(dir.path(), SOFTHSM_TOKEN);
+    let config = write_config(dir.path(), Options::default());
+    set_env(&softhsm_conf, &config);
+    let ctx = Pkcs11::new(&so).expect("load the built module through cryptoki");
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .expect("module C_Initialize");
+    (dir, ctx)
+}
