@@ -68,7 +68,7 @@ impl Settings {
             .collect::<Result<Vec<_>, _>>()?;
         let s = Settings {
             secs: env_or("XKI_BENCH_SECS", 60.0)?,
-            rounds: env_or("XKI_BENCH_ROUNDS", 5)?,
+            rounds: env_or("XKI_BENCH_ROUNDS", 12)?,
             payloads: env_list("XKI_BENCH_PAYLOADS", &[32, 4096])?,
             threads: env_list("XKI_BENCH_THREADS", &[1, 2])?,
             targets,

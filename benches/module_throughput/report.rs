@@ -50,14 +50,20 @@ fn rate(samples: &[Sample]) -> Option<(f64, f64)> {
     Some((med, (hi - lo) / 2.0 / med))
 }
 
-/// Median, min and max of the per-round ratios a/b (rounds measure a and b back to back, so
-/// their ratio is steadier than the ratio of medians).
-fn ratio(a: &[Sample], b: &[Sample]) -> Option<(f64, f64, f64)> {
+/// Median, min and max of the per-round ratios a/b of wall-clock rates (rounds measure a
+/// and b back to back, so their ratio is steadier than the ratio of medians), and the median
+/// per-round ratio of CPU cost per round trip, b/a (a throughput ratio if CPU-bound).
+fn ratio(a: &[Sample], b: &[Sample]) -> Option<(f64, f64, f64, f64)> {
     let r: Vec<f64> = a.iter().zip(b).map(|(a, b)| a.rate / b.rate).collect();
     let med = median(r.clone())?;
     let lo = r.iter().copied().fold(f64::MAX, f64::min);
     let hi = r.iter().copied().fold(f64::MIN, f64::max);
-    Some((med, lo, hi))
+    let cpu = a
+        .iter()
+        .zip(b)
+        .map(|(a, b)| b.cpu_us_per_op() / a.cpu_us_per_op())
+        .collect();
+    Some((med, lo, hi, median(cpu)?))
 }
 
 /// 1234567.8 -> "1,234,568".
@@ -82,9 +88,12 @@ fn size(bytes: usize) -> String {
 }
 
 fn rate_cell(samples: &[Sample]) -> String {
-    match rate(samples) {
-        Some((m, spread)) => format!("{} ±{:.0}%", thousands(m), spread * 100.0),
-        None => "-".into(),
+    let cpu = median(samples.iter().map(Sample::cpu_us_per_op).collect());
+    match (rate(samples), cpu) {
+        (Some((m, spread)), Some(cpu)) => {
+            format!("{} ±{:.0}% {:.1}µs", thousands(m), spread * 100.0, cpu)
+        }
+        _ => "-".into(),
     }
 }
 
@@ -103,56 +112,61 @@ pub fn print(i: &Inputs<'_>) {
     );
     println!("load before: {}", i.load_before);
     println!("load after:  {}", i.load_after);
-    println!("ops/s = median over rounds (±half the min-max range); ratios = median of per-round ratios [min-max]");
+    println!("ops/s = round trips/s, median over rounds, ±half the min-max range, then CPU µs per round trip");
+    println!("ratios = median of per-round wall-clock ratios [min-max], then the same from CPU µs per round trip");
     println!();
     println!(
-        "{:>7} {:>3} | {:>18} | {:>18} | {:>21} | {:>18} | {:>10}",
+        "{:>7} {:>3} | {:>25} | {:>25} | {:>30} | {:>25} | {:>20}",
         "payload", "thr", i.names[0], i.names[1], "module/direct", i.names[2], "emb/direct"
     );
-    println!("{}", "-".repeat(113));
-    let mut worst_module: Option<(f64, String)> = None;
-    let mut worst_embedded: Option<(f64, String)> = None;
+    println!("{}", "-".repeat(152));
+    let mut worst_module: Option<(f64, f64, String)> = None;
+    let mut worst_embedded: Option<(f64, f64, String)> = None;
     for (c, &(payload, threads)) in i.cells.iter().enumerate() {
         let [m, d, e] = [0, 1, 2].map(|t| &i.samples[c][t][..]);
         let where_ = format!("{} x{threads}", size(payload));
         let md = ratio(m, d);
         let ed = ratio(e, d);
-        if let Some((r, _, _)) = md {
-            if worst_module.as_ref().is_none_or(|(w, _)| r < *w) {
-                worst_module = Some((r, where_.clone()));
+        if let Some((r, _, _, cpu)) = md {
+            if worst_module.as_ref().is_none_or(|(w, _, _)| r < *w) {
+                worst_module = Some((r, cpu, where_.clone()));
             }
         }
-        if let Some((r, _, _)) = ed.filter(|_| payload <= SMALL) {
-            if worst_embedded.as_ref().is_none_or(|(w, _)| r < *w) {
-                worst_embedded = Some((r, where_.clone()));
+        if let Some((r, _, _, cpu)) = ed.filter(|_| payload <= SMALL) {
+            if worst_embedded.as_ref().is_none_or(|(w, _, _)| r < *w) {
+                worst_embedded = Some((r, cpu, where_.clone()));
             }
         }
         println!(
-            "{:>7} {:>3} | {:>18} | {:>18} | {:>21} | {:>18} | {:>10}",
+            "{:>7} {:>3} | {:>25} | {:>25} | {:>30} | {:>25} | {:>20}",
             size(payload),
             threads,
             rate_cell(m),
             rate_cell(d),
-            md.map(|(r, lo, hi)| format!("{r:.3} [{lo:.2}-{hi:.2}]"))
+            md.map(|(r, lo, hi, cpu)| format!("{r:.3} [{lo:.2}-{hi:.2}] cpu {cpu:.3}"))
                 .unwrap_or("-".into()),
             rate_cell(e),
-            ed.map(|(r, _, _)| format!("{r:.1}x")).unwrap_or("-".into()),
+            ed.map(|(r, _, _, cpu)| format!("{r:.1}x cpu {cpu:.1}x"))
+                .unwrap_or("-".into()),
         );
     }
     println!();
     match worst_module {
-        Some((r, at)) => println!(
-            "target module >= {:.0}% of direct: {} (worst {:.1}% at {at})",
+        Some((r, cpu, at)) => println!(
+            "target module >= {:.0}% of direct: {} (worst wall-clock {:.1}% at {at}; CPU-cost ratio there {:.1}%, {})",
             MODULE_TARGET * 100.0,
             verdict(r >= MODULE_TARGET),
-            r * 100.0
+            r * 100.0,
+            cpu * 100.0,
+            verdict(cpu >= MODULE_TARGET)
         ),
         None => println!("target module >= 95% of direct: not measured"),
     }
     match worst_embedded {
-        Some((r, at)) => println!(
-            "target embedded >= {EMBEDDED_TARGET:.0}x direct at payloads <= {SMALL} B: {} (worst {r:.1}x at {at})",
-            verdict(r >= EMBEDDED_TARGET)
+        Some((r, cpu, at)) => println!(
+            "target embedded >= {EMBEDDED_TARGET:.0}x direct at payloads <= {SMALL} B: {} (worst wall-clock {r:.1}x at {at}; CPU-cost ratio there {cpu:.1}x, {})",
+            verdict(r >= EMBEDDED_TARGET),
+            verdict(cpu >= EMBEDDED_TARGET)
         ),
         None => println!("target embedded >= 10x direct (small payloads): not measured"),
     }

@@ -44,6 +44,30 @@ pub struct Sample {
     pub rate: f64,
     /// Round trips done (all threads).
     pub ops: u64,
+    /// CPU time the threads used (user + system), all threads. Unlike wall time it does not
+    /// grow when other processes take the CPU, so it is the steadier measure on a shared box.
+    pub cpu_secs: f64,
+}
+
+impl Sample {
+    /// CPU microseconds per round trip.
+    pub fn cpu_us_per_op(&self) -> f64 {
+        self.cpu_secs * 1e6 / self.ops.max(1) as f64
+    }
+}
+
+/// CPU time used so far by the calling thread.
+fn thread_cpu_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID needs nothing else.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return f64::NAN;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 /// Round trips per second of `target` with `threads` threads and `payload`-byte plaintexts,
@@ -76,6 +100,7 @@ pub fn measure(
                     let session: &Session = session;
                     start.wait();
                     let begin = Instant::now();
+                    let cpu_begin = thread_cpu_secs();
                     let mut ops = 0u64;
                     // Distinct IVs per thread and operation (the key is shared).
                     let base = (t as u64) << 48;
@@ -87,6 +112,7 @@ pub fn measure(
                             return Ok(Sample {
                                 rate: ops as f64 / elapsed.as_secs_f64(),
                                 ops,
+                                cpu_secs: thread_cpu_secs() - cpu_begin,
                             });
                         }
                     }
@@ -103,6 +129,7 @@ pub fn measure(
         Ok(Sample {
             rate: acc.rate + s.rate,
             ops: acc.ops + s.ops,
+            cpu_secs: acc.cpu_secs + s.cpu_secs,
         })
     })
 }
