@@ -53,8 +53,9 @@ pub struct Fixture {
     pub audit_file: Option<PathBuf>,
 }
 
-/// `libxki_pkcs11.so`: `$XKI_BENCH_MODULE`, else `target/<profile>/libxki_pkcs11.so` next to
-/// this bench binary's `deps/` directory (where `cargo bench` builds it).
+/// `libxki_pkcs11.so`: `$XKI_BENCH_MODULE`, else the newest of `target/<profile>/deps/` (where
+/// `cargo bench` builds the cdylib: as a dependency of the bench it is not copied up) and
+/// `target/<profile>/` (where `cargo build --release` puts it).
 pub fn locate_module() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("XKI_BENCH_MODULE") {
         let p = PathBuf::from(p);
@@ -65,20 +66,28 @@ pub fn locate_module() -> Result<PathBuf, String> {
         };
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
-    let profile_dir = exe
+    let deps = exe.parent().ok_or("bench binary has no directory")?;
+    let profile_dir = deps
         .parent()
-        .and_then(Path::parent)
         .ok_or("bench binary is not in target/<profile>/deps")?;
-    let so = profile_dir.join("libxki_pkcs11.so");
-    if so.is_file() {
-        Ok(so)
-    } else {
-        Err(format!(
-            "{} is missing: the module's cdylib was not built. Run `cargo build --release --lib` \
-             (cargo bench normally builds it), or set XKI_BENCH_MODULE to the .so to measure",
-            so.display()
-        ))
-    }
+    let candidates = [
+        deps.join("libxki_pkcs11.so"),
+        profile_dir.join("libxki_pkcs11.so"),
+    ];
+    candidates
+        .iter()
+        .filter_map(|p| Some((std::fs::metadata(p).ok()?.modified().ok()?, p)))
+        .max_by_key(|(modified, _)| *modified)
+        .map(|(_, p)| p.clone())
+        .ok_or_else(|| {
+            format!(
+                "libxki_pkcs11.so is in neither {} nor {}: the module's cdylib was not built. \
+                 Run `cargo build --release --lib` (cargo bench normally builds it), or set \
+                 XKI_BENCH_MODULE to the .so to measure",
+                deps.display(),
+                profile_dir.display()
+            )
+        })
 }
 
 /// Create the token, the store config and the module config, and set `SOFTHSM2_CONF`,
