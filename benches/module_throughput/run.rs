@@ -1,0 +1,135 @@
+//! One measurement: `threads` threads, each on its own session, doing AES-GCM round trips
+//! (`Session::encrypt` then `Session::decrypt`, i.e. C_EncryptInit + C_Encrypt (length query
+//! and call) + C_DecryptInit + C_Decrypt (likewise)) for a fixed wall-clock time.
+
+use crate::targets::Target;
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::ObjectHandle;
+use cryptoki::session::Session;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+/// Additional authenticated data of every operation (XKS requests carry some).
+const AAD: &[u8] = b"xki-bench aad 16";
+
+/// One encrypt + decrypt with a fresh 12-byte IV; checks the plaintext came back.
+fn round_trip(
+    s: &Session,
+    key: ObjectHandle,
+    counter: u64,
+    plaintext: &[u8],
+) -> Result<(), String> {
+    let mut iv = [0u8; 12];
+    iv[4..].copy_from_slice(&counter.to_be_bytes());
+    let ciphertext = {
+        let params = GcmParams::new(&mut iv, AAD, 128.into()).map_err(|e| e.to_string())?;
+        s.encrypt(&Mechanism::AesGcm(params), key, plaintext)
+            .map_err(|e| format!("encrypt: {e}"))?
+    };
+    let params = GcmParams::new(&mut iv, AAD, 128.into()).map_err(|e| e.to_string())?;
+    let back = s
+        .decrypt(&Mechanism::AesGcm(params), key, &ciphertext)
+        .map_err(|e| format!("decrypt: {e}"))?;
+    if back != plaintext {
+        return Err("decrypt returned different bytes".into());
+    }
+    Ok(())
+}
+
+/// What one measurement found.
+#[derive(Clone, Copy, Default)]
+pub struct Sample {
+    /// Round trips per second: the sum of the per-thread rates.
+    pub rate: f64,
+    /// Round trips done (all threads).
+    pub ops: u64,
+    /// CPU time the threads used (user + system), all threads. Unlike wall time it does not
+    /// grow when other processes take the CPU, so it is the steadier measure on a shared box.
+    pub cpu_secs: f64,
+}
+
+impl Sample {
+    /// CPU microseconds per round trip.
+    pub fn cpu_us_per_op(&self) -> f64 {
+        self.cpu_secs * 1e6 / self.ops.max(1) as f64
+    }
+}
+
+/// CPU time used so far by the calling thread.
+fn thread_cpu_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID needs nothing else.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return f64::NAN;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Round trips per second of `target` with `threads` threads and `payload`-byte plaintexts,
+/// measured for `duration`. Each thread counts its own operations and time.
+pub fn measure(
+    target: &mut Target,
+    threads: usize,
+    payload: usize,
+    duration: Duration,
+) -> Result<Sample, String> {
+    if target.sessions.len() < threads {
+        return Err(format!(
+            "{}: {threads} threads but only {} sessions",
+            target.name,
+            target.sessions.len()
+        ));
+    }
+    let plaintext: Vec<u8> = (0..payload).map(|i| (i * 31 + 7) as u8).collect();
+    let key = target.key;
+    let start = Barrier::new(threads);
+    let results: Vec<Result<Sample, String>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = target
+            .sessions
+            .iter_mut()
+            .take(threads)
+            .enumerate()
+            .map(|(t, session)| {
+                let (plaintext, start) = (&plaintext, &start);
+                scope.spawn(move || {
+                    let session: &Session = session;
+                    start.wait();
+                    let begin = Instant::now();
+                    let cpu_begin = thread_cpu_secs();
+                    let mut ops = 0u64;
+                    // Distinct IVs per thread and operation (the key is shared).
+                    let base = (t as u64) << 48;
+                    loop {
+                        round_trip(session, key, base + ops, plaintext)?;
+                        ops += 1;
+                        let elapsed = begin.elapsed();
+                        if elapsed >= duration {
+                            return Ok(Sample {
+                                rate: ops as f64 / elapsed.as_secs_f64(),
+                                ops,
+                                cpu_secs: thread_cpu_secs() - cpu_begin,
+                            });
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|_| Err("worker panicked".into())))
+            .collect()
+    });
+    results.into_iter().try_fold(Sample::default(), |acc, r| {
+        let s = r.map_err(|e| format!("{}: {e}", target.name))?;
+        Ok(Sample {
+            rate: acc.rate + s.rate,
+            ops: acc.ops + s.ops,
+            cpu_secs: acc.cpu_secs + s.cpu_secs,
+        })
+    })
+}
