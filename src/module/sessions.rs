@@ -1,0 +1,75 @@
+//! Sessions and login.
+
+use super::*;
+
+pub fn open_session(slot: u64, flags: u64) -> CkResult<u64> {
+    let m = module()?;
+    m.slot(slot)?;
+    if flags & CKF_SERIAL_SESSION == 0 {
+        return Err(Rv::SESSION_PARALLEL_NOT_SUPPORTED);
+    }
+    Ok(m.sessions.open(slot as usize, flags & CKF_RW_SESSION != 0))
+}
+
+pub fn close_session(session: u64) -> CkResult<()> {
+    let m = module()?;
+    let (_, s, index) = m.session(session)?;
+    m.sessions.close(session)?;
+    if m.sessions.count(index).0 == 0 {
+        // PKCS#11: closing the last session of a token logs the user out.
+        s.slot.reset_login();
+    }
+    Ok(())
+}
+
+pub fn close_all_sessions(slot: u64) -> CkResult<()> {
+    let m = module()?;
+    let s = m.slot(slot)?;
+    m.sessions.close_slot(slot as usize);
+    s.slot.reset_login();
+    Ok(())
+}
+
+pub fn get_session_info(session: u64) -> CkResult<SessionInfo> {
+    let m = module()?;
+    let (sess, s, index) = m.session(session)?;
+    let rw = sess.lock().read_write;
+    let state = match (s.slot.is_logged_in(), rw) {
+        (false, false) => CKS_RO_PUBLIC_SESSION,
+        (false, true) => CKS_RW_PUBLIC_SESSION,
+        (true, false) => CKS_RO_USER_FUNCTIONS,
+        (true, true) => CKS_RW_USER_FUNCTIONS,
+    };
+    Ok(SessionInfo {
+        slot_id: index as u64,
+        state,
+        flags: CKF_SERIAL_SESSION | if rw { CKF_RW_SESSION } else { 0 },
+        device_error: 0,
+    })
+}
+
+pub fn login(session: u64, user_type: u64, pin: &[u8]) -> CkResult<()> {
+    let m = module()?;
+    let (_, s, _) = m.session(session)?;
+    match user_type {
+        CKU_USER => {
+            let result = s.slot.login(pin);
+            if result == Err(Rv::PIN_INCORRECT) {
+                log::warn!("slot {}: C_Login with an incorrect PIN", s.slot.label);
+            }
+            result
+        }
+        // No operation ever needs re-authentication.
+        CKU_CONTEXT_SPECIFIC => Err(Rv::OPERATION_NOT_INITIALIZED),
+        // The virtual token has no security officer: HSM administration happens on the HSM.
+        _ => Err(Rv::USER_TYPE_INVALID),
+    }
+}
+
+pub fn logout(session: u64) -> CkResult<()> {
+    let m = module()?;
+    let (_, s, index) = m.session(session)?;
+    s.slot.logout()?;
+    m.sessions.end_operations(index);
+    Ok(())
+}
