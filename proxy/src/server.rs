@@ -42,9 +42,22 @@ pub fn reload(app: &App, running: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// How `serve` was asked to run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServeOptions {
+    /// Listen here instead of the config's `listen`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// The config is the generated local demo ([`crate::demo`]): make sure the demo key
+    /// exists and print the banner and next steps.
+    pub demo: bool,
+}
+
 /// Run the server until SIGTERM/SIGINT.
-pub fn serve(config_path: &Path) -> Result<(), String> {
-    let cfg = Config::load(config_path).map_err(|e| e.to_string())?;
+pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
+    let mut cfg = Config::load(config_path).map_err(|e| e.to_string())?;
+    if let Some(a) = opts.listen {
+        cfg.listen = a;
+    }
     crate::logging::init(cfg.log_format, &cfg.log_level);
     let tenants = Tenants::from_config(&cfg).map_err(|e| e.to_string())?;
     if tenants.is_empty() {
@@ -53,10 +66,22 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
         );
     }
     let tls = cfg.tls.as_ref().map(http::tls::server_config).transpose()?;
-    let pin = cfg.read_pin().map_err(|e| e.to_string())?;
-    let hsm = Hsm::open(&cfg.hsm, &pin).map_err(|e| format!("hsm: {e}"))?;
-    drop(pin);
-    tracing::info!(module = %cfg.hsm.module.display(), token = %hsm.token.label, "HSM ready");
+    let hsm = Hsm::open(&cfg.hsm, || cfg.read_pin().map_err(|e| e.to_string())).map_err(|e| {
+        if opts.demo {
+            format!(
+                "hsm: {e}\n(the local demo uses the module's zero-setup token {:?}; with \
+                 XKI_PKCS11_CONF or a pkcs11.toml in place the module serves that instead: \
+                 unset it, or write a proxy config for your token)",
+                crate::demo::DEMO_TOKEN
+            )
+        } else {
+            format!("hsm: {e}")
+        }
+    })?;
+    tracing::info!(module = %hsm.module.display(), token = %hsm.token.label, "HSM ready");
+    if opts.demo && crate::demo::ensure_key(&hsm)? {
+        tracing::info!(key = crate::demo::DEMO_KEY, "generated the demo key");
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -100,6 +125,11 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
         }
         let scheme = if tls.is_some() { "https" } else { "http" };
         println!("xki-proxy listening on {addr} ({scheme})");
+        if opts.demo {
+            println!("{}", crate::demo::instructions(&cfg, addr));
+        } else if tls.is_none() {
+            tracing::warn!("no [tls]: serving plain HTTP; only behind a TLS-terminating balancer");
+        }
         let _ = std::io::stdout().flush();
         tracing::info!(%addr, scheme, "listening");
 
