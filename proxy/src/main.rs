@@ -18,8 +18,7 @@ use xki_proxy::{admin, credentials, demo, server};
         Without a subcommand it serves. Config: --config, $XKI_PROXY_CONF, \
         ~/.config/xki/proxy.toml, /etc/xki/proxy.toml; with none of them, the first run \
         creates a LOCAL DEMO (plain HTTP on 127.0.0.1:8000, embedded software token) and \
-        prints how to call it.",
-    args_conflicts_with_subcommands = true
+        prints how to call it."
 )]
 struct Cli {
     /// Config file (default: see above).
@@ -151,7 +150,17 @@ fn serve(flag: Option<&std::path::Path>, args: ServeArgs) -> Result<(), String> 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let flag = cli.config.as_deref();
-    let cmd = cli.cmd.unwrap_or(Cmd::Serve(cli.serve));
+    let cmd = match (cli.cmd, cli.serve.listen) {
+        (None, _) => Cmd::Serve(cli.serve),
+        (Some(Cmd::Serve(a)), top) => Cmd::Serve(ServeArgs {
+            listen: a.listen.or(top),
+        }),
+        (Some(_), Some(_)) => {
+            eprintln!("xki-proxy: --listen applies only to serve");
+            return ExitCode::FAILURE;
+        }
+        (Some(c), None) => c,
+    };
     let cfg = || discover::require(flag);
     let r = match cmd {
         Cmd::Serve(args) => serve(flag, args),
