@@ -250,3 +250,61 @@ fn schedule_deletion_refused_cleanly_when_the_token_cannot_keep_dates() {
     )
     .expect_ok();
 }
+
+/// The proxy drives any PKCS#11 library: here SoftHSM2's own, with no module in between.
+#[test]
+fn any_pkcs11_module_softhsm_directly() {
+    let tok = Token::raw();
+    let a = Cred::new(&tok, 0);
+    config(
+        &tok,
+        "",
+        "",
+        &format!("[[prefix]]\npath = \"\"\nkeys = \"all\"\n{}", a.toml()),
+    );
+    cli_ok(&tok, &["keys", "create", "--label", "direct"]);
+    let srv = Server::start(&tok);
+    let s = Signer::new(&a);
+    let enc = post(
+        &srv.addr,
+        Some(&s),
+        &key_path("", "direct", "encrypt"),
+        &encrypt_body(b"any module", Some(b"ctx")),
+    )
+    .expect_ok();
+    let dec = post(
+        &srv.addr,
+        Some(&s),
+        &key_path("", "direct", "decrypt"),
+        &decrypt_body(&enc, Some(b"ctx")),
+    )
+    .expect_ok();
+    assert_eq!(unb64(&dec["plaintext"]), b"any module");
+    cli_ok(&tok, &["keys", "disable", "direct"]);
+    post(
+        &srv.addr,
+        Some(&s),
+        &key_path("", "direct", "encrypt"),
+        &encrypt_body(b"x", None),
+    )
+    .expect_err(400, "InvalidStateException");
+    cli_ok(&tok, &["keys", "enable", "direct"]);
+    // SoftHSM2 2.6 accepts CKA_END_DATE on a private key but cannot read it back: the command
+    // must fail and leave the key enabled and usable.
+    let (ok, _, err) = cli(&tok, &["keys", "schedule-deletion", "direct", "--days", "7"]);
+    assert!(!ok && err.contains("cannot store a deletion date"), "{err}");
+    let list = cli_ok(&tok, &["keys", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("direct ") && l.contains("ENABLED") && l.ends_with('-')),
+        "{list}"
+    );
+    post(
+        &srv.addr,
+        Some(&s),
+        &key_path("", "direct", "encrypt"),
+        &encrypt_body(b"x", None),
+    )
+    .expect_ok();
+    assert!(cli_ok(&tok, &["health"]).contains("\"healthStatus\": \"ACTIVE\""));
+}

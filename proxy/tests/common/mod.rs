@@ -226,12 +226,21 @@ impl Server {
                 addr = a.split(' ').next().unwrap().to_string();
             }
         }
-        Server {
+        let srv = Server {
             child,
             addr,
             admin,
             stderr_path,
-        }
+        };
+        // Prove which PKCS#11 library served: ours by default, SoftHSM2's only for raw tokens.
+        let want = if tok.raw { SOFTHSM } else { "libxki_pkcs11.so" };
+        let log = srv.log();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("HSM ready") && l.contains(want)),
+            "expected module {want}: {log}"
+        );
+        srv
     }
 
     pub fn log(&self) -> String {
