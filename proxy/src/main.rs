@@ -138,10 +138,10 @@ fn serve(flag: Option<&std::path::Path>, args: ServeArgs) -> Result<(), String> 
         Found::Demo(p) => server::serve(&p, opts(true)),
         Found::Nothing { .. } => {
             let p = demo::create()?;
-            println!(
+            server::say(&format!(
                 "xki-proxy: no config found; created a local demo setup in {}",
                 p.display()
-            );
+            ));
             server::serve(&p, opts(true))
         }
     }

@@ -42,6 +42,14 @@ pub fn reload(app: &App, running: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// Print a line to stdout; a closed stdout (a supervisor that stopped reading) must not stop
+/// the server, so write errors are ignored (println! would panic).
+pub fn say(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+}
+
 /// How `serve` was asked to run.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServeOptions {
@@ -116,7 +124,7 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
         if let Some(a) = cfg.admin_listen {
             let l = TcpListener::bind(a).await.map_err(|e| format!("admin_listen {a}: {e}"))?;
             let admin_addr = l.local_addr().map_err(|e| e.to_string())?;
-            println!("xki-proxy admin listening on {admin_addr}");
+            say(&format!("xki-proxy admin listening on {admin_addr}"));
             tokio::spawn(http::serve_admin(app.clone(), l, stopped(stop_rx.clone())));
         }
         if let Some(p) = &cfg.pid_file {
@@ -124,13 +132,12 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
                 .map_err(|e| format!("pid_file {}: {e}", p.display()))?;
         }
         let scheme = if tls.is_some() { "https" } else { "http" };
-        println!("xki-proxy listening on {addr} ({scheme})");
+        say(&format!("xki-proxy listening on {addr} ({scheme})"));
         if opts.demo {
-            println!("{}", crate::demo::instructions(&cfg, addr));
+            say(&crate::demo::instructions(&cfg, addr));
         } else if tls.is_none() {
             tracing::warn!("no [tls]: serving plain HTTP; only behind a TLS-terminating balancer");
         }
-        let _ = std::io::stdout().flush();
         tracing::info!(%addr, scheme, "listening");
 
         let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;

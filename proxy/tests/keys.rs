@@ -206,7 +206,13 @@ fn softhsm_objects(tok: &Token) -> String {
     let out = std::process::Command::new("pkcs11-tool")
         .env("SOFTHSM2_CONF", &tok.conf)
         .args(["--module", SOFTHSM, "--login", "--pin", PIN])
-        .args(["--token-label", SOFTHSM_SLOT, "--list-objects", "--type", "secrkey"])
+        .args([
+            "--token-label",
+            SOFTHSM_SLOT,
+            "--list-objects",
+            "--type",
+            "secrkey",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -291,7 +297,10 @@ fn any_pkcs11_module_softhsm_directly() {
     cli_ok(&tok, &["keys", "enable", "direct"]);
     // SoftHSM2 2.6 accepts CKA_END_DATE on a private key but cannot read it back: the command
     // must fail and leave the key enabled and usable.
-    let (ok, _, err) = cli(&tok, &["keys", "schedule-deletion", "direct", "--days", "7"]);
+    let (ok, _, err) = cli(
+        &tok,
+        &["keys", "schedule-deletion", "direct", "--days", "7"],
+    );
     assert!(!ok && err.contains("cannot store a deletion date"), "{err}");
     let list = cli_ok(&tok, &["keys", "list"]);
     assert!(
