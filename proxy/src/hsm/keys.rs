@@ -256,8 +256,21 @@ fn read_end_date(s: &Session, h: ObjectHandle) -> Option<Date> {
         })
 }
 
-fn ck_date(d: Option<Date>) -> cryptoki::types::Date {
-    d.map_or_else(cryptoki::types::Date::new_empty, Date::to_ck)
+/// Set CKA_END_DATE to `d`, or clear it. "No date" is sent as a zero-length value (the
+/// PKCS#11 form; cryptoki's `Date::new_empty` sends eight zero bytes, which strict modules,
+/// ours included, refuse), then as eight zero bytes for modules that only take a full CK_DATE.
+fn set_end_date(s: &Session, h: ObjectHandle, d: Option<Date>) -> Result<(), HsmError> {
+    let Some(d) = d else {
+        let empty = Attribute::VendorDefined((AttributeType::EndDate, Vec::new()));
+        return match s.update_attributes(h, &[empty]) {
+            Ok(()) => Ok(()),
+            Err(_) => s
+                .update_attributes(h, &[Attribute::EndDate(cryptoki::types::Date::new_empty())])
+                .map_err(ck("C_SetAttributeValue")),
+        };
+    };
+    s.update_attributes(h, &[Attribute::EndDate(d.to_ck())])
+        .map_err(ck("C_SetAttributeValue"))
 }
 
 /// The error when the token does not keep CKA_END_DATE on this key.
@@ -427,8 +440,7 @@ impl Hsm {
     pub fn schedule_deletion(&self, s: &Session, label: &str, on: Date) -> Result<(), HsmError> {
         let h = self.admin_handle(s, label)?;
         let previous = read_end_date(s, h);
-        if let Err(e) = s.update_attributes(h, &[Attribute::EndDate(on.to_ck())]) {
-            let e = HsmError::pkcs11("C_SetAttributeValue", e);
+        if let Err(e) = set_end_date(s, h, Some(on)) {
             return Err(match e.rv() {
                 Some(
                     RvError::AttributeTypeInvalid
@@ -441,15 +453,13 @@ impl Hsm {
         }
         if read_end_date(s, h) != Some(on) {
             // Written but not kept (or not readable): put the old value back.
-            let _ = s.update_attributes(h, &[Attribute::EndDate(ck_date(previous))]);
+            let _ = set_end_date(s, h, previous);
             return Err(no_date_support(label, "the date did not read back"));
         }
         if let Err(e) =
             s.update_attributes(h, &[Attribute::Encrypt(false), Attribute::Decrypt(false)])
         {
-            let restored = s
-                .update_attributes(h, &[Attribute::EndDate(ck_date(previous))])
-                .is_ok();
+            let restored = set_end_date(s, h, previous).is_ok();
             return Err(HsmError::Other(format!(
                 "key {label}: disabling failed ({}); {}",
                 HsmError::pkcs11("C_SetAttributeValue", e),
@@ -471,9 +481,7 @@ impl Hsm {
                 "key {label} has no deletion scheduled"
             )));
         }
-        // An empty CK_DATE means "no date".
-        s.update_attributes(h, &[Attribute::EndDate(ck_date(None))])
-            .map_err(ck("C_SetAttributeValue"))?;
+        set_end_date(s, h, None)?;
         if read_end_date(s, h).is_some() {
             return Err(HsmError::Other(format!(
                 "could not clear the deletion date of {label}"
