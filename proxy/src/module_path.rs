@@ -5,7 +5,10 @@
 //!    (silently falling back would hide a typo);
 //! 2. next to the running executable (`<exe dir>/libxki_pkcs11.so`, an installed layout);
 //! 3. `<exe dir>/deps/libxki_pkcs11.so` (where cargo leaves the cdylib it builds alongside the
-//!    proxy, so `cargo run -p xki-proxy` works without installing anything);
+//!    proxy, so `cargo run -p xki-proxy` works without installing anything). When both 2 and 3
+//!    exist, the newer file wins: in a cargo target dir, `<exe dir>/libxki_pkcs11.so` is the
+//!    copy of an earlier build of the module crate itself and goes stale when only the proxy
+//!    (which rebuilds `deps/`) is built again;
 //! 4. `/usr/local/lib/libxki_pkcs11.so`;
 //! 5. `/usr/lib/xki/libxki_pkcs11.so`.
 
@@ -50,6 +53,12 @@ pub fn resolve(configured: Option<&Path>) -> Result<PathBuf, String> {
         };
     }
     let tried = default_candidates();
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let [beside, deps, ..] = tried.as_slice() {
+        if beside.is_file() && deps.is_file() && mtime(deps) > mtime(beside) {
+            return Ok(deps.clone());
+        }
+    }
     if let Some(hit) = tried.iter().find(|p| p.is_file()) {
         return Ok(hit.clone());
     }
