@@ -49,6 +49,12 @@ pub fn create() -> Result<PathBuf, String> {
     let dir = user_data_dir();
     create_private_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let secret_file = secret_path();
+    if secret_file.exists() {
+        // Left by a first run that stopped before writing the config: its access key id was
+        // never recorded anywhere, so the secret is unusable; replace it.
+        std::fs::remove_file(&secret_file)
+            .map_err(|e| format!("cannot replace {}: {e}", secret_file.display()))?;
+    }
     let cred = crate::credentials::generate()?;
     let mut line = zeroize::Zeroizing::new(cred.secret.as_bytes().to_vec());
     line.push(b'\n');
