@@ -63,6 +63,8 @@ pub struct ServeOptions {
 /// Run the server until SIGTERM/SIGINT.
 pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
     let mut cfg = Config::load(config_path).map_err(|e| e.to_string())?;
+    // Reload compares against the file as read, so `--listen` is not reported as a change.
+    let as_read = cfg.clone();
     if let Some(a) = opts.listen {
         cfg.listen = a;
     }
@@ -144,7 +146,7 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
         let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
         let app2 = app.clone();
-        let running = cfg.clone();
+        let running = as_read;
         tokio::spawn(async move {
             loop {
                 tokio::select! {
