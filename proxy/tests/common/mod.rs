@@ -541,6 +541,11 @@ pub fn pkcs11_dup_key(tok: &Token, label: &str) {
             label,
             "--sensitive",
             "--private",
+            // Distinct CKA_IDs: our module hides keys whose identity (CKA_ID, or the label
+            // when the ID is empty) is shared, so only same-label keys with different IDs
+            // reach the proxy as "two keys with one label".
+            "--id",
+            &format!("{:08x}", rand_u32()),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
