@@ -11,8 +11,8 @@ use crate::hsm::{Date, Hsm, HsmError, Usage};
 /// Open the HSM named in the config (for CLI use).
 pub fn open(config: &Path) -> Result<(Config, Arc<Hsm>), String> {
     let cfg = Config::load(config).map_err(|e| e.to_string())?;
-    let pin = cfg.read_pin().map_err(|e| e.to_string())?;
-    let hsm = Hsm::open(&cfg.hsm, &pin).map_err(|e| format!("hsm: {e}"))?;
+    let hsm = Hsm::open(&cfg.hsm, || cfg.read_pin().map_err(|e| e.to_string()))
+        .map_err(|e| format!("hsm: {e}"))?;
     Ok((cfg, hsm))
 }
 

@@ -103,8 +103,10 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HsmConfig {
-    /// Path of the PKCS#11 library (ours: libxki_pkcs11.so).
-    pub module: PathBuf,
+    /// Path of the PKCS#11 library; absent = our `libxki_pkcs11.so`, found as described in
+    /// [`crate::module_path`].
+    #[serde(default)]
+    pub module: Option<PathBuf>,
     /// Token label to find the slot by (preferred).
     #[serde(default)]
     pub token_label: Option<String>,

@@ -1,30 +1,46 @@
 //! `xki-proxy`: the XKS proxy server and its admin commands.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use xki_proxy::discover::{self, Found};
 use xki_proxy::hsm::{Date, Usage};
-use xki_proxy::{admin, credentials, server};
+use xki_proxy::{admin, credentials, demo, server};
 
 #[derive(Parser)]
 #[command(
     name = "xki-proxy",
     version,
-    about = "XKS Proxy API v1 server over any PKCS#11 module"
+    about = "XKS Proxy API v1 server over any PKCS#11 module",
+    long_about = "XKS Proxy API v1 server over any PKCS#11 module.\n\n\
+        Without a subcommand it serves. Config: --config, $XKI_PROXY_CONF, \
+        ~/.config/xki/proxy.toml, /etc/xki/proxy.toml; with none of them, the first run \
+        creates a LOCAL DEMO (plain HTTP on 127.0.0.1:8000, embedded software token) and \
+        prints how to call it."
 )]
 struct Cli {
-    /// Config file.
-    #[arg(long, short, global = true, default_value = "/etc/xki/proxy.toml")]
-    config: PathBuf,
+    /// Config file (default: see above).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    serve: ServeArgs,
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: Option<Cmd>,
+}
+
+#[derive(Args, Clone, Default)]
+struct ServeArgs {
+    /// Listen on this address instead of the config's `listen` (e.g. 127.0.0.1:0).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the HTTPS server.
-    Serve,
+    /// Run the server (the default when no subcommand is given).
+    Serve(ServeArgs),
     /// Manage HYOK keys in the HSM.
     #[command(subcommand)]
     Keys(KeysCmd),
@@ -111,11 +127,61 @@ fn parse_date(s: &str) -> Result<Date, String> {
     }
 }
 
+/// `serve`: the configured server, or the local demo when there is no config at all.
+fn serve(flag: Option<&std::path::Path>, args: ServeArgs) -> Result<(), String> {
+    let opts = |demo| server::ServeOptions {
+        listen: args.listen,
+        demo,
+    };
+    match discover::locate(flag)? {
+        Found::File(p) => server::serve(&p, opts(false)),
+        Found::Demo(p) => server::serve(&p, opts(true)),
+        Found::Nothing { .. } => {
+            let p = demo::create()?;
+            server::say(&format!(
+                "xki-proxy: no config found; created a local demo setup in {}",
+                p.display()
+            ));
+            server::serve(&p, opts(true))
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let c = &cli.config;
-    let r = match cli.cmd {
-        Cmd::Serve => server::serve(c),
+    let flag = cli.config.as_deref();
+    let cmd = match (cli.cmd, cli.serve.listen) {
+        (None, _) => Cmd::Serve(cli.serve),
+        (Some(Cmd::Serve(a)), top) => Cmd::Serve(ServeArgs {
+            listen: a.listen.or(top),
+        }),
+        (Some(_), Some(_)) => {
+            eprintln!("xki-proxy: --listen applies only to serve");
+            return ExitCode::FAILURE;
+        }
+        (Some(c), None) => c,
+    };
+    let cfg = || discover::require(flag);
+    let r = match cmd {
+        Cmd::Serve(args) => serve(flag, args),
+        Cmd::Credentials(CredCmd::New { prefix, out }) => {
+            credentials::run_new(&prefix, out.as_deref())
+        }
+        Cmd::Bench(args) => xki_proxy::bench::run(args),
+        other => cfg().and_then(|c| admin_cmd(&c, other)),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xki-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Commands that need an existing config.
+fn admin_cmd(c: &std::path::Path, cmd: Cmd) -> Result<(), String> {
+    match cmd {
         Cmd::Keys(k) => match k {
             KeysCmd::Create { label, usage } => admin::create(c, &label, usage),
             KeysCmd::List => admin::list(c),
@@ -129,18 +195,10 @@ fn main() -> ExitCode {
                 .transpose()
                 .and_then(|d| admin::purge(c, d)),
         },
-        Cmd::Credentials(CredCmd::New { prefix, out }) => {
-            credentials::run_new(&prefix, out.as_deref())
-        }
         Cmd::Health => admin::health(c),
         Cmd::Reload => admin::reload(c),
-        Cmd::Bench(args) => xki_proxy::bench::run(args),
-    };
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("xki-proxy: {e}");
-            ExitCode::FAILURE
+        Cmd::Serve(_) | Cmd::Credentials(_) | Cmd::Bench(_) => {
+            Err("internal error: command dispatched to the wrong handler".into())
         }
     }
 }

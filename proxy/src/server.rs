@@ -42,9 +42,32 @@ pub fn reload(app: &App, running: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// Print a line to stdout; a closed stdout (a supervisor that stopped reading) must not stop
+/// the server, so write errors are ignored (println! would panic).
+pub fn say(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+}
+
+/// How `serve` was asked to run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServeOptions {
+    /// Listen here instead of the config's `listen`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// The config is the generated local demo ([`crate::demo`]): make sure the demo key
+    /// exists and print the banner and next steps.
+    pub demo: bool,
+}
+
 /// Run the server until SIGTERM/SIGINT.
-pub fn serve(config_path: &Path) -> Result<(), String> {
-    let cfg = Config::load(config_path).map_err(|e| e.to_string())?;
+pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
+    let mut cfg = Config::load(config_path).map_err(|e| e.to_string())?;
+    // Reload compares against the file as read, so `--listen` is not reported as a change.
+    let as_read = cfg.clone();
+    if let Some(a) = opts.listen {
+        cfg.listen = a;
+    }
     crate::logging::init(cfg.log_format, &cfg.log_level);
     let tenants = Tenants::from_config(&cfg).map_err(|e| e.to_string())?;
     if tenants.is_empty() {
@@ -53,10 +76,22 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
         );
     }
     let tls = cfg.tls.as_ref().map(http::tls::server_config).transpose()?;
-    let pin = cfg.read_pin().map_err(|e| e.to_string())?;
-    let hsm = Hsm::open(&cfg.hsm, &pin).map_err(|e| format!("hsm: {e}"))?;
-    drop(pin);
-    tracing::info!(module = %cfg.hsm.module.display(), token = %hsm.token.label, "HSM ready");
+    let hsm = Hsm::open(&cfg.hsm, || cfg.read_pin().map_err(|e| e.to_string())).map_err(|e| {
+        if opts.demo {
+            format!(
+                "hsm: {e}\n(the local demo uses the module's zero-setup token {:?}; with \
+                 XKI_PKCS11_CONF or a pkcs11.toml in place the module serves that instead: \
+                 unset it, or write a proxy config for your token)",
+                crate::demo::DEMO_TOKEN
+            )
+        } else {
+            format!("hsm: {e}")
+        }
+    })?;
+    tracing::info!(module = %hsm.module.display(), token = %hsm.token.label, "HSM ready");
+    if opts.demo && crate::demo::ensure_key(&hsm)? {
+        tracing::info!(key = crate::demo::DEMO_KEY, "generated the demo key");
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -91,7 +126,7 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
         if let Some(a) = cfg.admin_listen {
             let l = TcpListener::bind(a).await.map_err(|e| format!("admin_listen {a}: {e}"))?;
             let admin_addr = l.local_addr().map_err(|e| e.to_string())?;
-            println!("xki-proxy admin listening on {admin_addr}");
+            say(&format!("xki-proxy admin listening on {admin_addr}"));
             tokio::spawn(http::serve_admin(app.clone(), l, stopped(stop_rx.clone())));
         }
         if let Some(p) = &cfg.pid_file {
@@ -99,15 +134,19 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
                 .map_err(|e| format!("pid_file {}: {e}", p.display()))?;
         }
         let scheme = if tls.is_some() { "https" } else { "http" };
-        println!("xki-proxy listening on {addr} ({scheme})");
-        let _ = std::io::stdout().flush();
+        say(&format!("xki-proxy listening on {addr} ({scheme})"));
+        if opts.demo {
+            say(&crate::demo::instructions(&cfg, addr));
+        } else if tls.is_none() {
+            tracing::warn!("no [tls]: serving plain HTTP; only behind a TLS-terminating balancer");
+        }
         tracing::info!(%addr, scheme, "listening");
 
         let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
         let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
         let app2 = app.clone();
-        let running = cfg.clone();
+        let running = as_read;
         tokio::spawn(async move {
             loop {
                 tokio::select! {

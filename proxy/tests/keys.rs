@@ -6,9 +6,11 @@ use common::*;
 use serde_json::json;
 use xki_proxy::hsm::Date;
 
+/// The whole lifecycle on a slot that keeps CKA_END_DATE and allows destroying (the embedded
+/// token behind our module, `allow_destroy = true`).
 #[test]
 fn key_lifecycle() {
-    let tok = Token::new();
+    let tok = Token::embedded();
     let a = Cred::new(&tok, 0);
     config(
         &tok,
@@ -177,49 +179,13 @@ fn credentials_new_writes_private_files() {
     assert!(!again.status.success());
 }
 
-/// A key the module refuses to destroy (CKA_DESTROYABLE=false, i.e. deletion protection):
-/// purge must say so clearly and fail, and leave the key in place.
+/// A slot with the module's default deletion protection (`allow_destroy = false`): purge must
+/// say so clearly and fail, and leave the key in place.
 #[test]
 fn purge_reports_deletion_protection() {
-    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-    use cryptoki::mechanism::Mechanism;
-    use cryptoki::object::{Attribute, KeyType, ObjectClass};
-    use cryptoki::session::UserType;
-    use cryptoki::types::AuthPin;
-
-    let tok = Token::new();
+    let tok = Token::protected();
     config(&tok, "", "", "");
-    {
-        // Another process-like client: create the protected key with cryptoki directly.
-        std::env::set_var("SOFTHSM2_CONF", &tok.conf);
-        let ctx = Pkcs11::new(SOFTHSM).unwrap();
-        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-            .unwrap();
-        let slot = ctx.get_slots_with_token().unwrap()[0];
-        let s = ctx.open_rw_session(slot).unwrap();
-        s.login(UserType::User, Some(&AuthPin::new(PIN.to_string().into())))
-            .unwrap();
-        s.generate_key(
-            &Mechanism::AesKeyGen,
-            &[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::AES),
-                Attribute::ValueLen(32.into()),
-                Attribute::Token(true),
-                Attribute::Private(true),
-                Attribute::Sensitive(true),
-                Attribute::Extractable(false),
-                Attribute::Encrypt(true),
-                Attribute::Decrypt(true),
-                Attribute::Destroyable(false),
-                Attribute::Label(b"protected".to_vec()),
-                Attribute::Id(b"p1".to_vec()),
-            ],
-        )
-        .unwrap();
-        drop(s);
-        ctx.finalize().unwrap();
-    }
+    cli_ok(&tok, &["keys", "create", "--label", "protected"]);
     cli_ok(
         &tok,
         &["keys", "schedule-deletion", "protected", "--days", "7"],
@@ -232,4 +198,122 @@ fn purge_reports_deletion_protection() {
         "{err}"
     );
     assert!(cli_ok(&tok, &["keys", "list"]).contains("protected"));
+}
+
+/// Objects on the SoftHSM2 token as pkcs11-tool lists them (labels, IDs, flags), read around
+/// our module, to prove a refused command changed nothing.
+fn softhsm_objects(tok: &Token) -> String {
+    let out = std::process::Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", &tok.conf)
+        .args(["--module", SOFTHSM, "--login", "--pin", PIN])
+        .args([
+            "--token-label",
+            SOFTHSM_SLOT,
+            "--list-objects",
+            "--type",
+            "secrkey",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// SoftHSM2 2.6 cannot keep CKA_END_DATE on private keys, and our module answers
+/// CKR_ATTRIBUTE_TYPE_INVALID for it: schedule-deletion must fail saying so, and leave the key
+/// exactly as it was (still enabled, same CKA_ID, no date).
+#[test]
+fn schedule_deletion_refused_cleanly_when_the_token_cannot_keep_dates() {
+    let tok = Token::new();
+    let a = Cred::new(&tok, 0);
+    config(
+        &tok,
+        "",
+        "",
+        &format!("[[prefix]]\npath = \"\"\nkeys = \"all\"\n{}", a.toml()),
+    );
+    cli_ok(&tok, &["keys", "create", "--label", "k"]);
+    let before = softhsm_objects(&tok);
+    assert!(before.contains("label:      k"), "{before}");
+    let (ok, out, err) = cli(&tok, &["keys", "schedule-deletion", "k", "--days", "7"]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("cannot store a deletion date")
+            && err.contains("CKA_END_DATE")
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(softhsm_objects(&tok), before);
+    let list = cli_ok(&tok, &["keys", "list"]);
+    let line = list.lines().find(|l| l.starts_with("k ")).unwrap();
+    assert!(line.contains("ENABLED") && line.ends_with('-'), "{list}");
+    let srv = Server::start(&tok);
+    post(
+        &srv.addr,
+        Some(&Signer::new(&a)),
+        &key_path("", "k", "encrypt"),
+        &encrypt_body(b"still usable", None),
+    )
+    .expect_ok();
+}
+
+/// The proxy drives any PKCS#11 library: here SoftHSM2's own, with no module in between.
+#[test]
+fn any_pkcs11_module_softhsm_directly() {
+    let tok = Token::raw();
+    let a = Cred::new(&tok, 0);
+    config(
+        &tok,
+        "",
+        "",
+        &format!("[[prefix]]\npath = \"\"\nkeys = \"all\"\n{}", a.toml()),
+    );
+    cli_ok(&tok, &["keys", "create", "--label", "direct"]);
+    let srv = Server::start(&tok);
+    let s = Signer::new(&a);
+    let enc = post(
+        &srv.addr,
+        Some(&s),
+        &key_path("", "direct", "encrypt"),
+        &encrypt_body(b"any module", Some(b"ctx")),
+    )
+    .expect_ok();
+    let dec = post(
+        &srv.addr,
+        Some(&s),
+        &key_path("", "direct", "decrypt"),
+        &decrypt_body(&enc, Some(b"ctx")),
+    )
+    .expect_ok();
+    assert_eq!(unb64(&dec["plaintext"]), b"any module");
+    cli_ok(&tok, &["keys", "disable", "direct"]);
+    post(
+        &srv.addr,
+        Some(&s),
+        &key_path("", "direct", "encrypt"),
+        &encrypt_body(b"x", None),
+    )
+    .expect_err(400, "InvalidStateException");
+    cli_ok(&tok, &["keys", "enable", "direct"]);
+    // SoftHSM2 2.6 accepts CKA_END_DATE on a private key but cannot read it back: the command
+    // must fail and leave the key enabled and usable.
+    let (ok, _, err) = cli(
+        &tok,
+        &["keys", "schedule-deletion", "direct", "--days", "7"],
+    );
+    assert!(!ok && err.contains("cannot store a deletion date"), "{err}");
+    let list = cli_ok(&tok, &["keys", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("direct ") && l.contains("ENABLED") && l.ends_with('-')),
+        "{list}"
+    );
+    post(
+        &srv.addr,
+        Some(&s),
+        &key_path("", "direct", "encrypt"),
+        &encrypt_body(b"x", None),
+    )
+    .expect_ok();
+    assert!(cli_ok(&tok, &["health"]).contains("\"healthStatus\": \"ACTIVE\""));
 }

@@ -4,7 +4,8 @@
 //! * external key id = `CKA_LABEL` of an AES-256, token, sensitive, non-extractable secret key;
 //! * usage = `CKA_ENCRYPT` / `CKA_DECRYPT`; **both false = DISABLED**;
 //! * scheduled deletion = `CKA_END_DATE` set (and the key disabled); `purge` destroys keys
-//!   whose date has passed.
+//!   whose date has passed. Tokens that cannot keep CKA_END_DATE on a key cannot schedule
+//!   deletions (the command fails and changes nothing); CKA_ID is never modified.
 //!
 //! Label -> handle lookups are cached for `key_cache_ms`; state attributes are read from the
 //! HSM on every call, so GetKeyMetadata and enable/disable are never stale.
@@ -12,6 +13,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
@@ -242,52 +244,43 @@ fn read_state(s: &Session, h: ObjectHandle) -> Result<KeyState, HsmError> {
     Ok(st)
 }
 
-/// Suffix of CKA_ID carrying a mirrored deletion date (see [`Hsm::schedule_deletion`]).
-const ID_MARK: &[u8] = b"\0xki-delete:";
-
-fn read_id(s: &Session, h: ObjectHandle) -> Result<Vec<u8>, HsmError> {
-    Ok(s.get_attributes(h, &[AttributeType::Id])
-        .map_err(ck("C_GetAttributeValue"))?
-        .into_iter()
-        .find_map(|a| match a {
-            Attribute::Id(v) => Some(v),
-            _ => None,
-        })
-        .unwrap_or_default())
-}
-
-/// Split CKA_ID into (original id, mirrored deletion date).
-fn split_id(id: &[u8]) -> (&[u8], Option<Date>) {
-    if id.len() >= ID_MARK.len() + 8 {
-        let at = id.len() - ID_MARK.len() - 8;
-        if &id[at..at + ID_MARK.len()] == ID_MARK {
-            let d = std::str::from_utf8(&id[at + ID_MARK.len()..])
-                .ok()
-                .and_then(|t| {
-                    Some(Date {
-                        y: t.get(0..4)?.parse().ok()?,
-                        m: t.get(4..6)?.parse().ok()?,
-                        d: t.get(6..8)?.parse().ok()?,
-                    })
-                });
-            return (&id[..at], d);
-        }
-    }
-    (id, None)
-}
-
-/// CKA_END_DATE if the module returns it; else the CKA_ID mirror.
+/// CKA_END_DATE (our scheduled-deletion date), `None` when absent, empty or unreadable.
 fn read_end_date(s: &Session, h: ObjectHandle) -> Option<Date> {
-    let std_date = s
-        .get_attributes(h, &[AttributeType::EndDate])
+    s.get_attributes(h, &[AttributeType::EndDate])
         .ok()
         .and_then(|attrs| {
             attrs.iter().find_map(|a| match a {
                 Attribute::EndDate(d) => Date::from_ck(d),
                 _ => None,
             })
-        });
-    std_date.or_else(|| read_id(s, h).ok().and_then(|id| split_id(&id).1))
+        })
+}
+
+/// Set CKA_END_DATE to `d`, or clear it. "No date" is sent as a zero-length value (the
+/// PKCS#11 form; cryptoki's `Date::new_empty` sends eight zero bytes, which strict modules,
+/// ours included, refuse), then as eight zero bytes for modules that only take a full CK_DATE.
+fn set_end_date(s: &Session, h: ObjectHandle, d: Option<Date>) -> Result<(), HsmError> {
+    let Some(d) = d else {
+        let empty = Attribute::VendorDefined((AttributeType::EndDate, Vec::new()));
+        return match s.update_attributes(h, &[empty]) {
+            Ok(()) => Ok(()),
+            Err(_) => s
+                .update_attributes(h, &[Attribute::EndDate(cryptoki::types::Date::new_empty())])
+                .map_err(ck("C_SetAttributeValue")),
+        };
+    };
+    s.update_attributes(h, &[Attribute::EndDate(d.to_ck())])
+        .map_err(ck("C_SetAttributeValue"))
+}
+
+/// The error when the token does not keep CKA_END_DATE on this key.
+fn no_date_support(label: &str, why: &str) -> HsmError {
+    HsmError::Other(format!(
+        "key {label}: this token cannot store a deletion date (CKA_END_DATE) on the key ({why}); \
+         nothing was changed. SoftHSM2 2.6 cannot keep dates on private keys; use a token that \
+         stores CKA_END_DATE (the module's embedded token, or an HSM), or disable the key and \
+         destroy it later with your token's own tools"
+    ))
 }
 
 impl Hsm {
@@ -437,39 +430,45 @@ impl Hsm {
             .map_err(ck("C_SetAttributeValue"))
     }
 
-    /// Disable and record the deletion date in CKA_END_DATE.
+    /// Record the deletion date in CKA_END_DATE, then disable the key.
     ///
-    /// Some modules do not keep CKA_END_DATE readable on private keys (SoftHSM2 2.6 stores it
-    /// unencrypted and then fails C_GetAttributeValue with CKR_GENERAL_ERROR). The date is
-    /// read back; if it did not stick, it is mirrored as a suffix of CKA_ID
-    /// (`<id>\0xki-delete:YYYYMMDD`), which every module keeps.
+    /// The date is the only record of the schedule, so it is written (and read back) first:
+    /// a token that cannot keep it (SoftHSM2 2.6 on private keys; our module then answers
+    /// CKR_ATTRIBUTE_TYPE_INVALID) fails here with the key exactly as it was. If disabling
+    /// fails afterwards, the previous date is restored. CKA_ID is never touched: it is the
+    /// key's identity across HSM replicas.
     pub fn schedule_deletion(&self, s: &Session, label: &str, on: Date) -> Result<(), HsmError> {
         let h = self.admin_handle(s, label)?;
-        s.update_attributes(h, &[Attribute::Encrypt(false), Attribute::Decrypt(false)])
-            .map_err(ck("C_SetAttributeValue"))?;
-        let stored = s
-            .update_attributes(h, &[Attribute::EndDate(on.to_ck())])
-            .is_ok()
-            && s.get_attributes(h, &[AttributeType::EndDate])
-                .ok()
-                .and_then(|a| {
-                    a.iter().find_map(|x| match x {
-                        Attribute::EndDate(d) => Date::from_ck(d),
-                        _ => None,
-                    })
-                })
-                == Some(on);
-        if !stored {
-            tracing::info!(
-                key = label,
-                "module did not keep CKA_END_DATE; mirroring the date in CKA_ID"
-            );
-            let id = read_id(s, h)?;
-            let mut new_id = split_id(&id).0.to_vec();
-            new_id.extend_from_slice(ID_MARK);
-            new_id.extend_from_slice(format!("{:04}{:02}{:02}", on.y, on.m, on.d).as_bytes());
-            s.update_attributes(h, &[Attribute::Id(new_id)])
-                .map_err(ck("C_SetAttributeValue"))?;
+        let previous = read_end_date(s, h);
+        if let Err(e) = set_end_date(s, h, Some(on)) {
+            return Err(match e.rv() {
+                Some(
+                    RvError::AttributeTypeInvalid
+                    | RvError::AttributeReadOnly
+                    | RvError::AttributeValueInvalid
+                    | RvError::TemplateInconsistent,
+                ) => no_date_support(label, &e.to_string()),
+                _ => e,
+            });
+        }
+        if read_end_date(s, h) != Some(on) {
+            // Written but not kept (or not readable): put the old value back.
+            let _ = set_end_date(s, h, previous);
+            return Err(no_date_support(label, "the date did not read back"));
+        }
+        if let Err(e) =
+            s.update_attributes(h, &[Attribute::Encrypt(false), Attribute::Decrypt(false)])
+        {
+            let restored = set_end_date(s, h, previous).is_ok();
+            return Err(HsmError::Other(format!(
+                "key {label}: disabling failed ({}); {}",
+                HsmError::pkcs11("C_SetAttributeValue", e),
+                if restored {
+                    "the deletion date was rolled back, the key is unchanged"
+                } else {
+                    "AND the deletion date could not be rolled back: check `keys list`"
+                }
+            )));
         }
         Ok(())
     }
@@ -482,14 +481,7 @@ impl Hsm {
                 "key {label} has no deletion scheduled"
             )));
         }
-        // Best effort on the standard attribute (an empty CK_DATE means "none").
-        let _ = s.update_attributes(h, &[Attribute::EndDate(cryptoki::types::Date::new_empty())]);
-        let id = read_id(s, h)?;
-        let (orig, mirrored) = split_id(&id);
-        if mirrored.is_some() {
-            s.update_attributes(h, &[Attribute::Id(orig.to_vec())])
-                .map_err(ck("C_SetAttributeValue"))?;
-        }
+        set_end_date(s, h, None)?;
         if read_end_date(s, h).is_some() {
             return Err(HsmError::Other(format!(
                 "could not clear the deletion date of {label}"
@@ -523,25 +515,6 @@ impl Hsm {
 #[cfg(test)]
 mod tests {
     use super::Date;
-
-    #[test]
-    fn id_mirror() {
-        let mut id = b"abc".to_vec();
-        id.extend_from_slice(super::ID_MARK);
-        id.extend_from_slice(b"20261207");
-        assert_eq!(
-            super::split_id(&id),
-            (
-                &b"abc"[..],
-                Some(Date {
-                    y: 2026,
-                    m: 12,
-                    d: 7
-                })
-            )
-        );
-        assert_eq!(super::split_id(b"plain"), (&b"plain"[..], None));
-    }
 
     #[test]
     fn civil_dates_round_trip() {

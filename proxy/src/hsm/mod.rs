@@ -15,7 +15,7 @@ pub use gcm::{gcm_decrypt, gcm_encrypt, GcmOutput, TAG_LEN};
 pub use keys::{Date, KeyInfo, KeyState, Usage};
 pub use pool::PoolStats;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
+use zeroize::Zeroizing;
 
 use crate::config::HsmConfig;
 
@@ -51,13 +52,23 @@ pub struct Hsm {
     pub canary_label: String,
     /// The token behind this pool.
     pub token: TokenDesc,
+    /// The PKCS#11 library in use (configured or found by the default search).
+    pub module: PathBuf,
 }
 
 impl Hsm {
     /// Load the module, find the token, log in once and keep one session open.
-    pub fn open(cfg: &HsmConfig, pin: &str) -> Result<Arc<Hsm>, HsmError> {
-        let ctx = load_module(&cfg.module)?;
-        let slot = find_slot(&ctx, cfg)?;
+    ///
+    /// `read_pin` runs after `C_Initialize`: our module creates the zero-setup token's PIN
+    /// file there, so on a first run the file exists only from that point on.
+    pub fn open(
+        cfg: &HsmConfig,
+        read_pin: impl FnOnce() -> Result<Zeroizing<String>, String>,
+    ) -> Result<Arc<Hsm>, HsmError> {
+        let module = crate::module_path::resolve(cfg.module.as_deref()).map_err(HsmError::Other)?;
+        let ctx = load_module(&module)?;
+        let slot = find_slot(&ctx, cfg, &module)?;
+        let pin = read_pin().map_err(HsmError::Other)?;
         let info = ctx
             .get_token_info(slot)
             .map_err(|e| HsmError::pkcs11("C_GetTokenInfo", e))?;
@@ -70,11 +81,12 @@ impl Hsm {
         let hsm = Arc::new(Hsm {
             ctx,
             slot,
-            pin: AuthPin::new(pin.to_string().into()),
+            pin: AuthPin::new(pin.as_str().into()),
             pool: pool::Pool::new(cfg.sessions, cfg.queue_depth),
             keys: keys::KeyCache::new(Duration::from_millis(cfg.key_cache_ms)),
             canary_label: cfg.canary_label.clone(),
             token,
+            module,
         });
         // Fail fast on a wrong PIN or a broken module: open and log in the first session now.
         let s = hsm.open_session()?;
@@ -168,7 +180,7 @@ fn load_module(path: &Path) -> Result<Pkcs11, HsmError> {
     Ok(ctx)
 }
 
-fn find_slot(ctx: &Pkcs11, cfg: &HsmConfig) -> Result<Slot, HsmError> {
+fn find_slot(ctx: &Pkcs11, cfg: &HsmConfig, module: &Path) -> Result<Slot, HsmError> {
     let slots = ctx
         .get_slots_with_token()
         .map_err(|e| HsmError::pkcs11("C_GetSlotList", e))?;
@@ -180,9 +192,20 @@ fn find_slot(ctx: &Pkcs11, cfg: &HsmConfig) -> Result<Slot, HsmError> {
                 }
             }
         }
+        let mut seen = Vec::new();
+        for s in &slots {
+            if let Ok(ti) = ctx.get_token_info(*s) {
+                seen.push(format!("{:?}", ti.label().trim()));
+            }
+        }
         return Err(HsmError::Other(format!(
-            "no token with label {label:?} in {}",
-            cfg.module.display()
+            "no token with label {label:?} in {} (tokens present: {})",
+            module.display(),
+            if seen.is_empty() {
+                "none".to_string()
+            } else {
+                seen.join(", ")
+            }
         )));
     }
     let want = cfg.slot.unwrap_or_default();

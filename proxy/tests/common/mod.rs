@@ -1,6 +1,8 @@
-//! Test harness: a throwaway SoftHSM2 token, the real `xki-proxy` binary on 127.0.0.1 with a
-//! random port, and a small HTTP/1.1 client with its own SigV4 signer (written here, apart
-//! from the server's verifier, so the two check each other).
+//! Test harness: a throwaway SoftHSM2 token (softhsm/new-token.sh) and embedded tokens behind
+//! our module `libxki_pkcs11.so` (the proxy's default module, configured through
+//! `XKI_PKCS11_CONF`), or SoftHSM2's own library directly ([`Token::raw`]); the real
+//! `xki-proxy` binary on 127.0.0.1 with a random port; and a small HTTP/1.1 client with its own
+//! SigV4 signer (written here, apart from the server's verifier, so the two check each other).
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -18,49 +20,106 @@ use sha2::{Digest, Sha256};
 pub const BIN: &str = env!("CARGO_BIN_EXE_xki-proxy");
 pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 pub const PIN: &str = "1234";
+/// Module slot (and SoftHSM2 token) label of the SoftHSM2-backed slot.
+pub const SOFTHSM_SLOT: &str = "xki-test";
+/// Module slot on an embedded token with `allow_destroy = true` (keeps CKA_END_DATE).
+pub const EMBEDDED_SLOT: &str = "xki-emb";
+/// Module slot on an embedded token with the default deletion protection.
+pub const PROTECTED_SLOT: &str = "xki-emb-protected";
 
-/// A SoftHSM2 token in a temp dir.
+/// A token for one test: the SoftHSM2 token and the module config with three slots
+/// ([`SOFTHSM_SLOT`], [`EMBEDDED_SLOT`], [`PROTECTED_SLOT`]); `slot` is the one the proxy
+/// config names. With `raw`, the proxy loads SoftHSM2's library itself instead of our module.
 pub struct Token {
     pub dir: tempfile::TempDir,
+    /// SOFTHSM2_CONF.
     pub conf: PathBuf,
+    /// XKI_PKCS11_CONF.
+    pub module_conf: PathBuf,
+    /// Token label in the proxy config.
+    pub slot: &'static str,
+    /// Proxy loads SoftHSM2 directly (no module).
+    pub raw: bool,
 }
 
 impl Token {
+    /// SoftHSM2 through libxki_pkcs11.so (the usual test setup).
     pub fn new() -> Token {
+        Token::make(SOFTHSM_SLOT, false)
+    }
+
+    /// The embedded token through the module, `allow_destroy = true`.
+    pub fn embedded() -> Token {
+        Token::make(EMBEDDED_SLOT, false)
+    }
+
+    /// The embedded token through the module, default deletion protection.
+    pub fn protected() -> Token {
+        Token::make(PROTECTED_SLOT, false)
+    }
+
+    /// SoftHSM2's own library, no module in between ("any PKCS#11 module works").
+    pub fn raw() -> Token {
+        Token::make(SOFTHSM_SLOT, true)
+    }
+
+    fn make(slot: &'static str, raw: bool) -> Token {
         let dir = tempfile::tempdir().unwrap();
-        let tokdir = dir.path().join("tokens");
-        std::fs::create_dir(&tokdir).unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../softhsm/new-token.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .arg(dir.path())
+            .arg(SOFTHSM_SLOT)
+            .arg(PIN)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "new-token.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let conf = dir.path().join("softhsm2.conf");
+        let pin = dir.path().join("user.pin");
+        let q = |p: PathBuf| format!("{:?}", p.display().to_string());
+        let module_conf = dir.path().join("xki-pkcs11.toml");
         std::fs::write(
-            &conf,
+            &module_conf,
             format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokdir.display()
+                "log_level = \"warn\"\n\
+                 [[slot]]\nlabel = \"{SOFTHSM_SLOT}\"\nbackends = [\"softhsm\"]\n\
+                 [[slot]]\nlabel = \"{EMBEDDED_SLOT}\"\nbackends = [\"emb\"]\nallow_destroy = true\n\
+                 [[slot]]\nlabel = \"{PROTECTED_SLOT}\"\nbackends = [\"emb-protected\"]\n\
+                 [backend.softhsm]\nmodule = \"{SOFTHSM}\"\ntoken_label = \"{SOFTHSM_SLOT}\"\npin_file = {pin}\n\
+                 [backend.emb]\ntype = \"embedded\"\nstore = {emb}\npin_file = {pin}\n\
+                 [backend.emb-protected]\ntype = \"embedded\"\nstore = {embp}\npin_file = {pin}\n",
+                pin = q(pin.clone()),
+                emb = q(dir.path().join("emb.store")),
+                embp = q(dir.path().join("emb-protected.store")),
             ),
         )
         .unwrap();
-        let st = Command::new("softhsm2-util")
-            .env("SOFTHSM2_CONF", &conf)
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                "xki-test",
-                "--pin",
-                PIN,
-                "--so-pin",
-                "5678",
-            ])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success());
-        std::fs::write(dir.path().join("pin"), PIN).unwrap();
-        Token { dir, conf }
+        std::fs::copy(&pin, dir.path().join("pin")).unwrap();
+        Token {
+            dir,
+            conf,
+            module_conf,
+            slot,
+            raw,
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// The environment a proxy process of this test runs with.
+    pub fn env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.env("SOFTHSM2_CONF", &self.conf)
+            .env("XKI_PKCS11_CONF", &self.module_conf)
+            .env("XKI_EMBEDDED_TEST_KDF", "fast")
+            // The proxy finds the module next to itself (target/*/deps), as `cargo run` does.
+            .env_remove("XKI_PKCS11_MODULE")
+            .env_remove("XKI_PROXY_CONF")
     }
 }
 
@@ -96,10 +155,16 @@ impl Cred {
 pub fn config(tok: &Token, extra_top: &str, extra_hsm: &str, rest: &str) -> PathBuf {
     let text = format!(
         "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\npid_file = \"{pid}\"\n{extra_top}\n\
-         [hsm]\nmodule = \"{SOFTHSM}\"\ntoken_label = \"xki-test\"\npin_file = \"{pin}\"\n\
+         [hsm]\n{module}token_label = \"{slot}\"\npin_file = \"{pin}\"\n\
          health_interval_ms = 200\n{extra_hsm}\n{rest}",
         pid = tok.path("proxy.pid").display(),
         pin = tok.path("pin").display(),
+        module = if tok.raw {
+            format!("module = \"{SOFTHSM}\"\n")
+        } else {
+            String::new()
+        },
+        slot = tok.slot,
     );
     let p = tok.path("proxy.toml");
     std::fs::write(&p, text).unwrap();
@@ -108,8 +173,8 @@ pub fn config(tok: &Token, extra_top: &str, extra_hsm: &str, rest: &str) -> Path
 
 /// Run an admin command; returns (success, stdout, stderr).
 pub fn cli(tok: &Token, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .env("SOFTHSM2_CONF", &tok.conf)
+    let out = tok
+        .env(&mut Command::new(BIN))
         .arg("--config")
         .arg(tok.path("proxy.toml"))
         .args(args)
@@ -139,8 +204,8 @@ pub struct Server {
 impl Server {
     pub fn start(tok: &Token) -> Server {
         let stderr_path = tok.path("server.log");
-        let mut child = Command::new(BIN)
-            .env("SOFTHSM2_CONF", &tok.conf)
+        let mut child = tok
+            .env(&mut Command::new(BIN))
             .arg("--config")
             .arg(tok.path("proxy.toml"))
             .arg("serve")
@@ -161,12 +226,21 @@ impl Server {
                 addr = a.split(' ').next().unwrap().to_string();
             }
         }
-        Server {
+        let srv = Server {
             child,
             addr,
             admin,
             stderr_path,
-        }
+        };
+        // Prove which PKCS#11 library served: ours by default, SoftHSM2's only for raw tokens.
+        let want = if tok.raw { SOFTHSM } else { "libxki_pkcs11.so" };
+        let log = srv.log();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("HSM ready") && l.contains(want)),
+            "expected module {want}: {log}"
+        );
+        srv
     }
 
     pub fn log(&self) -> String {
@@ -466,6 +540,12 @@ pub fn pkcs11_dup_key(tok: &Token, label: &str) {
             "--label",
             label,
             "--sensitive",
+            "--private",
+            // Distinct CKA_IDs: our module hides keys whose identity (CKA_ID, or the label
+            // when the ID is empty) is shared, so only same-label keys with different IDs
+            // reach the proxy as "two keys with one label".
+            "--id",
+            &format!("{:08x}", rand_u32()),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
