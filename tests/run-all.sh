@@ -53,7 +53,6 @@ fi
 
 # --- build --------------------------------------------------------------------------------
 cargo build --workspace --all-targets
-cargo build --workspace --release
 
 # --- checks -------------------------------------------------------------------------------
 step "cargo fmt --check" cargo fmt --all -- --check
