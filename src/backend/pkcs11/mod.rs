@@ -106,7 +106,12 @@ fn check_iv(iv: &[u8]) -> CkResult<()> {
 }
 
 /// The raw-call description of one GCM operation on `session` with key `handle`.
-fn gcm_op<'a>(session: &Session, handle: ObjectHandle, iv: &'a [u8], aad: &'a [u8]) -> raw::Gcm<'a> {
+fn gcm_op<'a>(
+    session: &Session,
+    handle: ObjectHandle,
+    iv: &'a [u8],
+    aad: &'a [u8],
+) -> raw::Gcm<'a> {
     raw::Gcm {
         session: session.handle(),
         key: handle.handle(),
