@@ -30,13 +30,19 @@ use std::time::Duration;
 /// A buffer this large is written out by the caller that filled it, without waiting.
 pub(super) const FLUSH_AT: usize = 64 * 1024;
 
+/// Room for a full buffer plus the record that tips it over, so it never grows in practice
+/// (and stays below glibc's 128 KiB mmap threshold: no mmap/munmap per flush).
+const BUFFER_CAPACITY: usize = FLUSH_AT + 8 * 1024;
+
 /// One open audit file.
 pub(super) struct AuditFile {
     file: File,
     /// Records not written yet (buffered mode only).
     pending: Mutex<Vec<u8>>,
-    /// Held across each `write(2)` of buffered data, to keep buffers in order.
-    writer: Mutex<()>,
+    /// Held across each `write(2)` of buffered data, to keep buffers in order. It guards the
+    /// spare buffer that is swapped with `pending` at each flush, so that flushing never
+    /// allocates (two fixed buffers, below glibc's mmap threshold, reused for the process life).
+    writer: Mutex<Vec<u8>>,
     /// Buffered (records wait for the flusher) or synchronous.
     buffered: AtomicBool,
     /// The flusher's stop flag and wake-up.
@@ -57,7 +63,7 @@ impl AuditFile {
         let sink = Arc::new(AuditFile {
             file,
             pending: Mutex::new(Vec::new()),
-            writer: Mutex::new(()),
+            writer: Mutex::new(Vec::new()),
             buffered: AtomicBool::new(false),
             stop: Mutex::new(false),
             wake: Condvar::new(),
@@ -73,7 +79,8 @@ impl AuditFile {
                 .spawn(move || flusher(weak, interval));
             match spawned {
                 Ok(handle) => {
-                    sink.pending.lock().reserve(2 * FLUSH_AT);
+                    sink.pending.lock().reserve(BUFFER_CAPACITY);
+                    sink.writer.lock().reserve(BUFFER_CAPACITY);
                     *sink.flusher.lock() = Some(handle);
                     sink.buffered.store(true, Ordering::Release);
                 }
@@ -105,14 +112,14 @@ impl AuditFile {
         }
     }
 
-    /// Swap the buffer out and write it, holding `writer` (taken before `pending` is let go).
+    /// Swap the buffer with the spare and write it, holding `writer` (taken before `pending`
+    /// is let go, so buffers reach the file in the order they were filled).
     fn write_out(&self, mut pending: parking_lot::MutexGuard<'_, Vec<u8>>) {
-        let writer = self.writer.lock();
-        let capacity = pending.capacity().max(FLUSH_AT);
-        let data = std::mem::replace(&mut *pending, Vec::with_capacity(capacity));
+        let mut spare = self.writer.lock();
+        std::mem::swap(&mut *pending, &mut *spare);
         drop(pending);
-        let _ = (&self.file).write_all(&data);
-        drop(writer);
+        let _ = (&self.file).write_all(&spare);
+        spare.clear();
     }
 
     /// Stop the flusher thread (if any), write what is left, and switch to synchronous.
