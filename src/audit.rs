@@ -42,9 +42,15 @@ fn printable(label: &[u8]) -> String {
 /// [`printable`], appended to `out`.
 fn push_printable(out: &mut Vec<u8>, label: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for &b in label {
-        if (0x21..0x7f).contains(&b) && b != b'"' && b != b'\\' {
-            out.push(b);
+    let plain = |b: &u8| (0x21..0x7f).contains(b) && *b != b'"' && *b != b'\\';
+    // The usual label needs no escaping: one copy.
+    if label.iter().all(plain) {
+        out.extend_from_slice(label);
+        return;
+    }
+    for b in label {
+        if plain(b) {
+            out.push(*b);
         } else {
             out.extend_from_slice(&[
                 b'\\',

@@ -11,7 +11,7 @@ mod audit_file;
 use crate::audit;
 pub use audit_file::{close as close_audit, flush as flush_audit};
 use parking_lot::Mutex;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
@@ -185,26 +185,56 @@ pub fn audit_record(body: impl FnOnce(&mut Vec<u8>)) -> bool {
     })
 }
 
-/// [`utc_timestamp`] appended to `out` without formatting machinery.
+/// [`utc_timestamp`] appended to `out` without formatting machinery. The part down to the
+/// second is computed once per second per thread (`YYYY-MM-DDTHH:MM:SS.`), so a record pays
+/// only for its milliseconds.
 fn push_timestamp(out: &mut Vec<u8>, t: SystemTime) {
+    thread_local! {
+        static PREFIX: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+    }
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
+    let prefix = PREFIX
+        .try_with(|cache| {
+            let (cached, prefix) = cache.get();
+            if cached == secs {
+                return prefix;
+            }
+            let prefix = second_prefix(secs);
+            cache.set((secs, prefix));
+            prefix
+        })
+        .unwrap_or_else(|_| second_prefix(secs));
+    out.extend_from_slice(&prefix);
+    let ms = d.subsec_millis();
+    out.extend_from_slice(&[
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+    ]);
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` for `secs` since the epoch.
+fn second_prefix(secs: u64) -> [u8; 20] {
     let (y, m, day) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
-    push_digits(out, y.clamp(0, 9999) as u64, 4);
-    out.push(b'-');
-    push_digits(out, u64::from(m), 2);
-    out.push(b'-');
-    push_digits(out, u64::from(day), 2);
-    out.push(b'T');
-    push_digits(out, rem / 3600, 2);
-    out.push(b':');
-    push_digits(out, (rem % 3600) / 60, 2);
-    out.push(b':');
-    push_digits(out, rem % 60, 2);
-    out.push(b'.');
-    push_digits(out, u64::from(d.subsec_millis()), 3);
-    out.push(b'Z');
+    let mut v = Vec::with_capacity(20);
+    push_digits(&mut v, y.clamp(0, 9999) as u64, 4);
+    v.push(b'-');
+    push_digits(&mut v, u64::from(m), 2);
+    v.push(b'-');
+    push_digits(&mut v, u64::from(day), 2);
+    v.push(b'T');
+    push_digits(&mut v, rem / 3600, 2);
+    v.push(b':');
+    push_digits(&mut v, (rem % 3600) / 60, 2);
+    v.push(b':');
+    push_digits(&mut v, rem % 60, 2);
+    v.push(b'.');
+    let mut out = [0u8; 20];
+    out.copy_from_slice(&v);
+    out
 }
 
 /// `n` in decimal, zero-padded to at least `width` digits.
