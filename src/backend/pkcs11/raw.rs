@@ -7,7 +7,9 @@
 //! on the way in, at most the ciphertext length on the way out), so one call with a buffer of
 //! that size does the job. `CKR_BUFFER_TOO_SMALL` cannot happen with those sizes; if a library
 //! says it anyway, the buffer is grown to the size it asked for and the call repeated (the
-//! specification keeps the operation active after that answer).
+//! specification keeps the operation active after that answer). A library that still says it,
+//! or claims to have written more than the buffer holds, gets `CKR_DEVICE_ERROR` (its session
+//! is discarded, see `calls.rs`).
 //!
 //! Where the table comes from: the library cryptoki already loaded (same canonical path),
 //! opened again with `RTLD_NOLOAD` so it can only ever be that same mapping, and asked for its
@@ -196,7 +198,7 @@ impl GcmCalls {
                     &mut out_len,
                 )
             };
-            let written = usize::try_from(out_len).map_err(|_| general_error(function))?;
+            let written = usize::try_from(out_len).map_err(|_| broken_library(function))?;
             if rv == CKR_BUFFER_TOO_SMALL && written > size {
                 // The operation is still active (PKCS#11 §5.2): retry once with the size asked.
                 size = written;
@@ -205,16 +207,19 @@ impl GcmCalls {
             CkRv::from(rv).into_result(function)?;
             if written > out.len() {
                 // A library claiming to have written past our buffer: never trust that.
-                return Err(general_error(function));
+                return Err(broken_library(function));
             }
             out.truncate(written);
             return Ok(());
         }
         // Still too small after growing to the size it asked for: the library is confused.
-        Err(general_error(function))
+        Err(broken_library(function))
     }
 }
 
-fn general_error(function: Function) -> Error {
-    Error::Pkcs11(cryptoki::error::RvError::GeneralError, function)
+/// A library that broke the buffer contract. Reported as `CKR_DEVICE_ERROR`, a session-level
+/// fault: the backend discards the session (whose operation may still be active after a
+/// `CKR_BUFFER_TOO_SMALL` that was never satisfied) instead of returning it to the pool.
+fn broken_library(function: Function) -> Error {
+    Error::Pkcs11(cryptoki::error::RvError::DeviceError, function)
 }
