@@ -39,13 +39,67 @@ fn printable(label: &[u8]) -> String {
     s
 }
 
+/// [`printable`], appended to `out`.
+fn push_printable(out: &mut Vec<u8>, label: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let plain = |b: &u8| (0x21..0x7f).contains(b) && *b != b'"' && *b != b'\\';
+    // The usual label needs no escaping: one copy.
+    if label.iter().all(plain) {
+        out.extend_from_slice(label);
+        return;
+    }
+    for b in label {
+        if plain(b) {
+            out.push(*b);
+        } else {
+            out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ]);
+        }
+    }
+}
+
+/// The record's message (everything after `xki_audit: `), appended to `out`: the same text as
+/// the `log::info!` fallback in [`record`] writes.
+fn push_message(out: &mut Vec<u8>, r: &Record<'_>, outcome: &str) {
+    use crate::logging::push_digits;
+    out.extend_from_slice(b"op=");
+    out.extend_from_slice(r.op.as_bytes());
+    out.extend_from_slice(b" slot=\"");
+    push_printable(out, r.slot.as_bytes());
+    out.extend_from_slice(b"\" key=\"");
+    push_printable(out, r.key);
+    out.extend_from_slice(b"\" mechanism=");
+    out.extend_from_slice(
+        if r.mechanism.is_empty() {
+            "-"
+        } else {
+            r.mechanism
+        }
+        .as_bytes(),
+    );
+    out.extend_from_slice(b" in=");
+    push_digits(out, r.bytes_in as u64, 1);
+    out.extend_from_slice(b" out=");
+    push_digits(out, r.bytes_out as u64, 1);
+    out.extend_from_slice(b" result=");
+    out.extend_from_slice(outcome.as_bytes());
+}
+
 /// Write the record with the outcome of the operation, and pass the outcome through.
 pub fn record<T>(r: Record<'_>, result: CkResult<T>) -> CkResult<T> {
+    let outcome: std::borrow::Cow<'static, str> = match &result {
+        Ok(_) => "CKR_OK".into(),
+        Err(rv) => rv.name().into(),
+    };
+    // With an audit file, straight to it: no `log` formatting, no intermediate Strings.
+    if crate::logging::audit_record(|out| push_message(out, &r, &outcome)) {
+        return result;
+    }
     if log::log_enabled!(target: TARGET, log::Level::Info) {
-        let outcome = match &result {
-            Ok(_) => "CKR_OK".to_string(),
-            Err(rv) => rv.name(),
-        };
         log::info!(
             target: TARGET,
             "op={} slot=\"{}\" key=\"{}\" mechanism={} in={} out={} result={}",
@@ -75,4 +129,34 @@ pub fn refusal(function: &str, slot: &str, key: &[u8], rv: Rv) -> CkResult<()> {
         },
         Err(rv),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_message_matches_the_logged_one() {
+        let r = Record {
+            op: "encrypt",
+            slot: "slot \"a\"",
+            key: b"k\x00\xffz",
+            mechanism: "CKM_AES_GCM",
+            bytes_in: 32,
+            bytes_out: 48,
+        };
+        let mut out = Vec::new();
+        push_message(&mut out, &r, "CKR_OK");
+        let logged = format!(
+            "op={} slot=\"{}\" key=\"{}\" mechanism={} in={} out={} result={}",
+            r.op,
+            printable(r.slot.as_bytes()),
+            printable(r.key),
+            r.mechanism,
+            r.bytes_in,
+            r.bytes_out,
+            "CKR_OK"
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), logged);
+    }
 }

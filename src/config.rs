@@ -52,6 +52,12 @@ pub struct Config {
     /// Audit file for the `xki_audit` target; default is the same sink as the log.
     #[serde(default)]
     pub audit_file: Option<PathBuf>,
+    /// How long audit records written to `audit_file` may wait in memory before a background
+    /// thread writes them out, in milliseconds (default 100). A crash (not a normal exit or
+    /// `C_Finalize`, which write everything) loses at most this much of the audit trail.
+    /// `0`: every record is written to the file before the call that made it returns.
+    #[serde(default = "default_audit_flush_ms")]
+    pub audit_flush_ms: u64,
     /// The virtual slots callers see, in slot-id order (slot ids are 0, 1, ...).
     #[serde(rename = "slot", default)]
     pub slots: Vec<SlotConfig>,
@@ -61,6 +67,11 @@ pub struct Config {
     /// Where the config came from (set by the loader, not by the file).
     #[serde(skip)]
     pub source: String,
+}
+
+/// Default of [`Config::audit_flush_ms`].
+fn default_audit_flush_ms() -> u64 {
+    100
 }
 
 /// One virtual slot/token.
@@ -512,6 +523,7 @@ impl Config {
             log_level: None,
             log_file: None,
             audit_file: Some(dir.join("audit.log")),
+            audit_flush_ms: default_audit_flush_ms(),
             slots: vec![SlotConfig {
                 label: "xki".to_string(),
                 backends: vec!["embedded".to_string()],

@@ -6,8 +6,12 @@
 //! The audit target (`xki_audit`) is always on and goes to `audit_file` or, without one, to the
 //! log sink.
 
+mod audit_file;
+
 use crate::audit;
+pub use audit_file::{close as close_audit, flush as flush_audit};
 use parking_lot::Mutex;
+use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
@@ -46,7 +50,6 @@ impl Sink {
 
 struct Sinks {
     log: Sink,
-    audit: Option<Sink>,
 }
 
 struct Logger {
@@ -55,10 +58,7 @@ struct Logger {
 }
 
 static LOGGER: Logger = Logger {
-    sinks: Mutex::new(Sinks {
-        log: Sink::Stderr,
-        audit: None,
-    }),
+    sinks: Mutex::new(Sinks { log: Sink::Stderr }),
     level: AtomicUsize::new(log::LevelFilter::Warn as usize),
 };
 
@@ -93,14 +93,14 @@ impl log::Log for Logger {
             record.target(),
             record.args()
         );
-        let mut sinks = self.sinks.lock();
         if record.target() == audit::TARGET {
-            if let Some(a) = sinks.audit.as_mut() {
-                a.write_line(&line);
+            let written =
+                audit_file::with_current(|sink| sink.map(|s| s.append(line.as_bytes())).is_some());
+            if written {
                 return;
             }
         }
-        sinks.log.write_line(&line);
+        self.sinks.lock().log.write_line(&line);
     }
 
     fn flush(&self) {}
@@ -124,10 +124,14 @@ fn env_level() -> Option<log::LevelFilter> {
 }
 
 /// Apply the config's logging settings. Errors name the file that could not be opened.
+/// `audit_flush_ms` and `threads_allowed`: see `audit_file.rs` (buffered audit writes need a
+/// thread, which `CKF_LIBRARY_CANT_CREATE_OS_THREADS` forbids).
 pub fn configure(
     level: Option<&str>,
     log_file: Option<&Path>,
     audit_file: Option<&Path>,
+    audit_flush_ms: u64,
+    threads_allowed: bool,
 ) -> Result<(), String> {
     let level = env_level()
         .or_else(|| level.and_then(|l| l.parse().ok()))
@@ -139,15 +143,117 @@ pub fn configure(
         )
     })?;
     let audit = match audit_file {
-        Some(p) => Some(
-            Sink::open(Some(p))
-                .map_err(|e| format!("audit_file: cannot open {}: {e}", p.display()))?,
-        ),
+        Some(p) => match Sink::open(Some(p))
+            .map_err(|e| format!("audit_file: cannot open {}: {e}", p.display()))?
+        {
+            Sink::File(f) => Some(f),
+            Sink::Stderr => None,
+        },
         None => None,
     };
-    *LOGGER.sinks.lock() = Sinks { log, audit };
+    *LOGGER.sinks.lock() = Sinks { log };
+    audit_file::install(audit, audit_flush_ms, threads_allowed);
     LOGGER.level.store(level as usize, Ordering::Relaxed);
     Ok(())
+}
+
+/// Write one audit record straight to the audit file, if one is configured: `body` appends
+/// the message to a reused per-thread buffer after the same prefix the logger writes
+/// (`<timestamp> INFO  xki_audit: `), without the `log` crate's formatting machinery.
+/// Returns `false` (and calls nothing) when there is no audit file: the caller logs instead.
+pub fn audit_record(body: impl FnOnce(&mut Vec<u8>)) -> bool {
+    thread_local! {
+        static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(256));
+    }
+    audit_file::with_current(|sink| {
+        let Some(sink) = sink else { return false };
+        let wrote = LINE.try_with(|line| {
+            let Ok(mut line) = line.try_borrow_mut() else {
+                return false;
+            };
+            line.clear();
+            push_timestamp(&mut line, SystemTime::now());
+            line.extend_from_slice(b" INFO  ");
+            line.extend_from_slice(audit::TARGET.as_bytes());
+            line.extend_from_slice(b": ");
+            body(&mut line);
+            line.push(b'\n');
+            sink.append(&line);
+            true
+        });
+        wrote.unwrap_or(false)
+    })
+}
+
+/// [`utc_timestamp`] appended to `out` without formatting machinery. The part down to the
+/// second is computed once per second per thread (`YYYY-MM-DDTHH:MM:SS.`), so a record pays
+/// only for its milliseconds.
+fn push_timestamp(out: &mut Vec<u8>, t: SystemTime) {
+    thread_local! {
+        static PREFIX: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+    }
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let prefix = PREFIX
+        .try_with(|cache| {
+            let (cached, prefix) = cache.get();
+            if cached == secs {
+                return prefix;
+            }
+            let prefix = second_prefix(secs);
+            cache.set((secs, prefix));
+            prefix
+        })
+        .unwrap_or_else(|_| second_prefix(secs));
+    out.extend_from_slice(&prefix);
+    let ms = d.subsec_millis();
+    out.extend_from_slice(&[
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+    ]);
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` for `secs` since the epoch.
+fn second_prefix(secs: u64) -> [u8; 20] {
+    let (y, m, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let mut v = Vec::with_capacity(20);
+    push_digits(&mut v, y.clamp(0, 9999) as u64, 4);
+    v.push(b'-');
+    push_digits(&mut v, u64::from(m), 2);
+    v.push(b'-');
+    push_digits(&mut v, u64::from(day), 2);
+    v.push(b'T');
+    push_digits(&mut v, rem / 3600, 2);
+    v.push(b':');
+    push_digits(&mut v, (rem % 3600) / 60, 2);
+    v.push(b':');
+    push_digits(&mut v, rem % 60, 2);
+    v.push(b'.');
+    let mut out = [0u8; 20];
+    out.copy_from_slice(&v);
+    out
+}
+
+/// `n` in decimal, zero-padded to at least `width` digits.
+pub fn push_digits(out: &mut Vec<u8>, mut n: u64, width: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    while digits.len() - i < width && i > 0 {
+        i -= 1;
+        digits[i] = b'0';
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// RFC 3339 UTC timestamp with milliseconds, without pulling in a date crate.
@@ -190,5 +296,26 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
         assert_eq!(utc_timestamp(t), "2026-11-18T11:06:40.123Z");
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        for t in [
+            UNIX_EPOCH,
+            t,
+            UNIX_EPOCH + Duration::from_millis(4_102_444_799_999),
+        ] {
+            let mut out = Vec::new();
+            push_timestamp(&mut out, t);
+            assert_eq!(String::from_utf8(out).unwrap(), utc_timestamp(t));
+        }
+        let mut out = Vec::new();
+        push_digits(&mut out, 0, 1);
+        push_digits(&mut out, 7, 3);
+        push_digits(&mut out, 18_446_744_073_709_551_615, 2);
+        assert_eq!(
+            out,
+            b"0007"
+                .iter()
+                .chain(b"18446744073709551615")
+                .copied()
+                .collect::<Vec<_>>()
+        );
     }
 }

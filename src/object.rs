@@ -9,6 +9,7 @@ use crate::backend::{BackendKey, KeyInfo};
 use crate::rv::{CkResult, Rv};
 use parking_lot::RwLock;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// What a virtual handle stands for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,7 +19,8 @@ pub struct ObjectEntry {
     /// The backend's reference to the key.
     pub key: BackendKey,
     /// The key's label, for audit records (refreshed whenever the module reads the key).
-    pub label: Vec<u8>,
+    /// Shared, so that looking an entry up on every operation copies no bytes.
+    pub label: Arc<[u8]>,
 }
 
 /// The identity of a key within its slot: its `CKA_ID`, or its label when it has no ID.
@@ -68,7 +70,7 @@ impl ObjectTable {
             ObjectEntry {
                 slot,
                 key: key.handle,
-                label: key.label.clone(),
+                label: Arc::from(&key.label[..]),
             },
         );
         handle
@@ -85,7 +87,7 @@ impl ObjectTable {
             let t = self.tables.read();
             t.by_handle.get(&handle).is_some_and(|e| {
                 e.key != key.handle
-                    || e.label != key.label
+                    || e.label[..] != key.label[..]
                     || t.by_identity.get(&(e.slot, ident.clone())) != Some(&handle)
             })
         };
@@ -95,7 +97,7 @@ impl ObjectTable {
                 return;
             };
             e.key = key.handle;
-            e.label = key.label.clone();
+            e.label = Arc::from(&key.label[..]);
             let slot_ident = (e.slot, ident);
             match t.by_identity.get(&slot_ident) {
                 Some(h) if *h == handle => {}
@@ -165,7 +167,7 @@ mod tests {
         let a = t.handle_for(0, &key(b"k1", b"one", 7));
         assert_eq!(a, t.handle_for(0, &key(b"k1", b"renamed", 9)));
         assert_eq!(t.get(a).unwrap().key, BackendKey(9));
-        assert_eq!(t.get(a).unwrap().label, b"renamed");
+        assert_eq!(&t.get(a).unwrap().label[..], b"renamed");
         let b = t.handle_for(1, &key(b"k1", b"one", 7));
         assert_ne!(a, b);
         let c = t.handle_for(0, &key(b"", b"k1", 3));

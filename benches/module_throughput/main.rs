@@ -165,9 +165,10 @@ fn bench() -> Result<(), String> {
         load_after: &load_after,
         elapsed: started.elapsed(),
     });
+    // C_Finalize first: it writes out the audit records still buffered (`audit_flush_ms`).
+    targets::close(ctx, all);
     if let Some(path) = &fixture.audit_file {
         report::audit_check(path, module_ops);
     }
-    targets::close(ctx, all);
     Ok(())
 }

@@ -125,10 +125,18 @@ pub fn prepare(audit: AuditSink) -> Result<Fixture, String> {
         AuditSink::Null => Some(PathBuf::from("/dev/null")),
         AuditSink::Stderr => None,
     };
-    let audit_line = audit_file
+    let mut audit_line = audit_file
         .as_ref()
         .map(|p| format!("audit_file = {:?}\n", p.display().to_string()))
         .unwrap_or_default();
+    // Only when asked: a module built before `audit_flush_ms` existed refuses the key.
+    if let Ok(ms) = std::env::var("XKI_BENCH_AUDIT_FLUSH_MS") {
+        let ms: u64 = ms
+            .trim()
+            .parse()
+            .map_err(|_| format!("XKI_BENCH_AUDIT_FLUSH_MS={ms:?}: not a number"))?;
+        audit_line.push_str(&format!("audit_flush_ms = {ms}\n"));
+    }
     let config = format!(
         r#"# Written by benches/module_throughput (throwaway).
 log_level = "warn"

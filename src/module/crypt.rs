@@ -89,17 +89,14 @@ pub(super) fn finish<T>(
         (None, None) => &[],
     };
     let result = run(s, &op, data);
-    let label = m
-        .objects
-        .get(op.object)
-        .map(|e| e.label)
-        .unwrap_or_default();
+    // The label now (a rename since the init shows the new one); an `Arc` clone, no copy.
+    let label = m.objects.get(op.object).map(|e| e.label).ok();
     let bytes_out = result.as_ref().map(&out_len).unwrap_or(0);
     audit::record(
         Record {
             op: if encrypt { "encrypt" } else { "decrypt" },
             slot: &s.slot.label,
-            key: &label,
+            key: label.as_deref().unwrap_or_default(),
             mechanism: "CKM_AES_GCM",
             bytes_in: data.len(),
             bytes_out,

@@ -127,6 +127,8 @@ pub fn initialize(args: Option<InitArgs>) -> CkResult<()> {
         config.log_level.as_deref(),
         config.log_file.as_deref(),
         config.audit_file.as_deref(),
+        config.audit_flush_ms,
+        !args.is_some_and(|a| a.no_os_threads),
     ) {
         log::error!("{}: {e}", config.source);
         return Err(Rv::FUNCTION_FAILED);
@@ -156,6 +158,8 @@ pub fn finalize() -> CkResult<()> {
         b.shutdown();
     }
     log::info!("finalised");
+    // Every audit record of this initialisation is in the file when C_Finalize returns.
+    crate::logging::close_audit();
     Ok(())
 }
 

@@ -162,6 +162,8 @@ pub fn write_config(dir: &Path, options: Options) -> PathBuf {
         r#"log_level = "warn"
 log_file = "{log}"
 audit_file = "{audit}"
+# Tests read the audit file right after the calls: every record written before it returns.
+audit_flush_ms = 0
 
 [[slot]]
 label = "{s0}"

@@ -20,6 +20,7 @@
 //! answers `CKR_CRYPTOKI_ALREADY_INITIALIZED` and keeps serving the copied state (which also
 //! works; that is the path taken when the host, not we, initialised the library).
 
+use super::raw::GcmCalls;
 use crate::rv::Rv;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
@@ -35,6 +36,8 @@ struct Entry {
     users: usize,
     /// Whether our `C_Initialize` returned `CKR_OK` (we must finalize when the last user goes).
     owned: bool,
+    /// The library's own GCM entry points (see `raw.rs`), if it exports them.
+    gcm: Option<GcmCalls>,
 }
 
 struct Registry {
@@ -62,6 +65,7 @@ pub(crate) struct LoadError {
 pub(crate) struct Lease {
     path: PathBuf,
     ctx: Pkcs11,
+    gcm: Option<GcmCalls>,
     pid: u32,
     released: bool,
 }
@@ -70,6 +74,11 @@ impl Lease {
     /// The shared cryptoki context.
     pub(crate) fn ctx(&self) -> &Pkcs11 {
         &self.ctx
+    }
+
+    /// The library's own single-part GCM entry points, if found.
+    pub(crate) fn gcm(&self) -> Option<GcmCalls> {
+        self.gcm
     }
 
     /// Whether this process initialised the library itself (for tests and health reports).
@@ -147,10 +156,18 @@ pub(crate) fn acquire(module: &Path) -> Result<Lease, LoadError> {
                 rv: Rv::GENERAL_ERROR,
                 problem: format!("cannot load PKCS#11 library {}: {e}", path.display()),
             })?;
+            let gcm = GcmCalls::of_loaded(&path);
+            if gcm.is_none() {
+                log::info!(
+                    "{}: no direct GCM entry points; using cryptoki's two-call path",
+                    path.display()
+                );
+            }
             v.insert(Entry {
                 ctx,
                 users: 0,
                 owned: false,
+                gcm,
             })
         }
     };
@@ -177,6 +194,7 @@ pub(crate) fn acquire(module: &Path) -> Result<Lease, LoadError> {
     Ok(Lease {
         path,
         ctx: entry.ctx.clone(),
+        gcm: entry.gcm,
         pid,
         released: false,
     })

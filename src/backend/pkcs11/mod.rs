@@ -9,6 +9,8 @@
 //! - `quirks.rs`: vendor return-code normalisation, in one documented table.
 //! - `errors.rs`: cryptoki errors back to raw `CK_RV`s.
 //! - `handles.rs`: stable `BackendKey`s when the token renumbers object handles.
+//! - `raw.rs`: the library's own single-part GCM calls (one `C_Encrypt`/`C_Decrypt` per
+//!   operation instead of cryptoki's length query + call); the backend's only `unsafe`.
 //!
 //! Fault handling: a call failing with a session-level fault (`CKR_SESSION_HANDLE_INVALID`,
 //! `CKR_SESSION_CLOSED`, `CKR_USER_NOT_LOGGED_IN`, `CKR_DEVICE_ERROR`) discards its session
@@ -26,6 +28,7 @@ mod library;
 mod open;
 mod pool;
 mod quirks;
+mod raw;
 
 use crate::backend::{
     Backend, BackendKey, KeyChanges, KeyInfo, MechanismInfo, NewKey, TokenDescription,
@@ -61,6 +64,9 @@ pub struct Pkcs11Backend {
     lease: Mutex<Option<library::Lease>>,
     /// The shared cryptoki context (a cheap `Arc` clone of the lease's).
     ctx: Pkcs11,
+    /// The library's own GCM entry points: one `C_Encrypt`/`C_Decrypt` per operation instead
+    /// of cryptoki's length query + call. `None`: cryptoki's calls are used.
+    gcm: Option<raw::GcmCalls>,
 }
 
 impl Pkcs11Backend {
@@ -97,6 +103,22 @@ fn check_iv(iv: &[u8]) -> CkResult<()> {
         return Err(Rv::MECHANISM_PARAM_INVALID);
     }
     Ok(())
+}
+
+/// The raw-call description of one GCM operation on `session` with key `handle`.
+fn gcm_op<'a>(
+    session: &Session,
+    handle: ObjectHandle,
+    iv: &'a [u8],
+    aad: &'a [u8],
+) -> raw::Gcm<'a> {
+    raw::Gcm {
+        session: session.handle(),
+        key: handle.handle(),
+        iv,
+        aad,
+        tag_bits: GCM_TAG_BITS,
+    }
 }
 
 impl Backend for Pkcs11Backend {
@@ -215,6 +237,11 @@ impl Backend for Pkcs11Backend {
         check_iv(iv)?;
         let _guard = self.reading();
         self.call_key(key, Retry::Always, |s, handle| {
+            if let Some(gcm) = &self.gcm {
+                return gcm
+                    .encrypt(&gcm_op(s, handle, iv, aad), plaintext)
+                    .map_err(|e| self.quirks.gcm_encrypt_error(&e));
+            }
             // GcmParams wants a mutable IV (PKCS#11 may write generated IVs back); ours is
             // caller-supplied, so hand it a copy.
             let mut iv = iv.to_vec();
@@ -235,6 +262,11 @@ impl Backend for Pkcs11Backend {
         check_iv(iv)?;
         let _guard = self.reading();
         self.call_key(key, Retry::Always, |s, handle| {
+            if let Some(gcm) = &self.gcm {
+                return gcm
+                    .decrypt(&gcm_op(s, handle, iv, aad), ciphertext_and_tag)
+                    .map_err(|e| self.quirks.gcm_decrypt_error(&e));
+            }
             let mut iv = iv.to_vec();
             let params = GcmParams::new(&mut iv, aad, Ulong::from(GCM_TAG_BITS))
                 .map_err(|e| errors::rv_of(&e))?;

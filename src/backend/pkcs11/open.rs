@@ -31,6 +31,7 @@ impl Pkcs11Backend {
             problem: e.problem,
         })?;
         let ctx = lease.ctx().clone();
+        let gcm = lease.gcm();
         let quirks = match ctx.get_library_info() {
             Ok(info) => Quirks::for_library(info.manufacturer_id()),
             Err(_) => Quirks::default(),
@@ -69,6 +70,7 @@ impl Pkcs11Backend {
             keys: handles::KeyDirectory::default(),
             lease: Mutex::new(Some(lease)),
             ctx,
+            gcm,
         };
         // Open the first session now: it proves the token answers and the PIN is right.
         let token_key = if cfg.token_label.is_some() {

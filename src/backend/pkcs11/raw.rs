@@ -1,0 +1,225 @@
+//! The vendor library's own `C_EncryptInit`/`C_Encrypt`/`C_DecryptInit`/`C_Decrypt`, called
+//! directly for single-part AES-GCM: every `unsafe` of the pkcs11 backend lives here.
+//!
+//! Why: cryptoki 0.12's `Session::encrypt`/`decrypt` always ask the library for the output
+//! length first (a second `C_Encrypt`/`C_Decrypt` with a NULL buffer), which doubles the
+//! library calls of every operation. The GCM output length is known in advance (plaintext + tag
+//! on the way in, at most the ciphertext length on the way out), so one call with a buffer of
+//! that size does the job. `CKR_BUFFER_TOO_SMALL` cannot happen with those sizes; if a library
+//! says it anyway, the buffer is grown to the size it asked for and the call repeated (the
+//! specification keeps the operation active after that answer). A library that still says it,
+//! or claims to have written more than the buffer holds, gets `CKR_DEVICE_ERROR` (its session
+//! is discarded, see `calls.rs`).
+//!
+//! Where the table comes from: the library cryptoki already loaded (same canonical path),
+//! opened again with `RTLD_NOLOAD` so it can only ever be that same mapping, and asked for its
+//! `C_GetFunctionList` table. That handle is never closed, so the table outlives every caller
+//! (the registry in `library.rs` never unloads a library either). Session and object handles
+//! are cryptoki's own (`Session::handle`, `ObjectHandle::handle`), so pooling, login, retry
+//! and quirk handling stay exactly as they are; errors come back as cryptoki `Error`s naming
+//! the failing step, so `quirks.rs` maps them as before.
+
+use cryptoki::context::Function;
+use cryptoki::error::{Error, Rv as CkRv};
+use pkcs11_sys::*;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use zeroize::Zeroizing;
+
+type InitFn = unsafe extern "C" fn(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE) -> CK_RV;
+type CryptFn = unsafe extern "C" fn(
+    CK_SESSION_HANDLE,
+    CK_BYTE_PTR,
+    CK_ULONG,
+    CK_BYTE_PTR,
+    CK_ULONG_PTR,
+) -> CK_RV;
+
+/// The four entry points of one loaded library used for single-part GCM.
+#[derive(Clone, Copy)]
+pub(crate) struct GcmCalls {
+    encrypt_init: InitFn,
+    encrypt: CryptFn,
+    decrypt_init: InitFn,
+    decrypt: CryptFn,
+}
+
+impl std::fmt::Debug for GcmCalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GcmCalls")
+    }
+}
+
+/// One GCM operation's parameters, borrowed for the duration of the call.
+pub(crate) struct Gcm<'a> {
+    pub session: CK_SESSION_HANDLE,
+    pub key: CK_OBJECT_HANDLE,
+    pub iv: &'a [u8],
+    pub aad: &'a [u8],
+    pub tag_bits: u64,
+}
+
+impl GcmCalls {
+    /// The entry points of the library at `path`, which must already be loaded by cryptoki.
+    /// `None` (and the caller keeps using cryptoki's calls) if anything is missing.
+    pub(crate) fn of_loaded(path: &Path) -> Option<GcmCalls> {
+        let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
+        // SAFETY: `c_path` is a valid NUL-terminated string that outlives the call.
+        // RTLD_NOLOAD never loads anything: it only returns (and references) a library already
+        // mapped in this process, so no initialiser of the vendor library runs here.
+        let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
+        if handle.is_null() {
+            return None;
+        }
+        // Deliberately never dlclose'd: the table below must stay valid for the process life.
+        // SAFETY: `handle` is a live dlopen handle and the symbol name is NUL-terminated.
+        let sym = unsafe { libc::dlsym(handle, c"C_GetFunctionList".as_ptr()) };
+        if sym.is_null() {
+            return None;
+        }
+        // SAFETY: PKCS#11 defines `C_GetFunctionList` with exactly this C signature.
+        let get_list: unsafe extern "C" fn(CK_FUNCTION_LIST_PTR_PTR) -> CK_RV =
+            unsafe { std::mem::transmute::<*mut libc::c_void, _>(sym) };
+        let mut list: CK_FUNCTION_LIST_PTR = std::ptr::null_mut();
+        // SAFETY: `list` is a valid out-pointer; C_GetFunctionList may be called before
+        // C_Initialize and only writes the table's address there.
+        let rv = unsafe { get_list(&mut list) };
+        if rv != CKR_OK || list.is_null() {
+            return None;
+        }
+        // SAFETY: on CKR_OK the library returned a pointer to its own static, read-only table,
+        // valid while the library stays loaded (forever, see above). Only the 2.x layout is
+        // read, which every version of the table starts with.
+        let table = unsafe { &*list };
+        Some(GcmCalls {
+            encrypt_init: table.C_EncryptInit?,
+            encrypt: table.C_Encrypt?,
+            decrypt_init: table.C_DecryptInit?,
+            decrypt: table.C_Decrypt?,
+        })
+    }
+
+    /// Single-part GCM encryption: ciphertext followed by the tag.
+    pub(crate) fn encrypt(&self, op: &Gcm<'_>, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        self.init(self.encrypt_init, Function::EncryptInit, op)?;
+        let mut out = Vec::new();
+        let expected = plaintext.len() + (op.tag_bits as usize).div_ceil(8);
+        self.run(
+            self.encrypt,
+            Function::Encrypt,
+            op.session,
+            plaintext,
+            &mut out,
+            expected,
+        )?;
+        Ok(out)
+    }
+
+    /// Single-part GCM decryption (tag checked by the library).
+    pub(crate) fn decrypt(
+        &self,
+        op: &Gcm<'_>,
+        ciphertext_and_tag: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+        self.init(self.decrypt_init, Function::DecryptInit, op)?;
+        let mut out = Zeroizing::new(Vec::new());
+        // The plaintext is never longer than the input; some libraries (SoftHSM2) also want
+        // room for the whole input before they check the tag, so ask for no less.
+        let expected = ciphertext_and_tag.len();
+        self.run(
+            self.decrypt,
+            Function::Decrypt,
+            op.session,
+            ciphertext_and_tag,
+            &mut out,
+            expected,
+        )?;
+        Ok(out)
+    }
+
+    fn init(&self, f: InitFn, function: Function, op: &Gcm<'_>) -> Result<(), Error> {
+        let iv_len = CK_ULONG::try_from(op.iv.len())?;
+        let aad_len = CK_ULONG::try_from(op.aad.len())?;
+        let mut params = CK_GCM_PARAMS {
+            // The library only reads the IV and AAD (GCM with a caller-supplied IV never
+            // writes it back), so lending our immutable slices as `*mut` is sound.
+            pIv: op.iv.as_ptr() as CK_BYTE_PTR,
+            ulIvLen: iv_len,
+            ulIvBits: iv_len.saturating_mul(8),
+            pAAD: if op.aad.is_empty() {
+                std::ptr::null_mut()
+            } else {
+                op.aad.as_ptr() as CK_BYTE_PTR
+            },
+            ulAADLen: aad_len,
+            ulTagBits: op.tag_bits as CK_ULONG,
+        };
+        let mut mechanism = CK_MECHANISM {
+            mechanism: CKM_AES_GCM,
+            pParameter: (&mut params as *mut CK_GCM_PARAMS).cast(),
+            ulParameterLen: std::mem::size_of::<CK_GCM_PARAMS>() as CK_ULONG,
+        };
+        // SAFETY: `mechanism` and the `params` it points to live on this stack frame for the
+        // whole call; `params` points into `op.iv`/`op.aad`, borrowed for the call, with their
+        // exact lengths. The library copies what it needs during C_*Init (PKCS#11 §5.2: the
+        // mechanism is not referenced after the call returns).
+        let rv = unsafe { f(op.session, &mut mechanism, op.key) };
+        CkRv::from(rv).into_result(function)
+    }
+
+    /// One `C_Encrypt`/`C_Decrypt` into `out`, sized `expected` (grown once on
+    /// `CKR_BUFFER_TOO_SMALL`), truncated to what the library wrote.
+    fn run(
+        &self,
+        f: CryptFn,
+        function: Function,
+        session: CK_SESSION_HANDLE,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        expected: usize,
+    ) -> Result<(), Error> {
+        let in_len = CK_ULONG::try_from(input.len())?;
+        let mut size = expected;
+        for _ in 0..2 {
+            // Never hand out a zero-length (dangling) buffer: a NULL-or-dangling output
+            // pointer with length 0 is where libraries disagree.
+            out.resize(size.max(1), 0);
+            let mut out_len = CK_ULONG::try_from(size)?;
+            // SAFETY: `input` is valid for `in_len` bytes and only read (PKCS#11 declares it
+            // non-const for historical reasons). `out` is valid for writes of `out.len() >=
+            // out_len` bytes and `out_len` is a valid in/out pointer, all for the whole call.
+            let rv = unsafe {
+                f(
+                    session,
+                    input.as_ptr() as CK_BYTE_PTR,
+                    in_len,
+                    out.as_mut_ptr(),
+                    &mut out_len,
+                )
+            };
+            let written = usize::try_from(out_len).map_err(|_| broken_library(function))?;
+            if rv == CKR_BUFFER_TOO_SMALL && written > size {
+                // The operation is still active (PKCS#11 §5.2): retry once with the size asked.
+                size = written;
+                continue;
+            }
+            CkRv::from(rv).into_result(function)?;
+            if written > out.len() {
+                // A library claiming to have written past our buffer: never trust that.
+                return Err(broken_library(function));
+            }
+            out.truncate(written);
+            return Ok(());
+        }
+        // Still too small after growing to the size it asked for: the library is confused.
+        Err(broken_library(function))
+    }
+}
+
+/// A library that broke the buffer contract. Reported as `CKR_DEVICE_ERROR`, a session-level
+/// fault: the backend discards the session (whose operation may still be active after a
+/// `CKR_BUFFER_TOO_SMALL` that was never satisfied) instead of returning it to the pool.
+fn broken_library(function: Function) -> Error {
+    Error::Pkcs11(cryptoki::error::RvError::DeviceError, function)
+}

@@ -1,0 +1,280 @@
+//! The audit file: records appended in order, either written at once (synchronous) or
+//! collected in memory and written by a background thread.
+//!
+//! Buffered mode (`audit_flush_ms > 0`): a record is appended to an in-memory buffer; the
+//! flusher thread writes the buffer out every `audit_flush_ms`, a caller whose record takes the
+//! buffer past [`FLUSH_AT`] writes it out at once, and `C_Finalize` and process exit write
+//! whatever is left. Durability trade-off: a crash (or `_exit`, or a kill) loses at most the last
+//! `audit_flush_ms` of records (or 64 KiB, whichever is less). Synchronous mode (`0`, or when
+//! the application forbade threads with `CKF_LIBRARY_CANT_CREATE_OS_THREADS`): every record
+//! has reached the kernel (one `write(2)`) before the call that made it returns, as before.
+//!
+//! Locks: `pending` guards only the buffer (a `memcpy` long); `writer` serialises `write(2)`s
+//! of buffered data so the file keeps record order. A flush takes `writer` *before* letting
+//! go of `pending` (hand over hand), so buffers are written in the order they were filled;
+//! appenders never wait for a `write(2)` unless they are flushing themselves. Synchronous
+//! records are one `write(2)` each on the `O_APPEND` file, with no lock at all.
+//!
+//! Fork: `pthread_atfork` handlers hold `pending` across `fork()` and, in the child, empty the
+//! buffer (those records are the parent's, and the parent writes them) and switch the child
+//! to synchronous writes (the flusher thread does not exist there).
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::fs::File;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// A buffer this large is written out by the caller that filled it, without waiting.
+pub(super) const FLUSH_AT: usize = 64 * 1024;
+
+/// Room for a full buffer plus the record that tips it over, so it never grows in practice
+/// (and stays below glibc's 128 KiB mmap threshold: no mmap/munmap per flush).
+const BUFFER_CAPACITY: usize = FLUSH_AT + 8 * 1024;
+
+/// One open audit file.
+pub(super) struct AuditFile {
+    file: File,
+    /// Records not written yet (buffered mode only).
+    pending: Mutex<Vec<u8>>,
+    /// Held across each `write(2)` of buffered data, to keep buffers in order. It guards the
+    /// spare buffer that is swapped with `pending` at each flush, so that flushing never
+    /// allocates (two fixed buffers, below glibc's mmap threshold, reused for the process life).
+    writer: Mutex<Vec<u8>>,
+    /// Buffered (records wait for the flusher) or synchronous.
+    buffered: AtomicBool,
+    /// The flusher's stop flag and wake-up.
+    stop: Mutex<bool>,
+    wake: Condvar,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+    /// The process that started the flusher (a forked child must not join it: it is not there).
+    pid: u32,
+}
+
+/// The audit file in use, if `audit_file` is configured.
+static CURRENT: RwLock<Option<Arc<AuditFile>>> = RwLock::new(None);
+
+impl AuditFile {
+    /// Wrap `file`; with `flush_ms > 0` (and threads allowed) start the flusher thread.
+    /// A thread that cannot be started means synchronous writes, never an error.
+    fn new(file: File, flush_ms: u64, threads_allowed: bool) -> Arc<AuditFile> {
+        let sink = Arc::new(AuditFile {
+            file,
+            pending: Mutex::new(Vec::new()),
+            writer: Mutex::new(Vec::new()),
+            buffered: AtomicBool::new(false),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+            flusher: Mutex::new(None),
+            pid: std::process::id(),
+        });
+        if flush_ms > 0 && threads_allowed {
+            let weak = Arc::downgrade(&sink);
+            let interval = Duration::from_millis(flush_ms);
+            pin_this_library();
+            let spawned = std::thread::Builder::new()
+                .name("xki-audit-flush".into())
+                .spawn(move || flusher(weak, interval));
+            match spawned {
+                Ok(handle) => {
+                    sink.pending.lock().reserve(BUFFER_CAPACITY);
+                    sink.writer.lock().reserve(BUFFER_CAPACITY);
+                    *sink.flusher.lock() = Some(handle);
+                    sink.buffered.store(true, Ordering::Release);
+                }
+                Err(e) => log::warn!("audit: no flusher thread ({e}); writing synchronously"),
+            }
+        }
+        sink
+    }
+
+    /// Append one complete record line.
+    pub(super) fn append(&self, line: &[u8]) {
+        if !self.buffered.load(Ordering::Acquire) {
+            // A failing audit write must never fail a PKCS#11 call: ignore it.
+            let _ = (&self.file).write_all(line);
+            return;
+        }
+        let mut pending = self.pending.lock();
+        pending.extend_from_slice(line);
+        if pending.len() >= FLUSH_AT {
+            self.write_out(pending);
+        }
+    }
+
+    /// Write out everything buffered so far.
+    pub(super) fn flush(&self) {
+        let pending = self.pending.lock();
+        if !pending.is_empty() {
+            self.write_out(pending);
+        }
+    }
+
+    /// Swap the buffer with the spare and write it, holding `writer` (taken before `pending`
+    /// is let go, so buffers reach the file in the order they were filled).
+    fn write_out(&self, mut pending: parking_lot::MutexGuard<'_, Vec<u8>>) {
+        let mut spare = self.writer.lock();
+        std::mem::swap(&mut *pending, &mut *spare);
+        drop(pending);
+        let _ = (&self.file).write_all(&spare);
+        spare.clear();
+    }
+
+    /// Stop the flusher thread (if any), write what is left, and switch to synchronous.
+    fn close(&self) {
+        *self.stop.lock() = true;
+        self.wake.notify_all();
+        if let Some(handle) = self.flusher.lock().take() {
+            if self.pid == std::process::id() {
+                let _ = handle.join();
+            } else {
+                // Forked child: the thread stayed in the parent.
+                std::mem::forget(handle);
+            }
+        }
+        self.flush();
+        self.buffered.store(false, Ordering::Release);
+        self.flush();
+    }
+}
+
+/// The flusher thread: write the buffer out every `interval` until told to stop.
+fn flusher(sink: std::sync::Weak<AuditFile>, interval: Duration) {
+    loop {
+        let Some(sink) = sink.upgrade() else { return };
+        {
+            let mut stop = sink.stop.lock();
+            if *stop {
+                return;
+            }
+            sink.wake.wait_for(&mut stop, interval);
+            if *stop {
+                return;
+            }
+        }
+        sink.flush();
+    }
+}
+
+/// Make the audit file in use `file` (or none), closing the previous one (its records are
+/// written first).
+pub(super) fn install(file: Option<File>, flush_ms: u64, threads_allowed: bool) {
+    register_process_hooks();
+    let new = file.map(|f| AuditFile::new(f, flush_ms, threads_allowed));
+    let old = std::mem::replace(&mut *CURRENT.write(), new);
+    if let Some(old) = old {
+        old.close();
+    }
+}
+
+/// The audit file in use, if any (a read lock: shared, never held across a `write(2)` of
+/// buffered data by anyone else).
+pub(super) fn with_current<R>(f: impl FnOnce(Option<&AuditFile>) -> R) -> R {
+    let current = CURRENT.read();
+    f(current.as_deref())
+}
+
+/// Write out every buffered record now (`C_Finalize`, process exit).
+pub fn flush() {
+    with_current(|sink| {
+        if let Some(s) = sink {
+            s.flush();
+        }
+    });
+}
+
+/// Stop the flusher and write everything (`C_Finalize`): later records, if any, are written
+/// synchronously until the next configuration.
+pub fn close() {
+    if let Some(s) = CURRENT.read().as_deref() {
+        s.close();
+    }
+}
+
+static HOOKS: Once = Once::new();
+
+fn register_process_hooks() {
+    HOOKS.call_once(|| {
+        // SAFETY: all three handlers are `extern "C"` functions of this library, which
+        // `pin_this_library` keeps mapped for the process's lifetime once a flusher exists;
+        // they never unwind (see each).
+        unsafe {
+            libc::pthread_atfork(
+                Some(before_fork),
+                Some(after_fork_parent),
+                Some(after_fork_child),
+            );
+            libc::atexit(at_exit);
+        }
+    });
+}
+
+/// Process exit: write the buffered records (never unwinds into the C runtime).
+extern "C" fn at_exit() {
+    let _ = std::panic::catch_unwind(flush);
+}
+
+/// Before `fork()`: hold the buffer (and the choice of file) so that the child gets a
+/// consistent copy, never one locked by a thread that does not exist there.
+extern "C" fn before_fork() {
+    let current = CURRENT.read();
+    if let Some(s) = current.as_deref() {
+        std::mem::forget(s.pending.lock());
+    }
+    std::mem::forget(current);
+}
+
+/// In the parent after `fork()`: let go of what `before_fork` held.
+extern "C" fn after_fork_parent() {
+    // SAFETY: `before_fork` left exactly one read lock of CURRENT and (if a file was
+    // installed) the lock of its `pending` held by this thread, and nothing changed CURRENT
+    // since (its write lock cannot be taken while that read lock is held).
+    unsafe {
+        if let Some(s) = (*CURRENT.data_ptr()).as_deref() {
+            s.pending.force_unlock();
+        }
+        CURRENT.force_unlock_read();
+    }
+}
+
+/// In the child after `fork()`: drop the parent's buffered records (the parent writes them)
+/// and write synchronously (the flusher thread was not copied). No allocation happens here.
+extern "C" fn after_fork_child() {
+    // SAFETY: as in `after_fork_parent`; the child is single-threaded now, and this thread
+    // holds `pending`, so clearing the buffer through its data pointer races with nothing.
+    unsafe {
+        if let Some(s) = (*CURRENT.data_ptr()).as_deref() {
+            (*s.pending.data_ptr()).clear();
+            s.buffered.store(false, Ordering::Release);
+            s.pending.force_unlock();
+        }
+        CURRENT.force_unlock_read();
+    }
+}
+
+/// Keep this library mapped until the process exits: the flusher thread and the exit hook
+/// run its code, so a host `dlclose` must not unmap it.
+fn pin_this_library() {
+    static PINNED: Once = Once::new();
+    PINNED.call_once(|| {
+        // SAFETY: `Dl_info` is a plain C struct of pointers, for which all-zero is valid.
+        let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+        let addr = pin_this_library as *const libc::c_void;
+        // SAFETY: `addr` is a code address in this object and `info` is a valid out-struct;
+        // dladdr only fills it in (pointers into the loader's own strings).
+        let found = unsafe { libc::dladdr(addr, &mut info) } != 0;
+        if found && !info.dli_fname.is_null() {
+            // SAFETY: `dli_fname` is the NUL-terminated path of an object already loaded;
+            // RTLD_NOLOAD only adds a reference to it and RTLD_NODELETE forbids its unloading.
+            // The handle is deliberately never closed.
+            unsafe {
+                libc::dlopen(
+                    info.dli_fname,
+                    libc::RTLD_LAZY | libc::RTLD_NOLOAD | libc::RTLD_NODELETE,
+                );
+            }
+        }
+    });
+}

@@ -1,0 +1,98 @@
+//! Buffered audit writes (`audit_flush_ms > 0`): records reach the file within the interval,
+//! `C_Finalize` writes everything, and a forked child that exits normally does not write the
+//! parent's buffered records a second time. One process, its own config.
+
+mod common_module;
+
+use common_module::*;
+use cryptoki::context::Pkcs11;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn count(audit: &Path, op: &str) -> usize {
+    std::fs::read_to_string(audit)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(" INFO  xki_audit: ") && l.contains(op))
+        .count()
+}
+
+fn round_trips(
+    session: &cryptoki::session::Session,
+    key: cryptoki::object::ObjectHandle,
+    n: usize,
+) {
+    for i in 0..n {
+        let mut iv = [i as u8; 12];
+        let ct = session
+            .encrypt(&gcm(&mut iv, b"aad"), key, b"buffered")
+            .unwrap();
+        let pt = session.decrypt(&gcm(&mut iv, b"aad"), key, &ct).unwrap();
+        assert_eq!(pt, b"buffered");
+    }
+}
+
+#[test]
+fn buffered_records_are_written_once_in_time_and_at_finalize() {
+    let so = so_path();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let softhsm_conf = new_softhsm_token(dir.path(), SOFTHSM_TOKEN);
+    let config = write_config(dir.path(), Options::default());
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("audit_flush_ms = 0"));
+    std::fs::write(
+        &config,
+        text.replace("audit_flush_ms = 0", "audit_flush_ms = 300"),
+    )
+    .unwrap();
+    set_env(&softhsm_conf, &config);
+    let audit = dir.path().join("audit.log");
+
+    let ctx = Pkcs11::new(&so).expect("load the module");
+    init_ctx(&ctx);
+    let slots = ctx.get_slots_with_token().unwrap();
+    for slot in slots {
+        let session = ctx.open_rw_session(slot).unwrap();
+        login(&session);
+        let key = session
+            .generate_key(
+                &cryptoki::mechanism::Mechanism::AesKeyGen,
+                &secure_template("audit-buffer"),
+            )
+            .unwrap();
+        // Keep going until the key's records are in the file.
+        round_trips(&session, key, 10);
+    }
+    let total = 2 * 10;
+    // Within a few flush intervals every record is in the file, each once.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while count(&audit, "op=decrypt") < total && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(count(&audit, "op=encrypt"), total);
+    assert_eq!(count(&audit, "op=decrypt"), total);
+
+    // More records, then fork while they are (most likely) still buffered: the child exits
+    // normally (running exit handlers) and must not write them.
+    let slot = ctx.get_slots_with_token().unwrap()[1];
+    let session = ctx.open_rw_session(slot).unwrap();
+    login(&session);
+    let key = find_label(&session, "audit-buffer");
+    round_trips(&session, key, 25);
+    // SAFETY: the child only calls `exit`, which runs the registered exit handlers.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        // SAFETY: ends the child process.
+        unsafe { libc::exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    drop(session);
+    ctx.finalize().expect("C_Finalize");
+    // C_Finalize wrote everything, and nothing twice.
+    assert_eq!(count(&audit, "op=encrypt"), total + 25);
+    assert_eq!(count(&audit, "op=decrypt"), total + 25);
+}
