@@ -80,12 +80,12 @@ impl Tenant {
 
     /// Is this external key id on the allow-list?
     pub fn key_allowed(&self, id: &str) -> bool {
-        self.keys.as_ref().map_or(true, |k| k.contains(id))
+        self.keys.as_ref().is_none_or(|k| k.contains(id))
     }
 
     /// Take one request from the quota; false = throttle.
     pub fn take_quota(&self) -> bool {
-        self.quota.as_ref().map_or(true, |q| q.take())
+        self.quota.as_ref().is_none_or(|q| q.take())
     }
 
     /// Secondary authorization. Rules are evaluated in order, first match wins; with rules

@@ -9,11 +9,13 @@ mod error;
 mod gcm;
 mod keys;
 mod pool;
+mod status;
 
 pub use error::HsmError;
 pub use gcm::{gcm_decrypt, gcm_encrypt, GcmOutput, TAG_LEN};
 pub use keys::{Date, KeyInfo, KeyState, Usage};
 pub use pool::PoolStats;
+pub use status::{Member, MemberState};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,6 +56,8 @@ pub struct Hsm {
     pub token: TokenDesc,
     /// The PKCS#11 library in use (configured or found by the default search).
     pub module: PathBuf,
+    /// The module's "XKI Status" vendor interface, when it has one (ours does).
+    status: Option<status::StatusInterface>,
 }
 
 impl Hsm {
@@ -86,6 +90,7 @@ impl Hsm {
             keys: keys::KeyCache::new(Duration::from_millis(cfg.key_cache_ms)),
             canary_label: cfg.canary_label.clone(),
             token,
+            status: status::StatusInterface::open(&module),
             module,
         });
         // Fail fast on a wrong PIN or a broken module: open and log in the first session now.
@@ -152,6 +157,13 @@ impl Hsm {
             _ => self.pool.put_back(s),
         }
         r
+    }
+
+    /// The tokens behind the proxy's slot, from the module's "XKI Status" interface; `None`
+    /// when the module has no such interface (or refuses the query). Cheap: the module reads
+    /// counters, no HSM call.
+    pub fn members(&self) -> Option<Vec<Member>> {
+        self.status.as_ref()?.members(self.slot.id())
     }
 
     /// Pool occupancy for metrics.
