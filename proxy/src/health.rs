@@ -69,13 +69,20 @@ pub struct Health {
     members_seen: Mutex<Vec<(String, MemberState)>>,
 }
 
+/// Create the canary key if it is missing.
+fn ensure_canary(hsm: &Hsm, s: &cryptoki::session::Session) -> Result<(), HsmError> {
+    let label = &hsm.canary_label;
+    if let Err(HsmError::KeyNotFound) = hsm.find_key(s, label) {
+        tracing::info!(key = %label, "creating health-check canary key");
+        hsm.create_key(s, label, Usage::Both)?;
+    }
+    Ok(())
+}
+
 /// One canary round trip on a session (creates the canary key if it is missing).
 pub fn canary_round_trip(hsm: &Hsm, s: &cryptoki::session::Session) -> Result<(), HsmError> {
+    ensure_canary(hsm, s)?;
     let label = hsm.canary_label.clone();
-    if let Err(HsmError::KeyNotFound) = hsm.find_key(s, &label) {
-        tracing::info!(key = %label, "creating health-check canary key");
-        hsm.create_key(s, &label, Usage::Both)?;
-    }
     hsm.with_key(s, &label, |h, st| {
         if !st.encrypt || !st.decrypt {
             return Err(HsmError::Other("canary key is disabled".into()));
@@ -84,7 +91,7 @@ pub fn canary_round_trip(hsm: &Hsm, s: &cryptoki::session::Session) -> Result<()
         s.generate_random_slice(&mut probe)
             .map_err(|e| HsmError::pkcs11("C_GenerateRandom", e))?;
         let aad = b"xki-proxy health canary";
-        let out = gcm_encrypt(s, h, aad, &probe)?;
+        let out = gcm_encrypt(s, h, hsm.next_iv(s)?, aad, &probe)?;
         let back = gcm_decrypt(s, h, &out.iv, aad, &out.ciphertext, &out.tag)?;
         if back != probe {
             return Err(HsmError::Other(
@@ -108,6 +115,12 @@ impl Health {
 
     /// Run one check through the pool and cache the result.
     pub async fn check_now(&self) -> CheckResult {
+        // Creating a missing canary key is not part of the timed round trip (a first check
+        // that generated the key would otherwise read DEGRADED).
+        let _ = self
+            .hsm
+            .run(Instant::now() + CHECK_DEADLINE, ensure_canary)
+            .await;
         let start = Instant::now();
         let r = self
             .hsm

@@ -7,12 +7,13 @@
 
 mod error;
 mod gcm;
+mod ivs;
 mod keys;
 mod pool;
 mod status;
 
 pub use error::HsmError;
-pub use gcm::{gcm_decrypt, gcm_encrypt, GcmOutput, TAG_LEN};
+pub use gcm::{gcm_decrypt, gcm_encrypt, GcmOutput, IV_LEN, TAG_LEN};
 pub use keys::{Date, KeyInfo, KeyState, Usage};
 pub use pool::PoolStats;
 pub use status::{Member, MemberState};
@@ -50,6 +51,7 @@ pub struct Hsm {
     pin: AuthPin,
     pool: pool::Pool,
     keys: keys::KeyCache,
+    ivs: ivs::IvPool,
     /// Dedicated health-check key label.
     pub canary_label: String,
     /// The token behind this pool.
@@ -88,6 +90,7 @@ impl Hsm {
             pin: AuthPin::new(pin.as_str().into()),
             pool: pool::Pool::new(cfg.sessions, cfg.queue_depth),
             keys: keys::KeyCache::new(Duration::from_millis(cfg.key_cache_ms)),
+            ivs: ivs::IvPool::default(),
             canary_label: cfg.canary_label.clone(),
             token,
             status: status::StatusInterface::open(&module),
@@ -152,11 +155,17 @@ impl Hsm {
             Err(e) if e.session_broken() => {
                 // Dropping closes it; the next caller opens (and logs in) a fresh one.
                 self.keys.clear();
+                self.ivs.clear();
                 drop(s);
             }
             _ => self.pool.put_back(s),
         }
         r
+    }
+
+    /// A fresh GCM IV from the token's RNG (fetched in bulk, each handed out once).
+    pub fn next_iv(&self, s: &Session) -> Result<[u8; IV_LEN], HsmError> {
+        self.ivs.next(s)
     }
 
     /// The tokens behind the proxy's slot, from the module's "XKI Status" interface; `None`
