@@ -34,14 +34,20 @@ export XKI_PKCS11_CONF="$dir/pkcs11.toml"
 export XKI_EMBEDDED_TEST_KDF=fast
 akid=BENCHKEYAAAAAAAAAAAAAAAA
 head -c 48 /dev/urandom | base64 -w0 >"$dir/secret"
+# A throwaway CA (bench --cacert DIR/ca.pem) and a leaf for localhost (rustls refuses a CA
+# certificate as the server's own).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-    -subj /CN=localhost -addext subjectAltName=DNS:localhost \
-    -keyout "$dir/server.key" -out "$dir/server.pem" 2>/dev/null
+    -subj /CN=xki-bench-ca -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+    -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$dir/leaf.ext"
+openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+    -CAcreateserial -days 2 -extfile "$dir/leaf.ext" -out "$dir/server.pem" 2>/dev/null
 for slot in bench-hsm bench-emb; do
   for mode in http https; do
     port=$([ $mode = http ] && echo 18080 || echo 18443)
     tls=""
-    [ $mode = https ] && tls=$'[tls]\ncert_file = "'"$dir"'/server.pem"\nkey_file = "'"$dir"'/server.key"'
+    [ $mode = https ] && tls=$(printf '[tls]\ncert_file = "%s/server.pem"\nkey_file = "%s/server.key"' "$dir" "$dir")
     cat >"$dir/proxy-$slot-$mode.toml" <<CONF
 listen = "127.0.0.1:$port"
 admin_listen = "127.0.0.1:$((port + 1))"
