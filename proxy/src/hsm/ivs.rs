@@ -19,7 +19,7 @@ pub(super) struct IvPool {
 }
 
 impl IvPool {
-    /// One fresh IV; refills from the token on `s` (on the calling blocking-pool thread,
+    /// One fresh IV; refills from the token on `s` (on the calling HSM worker thread,
     /// outside the lock, so other sessions are not held up) when the batch is used up.
     pub(super) fn next(&self, s: &Session) -> Result<[u8; IV_LEN], HsmError> {
         if let Some(iv) = self.ready.lock().pop() {

@@ -2,10 +2,11 @@
 //! logged-in sessions. Only standard PKCS#11 is used, so any module works (ours, SoftHSM2,
 //! a vendor HSM's).
 //!
-//! Blocking PKCS#11 calls never run on the async workers: [`Hsm::run`] executes a closure on
-//! tokio's blocking thread pool, bounded by a semaphore sized to the session pool.
+//! Blocking PKCS#11 calls never run on the async workers: [`Hsm::run`] queues a closure for
+//! the HSM worker threads (one per session, [`exec`]), with a bounded wait queue in front.
 
 mod error;
+mod exec;
 mod gcm;
 mod ivs;
 mod keys;
@@ -52,6 +53,9 @@ pub struct Hsm {
     pool: pool::Pool,
     keys: keys::KeyCache,
     ivs: ivs::IvPool,
+    /// HSM worker threads, started by the first [`Hsm::run`] (CLI commands never start them).
+    exec: std::sync::OnceLock<Arc<exec::Exec>>,
+    exec_start: parking_lot::Mutex<()>,
     /// Dedicated health-check key label.
     pub canary_label: String,
     /// The token behind this pool.
@@ -91,6 +95,8 @@ impl Hsm {
             pool: pool::Pool::new(cfg.sessions, cfg.queue_depth),
             keys: keys::KeyCache::new(Duration::from_millis(cfg.key_cache_ms)),
             ivs: ivs::IvPool::default(),
+            exec: std::sync::OnceLock::new(),
+            exec_start: parking_lot::Mutex::new(()),
             canary_label: cfg.canary_label.clone(),
             token,
             status: status::StatusInterface::open(&module),
@@ -116,25 +122,45 @@ impl Hsm {
         Ok(s)
     }
 
-    /// Run `f` with a pooled session on the blocking pool, within `deadline`.
+    /// Run `f` with a pooled session on an HSM worker thread, within `deadline`.
     ///
-    /// All sessions busy and more than `queue_depth` waiters -> [`HsmError::Busy`] at once;
-    /// deadline passes (waiting or in the call) -> [`HsmError::Timeout`]. A call that times out
-    /// keeps its session until the module returns, then the session goes back to the pool.
+    /// More than `queue_depth` calls already waiting -> [`HsmError::Busy`] at once; deadline
+    /// passes (waiting or in the call) -> [`HsmError::Timeout`]. A call that times out keeps
+    /// its session (and worker) until the module returns, then the session goes back to the
+    /// pool; a call still queued at its deadline is dropped without touching the HSM.
     pub async fn run<R, F>(self: &Arc<Self>, deadline: Instant, f: F) -> Result<R, HsmError>
     where
         R: Send + 'static,
         F: FnOnce(&Hsm, &Session) -> Result<R, HsmError> + Send + 'static,
     {
-        let permit = self.pool.acquire(deadline).await?;
+        let exec = match self.exec.get() {
+            Some(e) => e,
+            None => {
+                // One starter only (a racing second start would leave idle threads behind).
+                let _g = self.exec_start.lock();
+                match self.exec.get() {
+                    Some(e) => e,
+                    None => {
+                        let e = exec::Exec::start(self.pool.size(), self.pool.queue_depth())?;
+                        self.exec.get_or_init(|| e)
+                    }
+                }
+            }
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
         let me = self.clone();
-        let job = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            me.with_session(|s| f(&me, s))
-        });
-        match tokio::time::timeout_at(deadline.into(), job).await {
+        exec.submit(Box::new(move || {
+            if tx.is_closed() || Instant::now() >= deadline {
+                let _ = tx.send(Err(HsmError::Timeout));
+                return;
+            }
+            let _ = tx.send(me.with_session(|s| f(&me, s)));
+        }))?;
+        match tokio::time::timeout_at(deadline.into(), rx).await {
             Err(_) => Err(HsmError::Timeout),
-            Ok(Err(_)) => Err(HsmError::Other("HSM worker panicked".into())),
+            Ok(Err(_)) => Err(HsmError::Other(
+                "HSM worker dropped the call (panic or shutdown)".into(),
+            )),
             Ok(Ok(r)) => r,
         }
     }
@@ -177,11 +203,14 @@ impl Hsm {
 
     /// Pool occupancy for metrics.
     pub fn pool_stats(&self) -> PoolStats {
-        self.pool.stats()
+        self.pool.stats(self.exec.get().map_or(0, |e| e.waiting()))
     }
 
     /// Stop handing out sessions and close the idle ones (graceful shutdown).
     pub fn close(&self) {
+        if let Some(e) = self.exec.get() {
+            e.close();
+        }
         self.pool.close();
     }
 }

@@ -60,7 +60,7 @@ pub async fn encrypt(
         .hsm
         .run(app.deadline(), move |hsm, s| {
             let full_aad = hsm_aad(&aad, &METADATA_V1);
-            // One blocking-pool hop for the whole HSM part: IV (from the bulk pool), encrypt
+            // One hop to an HSM worker thread for the whole HSM part: IV (from the bulk pool), encrypt
             // and the verifying decrypt. The token enforces CKA_ENCRYPT/CKA_DECRYPT itself
             // (see `Hsm::with_key_enforced`).
             hsm.with_key_enforced(s, &label, |h| {
