@@ -52,6 +52,9 @@ pub struct BenchArgs {
     /// Plaintext size in bytes.
     #[arg(long, default_value_t = 256)]
     pub size: usize,
+    /// Additional authenticated data size in bytes (encrypt and decrypt).
+    #[arg(long, default_value_t = 32)]
+    pub aad_size: usize,
     /// CA certificate (PEM) to trust for https URLs.
     #[arg(long)]
     pub cacert: Option<PathBuf>,
@@ -209,12 +212,13 @@ async fn run_async(args: BenchArgs) -> Result<(), String> {
         None
     };
     let plaintext = vec![0x5au8; args.size];
+    let aad = vec![0x61u8; args.aad_size];
     let enc_path = format!("{prefix}/kms/xks/v1/keys/{}/encrypt", args.key);
     let enc_body = serde_json::to_vec(&json!({
         "requestMetadata": md("Encrypt"),
         "plaintext": b64.encode(&plaintext),
         "encryptionAlgorithm": "AES_GCM",
-        "additionalAuthenticatedData": b64.encode(b"bench aad"),
+        "additionalAuthenticatedData": b64.encode(&aad),
         "ciphertextDataIntegrityValueAlgorithm": "SHA_256",
     }))
     .map_err(|e| e.to_string())?;
@@ -245,7 +249,7 @@ async fn run_async(args: BenchArgs) -> Result<(), String> {
                 "requestMetadata": md("Decrypt"),
                 "ciphertext": e["ciphertext"], "initializationVector": e["initializationVector"],
                 "authenticationTag": e["authenticationTag"], "ciphertextMetadata": e["ciphertextMetadata"],
-                "additionalAuthenticatedData": b64.encode(b"bench aad"),
+                "additionalAuthenticatedData": b64.encode(&aad),
                 "encryptionAlgorithm": "AES_GCM",
             }))
             .map_err(|e| e.to_string())?;

@@ -2,8 +2,20 @@
 //! run in the background every `health_interval_ms` (<= 30 s); requests read the cached
 //! result, which is treated as UNAVAILABLE once older than 60 s.
 //!
-//! `ekmFleetDetails` is a list so a replica-aware backend can later report each member; today
-//! there is one entry, the token this proxy is logged in to.
+//! `ekmFleetDetails`: when the module offers the "XKI Status" vendor interface (ours does),
+//! one entry per token ("member") behind the proxy's slot, `id` = the member's backend name;
+//! otherwise (SoftHSM2 or a vendor library loaded directly) one entry for the token.
+//!
+//! **Combination rule.** The canary check is the proxy's own end-to-end verdict; a member's
+//! reported status is the *worse* of its own state (from the module) and the canary verdict:
+//! - canary ACTIVE: each member as the module reports it;
+//! - canary DEGRADED (slow, or lost to overload): no member better than DEGRADED;
+//! - canary UNAVAILABLE (failed, or stale): every member UNAVAILABLE, since a member the module
+//!   still calls healthy is of no use when requests through the slot fail (this also keeps the
+//!   "disable the canary to drain a proxy" switch working on replica groups).
+//!
+//! So the list is never more optimistic than the check, and a member the module has taken out
+//! of service is never reported ACTIVE.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +23,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::api::{EkmFleetMember, HealthResponse};
-use crate::hsm::{gcm_decrypt, gcm_encrypt, Hsm, HsmError, Usage};
+use crate::hsm::{gcm_decrypt, gcm_encrypt, Hsm, HsmError, Member, MemberState, Usage};
 
 /// Results older than this count as UNAVAILABLE.
 const MAX_AGE: Duration = Duration::from_secs(60);
@@ -53,15 +65,24 @@ pub struct Health {
     hsm: Arc<Hsm>,
     fleet_size: u32,
     last: Mutex<Option<CheckResult>>,
+    /// Member states at the last check, to log transitions once.
+    members_seen: Mutex<Vec<(String, MemberState)>>,
+}
+
+/// Create the canary key if it is missing.
+fn ensure_canary(hsm: &Hsm, s: &cryptoki::session::Session) -> Result<(), HsmError> {
+    let label = &hsm.canary_label;
+    if let Err(HsmError::KeyNotFound) = hsm.find_key(s, label) {
+        tracing::info!(key = %label, "creating health-check canary key");
+        hsm.create_key(s, label, Usage::Both)?;
+    }
+    Ok(())
 }
 
 /// One canary round trip on a session (creates the canary key if it is missing).
 pub fn canary_round_trip(hsm: &Hsm, s: &cryptoki::session::Session) -> Result<(), HsmError> {
+    ensure_canary(hsm, s)?;
     let label = hsm.canary_label.clone();
-    if let Err(HsmError::KeyNotFound) = hsm.find_key(s, &label) {
-        tracing::info!(key = %label, "creating health-check canary key");
-        hsm.create_key(s, &label, Usage::Both)?;
-    }
     hsm.with_key(s, &label, |h, st| {
         if !st.encrypt || !st.decrypt {
             return Err(HsmError::Other("canary key is disabled".into()));
@@ -70,7 +91,7 @@ pub fn canary_round_trip(hsm: &Hsm, s: &cryptoki::session::Session) -> Result<()
         s.generate_random_slice(&mut probe)
             .map_err(|e| HsmError::pkcs11("C_GenerateRandom", e))?;
         let aad = b"xki-proxy health canary";
-        let out = gcm_encrypt(s, h, aad, &probe)?;
+        let out = gcm_encrypt(s, h, hsm.next_iv(s)?, aad, &probe)?;
         let back = gcm_decrypt(s, h, &out.iv, aad, &out.ciphertext, &out.tag)?;
         if back != probe {
             return Err(HsmError::Other(
@@ -88,11 +109,18 @@ impl Health {
             hsm,
             fleet_size,
             last: Mutex::new(None),
+            members_seen: Mutex::new(Vec::new()),
         })
     }
 
     /// Run one check through the pool and cache the result.
     pub async fn check_now(&self) -> CheckResult {
+        // Creating a missing canary key is not part of the timed round trip (a first check
+        // that generated the key would otherwise read DEGRADED).
+        let _ = self
+            .hsm
+            .run(Instant::now() + CHECK_DEADLINE, ensure_canary)
+            .await;
         let start = Instant::now();
         let r = self
             .hsm
@@ -115,7 +143,25 @@ impl Health {
                 }
             }
         }
+        self.log_member_changes();
         res
+    }
+
+    /// Log each member whose combined state changed since the previous check.
+    fn log_member_changes(&self) {
+        let now: Vec<(Member, MemberState)> = self.members().unwrap_or_default();
+        let mut seen = self.members_seen.lock();
+        for (m, st) in &now {
+            let before = seen.iter().find(|(n, _)| *n == m.name).map(|(_, s)| *s);
+            if before.is_some_and(|b| b != *st) {
+                if *st == MemberState::Active {
+                    tracing::info!(member = %m.name, "member health: ACTIVE");
+                } else {
+                    tracing::warn!(member = %m.name, state = st.as_str(), error = %m.last_error, "member health changed");
+                }
+            }
+        }
+        *seen = now.into_iter().map(|(m, st)| (m.name, st)).collect();
     }
 
     /// Check every `interval` until the runtime stops.
@@ -139,6 +185,22 @@ impl Health {
             .map_or("UNAVAILABLE", CheckResult::status)
     }
 
+    /// The members of the slot with their combined status (see the module docs), or `None`
+    /// when the module has no status interface.
+    pub fn members(&self) -> Option<Vec<(Member, MemberState)>> {
+        let canary = MemberState::parse(self.status());
+        let members = self.hsm.members()?;
+        Some(
+            members
+                .into_iter()
+                .map(|m| {
+                    let st = m.state.max(canary);
+                    (m, st)
+                })
+                .collect(),
+        )
+    }
+
     /// Backend id used in reports.
     pub fn backend_id(&self) -> String {
         let t = &self.hsm.token;
@@ -152,16 +214,29 @@ impl Health {
     /// The GetHealthStatus response body.
     pub fn report(&self) -> HealthResponse {
         let t = &self.hsm.token;
+        let ekm_fleet_details = match self.members() {
+            Some(ms) if !ms.is_empty() => ms
+                .into_iter()
+                // The API allows at most 10 entries.
+                .take(10)
+                .map(|(m, st)| EkmFleetMember {
+                    id: m.name,
+                    model: t.model.clone(),
+                    health_status: st.as_str(),
+                })
+                .collect(),
+            _ => vec![EkmFleetMember {
+                id: self.backend_id(),
+                model: t.model.clone(),
+                health_status: self.status(),
+            }],
+        };
         HealthResponse {
             xks_proxy_fleet_size: self.fleet_size,
             xks_proxy_vendor: "xki-bridge",
             xks_proxy_model: format!("xki-proxy {}", env!("CARGO_PKG_VERSION")),
             ekm_vendor: t.manufacturer.clone(),
-            ekm_fleet_details: vec![EkmFleetMember {
-                id: self.backend_id(),
-                model: t.model.clone(),
-                health_status: self.status(),
-            }],
+            ekm_fleet_details,
         }
     }
 }

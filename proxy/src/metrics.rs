@@ -26,6 +26,11 @@ struct BackendLabels {
     backend: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberLabels {
+    member: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 50 µs .. ~1.6 s
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
@@ -40,6 +45,18 @@ pub struct Metrics {
     pool_in_use: Gauge,
     pool_waiting: Gauge,
     health: Family<BackendLabels, Gauge>,
+    member_health: Family<MemberLabels, Gauge>,
+    member_in_flight: Family<MemberLabels, Gauge>,
+    member_stuck: Family<MemberLabels, Gauge>,
+    member_failures: Family<MemberLabels, Gauge>,
+}
+
+fn health_value(status: &str) -> i64 {
+    match status {
+        "ACTIVE" => 2,
+        "DEGRADED" => 1,
+        _ => 0,
+    }
 }
 
 impl Default for Metrics {
@@ -60,6 +77,10 @@ impl Metrics {
         let pool_in_use = Gauge::default();
         let pool_waiting = Gauge::default();
         let health = Family::<BackendLabels, Gauge>::default();
+        let member_health = Family::<MemberLabels, Gauge>::default();
+        let member_in_flight = Family::<MemberLabels, Gauge>::default();
+        let member_stuck = Family::<MemberLabels, Gauge>::default();
+        let member_failures = Family::<MemberLabels, Gauge>::default();
         registry.register(
             "requests",
             "API requests by operation and outcome",
@@ -86,6 +107,26 @@ impl Metrics {
             "Backend health: 2 ACTIVE, 1 DEGRADED, 0 UNAVAILABLE",
             health.clone(),
         );
+        registry.register(
+            "member_health",
+            "Health of each token behind the slot, as in GetHealthStatus: 2 ACTIVE, 1 DEGRADED, 0 UNAVAILABLE",
+            member_health.clone(),
+        );
+        registry.register(
+            "member_in_flight",
+            "Calls running on each token behind the slot",
+            member_in_flight.clone(),
+        );
+        registry.register(
+            "member_stuck_calls",
+            "Abandoned (timed-out) calls still inside each token's library",
+            member_stuck.clone(),
+        );
+        registry.register(
+            "member_failures",
+            "Times each token behind the slot was taken out of service (since module start)",
+            member_failures.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -94,6 +135,10 @@ impl Metrics {
             pool_in_use,
             pool_waiting,
             health,
+            member_health,
+            member_in_flight,
+            member_stuck,
+            member_failures,
         }
     }
 
@@ -118,11 +163,22 @@ impl Metrics {
         self.pool_size.set(st.size as i64);
         self.pool_in_use.set(st.in_use as i64);
         self.pool_waiting.set(st.waiting as i64);
-        let v = match health.status() {
-            "ACTIVE" => 2,
-            "DEGRADED" => 1,
-            _ => 0,
-        };
+        let v = health_value(health.status());
+        for (m, st) in health.members().unwrap_or_default() {
+            let l = MemberLabels { member: m.name };
+            self.member_health
+                .get_or_create(&l)
+                .set(health_value(st.as_str()));
+            self.member_in_flight
+                .get_or_create(&l)
+                .set(m.in_flight as i64);
+            self.member_stuck
+                .get_or_create(&l)
+                .set(m.stuck_calls as i64);
+            self.member_failures
+                .get_or_create(&l)
+                .set(m.failures as i64);
+        }
         self.health
             .get_or_create(&BackendLabels {
                 backend: health.backend_id(),

@@ -566,7 +566,8 @@ fn health_follows_the_hsm_and_shutdown_is_graceful() {
             .unwrap()
             .to_string()
     };
-    assert_eq!(health(&s), "ACTIVE");
+    // DEGRADED is possible for a moment on a loaded machine (a check slower than 100 ms).
+    wait_until(10, || health(&s) == "ACTIVE");
     // Fault: the canary key stops working in the HSM (disabled out of band, by another
     // process). The background check must notice and report UNAVAILABLE, then recover.
     cli_ok(&e.tok, &["keys", "disable", "xki-proxy-canary"]);

@@ -23,17 +23,15 @@ pub struct GcmOutput {
     pub tag: Vec<u8>,
 }
 
-/// Encrypt with a fresh 12-byte IV from the token's RNG.
+/// Encrypt with `iv`, a fresh 12-byte IV from the token's RNG ([`super::Hsm::next_iv`]).
 pub fn gcm_encrypt(
     s: &Session,
     key: ObjectHandle,
+    iv: [u8; IV_LEN],
     aad: &[u8],
     plaintext: &[u8],
 ) -> Result<GcmOutput, HsmError> {
-    let mut iv = vec![0u8; IV_LEN];
-    s.generate_random_slice(&mut iv)
-        .map_err(|e| HsmError::pkcs11("C_GenerateRandom", e))?;
-    let mut iv_param = iv.clone();
+    let mut iv_param = iv;
     let params = GcmParams::new(&mut iv_param, aad, ((TAG_LEN * 8) as u64).into())
         .map_err(|e| HsmError::pkcs11("GcmParams", e))?;
     let mut out = s
@@ -48,7 +46,7 @@ pub fn gcm_encrypt(
     }
     let tag = out.split_off(plaintext.len());
     Ok(GcmOutput {
-        iv,
+        iv: iv.to_vec(),
         ciphertext: out,
         tag,
     })

@@ -329,6 +329,38 @@ impl Hsm {
         Err(HsmError::KeyNotFound)
     }
 
+    /// Run one Encrypt/Decrypt `f` on the key WITHOUT reading its state first (the hot path).
+    ///
+    /// The token enforces CKA_ENCRYPT / CKA_DECRYPT on every call (PKCS#11 requires
+    /// `CKR_KEY_FUNCTION_NOT_PERMITTED`; SoftHSM2, our module and its backends do), so the
+    /// live state still decides every request; it is read only when the token refuses, to
+    /// name the error: DISABLED (both flags false) or wrong usage. This saves one
+    /// C_GetAttributeValue per request, which cost about a third of the proxy's CPU on
+    /// SoftHSM2 (its file store re-reads the object on every attribute read).
+    pub fn with_key_enforced<R>(
+        &self,
+        s: &Session,
+        label: &str,
+        mut f: impl FnMut(ObjectHandle) -> Result<R, HsmError>,
+    ) -> Result<R, HsmError> {
+        for attempt in 0..2 {
+            let h = self.find_key(s, label)?;
+            match f(h) {
+                Err(e) if e.stale_handle() && attempt == 0 => self.keys.remove(label),
+                Err(e) if e.rv() == Some(RvError::KeyFunctionNotPermitted) => {
+                    let st = read_state(s, h)?;
+                    return Err(if st.disabled() {
+                        HsmError::Disabled
+                    } else {
+                        HsmError::WrongUsage
+                    });
+                }
+                other => return other,
+            }
+        }
+        Err(HsmError::KeyNotFound)
+    }
+
     /// Live state of a key.
     pub fn key_state(&self, s: &Session, label: &str) -> Result<KeyState, HsmError> {
         self.with_key(s, label, |_, st| Ok(st))

@@ -2,18 +2,22 @@
 //! logged-in sessions. Only standard PKCS#11 is used, so any module works (ours, SoftHSM2,
 //! a vendor HSM's).
 //!
-//! Blocking PKCS#11 calls never run on the async workers: [`Hsm::run`] executes a closure on
-//! tokio's blocking thread pool, bounded by a semaphore sized to the session pool.
+//! Blocking PKCS#11 calls never run on the async workers: [`Hsm::run`] queues a closure for
+//! the HSM worker threads (one per session, [`exec`]), with a bounded wait queue in front.
 
 mod error;
+mod exec;
 mod gcm;
+mod ivs;
 mod keys;
 mod pool;
+mod status;
 
 pub use error::HsmError;
-pub use gcm::{gcm_decrypt, gcm_encrypt, GcmOutput, TAG_LEN};
+pub use gcm::{gcm_decrypt, gcm_encrypt, GcmOutput, IV_LEN, TAG_LEN};
 pub use keys::{Date, KeyInfo, KeyState, Usage};
 pub use pool::PoolStats;
+pub use status::{Member, MemberState};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,12 +52,18 @@ pub struct Hsm {
     pin: AuthPin,
     pool: pool::Pool,
     keys: keys::KeyCache,
+    ivs: ivs::IvPool,
+    /// HSM worker threads, started by the first [`Hsm::run`] (CLI commands never start them).
+    exec: std::sync::OnceLock<Arc<exec::Exec>>,
+    exec_start: parking_lot::Mutex<()>,
     /// Dedicated health-check key label.
     pub canary_label: String,
     /// The token behind this pool.
     pub token: TokenDesc,
     /// The PKCS#11 library in use (configured or found by the default search).
     pub module: PathBuf,
+    /// The module's "XKI Status" vendor interface, when it has one (ours does).
+    status: Option<status::StatusInterface>,
 }
 
 impl Hsm {
@@ -84,8 +94,12 @@ impl Hsm {
             pin: AuthPin::new(pin.as_str().into()),
             pool: pool::Pool::new(cfg.sessions, cfg.queue_depth),
             keys: keys::KeyCache::new(Duration::from_millis(cfg.key_cache_ms)),
+            ivs: ivs::IvPool::default(),
+            exec: std::sync::OnceLock::new(),
+            exec_start: parking_lot::Mutex::new(()),
             canary_label: cfg.canary_label.clone(),
             token,
+            status: status::StatusInterface::open(&module),
             module,
         });
         // Fail fast on a wrong PIN or a broken module: open and log in the first session now.
@@ -108,25 +122,45 @@ impl Hsm {
         Ok(s)
     }
 
-    /// Run `f` with a pooled session on the blocking pool, within `deadline`.
+    /// Run `f` with a pooled session on an HSM worker thread, within `deadline`.
     ///
-    /// All sessions busy and more than `queue_depth` waiters -> [`HsmError::Busy`] at once;
-    /// deadline passes (waiting or in the call) -> [`HsmError::Timeout`]. A call that times out
-    /// keeps its session until the module returns, then the session goes back to the pool.
+    /// More than `queue_depth` calls already waiting -> [`HsmError::Busy`] at once; deadline
+    /// passes (waiting or in the call) -> [`HsmError::Timeout`]. A call that times out keeps
+    /// its session (and worker) until the module returns, then the session goes back to the
+    /// pool; a call still queued at its deadline is dropped without touching the HSM.
     pub async fn run<R, F>(self: &Arc<Self>, deadline: Instant, f: F) -> Result<R, HsmError>
     where
         R: Send + 'static,
         F: FnOnce(&Hsm, &Session) -> Result<R, HsmError> + Send + 'static,
     {
-        let permit = self.pool.acquire(deadline).await?;
+        let exec = match self.exec.get() {
+            Some(e) => e,
+            None => {
+                // One starter only (a racing second start would leave idle threads behind).
+                let _g = self.exec_start.lock();
+                match self.exec.get() {
+                    Some(e) => e,
+                    None => {
+                        let e = exec::Exec::start(self.pool.size(), self.pool.queue_depth())?;
+                        self.exec.get_or_init(|| e)
+                    }
+                }
+            }
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
         let me = self.clone();
-        let job = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            me.with_session(|s| f(&me, s))
-        });
-        match tokio::time::timeout_at(deadline.into(), job).await {
+        exec.submit(Box::new(move || {
+            if tx.is_closed() || Instant::now() >= deadline {
+                let _ = tx.send(Err(HsmError::Timeout));
+                return;
+            }
+            let _ = tx.send(me.with_session(|s| f(&me, s)));
+        }))?;
+        match tokio::time::timeout_at(deadline.into(), rx).await {
             Err(_) => Err(HsmError::Timeout),
-            Ok(Err(_)) => Err(HsmError::Other("HSM worker panicked".into())),
+            Ok(Err(_)) => Err(HsmError::Other(
+                "HSM worker dropped the call (panic or shutdown)".into(),
+            )),
             Ok(Ok(r)) => r,
         }
     }
@@ -147,6 +181,7 @@ impl Hsm {
             Err(e) if e.session_broken() => {
                 // Dropping closes it; the next caller opens (and logs in) a fresh one.
                 self.keys.clear();
+                self.ivs.clear();
                 drop(s);
             }
             _ => self.pool.put_back(s),
@@ -154,13 +189,28 @@ impl Hsm {
         r
     }
 
+    /// A fresh GCM IV from the token's RNG (fetched in bulk, each handed out once).
+    pub fn next_iv(&self, s: &Session) -> Result<[u8; IV_LEN], HsmError> {
+        self.ivs.next(s)
+    }
+
+    /// The tokens behind the proxy's slot, from the module's "XKI Status" interface; `None`
+    /// when the module has no such interface (or refuses the query). Cheap: the module reads
+    /// counters, no HSM call.
+    pub fn members(&self) -> Option<Vec<Member>> {
+        self.status.as_ref()?.members(self.slot.id())
+    }
+
     /// Pool occupancy for metrics.
     pub fn pool_stats(&self) -> PoolStats {
-        self.pool.stats()
+        self.pool.stats(self.exec.get().map_or(0, |e| e.waiting()))
     }
 
     /// Stop handing out sessions and close the idle ones (graceful shutdown).
     pub fn close(&self) {
+        if let Some(e) = self.exec.get() {
+            e.close();
+        }
         self.pool.close();
     }
 }

@@ -1,15 +1,10 @@
-//! Session pool: idle sessions plus a semaphore that bounds concurrent HSM calls and a
-//! bounded wait queue in front of it (overload turns into Throttling at once, not latency).
+//! Session pool: idle logged-in sessions and occupancy counters. How many calls run at once
+//! and how many may wait is bounded by the worker threads and their queue ([`super::exec`]).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use cryptoki::session::Session;
 use parking_lot::Mutex;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
-
-use super::HsmError;
 
 /// Occupancy snapshot for metrics.
 #[derive(Debug, Clone, Copy)]
@@ -24,11 +19,10 @@ pub struct PoolStats {
 
 pub(super) struct Pool {
     idle: Mutex<Vec<Session>>,
-    permits: Arc<Semaphore>,
-    waiting: AtomicUsize,
     in_use: AtomicUsize,
-    queue_depth: usize,
+    closed: AtomicBool,
     size: usize,
+    queue_depth: usize,
 }
 
 /// Decrements `in_use` when dropped.
@@ -40,47 +34,25 @@ impl Drop for Busy<'_> {
     }
 }
 
-/// Decrements `waiting` when dropped (also when the waiting future is cancelled).
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl Pool {
     pub(super) fn new(size: usize, queue_depth: usize) -> Self {
         Pool {
             idle: Mutex::new(Vec::with_capacity(size)),
-            permits: Arc::new(Semaphore::new(size)),
-            waiting: AtomicUsize::new(0),
             in_use: AtomicUsize::new(0),
-            queue_depth,
+            closed: AtomicBool::new(false),
             size,
+            queue_depth,
         }
     }
 
-    /// Get the right to use one session, waiting at most until `deadline`.
-    pub(super) async fn acquire(
-        &self,
-        deadline: Instant,
-    ) -> Result<OwnedSemaphorePermit, HsmError> {
-        match self.permits.clone().try_acquire_owned() {
-            Ok(p) => return Ok(p),
-            Err(TryAcquireError::Closed) => return Err(HsmError::ShuttingDown),
-            Err(TryAcquireError::NoPermits) => {}
-        }
-        if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.queue_depth {
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
-            return Err(HsmError::Busy);
-        }
-        let _w = Waiting(&self.waiting);
-        match tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned()).await {
-            Err(_) => Err(HsmError::Timeout),
-            Ok(Err(_)) => Err(HsmError::ShuttingDown),
-            Ok(Ok(p)) => Ok(p),
-        }
+    /// Pool size (= HSM worker threads).
+    pub(super) fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Requests allowed to wait for a session.
+    pub(super) fn queue_depth(&self) -> usize {
+        self.queue_depth
     }
 
     pub(super) fn mark_busy(&self) -> Busy<'_> {
@@ -93,22 +65,22 @@ impl Pool {
     }
 
     pub(super) fn put_back(&self, s: Session) {
-        if self.permits.is_closed() {
+        if self.closed.load(Ordering::Acquire) {
             return; // shutting down: drop closes it
         }
         self.idle.lock().push(s);
     }
 
-    pub(super) fn stats(&self) -> PoolStats {
+    pub(super) fn stats(&self, waiting: usize) -> PoolStats {
         PoolStats {
             size: self.size,
             in_use: self.in_use.load(Ordering::Relaxed),
-            waiting: self.waiting.load(Ordering::Relaxed),
+            waiting,
         }
     }
 
     pub(super) fn close(&self) {
-        self.permits.close();
+        self.closed.store(true, Ordering::Release);
         self.idle.lock().clear();
     }
 }

@@ -2,6 +2,7 @@
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use cryptoki::error::RvError;
 use zeroize::Zeroizing;
 
 use super::format::{cdiv, hsm_aad, METADATA_V1};
@@ -59,24 +60,22 @@ pub async fn encrypt(
         .hsm
         .run(app.deadline(), move |hsm, s| {
             let full_aad = hsm_aad(&aad, &METADATA_V1);
-            hsm.with_key(s, &label, |h, st| {
-                if st.disabled() {
-                    return Err(HsmError::Disabled);
-                }
-                if !st.encrypt {
-                    return Err(HsmError::WrongUsage);
-                }
+            // One hop to an HSM worker thread for the whole HSM part: IV (from the bulk pool), encrypt
+            // and the verifying decrypt. The token enforces CKA_ENCRYPT/CKA_DECRYPT itself
+            // (see `Hsm::with_key_enforced`).
+            hsm.with_key_enforced(s, &label, |h| {
                 for _attempt in 0..2 {
-                    let out = gcm_encrypt(s, h, &full_aad, &plaintext)?;
+                    let out = gcm_encrypt(s, h, hsm.next_iv(s)?, &full_aad, &plaintext)?;
                     if !want_cdiv {
                         return Ok((out, None));
                     }
                     let d = cdiv(&aad, &METADATA_V1, &out.iv, &out.ciphertext, &out.tag);
-                    if !st.decrypt {
-                        return Ok((out, Some(d)));
-                    }
                     match gcm_decrypt(s, h, &out.iv, &full_aad, &out.ciphertext, &out.tag) {
                         Ok(back) if back.as_slice() == plaintext.as_slice() => {
+                            return Ok((out, Some(d)))
+                        }
+                        // A key without CKA_DECRYPT cannot check its output: answer as is.
+                        Err(e) if e.rv() == Some(RvError::KeyFunctionNotPermitted) => {
                             return Ok((out, Some(d)))
                         }
                         Ok(_) | Err(HsmError::InvalidCiphertext) => {
@@ -135,13 +134,7 @@ pub async fn decrypt(
         .hsm
         .run(app.deadline(), move |hsm, s| {
             let full_aad = hsm_aad(&aad, &meta);
-            hsm.with_key(s, &label, |h, st| {
-                if st.disabled() {
-                    return Err(HsmError::Disabled);
-                }
-                if !st.decrypt {
-                    return Err(HsmError::WrongUsage);
-                }
+            hsm.with_key_enforced(s, &label, |h| {
                 gcm_decrypt(s, h, &iv, &full_aad, &ciphertext, &tag).map(Zeroizing::new)
             })
         })
