@@ -68,6 +68,8 @@ done
 # because this rebuilds target/debug/deps/libxki_pkcs11.so with the feature.
 step "replica groups (fault injection)" \
     cargo test -p xki-pkcs11 --features fault-injection --test replica_group --test replica_module
+step "proxy health per replica member (fault injection)" \
+    cargo test -p xki-proxy --features fault-injection --test replica_health
 
 echo
 if [[ $failed -gt 0 ]]; then
