@@ -135,30 +135,7 @@ mod tests {
     use super::*;
 
     fn key(id: &[u8], label: &[u8], handle: u64) -> KeyInfo {
-        KeyInfo {
-            handle: BackendKey(handle),
-            id: id.to_vec(),
-            label: label.to_vec(),
-            key_type: 0x1f,
-            value_len: 32,
-            token: true,
-            private: true,
-            sensitive: true,
-            extractable: false,
-            always_sensitive: Some(true),
-            never_extractable: Some(true),
-            local: Some(true),
-            modifiable: true,
-            encrypt: true,
-            decrypt: true,
-            wrap: false,
-            unwrap: false,
-            sign: false,
-            verify: false,
-            derive: false,
-            start_date: vec![],
-            end_date: vec![],
-        }
+        KeyInfo::generated_aes(BackendKey(handle), id.to_vec(), label.to_vec(), 32)
     }
 
     #[test]

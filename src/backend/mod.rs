@@ -80,6 +80,43 @@ pub struct KeyInfo {
     pub end_date: Vec<u8>,
 }
 
+impl KeyInfo {
+    /// A key as a token generates it for this module: a local AES token key of `value_len`
+    /// bytes that is private, sensitive, always sensitive, never extractable, modifiable, and
+    /// only encrypts and decrypts, with no dates. Backends and tests adjust fields from here.
+    pub fn generated_aes(
+        handle: BackendKey,
+        id: Vec<u8>,
+        label: Vec<u8>,
+        value_len: u64,
+    ) -> KeyInfo {
+        KeyInfo {
+            handle,
+            id,
+            label,
+            key_type: pkcs11_sys::CKK_AES,
+            value_len,
+            token: true,
+            private: true,
+            sensitive: true,
+            extractable: false,
+            always_sensitive: Some(true),
+            never_extractable: Some(true),
+            local: Some(true),
+            modifiable: true,
+            encrypt: true,
+            decrypt: true,
+            wrap: false,
+            unwrap: false,
+            sign: false,
+            verify: false,
+            derive: false,
+            start_date: Vec::new(),
+            end_date: Vec::new(),
+        }
+    }
+}
+
 /// What to generate: always an AES key of `value_len` bytes that is token, private, sensitive
 /// and not extractable. The backend must set exactly these attributes.
 #[derive(Clone, Debug, PartialEq, Eq)]

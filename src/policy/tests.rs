@@ -2,30 +2,7 @@ use super::*;
 use crate::backend::BackendKey;
 
 fn aes_key() -> KeyInfo {
-    KeyInfo {
-        handle: BackendKey(1),
-        id: b"id".to_vec(),
-        label: b"xki-1".to_vec(),
-        key_type: CKK_AES,
-        value_len: 32,
-        token: true,
-        private: true,
-        sensitive: true,
-        extractable: false,
-        always_sensitive: Some(true),
-        never_extractable: Some(true),
-        local: Some(true),
-        modifiable: true,
-        encrypt: true,
-        decrypt: true,
-        wrap: false,
-        unwrap: false,
-        sign: false,
-        verify: false,
-        derive: false,
-        start_date: vec![],
-        end_date: vec![],
-    }
+    KeyInfo::generated_aes(BackendKey(1), b"id".to_vec(), b"xki-1".to_vec(), 32)
 }
 
 fn attr(kind: CK_ATTRIBUTE_TYPE, value: &[u8]) -> Attribute {

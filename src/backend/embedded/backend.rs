@@ -8,7 +8,7 @@ use crate::backend::{
     Backend, BackendKey, KeyChanges, KeyInfo, MechanismInfo, NewKey, TokenDescription,
 };
 use crate::rv::{CkResult, Rv};
-use pkcs11_sys::{CKF_DECRYPT, CKF_ENCRYPT, CKF_GENERATE, CKK_AES, CKM_AES_GCM, CKM_AES_KEY_GEN};
+use pkcs11_sys::{CKF_DECRYPT, CKF_ENCRYPT, CKF_GENERATE, CKM_AES_GCM, CKM_AES_KEY_GEN};
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
@@ -16,28 +16,16 @@ use zeroize::Zeroizing;
 /// sensitive, never-extractable AES token object that only encrypts/decrypts.
 fn key_info(r: &KeyRecord) -> KeyInfo {
     KeyInfo {
-        handle: BackendKey(r.record),
-        id: r.id.clone(),
-        label: r.label.clone(),
-        key_type: CKK_AES,
-        value_len: r.value.len() as u64,
-        token: true,
-        private: true,
-        sensitive: true,
-        extractable: false,
-        always_sensitive: Some(true),
-        never_extractable: Some(true),
-        local: Some(true),
-        modifiable: true,
         encrypt: r.encrypt,
         decrypt: r.decrypt,
-        wrap: false,
-        unwrap: false,
-        sign: false,
-        verify: false,
-        derive: false,
         start_date: r.start_date.clone(),
         end_date: r.end_date.clone(),
+        ..KeyInfo::generated_aes(
+            BackendKey(r.record),
+            r.id.clone(),
+            r.label.clone(),
+            r.value.len() as u64,
+        )
     }
 }
 

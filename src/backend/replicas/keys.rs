@@ -198,28 +198,10 @@ mod tests {
 
     fn key(handle: u64, id: &[u8]) -> KeyInfo {
         KeyInfo {
-            handle: BackendKey(handle),
-            id: id.to_vec(),
-            label: b"l".to_vec(),
-            key_type: 0x1f,
-            value_len: 32,
-            token: true,
-            private: true,
-            sensitive: true,
-            extractable: false,
             always_sensitive: None,
             never_extractable: None,
             local: None,
-            modifiable: true,
-            encrypt: true,
-            decrypt: true,
-            wrap: false,
-            unwrap: false,
-            sign: false,
-            verify: false,
-            derive: false,
-            start_date: vec![],
-            end_date: vec![],
+            ..KeyInfo::generated_aes(BackendKey(handle), id.to_vec(), b"l".to_vec(), 32)
         }
     }
 
