@@ -156,8 +156,8 @@ pub enum BackendKind {
     Embedded,
 }
 
-/// One `[backend.NAME]` table.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// One `[backend.NAME]` table. `Default` is a pkcs11 backend with nothing set.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     /// `"pkcs11"` (default) or `"embedded"`.
@@ -508,15 +508,9 @@ impl Config {
             "embedded".to_string(),
             BackendConfig {
                 kind: BackendKind::Embedded,
-                module: None,
-                token_label: None,
-                slot_id: None,
-                pin_file: None,
-                pin_env: None,
-                max_sessions: None,
-                timeout_ms: None,
                 store: Some(dir.join("embedded-token.store")),
                 key_file: Some(dir.join("embedded-token.key")),
+                ..Default::default()
             },
         );
         let config = Config {

@@ -112,15 +112,9 @@ fn embedded_with_keys(dir: &Path, keys: &[&[u8]]) -> EmbeddedBackend {
     std::fs::write(&store, file).unwrap();
     let cfg = BackendConfig {
         kind: BackendKind::Embedded,
-        module: None,
-        token_label: None,
-        slot_id: None,
-        pin_file: None,
-        pin_env: None,
-        max_sessions: None,
-        timeout_ms: None,
         store: Some(store),
         key_file: Some(key_file),
+        ..Default::default()
     };
     EmbeddedBackend::open("interop", &cfg, None).unwrap()
 }

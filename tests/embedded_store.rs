@@ -20,21 +20,14 @@ const CHILD_TAG_ENV: &str = "XKI_EMB_CHILD_TAG";
 fn key_file_cfg(dir: &Path) -> BackendConfig {
     BackendConfig {
         kind: BackendKind::Embedded,
-        module: None,
-        token_label: None,
-        slot_id: None,
-        pin_file: None,
-        pin_env: None,
-        max_sessions: None,
-        timeout_ms: None,
         store: Some(dir.join("store/token.store")),
         key_file: Some(dir.join("store/token.key")),
+        ..Default::default()
     }
 }
 
 fn pin_cfg(dir: &Path) -> BackendConfig {
     BackendConfig {
-        key_file: None,
         pin_env: Some("XKI_EMB_TEST_PIN_UNUSED".into()),
         ..key_file_cfg(dir)
     }

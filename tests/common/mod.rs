@@ -67,13 +67,8 @@ pub fn config(label: &str) -> BackendConfig {
         kind: BackendKind::Pkcs11,
         module: Some(MODULE.into()),
         token_label: Some(label.into()),
-        slot_id: None,
         pin_file: Some("/nonexistent/user.pin".into()),
-        pin_env: None,
-        max_sessions: None,
-        timeout_ms: None,
-        store: None,
-        key_file: None,
+        ..Default::default()
     }
 }
 

@@ -10,21 +10,14 @@ use zeroize::Zeroizing;
 fn cfg(dir: &Path) -> BackendConfig {
     BackendConfig {
         kind: BackendKind::Embedded,
-        module: None,
-        token_label: None,
-        slot_id: None,
-        pin_file: None,
-        pin_env: None,
-        max_sessions: None,
-        timeout_ms: None,
         store: Some(dir.join("t.store")),
         key_file: Some(dir.join("t.key")),
+        ..Default::default()
     }
 }
 
 fn pin_cfg(dir: &Path) -> BackendConfig {
     BackendConfig {
-        key_file: None,
         pin_file: Some(dir.join("pin")),
         ..cfg(dir)
     }
@@ -250,7 +243,6 @@ fn pin_sealed_store_and_wrong_pin() {
     assert_eq!((e.key, e.rv), ("pin_file", Rv::PIN_INCORRECT));
     assert!(!e.problem.contains("9999"), "errors never contain the PIN");
     let env_cfg = BackendConfig {
-        pin_file: None,
         pin_env: Some("XKI_TEST_UNUSED".into()),
         ..c.clone()
     };
@@ -312,10 +304,7 @@ fn sealing_mismatch_and_missing_key_file_are_refused() {
 #[test]
 fn default_key_file_sits_next_to_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let c = BackendConfig {
-        key_file: None,
-        ..cfg(dir.path())
-    };
+    let c = BackendConfig { ..cfg(dir.path()) };
     let b = open(&c);
     b.generate_aes_key(&new_key("xki-d")).unwrap();
     assert!(dir.path().join(super::DEFAULT_KEY_FILE_NAME).exists());
