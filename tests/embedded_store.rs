@@ -28,6 +28,7 @@ fn key_file_cfg(dir: &Path) -> BackendConfig {
 
 fn pin_cfg(dir: &Path) -> BackendConfig {
     BackendConfig {
+        key_file: None,
         pin_env: Some("XKI_EMB_TEST_PIN_UNUSED".into()),
         ..key_file_cfg(dir)
     }

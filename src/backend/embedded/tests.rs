@@ -18,6 +18,7 @@ fn cfg(dir: &Path) -> BackendConfig {
 
 fn pin_cfg(dir: &Path) -> BackendConfig {
     BackendConfig {
+        key_file: None,
         pin_file: Some(dir.join("pin")),
         ..cfg(dir)
     }
@@ -243,6 +244,7 @@ fn pin_sealed_store_and_wrong_pin() {
     assert_eq!((e.key, e.rv), ("pin_file", Rv::PIN_INCORRECT));
     assert!(!e.problem.contains("9999"), "errors never contain the PIN");
     let env_cfg = BackendConfig {
+        pin_file: None,
         pin_env: Some("XKI_TEST_UNUSED".into()),
         ..c.clone()
     };
@@ -304,7 +306,10 @@ fn sealing_mismatch_and_missing_key_file_are_refused() {
 #[test]
 fn default_key_file_sits_next_to_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let c = BackendConfig { ..cfg(dir.path()) };
+    let c = BackendConfig {
+        key_file: None,
+        ..cfg(dir.path())
+    };
     let b = open(&c);
     b.generate_aes_key(&new_key("xki-d")).unwrap();
     assert!(dir.path().join(super::DEFAULT_KEY_FILE_NAME).exists());
