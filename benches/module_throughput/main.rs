@@ -12,6 +12,7 @@ mod group_setup;
 mod report;
 mod run;
 mod setup;
+mod status;
 mod targets;
 
 use std::time::{Duration, Instant};
@@ -167,6 +168,18 @@ fn bench() -> Result<(), String> {
     let load_after = report::machine_load();
     let measured = started.elapsed();
 
+    // Are calls spread over both members? Sample their in-flight counts under 2 threads.
+    let spread_threads = max_threads.min(2);
+    let status = status::Status::open(&module_path, group_slot)?;
+    let spread = {
+        let group = &mut all[4];
+        let mut result = Ok(run::Sample::default());
+        let busy = || result = run::measure(group, spread_threads, 32, Duration::from_millis(500));
+        let spread = status::spread(&status, busy)?;
+        module_ops += result?.ops;
+        spread
+    };
+
     report::print(&report::Inputs {
         settings: &settings,
         module_path: &module_path,
@@ -177,6 +190,13 @@ fn bench() -> Result<(), String> {
         load_after: &load_after,
         elapsed: measured,
     });
+    println!(
+        "spreading: {spread_threads} threads on the group for 0.5 s, 32 B: a member had a call in flight in {:.0}% ({}) / {:.0}% ({}) of samples taken every 100 µs",
+        spread[0] * 100.0,
+        group_setup::MEMBERS[0],
+        spread[1] * 100.0,
+        group_setup::MEMBERS[1]
+    );
     // Encrypt and decrypt calls through the module outside the measured rounds.
     #[cfg(feature = "fault-injection")]
     let extra_calls = failover::run(

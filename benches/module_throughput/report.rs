@@ -212,7 +212,7 @@ fn print_group(i: &Inputs<'_>) {
     }
     println!("note: on this 2-CPU machine with in-process software tokens two members cannot double throughput:");
     println!("      the members share the caller's CPUs, so the row shows what the group costs (each call is handed");
-    println!("      to a member's worker thread and back, with a deadline) and that calls are spread over both members.");
+    println!("      to a member's worker thread and back, with a deadline); the line below shows the spreading.");
 }
 
 fn verdict(ok: bool) -> &'static str {
