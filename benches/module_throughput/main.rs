@@ -6,9 +6,13 @@
 //! alternates every cell and round), and the table reports medians over rounds, because the
 //! machine is shared and noisy. See `benches/README.md` for the knobs and how to read it.
 
+#[cfg(feature = "fault-injection")]
+mod failover;
+mod group_setup;
 mod report;
 mod run;
 mod setup;
+mod status;
 mod targets;
 
 use std::time::{Duration, Instant};
@@ -23,13 +27,17 @@ pub struct Settings {
     pub payloads: Vec<usize>,
     /// Thread counts, `XKI_BENCH_THREADS` (comma-separated).
     pub threads: Vec<usize>,
-    /// Targets by index (0 module, 1 direct, 2 embedded), `XKI_BENCH_TARGETS`.
+    /// Targets by index (0 module, 1 direct, 2 embedded, 3 one-member slot, 4 group slot),
+    /// `XKI_BENCH_TARGETS`.
     pub targets: Vec<usize>,
     /// Where audit records go, `XKI_BENCH_AUDIT`.
     pub audit: setup::AuditSink,
+    /// Threads of the failover run (`fault-injection` builds), `XKI_BENCH_FAILOVER_THREADS`.
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+    pub failover_threads: usize,
 }
 
-const TARGET_NAMES: [&str; 3] = ["module", "direct", "embedded"];
+const TARGET_NAMES: [&str; 5] = ["module", "direct", "embedded", "single", "group"];
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
     match std::env::var(name) {
@@ -62,7 +70,7 @@ impl Settings {
             .iter()
             .map(|t| {
                 TARGET_NAMES.iter().position(|n| n == t).ok_or(format!(
-                    "XKI_BENCH_TARGETS: {t:?}: use module, direct, embedded"
+                    "XKI_BENCH_TARGETS: {t:?}: use module, direct, embedded, single, group"
                 ))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -73,6 +81,8 @@ impl Settings {
             threads: env_list("XKI_BENCH_THREADS", &[1, 2])?,
             targets,
             audit: setup::AuditSink::from_env()?,
+            // 2-4 threads: enough that several calls meet the hung member at once.
+            failover_threads: env_or("XKI_BENCH_FAILOVER_THREADS", 3)?,
         };
         if s.secs <= 0.0 || s.rounds == 0 || s.targets.is_empty() {
             return Err(
@@ -110,7 +120,9 @@ fn bench() -> Result<(), String> {
     let ctx = targets::load(&module_path)?;
     let max_threads = settings.threads.iter().copied().max().unwrap_or(1);
     let (m, d, e) = targets::open(&ctx, max_threads)?;
-    let mut all = vec![m, d, e];
+    let group_sessions = max_threads.max(settings.failover_threads);
+    let (single, group, group_slot) = targets::open_group(&ctx, group_sessions)?;
+    let mut all = vec![m, d, e, single, group];
 
     let cells: Vec<(usize, usize)> = settings
         .payloads
@@ -154,6 +166,19 @@ fn bench() -> Result<(), String> {
     }
     eprintln!();
     let load_after = report::machine_load();
+    let measured = started.elapsed();
+
+    // Are calls spread over both members? Sample their in-flight counts under 2 threads.
+    let spread_threads = max_threads.min(2);
+    let status = status::Status::open(&module_path, group_slot)?;
+    let spread = {
+        let group = &mut all[4];
+        let mut result = Ok(run::Sample::default());
+        let busy = || result = run::measure(group, spread_threads, 32, Duration::from_millis(500));
+        let spread = status::spread(&status, busy)?;
+        module_ops += result?.ops;
+        spread
+    };
 
     report::print(&report::Inputs {
         settings: &settings,
@@ -163,12 +188,35 @@ fn bench() -> Result<(), String> {
         names: &all.iter().map(|t| t.name).collect::<Vec<_>>(),
         load_before: &load_before,
         load_after: &load_after,
-        elapsed: started.elapsed(),
+        elapsed: measured,
     });
+    println!(
+        "spreading: {spread_threads} threads on the group for 0.5 s, 32 B: a member had a call in flight in {:.0}% ({}) / {:.0}% ({}) of samples taken every 100 µs",
+        spread[0] * 100.0,
+        group_setup::MEMBERS[0],
+        spread[1] * 100.0,
+        group_setup::MEMBERS[1]
+    );
+    // Encrypt and decrypt calls through the module outside the measured rounds.
+    #[cfg(feature = "fault-injection")]
+    let extra_calls = failover::run(
+        &mut all[4],
+        &module_path,
+        group_slot,
+        &fixture.fault_control,
+        settings.failover_threads,
+    )?;
+    #[cfg(not(feature = "fault-injection"))]
+    let extra_calls = {
+        let _ = group_slot;
+        println!();
+        println!("failover run: not built; it needs the TEST-ONLY fault injector: cargo bench --features fault-injection --bench module_throughput");
+        0
+    };
     // C_Finalize first: it writes out the audit records still buffered (`audit_flush_ms`).
     targets::close(ctx, all);
     if let Some(path) = &fixture.audit_file {
-        report::audit_check(path, module_ops);
+        report::audit_check(path, module_ops, extra_calls);
     }
     Ok(())
 }

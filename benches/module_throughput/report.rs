@@ -54,15 +54,15 @@ fn rate(samples: &[Sample]) -> Option<(f64, f64)> {
 /// and b back to back, so their ratio is steadier than the ratio of medians), and the median
 /// per-round ratio of CPU cost per round trip, b/a (a throughput ratio if CPU-bound).
 fn ratio(a: &[Sample], b: &[Sample]) -> Option<(f64, f64, f64, f64)> {
+    ratio_with(a, b, Sample::cpu_us_per_op)
+}
+
+fn ratio_with(a: &[Sample], b: &[Sample], cpu: fn(&Sample) -> f64) -> Option<(f64, f64, f64, f64)> {
     let r: Vec<f64> = a.iter().zip(b).map(|(a, b)| a.rate / b.rate).collect();
     let med = median(r.clone())?;
     let lo = r.iter().copied().fold(f64::MAX, f64::min);
     let hi = r.iter().copied().fold(f64::MIN, f64::max);
-    let cpu = a
-        .iter()
-        .zip(b)
-        .map(|(a, b)| b.cpu_us_per_op() / a.cpu_us_per_op())
-        .collect();
+    let cpu = a.iter().zip(b).map(|(a, b)| cpu(b) / cpu(a)).collect();
     Some((med, lo, hi, median(cpu)?))
 }
 
@@ -88,7 +88,16 @@ fn size(bytes: usize) -> String {
 }
 
 fn rate_cell(samples: &[Sample]) -> String {
-    let cpu = median(samples.iter().map(Sample::cpu_us_per_op).collect());
+    rate_cell_with(samples, Sample::cpu_us_per_op)
+}
+
+/// Like [`rate_cell`] with process CPU per round trip (includes the module's own threads).
+fn rate_cell_proc(samples: &[Sample]) -> String {
+    rate_cell_with(samples, Sample::proc_cpu_us_per_op)
+}
+
+fn rate_cell_with(samples: &[Sample], cpu: fn(&Sample) -> f64) -> String {
+    let cpu = median(samples.iter().map(cpu).collect());
     match (rate(samples), cpu) {
         (Some((m, spread)), Some(cpu)) => {
             format!("{} ±{:.0}% {:.1}µs", thousands(m), spread * 100.0, cpu)
@@ -170,6 +179,40 @@ pub fn print(i: &Inputs<'_>) {
         ),
         None => println!("target embedded >= 10x direct (small payloads): not measured"),
     }
+    print_group(i);
+}
+
+/// The replica-group rows: a two-member group slot against a one-member slot over one of
+/// its members' stores, measured in the same interleaved rounds.
+fn print_group(i: &Inputs<'_>) {
+    println!();
+    println!(
+        "Replica group: slot over 2 embedded members holding the same key (same CKA_ID) vs a slot over one of them"
+    );
+    println!(
+        "CPU here = process CPU µs per round trip: includes the group's member worker threads"
+    );
+    println!(
+        "{:>7} {:>3} | {:>25} | {:>25} | {:>30}",
+        "payload", "thr", i.names[3], i.names[4], "group/one member"
+    );
+    println!("{}", "-".repeat(100));
+    for (c, &(payload, threads)) in i.cells.iter().enumerate() {
+        let [one, group] = [3, 4].map(|t| &i.samples[c][t][..]);
+        println!(
+            "{:>7} {:>3} | {:>25} | {:>25} | {:>30}",
+            size(payload),
+            threads,
+            rate_cell_proc(one),
+            rate_cell_proc(group),
+            ratio_with(group, one, Sample::proc_cpu_us_per_op)
+                .map(|(r, lo, hi, cpu)| format!("{r:.3} [{lo:.2}-{hi:.2}] cpu {cpu:.3}"))
+                .unwrap_or("-".into()),
+        );
+    }
+    println!("note: on this 2-CPU machine with in-process software tokens two members cannot double throughput:");
+    println!("      the members share the caller's CPUs, so the row shows what the group costs (each call is handed");
+    println!("      to a member's worker thread and back, with a deadline); the line below shows the spreading.");
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -182,7 +225,9 @@ fn verdict(ok: bool) -> &'static str {
 
 /// Check that the module wrote one audit record per operation (encrypt and decrypt) through
 /// it, so the numbers include the audit cost a deployment pays.
-pub fn audit_check(path: &Path, module_round_trips: u64) {
+/// `extra_calls`: single encrypt or decrypt calls made besides the round trips (the failover
+/// run, where a failed encrypt has no decrypt).
+pub fn audit_check(path: &Path, module_round_trips: u64, extra_calls: u64) {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let records = text
         .lines()
@@ -190,9 +235,14 @@ pub fn audit_check(path: &Path, module_round_trips: u64) {
         .count() as u64;
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     println!(
-        "audit file: {records} encrypt/decrypt records ({:.1} MB) for {module_round_trips} round trips through the module: {}",
+        "audit file: {records} encrypt/decrypt records ({:.1} MB) for {module_round_trips} round trips through the module{}: {}",
         size as f64 / 1e6,
-        if records == 2 * module_round_trips {
+        if extra_calls > 0 {
+            format!(" and {extra_calls} single calls in the failover run")
+        } else {
+            String::new()
+        },
+        if records == 2 * module_round_trips + extra_calls {
             "one per operation, as expected"
         } else {
             "MISMATCH (expected two per round trip)"

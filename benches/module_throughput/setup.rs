@@ -51,6 +51,9 @@ pub struct Fixture {
     _dir: tempfile::TempDir,
     /// The audit file, when [`AuditSink::File`].
     pub audit_file: Option<PathBuf>,
+    /// The fault injector's control file for the group's second member (`ok`/`fail`/`hang`).
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+    pub fault_control: PathBuf,
 }
 
 /// `libxki_pkcs11.so`: `$XKI_BENCH_MODULE`, else the newest of `target/<profile>/deps/` (where
@@ -137,6 +140,7 @@ pub fn prepare(audit: AuditSink) -> Result<Fixture, String> {
             .map_err(|_| format!("XKI_BENCH_AUDIT_FLUSH_MS={ms:?}: not a number"))?;
         audit_line.push_str(&format!("audit_flush_ms = {ms}\n"));
     }
+    let group = crate::group_setup::write(root)?;
     let config = format!(
         r#"# Written by benches/module_throughput (throwaway).
 log_level = "warn"
@@ -158,7 +162,7 @@ pin_file = {hsm_pin:?}
 type = "embedded"
 store = {store:?}
 pin_file = {emb_pin:?}
-"#,
+{group}"#,
         hsm_pin = hsm_dir.join("user.pin").display().to_string(),
         store = root.join("embedded/token.store").display().to_string(),
         emb_pin = emb_pin.display().to_string(),
@@ -169,7 +173,19 @@ pin_file = {emb_pin:?}
     std::env::set_var("SOFTHSM2_CONF", hsm_dir.join("softhsm2.conf"));
     std::env::set_var("XKI_PKCS11_CONF", &conf);
     std::env::set_var("XKI_EMBEDDED_TEST_KDF", "fast");
+    // The failover run drives the module's TEST-ONLY fault injector on the second member
+    // through this file (only a module built with `fault-injection` reads it).
+    let fault_control = root.join("fault-control");
+    std::fs::write(&fault_control, "ok")
+        .map_err(|e| format!("cannot write {}: {e}", fault_control.display()))?;
+    if cfg!(feature = "fault-injection") {
+        std::env::set_var(
+            format!("XKI_FAULT_CONTROL_{}", crate::group_setup::MEMBERS[1]),
+            &fault_control,
+        );
+    }
     Ok(Fixture {
+        fault_control,
         _dir: dir,
         audit_file: if audit == AuditSink::File {
             audit_file

@@ -6,7 +6,7 @@
 //! owns SoftHSM2's initialisation; the direct context gets `CKR_CRYPTOKI_ALREADY_INITIALIZED`
 //! and just uses the library, which is what a host that loads both does.
 
-use crate::setup;
+use crate::{group_setup, setup};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::Mechanism;
@@ -159,6 +159,45 @@ pub fn open(ctx: &Contexts, threads: usize) -> R<(Target, Target, Target)> {
         sessions: emb_sessions,
     };
     Ok((module, direct, embedded))
+}
+
+/// The key with `CKA_ID` `id`, found through `session`.
+fn find_key(session: &Session, id: &[u8], what: &str) -> R<ObjectHandle> {
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Id(id.to_vec()),
+        ])
+        .map_err(ctx_err("C_FindObjects through the module"))?;
+    match found[..] {
+        [key] => Ok(key),
+        _ => Err(format!(
+            "{what}: expected exactly one key with the bench CKA_ID, found {}",
+            found.len()
+        )),
+    }
+}
+
+/// The replica-group pair, with `threads` sessions each: (one-member slot over the first
+/// member's store, two-member group slot), both on the key the stores share, and the group
+/// slot's ID (for the `XKI Status` interface).
+pub fn open_group(ctx: &Contexts, threads: usize) -> R<(Target, Target, u64)> {
+    let id = group_setup::GROUP_KEY_ID;
+    let slot = slot_by_label(&ctx.module, group_setup::SINGLE_SLOT)?;
+    let single_sessions = sessions(&ctx.module, slot, group_setup::GROUP_PIN, threads)?;
+    let single = Target {
+        name: "one member",
+        key: find_key(&single_sessions[0], id, group_setup::SINGLE_SLOT)?,
+        sessions: single_sessions,
+    };
+    let slot = slot_by_label(&ctx.module, group_setup::GROUP_SLOT)?;
+    let group_sessions = sessions(&ctx.module, slot, group_setup::GROUP_PIN, threads)?;
+    let group = Target {
+        name: "group(2)",
+        key: find_key(&group_sessions[0], id, group_setup::GROUP_SLOT)?,
+        sessions: group_sessions,
+    };
+    Ok((single, group, slot.id()))
 }
 
 /// Close every session, then finalise the module (which finalises SoftHSM2, as its owner).
