@@ -155,8 +155,8 @@ core_fn! {
     pub fn find_objects(session: u64, max: usize) -> CkResult<Vec<u64>>;
     /// `C_FindObjectsFinal`.
     pub fn find_objects_final(session: u64) -> CkResult<()>;
-    /// `C_EncryptInit`.
-    pub fn encrypt_init(session: u64, mechanism: &Mechanism, key: u64) -> CkResult<()>;
+    /// `C_EncryptInit` (the mechanism is moved in: its IV and AAD are kept, not copied).
+    pub fn encrypt_init(session: u64, mechanism: Mechanism, key: u64) -> CkResult<()>;
     /// Output length `C_Encrypt` would produce for `data_len` input bytes (operation stays).
     pub fn encrypt_len(session: u64, data_len: usize) -> CkResult<usize>;
     /// `C_Encrypt` proper: ends the operation, success or not.
@@ -169,8 +169,8 @@ core_fn! {
     pub fn encrypt_final_len(session: u64) -> CkResult<usize>;
     /// `C_EncryptFinal` proper: ends the operation.
     pub fn encrypt_final(session: u64) -> CkResult<Vec<u8>>;
-    /// `C_DecryptInit`.
-    pub fn decrypt_init(session: u64, mechanism: &Mechanism, key: u64) -> CkResult<()>;
+    /// `C_DecryptInit` (the mechanism is moved in, like `encrypt_init`).
+    pub fn decrypt_init(session: u64, mechanism: Mechanism, key: u64) -> CkResult<()>;
     /// Output length (upper bound) `C_Decrypt` would produce for `data_len` bytes.
     pub fn decrypt_len(session: u64, data_len: usize) -> CkResult<usize>;
     /// `C_Decrypt` proper: ends the operation.

@@ -56,7 +56,7 @@ pub(crate) unsafe extern "C" fn C_EncryptInit(
     guard("C_EncryptInit", || {
         // SAFETY: pMechanism points to a readable CK_MECHANISM (PKCS#11 contract).
         let mechanism = unsafe { args::mechanism(pMechanism) }?;
-        api::encrypt_init(hSession, &mechanism, hKey)
+        api::encrypt_init(hSession, mechanism, hKey)
     })
 }
 
@@ -136,7 +136,7 @@ pub(crate) unsafe extern "C" fn C_DecryptInit(
     guard("C_DecryptInit", || {
         // SAFETY: pMechanism points to a readable CK_MECHANISM (PKCS#11 contract).
         let mechanism = unsafe { args::mechanism(pMechanism) }?;
-        api::decrypt_init(hSession, &mechanism, hKey)
+        api::decrypt_init(hSession, mechanism, hKey)
     })
 }
 

@@ -5,17 +5,27 @@ use super::*;
 /// Set up an encryption or decryption.
 pub(super) fn crypt_init(
     session: u64,
-    mechanism: &Mechanism,
+    mechanism: Mechanism,
     key: u64,
     encrypt: bool,
 ) -> CkResult<()> {
     let m = module()?;
-    let (sess, s, index) = m.session(session)?;
-    if !matches!(sess.lock().op, Operation::None) {
-        return Err(Rv::OPERATION_ACTIVE);
-    }
+    let sess = m.sessions.get(session)?;
+    // One lock for both the slot and the "nothing active" check.
+    let index = {
+        let sess = sess.lock();
+        if !matches!(sess.op, Operation::None) {
+            return Err(Rv::OPERATION_ACTIVE);
+        }
+        sess.slot
+    };
+    let s = &m.slots[index];
     let e = m.key(s, index, key, Rv::KEY_HANDLE_INVALID)?;
-    let params = policy::gcm_params(mechanism)?.clone();
+    policy::gcm_params(&mechanism)?;
+    // Checked just above; moved, not cloned, so the IV and AAD are not copied again.
+    let Mechanism::AesGcm(params) = mechanism else {
+        return Err(Rv::MECHANISM_INVALID);
+    };
     let op = CryptOp {
         object: key,
         key: e.key,
@@ -34,11 +44,11 @@ pub(super) fn crypt_init(
     Ok(())
 }
 
-pub fn encrypt_init(session: u64, mechanism: &Mechanism, key: u64) -> CkResult<()> {
+pub fn encrypt_init(session: u64, mechanism: Mechanism, key: u64) -> CkResult<()> {
     crypt_init(session, mechanism, key, true)
 }
 
-pub fn decrypt_init(session: u64, mechanism: &Mechanism, key: u64) -> CkResult<()> {
+pub fn decrypt_init(session: u64, mechanism: Mechanism, key: u64) -> CkResult<()> {
     crypt_init(session, mechanism, key, false)
 }
 
@@ -50,7 +60,8 @@ pub(super) fn with_op<T>(
     f: impl FnOnce(&mut CryptOp) -> CkResult<T>,
 ) -> CkResult<T> {
     let m = module()?;
-    let (sess, _, _) = m.session(session)?;
+    // Straight to the session: no slot needed, so one lock (this runs for every length query).
+    let sess = m.sessions.get(session)?;
     let mut sess = sess.lock();
     let op = if encrypt {
         sess.encrypt_op()?
@@ -73,15 +84,18 @@ pub(super) fn finish<T>(
     out_len: impl Fn(&T) -> usize,
 ) -> CkResult<T> {
     let m = module()?;
-    let (sess, s, _) = m.session(session)?;
-    let op = {
+    let sess = m.sessions.get(session)?;
+    // One lock to read the slot and take the operation.
+    let (index, op) = {
         let mut sess = sess.lock();
-        if encrypt {
+        let op = if encrypt {
             sess.take_encrypt()?
         } else {
             sess.take_decrypt()?
-        }
+        };
+        (sess.slot, op)
     };
+    let s = &m.slots[index];
     let data: &[u8] = match (single_part, &op.buffered) {
         (Some(_), Some(_)) => return Err(Rv::OPERATION_ACTIVE),
         (Some(d), None) => d,
