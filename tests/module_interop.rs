@@ -12,6 +12,16 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
+/// SoftHSM2 2.6 itself fails (CKR_GENERAL_ERROR, or a valid key reported invalid) when one
+/// session creates or changes token objects while another session does the same. The module
+/// serialises its own writes to SoftHSM2 (src/backend/pkcs11/quirks.rs), but these tests also
+/// write to the token DIRECTLY, past the module's lock, so they take turns.
+static DIRECT_WRITERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_direct_writer() -> std::sync::MutexGuard<'static, ()> {
+    DIRECT_WRITERS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn find_id(s: &Session, id: &[u8]) -> ObjectHandle {
     let found = find(s, &[Attribute::Id(id.to_vec())]);
     assert_eq!(found.len(), 1, "keys with CKA_ID {id:?}: {found:?}");
@@ -20,6 +30,7 @@ fn find_id(s: &Session, id: &[u8]) -> ObjectHandle {
 
 #[test]
 fn ciphertext_crosses_between_module_and_softhsm2() {
+    let _turn = one_direct_writer();
     let fx = fixture();
     let module = fx.ctx.open_rw_session(fx.slots()[0]).unwrap();
     login(&module);
@@ -80,6 +91,7 @@ fn ciphertext_crosses_between_module_and_softhsm2() {
 
 #[test]
 fn keys_that_break_the_rule_are_invisible() {
+    let _turn = one_direct_writer();
     let fx = fixture();
     let direct = fx.direct_session();
     let aes = |label: &str, len: u64, sensitive: bool, extractable: bool| {
@@ -174,6 +186,7 @@ fn keys_that_break_the_rule_are_invisible() {
 /// Changes made on the HSM behind the module's back show through at once.
 #[test]
 fn changes_made_directly_on_the_hsm_show_through() {
+    let _turn = one_direct_writer();
     let fx = fixture();
     let module = fx.ctx.open_rw_session(fx.slots()[0]).unwrap();
     login(&module);
@@ -236,6 +249,7 @@ fn changes_made_directly_on_the_hsm_show_through() {
 /// either key.
 #[test]
 fn keys_sharing_a_cka_id_are_never_confused() {
+    let _turn = one_direct_writer();
     let fx = fixture();
     let direct = fx.direct_session();
     let mut keys = Vec::new();
@@ -280,6 +294,7 @@ fn keys_sharing_a_cka_id_are_never_confused() {
 /// old label must get its own handle, not the renamed key's.
 #[test]
 fn renamed_id_less_key_keeps_its_handle() {
+    let _turn = one_direct_writer();
     let fx = fixture();
     let direct = fx.direct_session();
     let k1_direct = direct
