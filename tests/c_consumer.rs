@@ -3,7 +3,11 @@
 //! that its macros agree with what the module reports, and that only the three discovery
 //! functions resolve with `dlsym`.
 
-use std::path::{Path, PathBuf};
+#[path = "support/built_module.rs"]
+mod built_module;
+
+use built_module::built_module as shared_object;
+use std::path::Path;
 use std::process::Command;
 
 const PROGRAM: &str = r#"
@@ -74,18 +78,6 @@ int main(int argc, char **argv) {
     return failures ? 1 : 0;
 }
 "#;
-
-/// `target/<profile>/libxki_pkcs11.so`, next to this test binary's `deps/` directory.
-fn shared_object() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let so = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps layout")
-        .join("libxki_pkcs11.so");
-    assert!(so.exists(), "{} not built", so.display());
-    so
-}
 
 #[test]
 fn c_program_discovers_the_module_through_the_header() {

@@ -3,21 +3,11 @@
 //! Runs `nm`/`readelf` on the `libxki_pkcs11.so` that cargo built next to this test binary
 //! (cargo builds the library's cdylib form before running integration tests).
 
-use std::path::PathBuf;
-use std::process::Command;
+#[path = "support/built_module.rs"]
+mod built_module;
 
-/// `target/<profile>/libxki_pkcs11.so`, found from this test binary's location
-/// (`target/<profile>/deps/exports-<hash>`), so custom target dirs work too.
-fn shared_object() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps layout");
-    let so = profile_dir.join("libxki_pkcs11.so");
-    assert!(so.exists(), "{} not built", so.display());
-    so
-}
+use built_module::built_module as shared_object;
+use std::process::Command;
 
 fn run(tool: &str, args: &[&str]) -> String {
     let out = Command::new(tool)

@@ -8,6 +8,10 @@
 
 #![cfg(feature = "fault-injection")]
 
+#[path = "support/built_module.rs"]
+mod built_module;
+
+use built_module::built_module;
 use pkcs11_sys::*;
 use std::path::{Path, PathBuf};
 use std::ptr;
@@ -65,18 +69,6 @@ struct StatusList {
     version: CK_VERSION,
     count: unsafe extern "C" fn(CK_SLOT_ID, *mut CK_ULONG) -> CK_RV,
     status: unsafe extern "C" fn(CK_SLOT_ID, CK_ULONG, *mut MemberStatus) -> CK_RV,
-}
-
-/// The .so cargo built for this test run (`target/<profile>/deps/`, built with this run's
-/// features; the copy in `target/<profile>/` is only refreshed by `cargo build`).
-fn built_module() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let so = exe
-        .parent()
-        .expect("target/<profile>/deps layout")
-        .join("libxki_pkcs11.so");
-    assert!(so.exists(), "{} not built", so.display());
-    so
 }
 
 struct Module {

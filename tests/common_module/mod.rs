@@ -10,6 +10,9 @@
 
 #![allow(dead_code)]
 
+#[path = "../support/built_module.rs"]
+mod built_module;
+
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::aead::GcmParams;
@@ -35,27 +38,9 @@ pub const SLOT_LABELS: [&str; 2] = ["xki-softhsm", "xki-embedded"];
 /// Short names used to label assertion failures.
 pub const SLOT_NAMES: [&str; 2] = ["softhsm", "embedded"];
 
-/// The built module. Found from this test binary's location (`target/<profile>/deps/<test>-<hash>`):
-/// `target/<profile>/deps/libxki_pkcs11.so` is what cargo built for this very test run
-/// (`cargo test` relinks it there but does not always refresh the uplifted
-/// `target/<profile>/libxki_pkcs11.so`, which can be stale or missing), then the uplifted
-/// copy. Panics with instructions when neither exists.
+/// The built `.so` under test (see `tests/support/built_module.rs`).
 pub fn so_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let deps = exe.parent().expect("target/<profile>/deps layout");
-    let profile_dir = deps.parent().expect("target/<profile>/deps layout");
-    let fresh = deps.join("libxki_pkcs11.so");
-    if fresh.exists() {
-        return fresh;
-    }
-    let so = profile_dir.join("libxki_pkcs11.so");
-    assert!(
-        so.exists(),
-        "\n\n*** {} is not built. These tests load the BUILT module; run \
-         `cargo build -p xki-pkcs11` (or `cargo test -p xki-pkcs11`, which builds it). ***\n",
-        so.display()
-    );
-    so
+    built_module::built_module()
 }
 
 static AT_EXIT_DIR: OnceCell<PathBuf> = OnceCell::new();
