@@ -586,44 +586,51 @@ fn health_follows_the_hsm_and_shutdown_is_graceful() {
 fn overload_gives_throttling_and_dependency_timeout() {
     let tok = Token::new();
     let a = Cred::new(&tok, 0);
-    // One session, short queue, tight deadline.
-    config(
-        &tok,
-        "",
-        "sessions = 1\nqueue_depth = 4\ndeadline_ms = 3\n",
-        &format!("[[prefix]]\npath = \"\"\nkeys = \"all\"\n{}", a.toml()),
-    );
+    let prefixes = format!("[[prefix]]\npath = \"\"\nkeys = \"all\"\n{}", a.toml());
+    config(&tok, "", "", &prefixes);
     cli_ok(&tok, &["keys", "create", "--label", "k"]);
-    let srv = Server::start(&tok);
     let pt = vec![1u8; 60 * 1024];
     let body = encrypt_body(&pt, Some(&vec![2u8; 8192]));
-    let seen = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|sc| {
-        for _ in 0..24 {
-            sc.spawn(|| {
-                for _ in 0..4 {
-                    let r = post(
-                        &srv.addr,
-                        Some(&Signer::new(&a)),
-                        "/kms/xks/v1/keys/k/encrypt",
-                        &body,
-                    );
-                    seen.lock().unwrap().push((r.status, r.error_name()));
-                }
-            });
-        }
-    });
-    let seen = seen.into_inner().unwrap();
+    // 24 clients at once against one HSM session, under the given pool settings.
+    let load = |hsm: &str| {
+        config(&tok, "", hsm, &prefixes);
+        let srv = Server::start(&tok);
+        let seen = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|sc| {
+            for _ in 0..24 {
+                sc.spawn(|| {
+                    for _ in 0..4 {
+                        let r = post(
+                            &srv.addr,
+                            Some(&Signer::new(&a)),
+                            "/kms/xks/v1/keys/k/encrypt",
+                            &body,
+                        );
+                        seen.lock().unwrap().push((r.status, r.error_name()));
+                    }
+                });
+            }
+        });
+        let seen = seen.into_inner().unwrap();
+        assert!(
+            seen.iter().all(|(s, _)| [200, 429, 503].contains(s)),
+            "{seen:?}"
+        );
+        assert!(seen.iter().any(|(s, _)| *s == 200), "{seen:?}");
+        seen
+    };
+    // A full queue answers 429 at once. A generous deadline keeps timeouts out of this half,
+    // so whether a request is throttled depends only on the queue (one running, one waiting).
+    let seen = load("sessions = 1\nqueue_depth = 1\ndeadline_ms = 10000\n");
     assert!(
         seen.contains(&(429, "ThrottlingException".into())),
         "{seen:?}"
     );
+    assert!(!seen.iter().any(|(s, _)| *s == 503), "{seen:?}");
+    // A long queue and a 3 ms deadline: waiters time out with 503 instead of piling up.
+    let seen = load("sessions = 1\nqueue_depth = 256\ndeadline_ms = 3\n");
     assert!(
         seen.contains(&(503, "DependencyTimeoutException".into())),
-        "{seen:?}"
-    );
-    assert!(
-        seen.iter().all(|(s, _)| [200, 429, 503].contains(s)),
         "{seen:?}"
     );
 }
