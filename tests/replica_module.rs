@@ -50,7 +50,8 @@ fn embedded_store(dir: &Path) -> (PathBuf, PathBuf) {
     (store, key_file)
 }
 
-/// Layouts from include/xki_pkcs11.h.
+/// Layouts from include/xki_pkcs11.h, written out here independently of the module's own
+/// `abi::status` types on purpose: this is a consumer's reading of the header.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct MemberStatus {

@@ -4,27 +4,11 @@
 use pkcs11_sys::*;
 use std::path::Path;
 
-/// `XKI_MEMBER_STATUS` from include/xki_pkcs11.h.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct MemberStatus {
-    name: [u8; 64],
-    state: CK_ULONG,
-    in_flight: CK_ULONG,
-    stuck_calls: CK_ULONG,
-    key_mismatches: CK_ULONG,
-    failures: CK_ULONG,
-    last_error: CK_RV,
-    last_error_text: [u8; 128],
-}
-
-/// `XKI_STATUS_FUNCTION_LIST` from include/xki_pkcs11.h.
-#[repr(C)]
-struct StatusList {
-    version: CK_VERSION,
-    count: unsafe extern "C" fn(CK_SLOT_ID, *mut CK_ULONG) -> CK_RV,
-    status: unsafe extern "C" fn(CK_SLOT_ID, CK_ULONG, *mut MemberStatus) -> CK_RV,
-}
+// The module's own definitions of the include/xki_pkcs11.h layouts (tests/replica_module.rs
+// keeps an independent copy on purpose, as a consumer's reading of the header).
+use xki_pkcs11::abi::status::{
+    XkiMemberStatus as MemberStatus, XkiStatusFunctionList as StatusList,
+};
 
 /// The module's `XKI Status` vendor interface for one slot.
 pub struct Status {
@@ -68,11 +52,11 @@ impl Status {
         // SAFETY: a zeroed out-struct of the documented layout, alive for the call.
         unsafe {
             let mut s: MemberStatus = std::mem::zeroed();
-            let rv = (self.list.status)(self.slot, index, &mut s);
+            let rv = (self.list.XKI_GetMemberStatus)(self.slot, index, &mut s);
             if rv != CKR_OK {
                 return Err(format!("XKI_GetMemberStatus: {rv:#x}"));
             }
-            Ok((s.state, s.in_flight))
+            Ok((s.state, s.inFlight))
         }
     }
 }
