@@ -5,7 +5,6 @@
 
 use crate::mechanism::Mechanism;
 use crate::rv::CkResult;
-use zeroize::Zeroizing;
 
 /// What `C_Initialize` was given, already read out of `CK_C_INITIALIZE_ARGS`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -94,7 +93,7 @@ pub enum AttributeAnswer {
 }
 
 /// Plaintext on its way out (wiped when dropped).
-pub type Plaintext = Zeroizing<Vec<u8>>;
+pub type Plaintext = crate::secret::SecretBytes;
 
 macro_rules! core_fn {
     ($($(#[$m:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {

@@ -20,5 +20,6 @@ pub mod module;
 pub mod object;
 pub mod policy;
 pub mod rv;
+pub mod secret;
 pub mod session;
 pub mod slot;

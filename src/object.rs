@@ -8,6 +8,7 @@
 use crate::backend::{BackendKey, KeyInfo};
 use crate::rv::{CkResult, Rv};
 use parking_lot::RwLock;
+use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -38,7 +39,7 @@ pub fn identity(key: &KeyInfo) -> Vec<u8> {
 
 #[derive(Default)]
 struct Tables {
-    by_handle: HashMap<u64, ObjectEntry>,
+    by_handle: FxHashMap<u64, ObjectEntry>,
     by_identity: HashMap<(usize, Vec<u8>), u64>,
     next: u64,
 }

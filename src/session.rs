@@ -10,11 +10,11 @@ use crate::api::Plaintext;
 use crate::backend::BackendKey;
 use crate::mechanism::GcmParams;
 use crate::rv::{CkResult, Rv};
+use crate::secret::SecretBytes;
 use parking_lot::{Mutex, RwLock};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use zeroize::Zeroizing;
 
 /// Largest amount of data one multi-part operation may buffer (bytes).
 pub const MAX_MULTIPART: usize = 16 * 1024 * 1024;
@@ -28,7 +28,7 @@ pub struct CryptOp {
     /// The checked GCM parameters.
     pub params: GcmParams,
     /// Data buffered by `*Update`; `None` until the first update (single-part allowed).
-    pub buffered: Option<Zeroizing<Vec<u8>>>,
+    pub buffered: Option<SecretBytes>,
 }
 
 /// The operation a session has in progress.
@@ -58,7 +58,7 @@ pub struct Session {
 /// The session table. The table lock is held only to look a session up.
 #[derive(Default)]
 pub struct SessionTable {
-    sessions: RwLock<HashMap<u64, Arc<Mutex<Session>>>>,
+    sessions: RwLock<FxHashMap<u64, Arc<Mutex<Session>>>>,
     next: AtomicU64,
 }
 
@@ -169,9 +169,7 @@ impl Session {
 impl CryptOp {
     /// Append a multi-part chunk, enforcing [`MAX_MULTIPART`].
     pub fn buffer(&mut self, part: &[u8], too_long: Rv) -> CkResult<()> {
-        let buf = self
-            .buffered
-            .get_or_insert_with(|| Zeroizing::new(Vec::new()));
+        let buf = self.buffered.get_or_insert_with(SecretBytes::default);
         if buf.len() + part.len() > MAX_MULTIPART {
             return Err(too_long);
         }
@@ -187,5 +185,5 @@ impl CryptOp {
 
 /// Plaintext that is empty: what a buffering `C_DecryptUpdate` releases.
 pub fn no_plaintext() -> Plaintext {
-    Zeroizing::new(Vec::new())
+    SecretBytes::default()
 }

@@ -154,7 +154,7 @@ impl Backend for FaultBackend {
         iv: &[u8],
         aad: &[u8],
         ct: &[u8],
-    ) -> CkResult<Zeroizing<Vec<u8>>> {
+    ) -> CkResult<crate::secret::SecretBytes> {
         self.gate()?;
         self.inner.gcm_decrypt(key, iv, aad, ct)
     }

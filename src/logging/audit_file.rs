@@ -2,12 +2,16 @@
 //! collected in memory and written by a background thread.
 //!
 //! Buffered mode (`audit_flush_ms > 0`): a record is appended to an in-memory buffer; the
-//! flusher thread writes the buffer out every `audit_flush_ms`, a caller whose record takes the
-//! buffer past [`FLUSH_AT`] writes it out at once, and `C_Finalize` and process exit write
-//! whatever is left. Durability trade-off: a crash (or `_exit`, or a kill) loses at most the last
-//! `audit_flush_ms` of records (or 64 KiB, whichever is less). Synchronous mode (`0`, or when
-//! the application forbade threads with `CKF_LIBRARY_CANT_CREATE_OS_THREADS`): every record
-//! has reached the kernel (one `write(2)`) before the call that made it returns, as before.
+//! flusher thread writes the buffer out every `audit_flush_ms`, and at once when a caller's
+//! record takes it past [`FLUSH_AT`] (the caller only wakes the flusher: the `write(2)` and
+//! the kernel's copy into the page cache stay off the thread that made the PKCS#11 call). Only
+//! if the flusher falls behind, so that the buffer reaches [`WRITE_SELF_AT`], does a caller
+//! write it out itself (backpressure: memory stays bounded). `C_Finalize` and process exit
+//! write whatever is left. Durability trade-off: a crash (or `_exit`, or a kill) loses at most
+//! the last `audit_flush_ms` of records (or [`WRITE_SELF_AT`] bytes, whichever is less).
+//! Synchronous mode (`0`, or when the application forbade threads with
+//! `CKF_LIBRARY_CANT_CREATE_OS_THREADS`): every record has reached the kernel (one
+//! `write(2)`) before the call that made it returns, as before.
 //!
 //! Locks: `pending` guards only the buffer (a `memcpy` long); `writer` serialises `write(2)`s
 //! of buffered data so the file keeps record order. A flush takes `writer` *before* letting
@@ -27,12 +31,15 @@ use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// A buffer this large is written out by the caller that filled it, without waiting.
+/// A buffer this large wakes the flusher to write it out now.
 pub(super) const FLUSH_AT: usize = 64 * 1024;
 
-/// Room for a full buffer plus the record that tips it over, so it never grows in practice
-/// (and stays below glibc's 128 KiB mmap threshold: no mmap/munmap per flush).
-const BUFFER_CAPACITY: usize = FLUSH_AT + 8 * 1024;
+/// A buffer this large (the flusher is behind) is written out by the caller that filled it.
+pub(super) const WRITE_SELF_AT: usize = 4 * FLUSH_AT;
+
+/// Room for a buffer at [`WRITE_SELF_AT`] plus the record that tips it over, so it never
+/// grows in practice. The two buffers are allocated once and swapped, never freed.
+const BUFFER_CAPACITY: usize = WRITE_SELF_AT + 8 * 1024;
 
 /// One open audit file.
 pub(super) struct AuditFile {
@@ -45,12 +52,21 @@ pub(super) struct AuditFile {
     writer: Mutex<Vec<u8>>,
     /// Buffered (records wait for the flusher) or synchronous.
     buffered: AtomicBool,
-    /// The flusher's stop flag and wake-up.
-    stop: Mutex<bool>,
+    /// The flusher's orders, and its wake-up.
+    control: Mutex<Control>,
     wake: Condvar,
     flusher: Mutex<Option<JoinHandle<()>>>,
     /// The process that started the flusher (a forked child must not join it: it is not there).
     pid: u32,
+}
+
+/// What the flusher thread is asked to do.
+#[derive(Default)]
+struct Control {
+    /// Write what is left and exit.
+    stop: bool,
+    /// A buffer reached [`FLUSH_AT`]: write it out now, not at the next interval.
+    flush_now: bool,
 }
 
 /// The audit file in use, if `audit_file` is configured.
@@ -65,7 +81,7 @@ impl AuditFile {
             pending: Mutex::new(Vec::new()),
             writer: Mutex::new(Vec::new()),
             buffered: AtomicBool::new(false),
-            stop: Mutex::new(false),
+            control: Mutex::new(Control::default()),
             wake: Condvar::new(),
             flusher: Mutex::new(None),
             pid: std::process::id(),
@@ -98,9 +114,16 @@ impl AuditFile {
             return;
         }
         let mut pending = self.pending.lock();
+        let before = pending.len();
         pending.extend_from_slice(line);
-        if pending.len() >= FLUSH_AT {
+        let now = pending.len();
+        if now >= WRITE_SELF_AT {
             self.write_out(pending);
+        } else if before < FLUSH_AT && now >= FLUSH_AT {
+            // Once per buffer: the record that crossed the mark wakes the flusher.
+            drop(pending);
+            self.control.lock().flush_now = true;
+            self.wake.notify_one();
         }
     }
 
@@ -124,7 +147,7 @@ impl AuditFile {
 
     /// Stop the flusher thread (if any), write what is left, and switch to synchronous.
     fn close(&self) {
-        *self.stop.lock() = true;
+        self.control.lock().stop = true;
         self.wake.notify_all();
         if let Some(handle) = self.flusher.lock().take() {
             if self.pid == std::process::id() {
@@ -140,19 +163,20 @@ impl AuditFile {
     }
 }
 
-/// The flusher thread: write the buffer out every `interval` until told to stop.
+/// The flusher thread: write the buffer out every `interval`, or as soon as a caller says it
+/// is full, until told to stop.
 fn flusher(sink: std::sync::Weak<AuditFile>, interval: Duration) {
     loop {
         let Some(sink) = sink.upgrade() else { return };
         {
-            let mut stop = sink.stop.lock();
-            if *stop {
+            let mut control = sink.control.lock();
+            if !control.flush_now && !control.stop {
+                sink.wake.wait_for(&mut control, interval);
+            }
+            if control.stop {
                 return;
             }
-            sink.wake.wait_for(&mut stop, interval);
-            if *stop {
-                return;
-            }
+            control.flush_now = false;
         }
         sink.flush();
     }

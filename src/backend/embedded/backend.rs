@@ -204,7 +204,7 @@ impl Backend for EmbeddedBackend {
         iv: &[u8],
         aad: &[u8],
         ciphertext_and_tag: &[u8],
-    ) -> CkResult<Zeroizing<Vec<u8>>> {
+    ) -> CkResult<crate::secret::SecretBytes> {
         let entry = self.crypto_key(key)?;
         if !entry.record.decrypt {
             return Err(Rv::KEY_FUNCTION_NOT_PERMITTED);

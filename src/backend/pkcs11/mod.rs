@@ -258,7 +258,7 @@ impl Backend for Pkcs11Backend {
         iv: &[u8],
         aad: &[u8],
         ciphertext_and_tag: &[u8],
-    ) -> CkResult<Zeroizing<Vec<u8>>> {
+    ) -> CkResult<crate::secret::SecretBytes> {
         check_iv(iv)?;
         let _guard = self.reading();
         self.call_key(key, Retry::Always, |s, handle| {
@@ -271,7 +271,7 @@ impl Backend for Pkcs11Backend {
             let params = GcmParams::new(&mut iv, aad, Ulong::from(GCM_TAG_BITS))
                 .map_err(|e| errors::rv_of(&e))?;
             s.decrypt(&Mechanism::AesGcm(params), handle, ciphertext_and_tag)
-                .map(Zeroizing::new)
+                .map(crate::secret::SecretBytes::new)
                 .map_err(|e| self.quirks.gcm_decrypt_error(&e))
         })
     }

@@ -19,13 +19,13 @@
 //! and quirk handling stay exactly as they are; errors come back as cryptoki `Error`s naming
 //! the failing step, so `quirks.rs` maps them as before.
 
+use crate::secret::SecretBytes;
 use cryptoki::context::Function;
 use cryptoki::error::{Error, Rv as CkRv};
 use pkcs11_sys::*;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use zeroize::Zeroizing;
 
 type InitFn = unsafe extern "C" fn(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE) -> CK_RV;
 type CryptFn = unsafe extern "C" fn(
@@ -121,9 +121,9 @@ impl GcmCalls {
         &self,
         op: &Gcm<'_>,
         ciphertext_and_tag: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+    ) -> Result<SecretBytes, Error> {
         self.init(self.decrypt_init, Function::DecryptInit, op)?;
-        let mut out = Zeroizing::new(Vec::new());
+        let mut out = SecretBytes::default();
         // The plaintext is never longer than the input; some libraries (SoftHSM2) also want
         // room for the whole input before they check the tag, so ask for no less.
         let expected = ciphertext_and_tag.len();

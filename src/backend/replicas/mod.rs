@@ -541,7 +541,7 @@ impl Backend for ReplicaGroup {
         iv: &[u8],
         aad: &[u8],
         ciphertext_and_tag: &[u8],
-    ) -> CkResult<Zeroizing<Vec<u8>>> {
+    ) -> CkResult<crate::secret::SecretBytes> {
         let iv = iv.to_vec();
         let aad = aad.to_vec();
         let ct = ciphertext_and_tag.to_vec();

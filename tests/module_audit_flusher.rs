@@ -1,0 +1,79 @@
+//! Buffered audit writes: a buffer that reaches 64 KiB is written out by the flusher thread at
+//! once (the caller that filled it only wakes it), long before the (here one-minute) interval.
+//! One process, its own config.
+
+mod common_module;
+
+use common_module::*;
+use cryptoki::context::Pkcs11;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn records(audit: &Path) -> usize {
+    std::fs::read_to_string(audit)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(" INFO  xki_audit: op=encrypt") || l.contains("op=decrypt"))
+        .count()
+}
+
+#[test]
+fn a_full_buffer_reaches_the_file_without_waiting_for_the_interval() {
+    let so = so_path();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let softhsm_conf = new_softhsm_token(dir.path(), SOFTHSM_TOKEN);
+    let config = write_config(dir.path(), Options::default());
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("audit_flush_ms = 0"));
+    std::fs::write(
+        &config,
+        text.replace("audit_flush_ms = 0", "audit_flush_ms = 60000"),
+    )
+    .unwrap();
+    set_env(&softhsm_conf, &config);
+    let audit = dir.path().join("audit.log");
+
+    let ctx = Pkcs11::new(&so).expect("load the module");
+    init_ctx(&ctx);
+    // The embedded slot: fast, so the records pile up quickly.
+    let slot = ctx.get_slots_with_token().unwrap()[1];
+    let session = ctx.open_rw_session(slot).unwrap();
+    login(&session);
+    let key = session
+        .generate_key(
+            &cryptoki::mechanism::Mechanism::AesKeyGen,
+            &secure_template("audit-flusher"),
+        )
+        .unwrap();
+    // 400 round trips = 800 records of ~140 bytes: past the 64 KiB mark, far below the
+    // 256 KiB at which a caller would write the buffer itself.
+    for i in 0..400u32 {
+        let mut iv = [0u8; 12];
+        iv[..4].copy_from_slice(&i.to_be_bytes());
+        let ct = session
+            .encrypt(&gcm(&mut iv, b"aad"), key, b"flusher")
+            .unwrap();
+        session.decrypt(&gcm(&mut iv, b"aad"), key, &ct).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while records(&audit) < 400 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let written = records(&audit);
+    assert!(
+        written >= 400,
+        "a 64 KiB buffer should reach the file within seconds, not at the 60 s interval; \
+         found {written} records"
+    );
+    assert!(
+        written < 800,
+        "the tail below 64 KiB waits for the interval"
+    );
+    drop(session);
+    ctx.finalize().expect("C_Finalize");
+    assert_eq!(
+        records(&audit),
+        800,
+        "C_Finalize writes the rest, each record once"
+    );
+}
