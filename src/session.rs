@@ -21,8 +21,8 @@ pub const MAX_MULTIPART: usize = 16 * 1024 * 1024;
 
 /// A GCM operation set up by `C_EncryptInit` / `C_DecryptInit`.
 pub struct CryptOp {
-    /// Virtual handle of the key (for audit).
-    pub object: u64,
+    /// The key's label when the operation began, for the audit record (an `Arc`: no copy).
+    pub label: std::sync::Arc<[u8]>,
     /// The backend key.
     pub key: BackendKey,
     /// The checked GCM parameters.
@@ -75,6 +75,16 @@ impl SessionTable {
             .write()
             .insert(handle, Arc::new(Mutex::new(session)));
         handle
+    }
+
+    /// Run `f` on a session, locked; `CKR_SESSION_HANDLE_INVALID` when unknown. Cheaper than
+    /// [`SessionTable::get`] (no reference count taken); `f` must not call a backend, since the
+    /// table's read lock is held while it runs.
+    pub fn with<R>(&self, handle: u64, f: impl FnOnce(&mut Session) -> R) -> CkResult<R> {
+        let sessions = self.sessions.read();
+        let session = sessions.get(&handle).ok_or(Rv::SESSION_HANDLE_INVALID)?;
+        let mut session = session.lock();
+        Ok(f(&mut session))
     }
 
     /// Look a session up; `CKR_SESSION_HANDLE_INVALID` when unknown.

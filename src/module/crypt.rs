@@ -10,15 +10,13 @@ pub(super) fn crypt_init(
     encrypt: bool,
 ) -> CkResult<()> {
     let m = module()?;
-    let sess = m.sessions.get(session)?;
     // One lock for both the slot and the "nothing active" check.
-    let index = {
-        let sess = sess.lock();
+    let index = m.sessions.with(session, |sess| {
         if !matches!(sess.op, Operation::None) {
             return Err(Rv::OPERATION_ACTIVE);
         }
-        sess.slot
-    };
+        Ok(sess.slot)
+    })??;
     let s = &m.slots[index];
     let e = m.key(s, index, key, Rv::KEY_HANDLE_INVALID)?;
     policy::gcm_params(&mechanism)?;
@@ -27,21 +25,23 @@ pub(super) fn crypt_init(
         return Err(Rv::MECHANISM_INVALID);
     };
     let op = CryptOp {
-        object: key,
+        label: e.label,
         key: e.key,
         params,
         buffered: None,
     };
-    let mut sess = sess.lock();
-    if !matches!(sess.op, Operation::None) {
-        return Err(Rv::OPERATION_ACTIVE);
-    }
-    sess.op = if encrypt {
-        Operation::Encrypt(op)
-    } else {
-        Operation::Decrypt(op)
-    };
-    Ok(())
+    m.sessions.with(session, |sess| {
+        // Checked again: another thread may have started an operation in between.
+        if !matches!(sess.op, Operation::None) {
+            return Err(Rv::OPERATION_ACTIVE);
+        }
+        sess.op = if encrypt {
+            Operation::Encrypt(op)
+        } else {
+            Operation::Decrypt(op)
+        };
+        Ok(())
+    })?
 }
 
 pub fn encrypt_init(session: u64, mechanism: Mechanism, key: u64) -> CkResult<()> {
@@ -61,18 +61,18 @@ pub(super) fn with_op<T>(
 ) -> CkResult<T> {
     let m = module()?;
     // Straight to the session: no slot needed, so one lock (this runs for every length query).
-    let sess = m.sessions.get(session)?;
-    let mut sess = sess.lock();
-    let op = if encrypt {
-        sess.encrypt_op()?
-    } else {
-        sess.decrypt_op()?
-    };
-    let result = f(op);
-    if result.is_err() {
-        sess.op = Operation::None;
-    }
-    result
+    m.sessions.with(session, |sess| {
+        let op = if encrypt {
+            sess.encrypt_op()?
+        } else {
+            sess.decrypt_op()?
+        };
+        let result = f(op);
+        if result.is_err() {
+            sess.op = Operation::None;
+        }
+        result
+    })?
 }
 
 /// End the active operation and run the backend call for it, outside every lock.
@@ -84,17 +84,15 @@ pub(super) fn finish<T>(
     out_len: impl Fn(&T) -> usize,
 ) -> CkResult<T> {
     let m = module()?;
-    let sess = m.sessions.get(session)?;
     // One lock to read the slot and take the operation.
-    let (index, op) = {
-        let mut sess = sess.lock();
+    let (index, op) = m.sessions.with(session, |sess| {
         let op = if encrypt {
             sess.take_encrypt()?
         } else {
             sess.take_decrypt()?
         };
-        (sess.slot, op)
-    };
+        Ok((sess.slot, op))
+    })??;
     let s = &m.slots[index];
     let data: &[u8] = match (single_part, &op.buffered) {
         (Some(_), Some(_)) => return Err(Rv::OPERATION_ACTIVE),
@@ -103,14 +101,12 @@ pub(super) fn finish<T>(
         (None, None) => &[],
     };
     let result = run(s, &op, data);
-    // The label now (a rename since the init shows the new one); an `Arc` clone, no copy.
-    let label = m.objects.get(op.object).map(|e| e.label).ok();
     let bytes_out = result.as_ref().map(&out_len).unwrap_or(0);
     audit::record(
         Record {
             op: if encrypt { "encrypt" } else { "decrypt" },
             slot: &s.slot.label,
-            key: label.as_deref().unwrap_or_default(),
+            key: &op.label,
             mechanism: "CKM_AES_GCM",
             bytes_in: data.len(),
             bytes_out,

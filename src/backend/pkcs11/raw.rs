@@ -165,7 +165,7 @@ impl GcmCalls {
         // exact lengths. The library copies what it needs during C_*Init (PKCS#11 §5.2: the
         // mechanism is not referenced after the call returns).
         let rv = unsafe { f(op.session, &mut mechanism, op.key) };
-        CkRv::from(rv).into_result(function)
+        check(rv, function)
     }
 
     /// One `C_Encrypt`/`C_Decrypt` into `out`, sized `expected` (grown once on
@@ -204,7 +204,7 @@ impl GcmCalls {
                 size = written;
                 continue;
             }
-            CkRv::from(rv).into_result(function)?;
+            check(rv, function)?;
             if written > out.len() {
                 // A library claiming to have written past our buffer: never trust that.
                 return Err(broken_library(function));
@@ -215,6 +215,15 @@ impl GcmCalls {
         // Still too small after growing to the size it asked for: the library is confused.
         Err(broken_library(function))
     }
+}
+
+/// `CKR_OK`, or the error naming `function`. The common case is one comparison: cryptoki's
+/// `Rv::from` is a match over every return code, paid on each call otherwise.
+fn check(rv: CK_RV, function: Function) -> Result<(), Error> {
+    if rv == CKR_OK {
+        return Ok(());
+    }
+    CkRv::from(rv).into_result(function)
 }
 
 /// A library that broke the buffer contract. Reported as `CKR_DEVICE_ERROR`, a session-level
