@@ -1,5 +1,9 @@
 //! `xki-proxy`: the XKS proxy server and its admin commands.
 
+/// See Cargo.toml: a faster allocator for the request path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
