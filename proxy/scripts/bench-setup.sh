@@ -5,6 +5,12 @@
 #
 # Usage: proxy/scripts/bench-setup.sh DIR [PROXY_BIN]
 # Then:  source DIR/env.sh; "$PROXY" -c DIR/proxy-http.toml serve   (see README: Performance)
+#
+# Threads: both tokens here run inside the proxy process on the same 2 CPUs as the load
+# client, so the configs use one async worker and one HSM session (fewer threads competing for
+# the CPUs; SoftHSM2 also serialises concurrent calls on its internal locks, so a second
+# session costs more than it gives). A network HSM wants the defaults (one async worker per
+# CPU, 8+ sessions). Override: XKI_BENCH_ASYNC_WORKERS=N XKI_BENCH_SESSIONS=N.
 set -euo pipefail
 dir=$1
 bin=${2:-$(cd "$(dirname "$0")/../.." && pwd)/target/release/xki-proxy}
@@ -51,8 +57,10 @@ for slot in bench-hsm bench-emb; do
     cat >"$dir/proxy-$slot-$mode.toml" <<CONF
 listen = "127.0.0.1:$port"
 admin_listen = "127.0.0.1:$((port + 1))"
+async_workers = ${XKI_BENCH_ASYNC_WORKERS:-1}
 $tls
 [hsm]
+sessions = ${XKI_BENCH_SESSIONS:-1}
 token_label = "$slot"
 pin_file = "$dir/user.pin"
 [[prefix]]

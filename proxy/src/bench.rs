@@ -460,8 +460,9 @@ async fn run_async(args: BenchArgs) -> Result<(), String> {
         g.lat_us.len() as f64 / secs
     );
     println!(
-        "latency ms: p50={:.2} p99={:.2} p99.9={:.2} max={:.2}",
+        "latency ms: p50={:.2} p90={:.2} p99={:.2} p99.9={:.2} max={:.2}",
         pct(0.5),
+        pct(0.9),
         pct(0.99),
         pct(0.999),
         pct(1.0)

@@ -63,6 +63,10 @@ pub struct Config {
     /// Largest accepted request body in bytes (checked before the body is read).
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Async worker threads for HTTP, TLS, SigV4 and JSON; 0 = one per CPU. HSM calls never
+    /// run on them (they have their own threads, one per `[hsm] sessions`).
+    #[serde(default)]
+    pub async_workers: usize,
     /// TLS; absent means plain HTTP (only for tests or behind a TLS-terminating balancer).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -270,6 +274,9 @@ impl Config {
         if self.max_body_bytes < 16 * 1024 {
             return Err(err("max_body_bytes", "must be at least 16384"));
         }
+        if self.async_workers > 1024 {
+            return Err(err("async_workers", "must be 0 (one per CPU) or 1..=1024"));
+        }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return Err(err("log_level", "must be error|warn|info|debug|trace"));
         }
@@ -474,6 +481,19 @@ pin_env = "PIN"
         let c = parse(BASE).unwrap();
         assert_eq!(c.hsm.sessions, 8);
         assert!(c.prefix.is_empty());
+    }
+
+    #[test]
+    fn async_workers_default_and_bounds() {
+        assert_eq!(parse(BASE).unwrap().async_workers, 0);
+        assert_eq!(
+            parse(&format!("async_workers = 1\n{BASE}"))
+                .unwrap()
+                .async_workers,
+            1
+        );
+        let e = parse(&format!("async_workers = 5000\n{BASE}")).unwrap_err();
+        assert!(e.contains("async_workers"), "{e}");
     }
 
     #[test]

@@ -68,7 +68,8 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
     if let Some(a) = opts.listen {
         cfg.listen = a;
     }
-    crate::logging::init(cfg.log_format, &cfg.log_level);
+    // Dropped when `serve` returns (also on error): every queued log line is written first.
+    let _log_writer = crate::logging::init(cfg.log_format, &cfg.log_level);
     let tenants = Tenants::from_config(&cfg).map_err(|e| e.to_string())?;
     if tenants.is_empty() {
         tracing::warn!(
@@ -93,7 +94,11 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
         tracing::info!(key = crate::demo::DEMO_KEY, "generated the demo key");
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if cfg.async_workers > 0 {
+        builder.worker_threads(cfg.async_workers);
+    }
+    let rt = builder
         .enable_all()
         .max_blocking_threads(cfg.hsm.sessions + 8)
         .build()
