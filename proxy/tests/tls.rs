@@ -222,7 +222,9 @@ fn mtls_requires_ca_and_name() {
     .is_none());
     // No client certificate: handshake fails.
     assert!(tls_post(&srv.addr, client_config(&pki.ca_pem, None, false), &s, &p).is_none());
-    assert!(srv.log().contains("client certificate name not allowed"));
+    wait_until(5, || {
+        srv.log().contains("client certificate name not allowed")
+    });
 }
 
 fn curl(args: &[&str]) -> (String, String) {
