@@ -51,9 +51,14 @@ pub struct BenchArgs {
     /// Total target rate in requests/s (0 = as fast as possible).
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
-    /// Test length in seconds.
+    /// Test length in seconds (measured, after the warm-up).
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
+    /// Seconds of load before measuring starts (connections, first key lookup, caches).
+    /// Requests started then are reported on their own line, not in the figures; their
+    /// errors are counted like any other.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: u64,
     /// Plaintext size in bytes.
     #[arg(long, default_value_t = 256)]
     pub size: usize,
@@ -99,6 +104,9 @@ struct Target {
 struct Stats {
     lat_us: Vec<u32>,
     errors: BTreeMap<String, u64>,
+    /// Successful requests started during the warm-up, and their worst latency.
+    warmup_ok: u64,
+    warmup_max_us: u32,
 }
 
 fn parse_url(url: &str) -> Result<(bool, String, String), String> {
@@ -339,7 +347,8 @@ async fn run_async(args: BenchArgs) -> Result<(), String> {
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let end = start + Duration::from_secs(args.duration);
+    let measure_from = start + Duration::from_secs(args.warmup);
+    let end = measure_from + Duration::from_secs(args.duration);
     let per_worker = if args.rate > 0 {
         Some(Duration::from_secs_f64(
             args.concurrency as f64 / args.rate as f64,
@@ -384,9 +393,13 @@ async fn run_async(args: BenchArgs) -> Result<(), String> {
                 };
                 match sent {
                     Ok((200, _)) => {
-                        local
-                            .lat_us
-                            .push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                        if t0 >= measure_from {
+                            local.lat_us.push(us);
+                        } else {
+                            local.warmup_ok += 1;
+                            local.warmup_max_us = local.warmup_max_us.max(us);
+                        }
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok((st, b)) => {
@@ -406,6 +419,8 @@ async fn run_async(args: BenchArgs) -> Result<(), String> {
             }
             let mut g = stats.lock();
             g.lat_us.extend(local.lat_us);
+            g.warmup_ok += local.warmup_ok;
+            g.warmup_max_us = g.warmup_max_us.max(local.warmup_max_us);
             for (k, v) in local.errors {
                 *g.errors.entry(k).or_default() += v;
             }
@@ -433,7 +448,10 @@ async fn run_async(args: BenchArgs) -> Result<(), String> {
     }
     progress.abort();
     eprintln!();
-    let secs = start.elapsed().as_secs_f64();
+    let secs = Instant::now()
+        .saturating_duration_since(measure_from)
+        .as_secs_f64()
+        .max(f64::EPSILON);
     let mut g = stats.lock();
     g.lat_us.sort_unstable();
     let pct = |p: f64| -> f64 {
@@ -467,6 +485,14 @@ async fn run_async(args: BenchArgs) -> Result<(), String> {
         pct(0.999),
         pct(1.0)
     );
+    if args.warmup > 0 {
+        println!(
+            "warm-up: {} requests in the first {} s, not in the figures above (slowest {:.2} ms)",
+            g.warmup_ok,
+            args.warmup,
+            f64::from(g.warmup_max_us) / 1000.0
+        );
+    }
     if g.errors.is_empty() {
         println!("errors: none");
     } else {
