@@ -65,7 +65,8 @@ impl Pool {
     /// session to come back. With `fresh_only`, idle sessions are not handed out (they may be
     /// stale after a token fault); at the cap an idle one is closed to make room instead.
     pub(crate) fn take(&self, fresh_only: bool) -> Result<Take<'_>, Unavailable> {
-        let deadline = Instant::now() + self.wait;
+        // Read the clock only when a wait is needed: the common checkout finds an idle session.
+        let mut deadline = None;
         let mut st = self.state.lock();
         loop {
             if st.closed {
@@ -91,7 +92,8 @@ impl Pool {
                     filled: false,
                 }));
             }
-            if self.returned.wait_until(&mut st, deadline).timed_out() {
+            let until = *deadline.get_or_insert_with(|| Instant::now() + self.wait);
+            if self.returned.wait_until(&mut st, until).timed_out() {
                 return Err(Unavailable::TimedOut);
             }
         }
