@@ -10,8 +10,9 @@ use std::ops::{Deref, DerefMut};
 
 /// A `Vec<u8>` whose whole allocation (length and spare capacity) is wiped on drop.
 ///
-/// Growing it past its capacity reallocates without wiping the old block, as with `Zeroizing`:
-/// size it up front (every user in this crate does).
+/// Growing it through `Vec`'s own methods (via `DerefMut`) past its capacity reallocates
+/// without wiping the old block, as with `Zeroizing`: size it up front, or append with
+/// [`SecretBytes::extend_wiping`], which wipes the block it leaves behind.
 #[derive(Default)]
 pub struct SecretBytes(Vec<u8>);
 
@@ -24,6 +25,22 @@ impl SecretBytes {
     /// An empty buffer with room for `capacity` bytes.
     pub fn with_capacity(capacity: usize) -> SecretBytes {
         SecretBytes(Vec::with_capacity(capacity))
+    }
+}
+
+impl SecretBytes {
+    /// Append `data`. When the allocation must grow, the contents move to a new block (at
+    /// least double the size) and the old one is wiped before it is freed, so no copy of the
+    /// secret is left in freed memory.
+    pub fn extend_wiping(&mut self, data: &[u8]) {
+        let needed = self.0.len() + data.len();
+        if needed > self.0.capacity() {
+            let mut grown = Vec::with_capacity(needed.max(2 * self.0.capacity()));
+            grown.extend_from_slice(&self.0);
+            // The old block is dropped (and wiped) as a SecretBytes.
+            drop(SecretBytes(std::mem::replace(&mut self.0, grown)));
+        }
+        self.0.extend_from_slice(data);
     }
 }
 
@@ -102,6 +119,20 @@ mod tests {
         // initialised by the wipe, so reading `capacity` bytes is sound.
         let after = unsafe { std::slice::from_raw_parts(ptr, capacity) };
         assert!(after.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn extend_wiping_grows_and_keeps_order() {
+        let mut s = SecretBytes::with_capacity(4);
+        s.extend_wiping(b"abc");
+        s.extend_wiping(b"defgh");
+        s.extend_wiping(b"");
+        assert_eq!(s.as_slice(), b"abcdefgh");
+        assert!(s.capacity() >= 8);
+        let cap = s.capacity();
+        s.extend_wiping(b"i");
+        assert_eq!(s.as_slice(), b"abcdefghi");
+        assert!(s.capacity() >= cap);
     }
 
     #[test]

@@ -183,7 +183,8 @@ impl CryptOp {
         if buf.len() + part.len() > MAX_MULTIPART {
             return Err(too_long);
         }
-        buf.extend_from_slice(part);
+        // Plaintext (for an encryption): never leave a copy behind in a freed block.
+        buf.extend_wiping(part);
         Ok(())
     }
 
