@@ -57,6 +57,7 @@ cargo build --workspace --all-targets
 # --- checks -------------------------------------------------------------------------------
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
+step "cargo clippy -D warnings (fault-injection builds)" cargo clippy --workspace --all-targets --features xki-pkcs11/fault-injection,xki-proxy/fault-injection -- -D warnings
 
 # --- tests --------------------------------------------------------------------------------
 step "cargo test (workspace)" cargo test --workspace

@@ -530,7 +530,7 @@ impl Backend for ReplicaGroup {
     ) -> CkResult<Vec<u8>> {
         let iv = iv.to_vec();
         let aad = aad.to_vec();
-        let pt = Zeroizing::new(plaintext.to_vec());
+        let pt = crate::secret::SecretBytes::new(plaintext.to_vec());
         self.inner
             .run(Some(key.0), move |b, mk| b.gcm_encrypt(mk, &iv, &aad, &pt))
     }
