@@ -1,8 +1,8 @@
 //! Proxy configuration: one TOML file, strict schema, validation messages that name the key.
 //!
 //! Secrets (HSM PIN, SigV4 secrets) are never inline: `pin_file`/`pin_env` and `secret_file`.
-//! Everything under `[[prefix]]` is re-read on reload (SIGHUP); listener, TLS and HSM settings
-//! need a restart.
+//! Everything under `[[prefix]]` and `[tls]` is re-read on reload (SIGHUP); the listeners, the
+//! HSM settings and switching TLS on or off need a restart.
 
 use std::collections::HashSet;
 use std::fmt;

@@ -21,24 +21,40 @@ use crate::state::App;
 use crate::tenants::Tenants;
 
 /// Re-read the config file and swap in the new tenants (`[[prefix]]`: credentials, key
-/// allow-lists, regions, quotas, rules). Changes to anything else are reported but need a
-/// restart.
+/// allow-lists, regions, quotas, rules) and, when serving HTTPS, the TLS settings (`[tls]`,
+/// with the certificate, key and client CA files read again). Everything is built before
+/// anything is swapped: a bad file or setting fails the whole reload and changes nothing.
+/// Changes to anything else are reported but need a restart.
 pub fn reload(app: &App, running: &Config) -> Result<(), String> {
     let cfg = Config::load(&app.config_path).map_err(|e| e.to_string())?;
     let tenants = Tenants::from_config(&cfg).map_err(|e| e.to_string())?;
+    let tls = match (&app.tls, &cfg.tls) {
+        (Some(_), Some(t)) => Some(http::tls::server_config(t)?),
+        _ => None,
+    };
     let n = tenants.len();
     app.tenants.store(Arc::new(tenants));
-    let outside_prefixes = |c: &Config| {
+    if let (Some(current), Some(new)) = (&app.tls, tls) {
+        current.store(new);
+    }
+    let needs_restart = |c: &Config| {
         let mut c = c.clone();
         c.prefix.clear();
-        format!("{c:?}")
+        // Reloaded above; only switching TLS on or off needs a restart.
+        let https = c.tls.take().is_some();
+        format!("{https} {c:?}")
     };
-    if outside_prefixes(&cfg) != outside_prefixes(running) {
+    if needs_restart(&cfg) != needs_restart(running) {
         tracing::warn!(
-            "settings outside [[prefix]] changed; they take effect only after a restart"
+            "settings outside [[prefix]] and [tls] changed (or [tls] was added or removed); \
+             they take effect only after a restart"
         );
     }
-    tracing::info!(prefixes = n, "configuration reloaded");
+    tracing::info!(
+        prefixes = n,
+        tls = app.tls.is_some(),
+        "configuration reloaded"
+    );
     Ok(())
 }
 
@@ -108,6 +124,7 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
         let app = Arc::new(App {
             hsm: hsm.clone(),
             tenants: ArcSwap::from_pointee(tenants),
+            tls: tls.map(ArcSwap::new),
             health: health.clone(),
             metrics: Metrics::new(),
             hsm_deadline: Duration::from_millis(cfg.hsm.deadline_ms),
@@ -138,11 +155,11 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
             std::fs::write(p, format!("{}\n", std::process::id()))
                 .map_err(|e| format!("pid_file {}: {e}", p.display()))?;
         }
-        let scheme = if tls.is_some() { "https" } else { "http" };
+        let scheme = if app.tls.is_some() { "https" } else { "http" };
         say(&format!("xki-proxy listening on {addr} ({scheme})"));
         if opts.demo {
             say(&crate::demo::instructions(&cfg, addr));
-        } else if tls.is_none() {
+        } else if app.tls.is_none() {
             tracing::warn!("no [tls]: serving plain HTTP; only behind a TLS-terminating balancer");
         }
         tracing::info!(%addr, scheme, "listening");
@@ -168,7 +185,7 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
             let _ = stop_tx.send(true);
         });
 
-        http::serve_api(app.clone(), listener, tls, stopped(stop_rx)).await;
+        http::serve_api(app.clone(), listener, stopped(stop_rx)).await;
         hsm.close();
         if let Some(p) = &cfg.pid_file {
             let _ = std::fs::remove_file(p);

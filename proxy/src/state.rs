@@ -17,6 +17,10 @@ pub struct App {
     pub hsm: Arc<Hsm>,
     /// Tenants; swapped on reload.
     pub tenants: ArcSwap<Tenants>,
+    /// TLS settings (certificate, key, client CA and names) when serving HTTPS; rebuilt from
+    /// the files on reload, so a renewed certificate needs no restart. New connections use
+    /// the current one; open connections keep the one they were accepted with.
+    pub tls: Option<ArcSwap<rustls::ServerConfig>>,
     /// Cached deep-health result.
     pub health: Arc<Health>,
     /// Prometheus metrics.

@@ -284,3 +284,57 @@ fn curl_aws_sigv4_over_https_and_mtls() {
     assert_eq!(code, "401", "{out}");
     assert!(out.contains("AuthenticationFailedException"));
 }
+
+/// The certificate the server presents on a fresh connection (DER), or None when the
+/// handshake fails.
+fn presented_cert(addr: &str, ca_pem: &str) -> Option<Vec<u8>> {
+    let cfg = client_config(ca_pem, None, false);
+    let mut conn =
+        rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).ok()?;
+    let mut tcp = TcpStream::connect(addr).ok()?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).ok()?;
+    }
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec())
+}
+
+fn der_of(pem: &str) -> Vec<u8> {
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .as_ref()
+        .to_vec()
+}
+
+#[test]
+fn renewed_certificate_is_served_after_reload_and_a_bad_one_changes_nothing() {
+    let (tok, a, pki, srv) = tls_env(false);
+    let s = Signer::new(&a);
+    let p = key_path("/p", "k1", "metadata");
+    let first = std::fs::read_to_string(tok.path("server.pem")).unwrap();
+    assert_eq!(presented_cert(&srv.addr, &pki.ca_pem), Some(der_of(&first)));
+
+    // Renewal: new key and certificate at the same paths, then SIGHUP.
+    let (renewed, renewed_key) = pki.leaf("localhost", true);
+    std::fs::write(tok.path("server.key"), renewed_key).unwrap();
+    std::fs::write(tok.path("server.pem"), &renewed).unwrap();
+    srv.signal(libc::SIGHUP);
+    wait_until(5, || {
+        presented_cert(&srv.addr, &pki.ca_pem) == Some(der_of(&renewed))
+    });
+    let (r, _) = tls_post(&srv.addr, client_config(&pki.ca_pem, None, false), &s, &p).unwrap();
+    r.expect_ok();
+
+    // A broken certificate file: the reload fails as a whole and the renewed one stays.
+    std::fs::write(tok.path("server.pem"), "not a certificate\n").unwrap();
+    srv.signal(libc::SIGHUP);
+    wait_until(5, || srv.log().contains("reload failed"));
+    assert_eq!(
+        presented_cert(&srv.addr, &pki.ca_pem),
+        Some(der_of(&renewed))
+    );
+    let (r, _) = tls_post(&srv.addr, client_config(&pki.ca_pem, None, false), &s, &p).unwrap();
+    r.expect_ok();
+    assert!(srv.log().contains("tls.cert_file"), "{}", srv.log());
+}

@@ -37,13 +37,7 @@ fn http1_builder() -> http1::Builder {
 }
 
 /// Serve the XKS API until `shutdown` resolves, then drain.
-pub async fn serve_api(
-    app: Arc<App>,
-    listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    shutdown: impl Future<Output = ()>,
-) {
-    let acceptor = tls.map(TlsAcceptor::from);
+pub async fn serve_api(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -59,8 +53,9 @@ pub async fn serve_api(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        // The TLS settings current now (reload swaps them for later connections).
+        let acceptor = app.tls.as_ref().map(|t| TlsAcceptor::from(t.load_full()));
         let app = app.clone();
-        let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| router::handle(app.clone(), req));
