@@ -147,16 +147,16 @@ impl AuditFile {
 
     /// Stop the flusher thread (if any), write what is left, and switch to synchronous.
     fn close(&self) {
-        self.control.lock().stop = true;
-        self.wake.notify_all();
-        if let Some(handle) = self.flusher.lock().take() {
-            if self.pid == std::process::id() {
+        if self.pid == std::process::id() {
+            self.control.lock().stop = true;
+            self.wake.notify_all();
+            if let Some(handle) = self.flusher.lock().take() {
                 let _ = handle.join();
-            } else {
-                // Forked child: the thread stayed in the parent.
-                std::mem::forget(handle);
             }
         }
+        // In a forked child the flusher stayed in the parent, and it may have held `control`
+        // at the moment of the fork (a lock nobody here would ever release): leave both alone.
+        // The child writes synchronously already (see `after_fork_child`).
         self.flush();
         self.buffered.store(false, Ordering::Release);
         self.flush();
