@@ -65,10 +65,8 @@ fn a_full_buffer_reaches_the_file_without_waiting_for_the_interval() {
         "a 64 KiB buffer should reach the file within seconds, not at the 60 s interval; \
          found {written} records"
     );
-    assert!(
-        written < 800,
-        "the tail below 64 KiB waits for the interval"
-    );
+    // (How much of the tail below the mark rides along depends on when the flusher wakes: the
+    // caller may well have finished all 800 by then. Not asserted.)
     drop(session);
     ctx.finalize().expect("C_Finalize");
     assert_eq!(
