@@ -5,7 +5,6 @@
 mod common_module;
 
 use common_module::*;
-use cryptoki::context::Pkcs11;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -34,22 +33,11 @@ fn round_trips(
 
 #[test]
 fn buffered_records_are_written_once_in_time_and_at_finalize() {
-    let so = so_path();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let softhsm_conf = new_softhsm_token(dir.path(), SOFTHSM_TOKEN);
-    let config = write_config(dir.path(), Options::default());
-    let text = std::fs::read_to_string(&config).unwrap();
-    assert!(text.contains("audit_flush_ms = 0"));
-    std::fs::write(
-        &config,
-        text.replace("audit_flush_ms = 0", "audit_flush_ms = 300"),
-    )
-    .unwrap();
-    set_env(&softhsm_conf, &config);
+    let (dir, ctx) = bare_module_with(Options {
+        audit_flush_ms: 300,
+        ..Options::default()
+    });
     let audit = dir.path().join("audit.log");
-
-    let ctx = Pkcs11::new(&so).expect("load the module");
-    init_ctx(&ctx);
     let slots = ctx.get_slots_with_token().unwrap();
     for slot in slots {
         let session = ctx.open_rw_session(slot).unwrap();

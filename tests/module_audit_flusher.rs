@@ -5,7 +5,6 @@
 mod common_module;
 
 use common_module::*;
-use cryptoki::context::Pkcs11;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -19,22 +18,11 @@ fn records(audit: &Path) -> usize {
 
 #[test]
 fn a_full_buffer_reaches_the_file_without_waiting_for_the_interval() {
-    let so = so_path();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let softhsm_conf = new_softhsm_token(dir.path(), SOFTHSM_TOKEN);
-    let config = write_config(dir.path(), Options::default());
-    let text = std::fs::read_to_string(&config).unwrap();
-    assert!(text.contains("audit_flush_ms = 0"));
-    std::fs::write(
-        &config,
-        text.replace("audit_flush_ms = 0", "audit_flush_ms = 60000"),
-    )
-    .unwrap();
-    set_env(&softhsm_conf, &config);
+    let (dir, ctx) = bare_module_with(Options {
+        audit_flush_ms: 60000,
+        ..Options::default()
+    });
     let audit = dir.path().join("audit.log");
-
-    let ctx = Pkcs11::new(&so).expect("load the module");
-    init_ctx(&ctx);
     // The embedded slot: fast, so the records pile up quickly.
     let slot = ctx.get_slots_with_token().unwrap()[1];
     let session = ctx.open_rw_session(slot).unwrap();

@@ -43,11 +43,15 @@ pub fn so_path() -> PathBuf {
     built_module::built_module()
 }
 
-static AT_EXIT_DIR: OnceCell<PathBuf> = OnceCell::new();
+/// The directory to remove at exit, and the process that owns it.
+static AT_EXIT_DIR: OnceCell<(u32, PathBuf)> = OnceCell::new();
 
 extern "C" fn remove_fixture_dir() {
-    if let Some(dir) = AT_EXIT_DIR.get() {
-        let _ = std::fs::remove_dir_all(dir);
+    // A forked child that exits normally runs this too: the directory is the parent's.
+    if let Some((owner, dir)) = AT_EXIT_DIR.get() {
+        if *owner == std::process::id() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -58,7 +62,10 @@ fn remove_at_exit(dir: &Path) {
         eprintln!("XKI_ITEST_KEEP: fixture files kept in {}", dir.display());
         return;
     }
-    if AT_EXIT_DIR.set(dir.to_path_buf()).is_ok() {
+    if AT_EXIT_DIR
+        .set((std::process::id(), dir.to_path_buf()))
+        .is_ok()
+    {
         // SAFETY: registers a plain function with no captured state.
         unsafe { libc::atexit(remove_fixture_dir) };
     }
@@ -72,6 +79,9 @@ pub struct Options {
     /// Load and initialise SoftHSM2 directly (a second cryptoki context) BEFORE the module
     /// initialises, so the module shares an initialisation it does not own.
     pub direct_softhsm_first: bool,
+    /// `audit_flush_ms`; 0 (the default here) writes every record before the call returns,
+    /// because most tests read the audit file right after their calls.
+    pub audit_flush_ms: u64,
 }
 
 /// Everything one test binary shares.
@@ -147,8 +157,7 @@ pub fn write_config(dir: &Path, options: Options) -> PathBuf {
         r#"log_level = "warn"
 log_file = "{log}"
 audit_file = "{audit}"
-# Tests read the audit file right after the calls: every record written before it returns.
-audit_flush_ms = 0
+audit_flush_ms = {flush}
 
 [[slot]]
 label = "{s0}"
@@ -173,6 +182,7 @@ pin_file = "{pin}"
         s0 = SLOT_LABELS[0],
         s1 = SLOT_LABELS[1],
         destroy = options.allow_destroy,
+        flush = options.audit_flush_ms,
         pin = pin_file.display(),
         store = dir.join("embedded.store").display(),
         audit = dir.join("audit.log").display(),
@@ -431,11 +441,16 @@ pub mod raw;
 /// The module initialised on a fresh two-slot config with NO session open and nobody logged
 /// in (for tests of the login state, which is per token and so per process).
 pub fn bare_module() -> (tempfile::TempDir, Pkcs11) {
+    bare_module_with(Options::default())
+}
+
+/// [`bare_module`] with other config options (e.g. a buffered audit file).
+pub fn bare_module_with(options: Options) -> (tempfile::TempDir, Pkcs11) {
     let so = so_path();
     let dir = tempfile::tempdir().expect("tempdir");
     remove_at_exit(dir.path());
     let softhsm_conf = new_softhsm_token(dir.path(), SOFTHSM_TOKEN);
-    let config = write_config(dir.path(), Options::default());
+    let config = write_config(dir.path(), options);
     set_env(&softhsm_conf, &config);
     let ctx = Pkcs11::new(&so).expect("load the built module through cryptoki");
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
