@@ -7,6 +7,7 @@
 
 use crate::backend::*;
 use crate::rv::{CkResult, Rv};
+use crate::secret::SecretBytes;
 use parking_lot::Mutex;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -153,7 +154,7 @@ impl Backend for FaultBackend {
         iv: &[u8],
         aad: &[u8],
         ct: &[u8],
-    ) -> CkResult<crate::secret::SecretBytes> {
+    ) -> CkResult<SecretBytes> {
         self.gate()?;
         self.inner.gcm_decrypt(key, iv, aad, ct)
     }

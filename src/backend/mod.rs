@@ -14,6 +14,7 @@
 //! - No method ever returns key material. There is deliberately no verb that could.
 
 use crate::rv::{CkResult, Rv};
+use crate::secret::SecretBytes;
 
 pub mod embedded;
 #[cfg(feature = "fault-injection")]
@@ -232,7 +233,7 @@ pub trait Backend: Send + Sync {
         iv: &[u8],
         aad: &[u8],
         ciphertext_and_tag: &[u8],
-    ) -> CkResult<crate::secret::SecretBytes>;
+    ) -> CkResult<SecretBytes>;
 
     /// Fill `out` from the token's random number generator.
     fn generate_random(&self, out: &mut [u8]) -> CkResult<()>;

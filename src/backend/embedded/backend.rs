@@ -8,6 +8,7 @@ use crate::backend::{
     Backend, BackendKey, KeyChanges, KeyInfo, MechanismInfo, NewKey, TokenDescription,
 };
 use crate::rv::{CkResult, Rv};
+use crate::secret::SecretBytes;
 use pkcs11_sys::{CKF_DECRYPT, CKF_ENCRYPT, CKF_GENERATE, CKM_AES_GCM, CKM_AES_KEY_GEN};
 use std::sync::Arc;
 use zeroize::Zeroizing;
@@ -204,7 +205,7 @@ impl Backend for EmbeddedBackend {
         iv: &[u8],
         aad: &[u8],
         ciphertext_and_tag: &[u8],
-    ) -> CkResult<crate::secret::SecretBytes> {
+    ) -> CkResult<SecretBytes> {
         let entry = self.crypto_key(key)?;
         if !entry.record.decrypt {
             return Err(Rv::KEY_FUNCTION_NOT_PERMITTED);

@@ -7,6 +7,7 @@
 //! features of `aes`/`polyval` are enabled in Cargo.toml).
 
 use crate::rv::{CkResult, Rv};
+use crate::secret::SecretBytes;
 use aes_gcm::aead::consts::{U12, U16};
 use aes_gcm::aead::generic_array::GenericArray;
 use aes_gcm::aead::{AeadCore, AeadInPlace, KeyInit};
@@ -83,12 +84,7 @@ impl GcmKey {
 
     /// Decrypt `ciphertext || tag`. A failed tag check is `CKR_ENCRYPTED_DATA_INVALID`; input
     /// shorter than a tag is `CKR_ENCRYPTED_DATA_LEN_RANGE`.
-    pub fn decrypt(
-        &self,
-        iv: &[u8],
-        aad: &[u8],
-        data: &[u8],
-    ) -> CkResult<crate::secret::SecretBytes> {
+    pub fn decrypt(&self, iv: &[u8], aad: &[u8], data: &[u8]) -> CkResult<SecretBytes> {
         macro_rules! go {
             ($p:expr) => {
                 match iv.len() {
@@ -118,18 +114,13 @@ fn seal<C: AeadInPlace>(c: &C, iv: &[u8], aad: &[u8], plaintext: &[u8]) -> CkRes
     Ok(std::mem::take(&mut *buf))
 }
 
-fn open<C: AeadInPlace>(
-    c: &C,
-    iv: &[u8],
-    aad: &[u8],
-    data: &[u8],
-) -> CkResult<crate::secret::SecretBytes> {
+fn open<C: AeadInPlace>(c: &C, iv: &[u8], aad: &[u8], data: &[u8]) -> CkResult<SecretBytes> {
     if data.len() < TAG_LEN {
         return Err(Rv::ENCRYPTED_DATA_LEN_RANGE);
     }
     let nonce = GenericArray::<u8, <C as AeadCore>::NonceSize>::from_slice(iv);
     let (ct, tag) = data.split_at(data.len() - TAG_LEN);
-    let mut buf = crate::secret::SecretBytes::new(ct.to_vec());
+    let mut buf = SecretBytes::new(ct.to_vec());
     // aes-gcm checks the tag before decrypting, so on failure `buf` is still ciphertext.
     c.decrypt_in_place_detached(nonce, aad, &mut buf, GenericArray::from_slice(tag))
         .map_err(|_| Rv::ENCRYPTED_DATA_INVALID)?;

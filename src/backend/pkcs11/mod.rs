@@ -35,6 +35,7 @@ use crate::backend::{
 };
 use crate::config::Secret;
 use crate::rv::{CkResult, Rv};
+use crate::secret::SecretBytes;
 use calls::{token_rv, Retry};
 use cryptoki::context::Pkcs11;
 use cryptoki::mechanism::aead::GcmParams;
@@ -258,7 +259,7 @@ impl Backend for Pkcs11Backend {
         iv: &[u8],
         aad: &[u8],
         ciphertext_and_tag: &[u8],
-    ) -> CkResult<crate::secret::SecretBytes> {
+    ) -> CkResult<SecretBytes> {
         check_iv(iv)?;
         let _guard = self.reading();
         self.call_key(key, Retry::Always, |s, handle| {
@@ -271,7 +272,7 @@ impl Backend for Pkcs11Backend {
             let params = GcmParams::new(&mut iv, aad, Ulong::from(GCM_TAG_BITS))
                 .map_err(|e| errors::rv_of(&e))?;
             s.decrypt(&Mechanism::AesGcm(params), handle, ciphertext_and_tag)
-                .map(crate::secret::SecretBytes::new)
+                .map(SecretBytes::new)
                 .map_err(|e| self.quirks.gcm_decrypt_error(&e))
         })
     }

@@ -53,6 +53,7 @@ use crate::backend::{
 };
 use crate::config::Replication;
 use crate::rv::{CkResult, Rv};
+use crate::secret::SecretBytes;
 use health::MemberStatus;
 use keys::KeyMap;
 use member::{Member, Outcome};
@@ -530,7 +531,7 @@ impl Backend for ReplicaGroup {
     ) -> CkResult<Vec<u8>> {
         let iv = iv.to_vec();
         let aad = aad.to_vec();
-        let pt = crate::secret::SecretBytes::new(plaintext.to_vec());
+        let pt = SecretBytes::new(plaintext.to_vec());
         self.inner
             .run(Some(key.0), move |b, mk| b.gcm_encrypt(mk, &iv, &aad, &pt))
     }
@@ -541,7 +542,7 @@ impl Backend for ReplicaGroup {
         iv: &[u8],
         aad: &[u8],
         ciphertext_and_tag: &[u8],
-    ) -> CkResult<crate::secret::SecretBytes> {
+    ) -> CkResult<SecretBytes> {
         let iv = iv.to_vec();
         let aad = aad.to_vec();
         let ct = ciphertext_and_tag.to_vec();
