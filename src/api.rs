@@ -95,6 +95,27 @@ pub enum AttributeAnswer {
 /// Plaintext on its way out (wiped when dropped).
 pub type Plaintext = crate::secret::SecretBytes;
 
+/// What a single-part `C_Encrypt`/`C_Decrypt` given an output buffer came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SinglePart<T> {
+    /// The output; the operation has ended.
+    Done(T),
+    /// The caller's buffer is shorter than this many bytes: `CKR_BUFFER_TOO_SMALL`, and the
+    /// operation stays active (nothing was consumed).
+    TooSmall(usize),
+}
+
+impl<T> SinglePart<T> {
+    /// The output of a call that cannot be too small (no caller capacity was involved);
+    /// `CKR_GENERAL_ERROR` if the core said otherwise.
+    pub fn done(self) -> CkResult<T> {
+        match self {
+            SinglePart::Done(t) => Ok(t),
+            SinglePart::TooSmall(_) => Err(crate::rv::Rv::GENERAL_ERROR),
+        }
+    }
+}
+
 macro_rules! core_fn {
     ($($(#[$m:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
         $( $(#[$m])* pub fn $name($($arg: $ty),*) -> $ret { crate::module::$name($($arg),*) } )*
@@ -158,8 +179,10 @@ core_fn! {
     pub fn encrypt_init(session: u64, mechanism: Mechanism, key: u64) -> CkResult<()>;
     /// Output length `C_Encrypt` would produce for `data_len` input bytes (operation stays).
     pub fn encrypt_len(session: u64, data_len: usize) -> CkResult<usize>;
-    /// `C_Encrypt` proper: ends the operation, success or not.
-    pub fn encrypt(session: u64, data: &[u8]) -> CkResult<Vec<u8>>;
+    /// `C_Encrypt` into the caller's buffer `out` (its whole capacity, or at least as much as
+    /// the output can need): too small leaves the operation active; otherwise it ends,
+    /// success or not, and the answer is the length written.
+    pub fn encrypt(session: u64, data: &[u8], out: &mut [u8]) -> CkResult<SinglePart<usize>>;
     /// `C_EncryptUpdate`: buffers the part; returns what may be output now.
     pub fn encrypt_update(session: u64, part: &[u8]) -> CkResult<Vec<u8>>;
     /// Output length `C_EncryptUpdate` would produce for `part_len` more bytes.
@@ -172,8 +195,9 @@ core_fn! {
     pub fn decrypt_init(session: u64, mechanism: Mechanism, key: u64) -> CkResult<()>;
     /// Output length (upper bound) `C_Decrypt` would produce for `data_len` bytes.
     pub fn decrypt_len(session: u64, data_len: usize) -> CkResult<usize>;
-    /// `C_Decrypt` proper: ends the operation.
-    pub fn decrypt(session: u64, data: &[u8]) -> CkResult<Plaintext>;
+    /// `C_Decrypt` into the caller's buffer `out` (as `encrypt`). On failure `out` holds no
+    /// plaintext.
+    pub fn decrypt(session: u64, data: &[u8], out: &mut [u8]) -> CkResult<SinglePart<usize>>;
     /// `C_DecryptUpdate`: buffers; never releases plaintext before the tag verified.
     pub fn decrypt_update(session: u64, part: &[u8]) -> CkResult<Plaintext>;
     /// Output length `C_DecryptUpdate` would produce for `part_len` more bytes.

@@ -20,15 +20,21 @@ pub enum Mechanism {
     },
 }
 
+/// An IV, inline (the accepted lengths are 12 and 16 bytes).
+pub type Iv = smallvec::SmallVec<[u8; 16]>;
+
+/// AAD, inline up to 64 bytes (what KMS requests carry), on the heap beyond.
+pub type Aad = smallvec::SmallVec<[u8; 64]>;
+
 /// The fields of `CK_GCM_PARAMS`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GcmParams {
     /// `pIv[0..ulIvLen]`.
-    pub iv: Vec<u8>,
+    pub iv: Iv,
     /// `ulIvBits` (informational; PKCS#11 3.0 says it should equal `ulIvLen * 8`).
     pub iv_bits: u64,
     /// `pAAD[0..ulAADLen]`.
-    pub aad: Vec<u8>,
+    pub aad: Aad,
     /// `ulTagBits`.
     pub tag_bits: u64,
 }

@@ -102,6 +102,23 @@ pub fn wipe(buf: &mut Vec<u8>) {
     zeroize::Zeroize::zeroize(buf);
 }
 
+/// Overwrite `buf` with zeros (a caller's output buffer, a stack scratch buffer), in a way
+/// the compiler may not remove.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn wipe_slice(buf: &mut [u8]) {
+    if buf.is_empty() {
+        return;
+    }
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; any byte pattern is a valid `u8`.
+    unsafe { libc::explicit_bzero(buf.as_mut_ptr().cast(), buf.len()) };
+}
+
+/// Overwrite `buf` with zeros, in a way the compiler may not remove.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn wipe_slice(buf: &mut [u8]) {
+    zeroize::Zeroize::zeroize(buf);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +150,16 @@ mod tests {
         s.extend_wiping(b"i");
         assert_eq!(s.as_slice(), b"abcdefghi");
         assert!(s.capacity() >= cap);
+    }
+
+    #[test]
+    fn wipe_slice_zeroes_exactly_the_slice() {
+        let mut buf = [0xa5u8; 32];
+        wipe_slice(&mut buf[4..20]);
+        assert!(buf[..4].iter().all(|&b| b == 0xa5));
+        assert!(buf[4..20].iter().all(|&b| b == 0));
+        assert!(buf[20..].iter().all(|&b| b == 0xa5));
+        wipe_slice(&mut []);
     }
 
     #[test]

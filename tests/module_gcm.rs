@@ -385,6 +385,21 @@ fn two_call_length_convention_for_encrypt_and_decrypt() {
             let rv = f.C_DecryptFinal.unwrap()(h, out.as_mut_ptr(), &mut roomy);
             assert_eq!(rv, CKR_ENCRYPTED_DATA_INVALID, "tampered multi-part");
             assert!(out.iter().all(|b| *b == 0xAA), "no plaintext written");
+
+            // Single-part decrypt with a wrong tag into a buffer with room for the whole input
+            // (the module lets the backend write there directly): the failure wipes the room
+            // it lent, so nothing the backend may have written survives; past it, untouched.
+            assert_eq!(f.C_DecryptInit.unwrap()(h, &mut mech, key), CKR_OK);
+            out.fill(0xAA);
+            let mut roomy: CK_ULONG = 128;
+            let rv = f.C_Decrypt.unwrap()(h, ct.as_mut_ptr(), ct_len, out.as_mut_ptr(), &mut roomy);
+            assert_eq!(rv, CKR_ENCRYPTED_DATA_INVALID, "tampered single-part");
+            let lent = ct_len as usize;
+            assert!(out[..lent].iter().all(|b| *b == 0), "lent room wiped");
+            assert!(
+                out[lent..].iter().all(|b| *b == 0xAA),
+                "nothing past the room"
+            );
         }
     });
 }

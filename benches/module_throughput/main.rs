@@ -169,15 +169,19 @@ fn bench() -> Result<(), String> {
     let measured = started.elapsed();
 
     // Are calls spread over both members? Sample their in-flight counts under 2 threads.
+    // Only when the group is measured at all (`XKI_BENCH_TARGETS=module` for profiling runs no
+    // group calls).
     let spread_threads = max_threads.min(2);
-    let status = status::Status::open(&module_path, group_slot)?;
-    let spread = {
+    let spread = if settings.targets.contains(&4) {
+        let status = status::Status::open(&module_path, group_slot)?;
         let group = &mut all[4];
         let mut result = Ok(run::Sample::default());
         let busy = || result = run::measure(group, spread_threads, 32, Duration::from_millis(500));
         let spread = status::spread(&status, busy)?;
         module_ops += result?.ops;
-        spread
+        Some(spread)
+    } else {
+        None
     };
 
     report::print(&report::Inputs {
@@ -190,13 +194,16 @@ fn bench() -> Result<(), String> {
         load_after: &load_after,
         elapsed: measured,
     });
-    println!(
-        "spreading: {spread_threads} threads on the group for 0.5 s, 32 B: a member had a call in flight in {:.0}% ({}) / {:.0}% ({}) of samples taken every 100 µs",
-        spread[0] * 100.0,
-        group_setup::MEMBERS[0],
-        spread[1] * 100.0,
-        group_setup::MEMBERS[1]
-    );
+    match spread {
+        Some(spread) => println!(
+            "spreading: {spread_threads} threads on the group for 0.5 s, 32 B: a member had a call in flight in {:.0}% ({}) / {:.0}% ({}) of samples taken every 100 µs",
+            spread[0] * 100.0,
+            group_setup::MEMBERS[0],
+            spread[1] * 100.0,
+            group_setup::MEMBERS[1]
+        ),
+        None => println!("spreading: not measured (the group is not among XKI_BENCH_TARGETS)"),
+    }
     // Encrypt and decrypt calls through the module outside the measured rounds.
     #[cfg(feature = "fault-injection")]
     let extra_calls = failover::run(

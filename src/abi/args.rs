@@ -3,7 +3,7 @@
 //! owned or borrowed Rust values.
 
 use crate::api::{Attribute, InitArgs};
-use crate::mechanism::{GcmParams, Mechanism, GCM_MAX_AAD};
+use crate::mechanism::{Aad, GcmParams, Iv, Mechanism, GCM_MAX_AAD};
 use crate::rv::{CkResult, Rv};
 use pkcs11_sys::{
     CKF_LIBRARY_CANT_CREATE_OS_THREADS, CKF_OS_LOCKING_OK, CKM_AES_GCM, CKM_AES_KEY_GEN,
@@ -169,9 +169,9 @@ unsafe fn gcm_params(p: &CK_GCM_PARAMS) -> CkResult<GcmParams> {
     limit(p.ulIvLen)?;
     limit(p.ulAADLen)?;
     // SAFETY: forwarded caller contract.
-    let iv = unsafe { bytes_or(p.pIv, p.ulIvLen, invalid) }?.to_vec();
+    let iv = Iv::from_slice(unsafe { bytes_or(p.pIv, p.ulIvLen, invalid) }?);
     // SAFETY: forwarded caller contract.
-    let aad = unsafe { bytes_or(p.pAAD, p.ulAADLen, invalid) }?.to_vec();
+    let aad = Aad::from_slice(unsafe { bytes_or(p.pAAD, p.ulAADLen, invalid) }?);
     Ok(GcmParams {
         iv,
         iv_bits: p.ulIvBits,
@@ -306,9 +306,9 @@ mod tests {
         assert_eq!(
             m,
             Mechanism::AesGcm(GcmParams {
-                iv: vec![9; 12],
+                iv: Iv::from_slice(&[9; 12]),
                 iv_bits: 96,
-                aad: b"aad".to_vec(),
+                aad: Aad::from_slice(b"aad"),
                 tag_bits: 128
             })
         );

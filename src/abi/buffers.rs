@@ -99,7 +99,7 @@ impl<T: Copy> OutList<T> {
     }
 
     /// The caller's capacity, or `None` for a length query.
-    fn capacity(&self) -> Option<usize> {
+    pub(crate) fn capacity(&self) -> Option<usize> {
         if self.ptr.is_null() {
             return None;
         }
@@ -150,6 +150,34 @@ impl<T: Copy> OutList<T> {
             ptr::copy_nonoverlapping(data.as_ptr().cast::<u8>(), self.ptr.cast::<u8>(), bytes)
         };
         self.set_count(data.len())
+    }
+
+    /// Record that `n` elements were written straight into the caller's array (through
+    /// [`OutList::room`]). More than the capacity means the core broke its promise:
+    /// `CKR_GENERAL_ERROR`, and the count is left alone.
+    pub(crate) fn written(&self, n: usize) -> CkResult<()> {
+        match self.capacity() {
+            Some(cap) if n <= cap => self.set_count(n),
+            _ => Err(Rv::GENERAL_ERROR),
+        }
+    }
+
+    /// The first `len` elements of the caller's array as a slice the core writes into
+    /// directly (no copy). `None` for a length query (NULL array).
+    ///
+    /// # Safety
+    /// `len` must not exceed [`OutList::capacity`], and no other reference to that memory
+    /// (a caller input slice over the same bytes, for an in-place call) may be used while the
+    /// returned slice is alive.
+    pub(crate) unsafe fn room(&mut self, len: usize) -> Option<&mut [T]> {
+        let cap = self.capacity()?;
+        if len > cap {
+            return None;
+        }
+        // SAFETY: non-NULL (capacity is Some), writable for `cap >= len` elements (contract of
+        // `new`), and unaliased while the slice lives (this function's contract). `T` is a
+        // plain `Copy` C type for which the caller's bytes are valid values.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr, len) })
     }
 
     /// The whole convention for output that is already known (lists): prepare, then fill.

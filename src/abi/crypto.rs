@@ -8,8 +8,10 @@ use super::{
     args,
     buffers::{Out, OutList},
 };
-use crate::api;
+use crate::api::{self, SinglePart};
+use crate::mechanism::GCM_TAG_LEN;
 use crate::rv::{CkResult, Rv};
+use crate::secret::SecretBytes;
 use pkcs11_sys::{
     CK_ATTRIBUTE_PTR, CK_BYTE_PTR, CK_MECHANISM_PTR, CK_OBJECT_HANDLE, CK_OBJECT_HANDLE_PTR, CK_RV,
     CK_SESSION_HANDLE, CK_ULONG, CK_ULONG_PTR,
@@ -47,6 +49,63 @@ unsafe fn transform<D: AsRef<[u8]>>(
     out.fill(produced.as_ref())
 }
 
+/// The two-call convention for single-part `C_Encrypt`/`C_Decrypt`, in one core call that
+/// writes straight into the caller's buffer when there is one.
+///
+/// A NULL output is a length query: `query(input_len)`, which changes nothing. Otherwise the
+/// core gets the input and the caller's buffer (its capacity, capped at `room_for(input_len)`,
+/// the most the call can use) and checks the needed length itself, under the same session
+/// lock that takes the operation: [`SinglePart::TooSmall`] leaves the operation active and
+/// the needed length is written, as PKCS#11 wants. Input and output may be the same caller
+/// buffer (in-place, allowed by PKCS#11): overlapping input is copied first (and wiped after),
+/// so the core never sees two views of the same bytes.
+///
+/// # Safety
+/// `input`/`input_len` and `output`/`output_len` must satisfy [`args::bytes`] and
+/// [`OutList::new`] respectively.
+unsafe fn single_part(
+    input: CK_BYTE_PTR,
+    input_len: CK_ULONG,
+    output: CK_BYTE_PTR,
+    output_len: CK_ULONG_PTR,
+    room_for: fn(usize) -> usize,
+    query: impl FnOnce(usize) -> CkResult<usize>,
+    produce: impl FnOnce(&[u8], &mut [u8]) -> CkResult<SinglePart<usize>>,
+) -> CkResult<()> {
+    // SAFETY: forwarded caller contract.
+    let mut out = unsafe { OutList::new(output, output_len) }?;
+    // SAFETY: forwarded caller contract.
+    let data = unsafe { args::bytes(input, input_len) }?;
+    let Some(capacity) = out.capacity() else {
+        // A NULL output: `prepare` writes the length and says "done".
+        return out.prepare(query(data.len())?).map(drop);
+    };
+    let room = capacity.min(room_for(data.len()));
+    let in_place = overlaps(data, output, room);
+    // The caller's input may be plaintext: the copy is wiped when dropped.
+    let copy = in_place.then(|| SecretBytes::new(data.to_vec()));
+    let data: &[u8] = match &copy {
+        Some(c) => c,
+        None => data,
+    };
+    // SAFETY: `room <= capacity`; the only other view of the caller's memory still used is
+    // `data`, which does not overlap the output (checked above, or it is our own copy).
+    let Some(buffer) = (unsafe { out.room(room) }) else {
+        return Err(Rv::GENERAL_ERROR);
+    };
+    match produce(data, buffer)? {
+        // `prepare` with a length above the capacity writes it and answers BUFFER_TOO_SMALL.
+        SinglePart::TooSmall(needed) => out.prepare(needed).map(drop),
+        SinglePart::Done(written) => out.written(written),
+    }
+}
+
+/// Whether `data` and the first `len` bytes at `output` share any byte.
+fn overlaps(data: &[u8], output: CK_BYTE_PTR, len: usize) -> bool {
+    let (a, b) = (data.as_ptr() as usize, output as usize);
+    !data.is_empty() && len > 0 && a < b.saturating_add(len) && b < a.saturating_add(data.len())
+}
+
 /// `C_EncryptInit`.
 pub(crate) unsafe extern "C" fn C_EncryptInit(
     hSession: CK_SESSION_HANDLE,
@@ -71,13 +130,14 @@ pub(crate) unsafe extern "C" fn C_Encrypt(
     guard("C_Encrypt", || {
         // SAFETY: PKCS#11 buffer contract for C_Encrypt.
         unsafe {
-            transform(
+            single_part(
                 pData,
                 ulDataLen,
                 pEncryptedData,
                 pulEncryptedDataLen,
+                |n| n.saturating_add(GCM_TAG_LEN),
                 |n| api::encrypt_len(hSession, n),
-                |data| api::encrypt(hSession, data),
+                |data, out| api::encrypt(hSession, data, out),
             )
         }
     })
@@ -151,13 +211,15 @@ pub(crate) unsafe extern "C" fn C_Decrypt(
     guard("C_Decrypt", || {
         // SAFETY: PKCS#11 buffer contract for C_Decrypt.
         unsafe {
-            transform(
+            single_part(
                 pEncryptedData,
                 ulEncryptedDataLen,
                 pData,
                 pulDataLen,
+                // The plaintext is shorter, but backends may want room for the whole input.
+                |n| n,
                 |n| api::decrypt_len(hSession, n),
-                |data| api::decrypt(hSession, data),
+                |data, out| api::decrypt(hSession, data, out),
             )
         }
     })

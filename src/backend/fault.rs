@@ -158,6 +158,28 @@ impl Backend for FaultBackend {
         self.gate()?;
         self.inner.gcm_decrypt(key, iv, aad, ct)
     }
+    fn gcm_encrypt_into(
+        &self,
+        key: BackendKey,
+        iv: &[u8],
+        aad: &[u8],
+        pt: &[u8],
+        out: &mut [u8],
+    ) -> CkResult<usize> {
+        self.gate()?;
+        self.inner.gcm_encrypt_into(key, iv, aad, pt, out)
+    }
+    fn gcm_decrypt_into(
+        &self,
+        key: BackendKey,
+        iv: &[u8],
+        aad: &[u8],
+        ct: &[u8],
+        out: &mut [u8],
+    ) -> CkResult<usize> {
+        self.gate()?;
+        self.inner.gcm_decrypt_into(key, iv, aad, ct, out)
+    }
     fn generate_random(&self, out: &mut [u8]) -> CkResult<()> {
         self.gate()?;
         self.inner.generate_random(out)

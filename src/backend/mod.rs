@@ -188,6 +188,15 @@ pub struct OpenError {
     pub problem: String,
 }
 
+/// Copy a backend's output into the caller's `out`: the default of the `*_into` calls.
+/// Output longer than `out` breaks the sizes those calls promise: `CKR_GENERAL_ERROR`.
+pub fn copy_out(data: &[u8], out: &mut [u8]) -> CkResult<usize> {
+    out.get_mut(..data.len())
+        .ok_or(Rv::GENERAL_ERROR)?
+        .copy_from_slice(data);
+    Ok(data.len())
+}
+
 /// One real token. See the module docs for the contract.
 pub trait Backend: Send + Sync {
     /// The backend's name from the config (`[backend.NAME]`), for logs and health.
@@ -234,6 +243,35 @@ pub trait Backend: Send + Sync {
         aad: &[u8],
         ciphertext_and_tag: &[u8],
     ) -> CkResult<SecretBytes>;
+
+    /// [`Backend::gcm_encrypt`] into `out`, which holds at least `plaintext.len() + 16`
+    /// bytes; returns how many were written. Backends that can write there directly override
+    /// this (no intermediate buffer, no copy); the default encrypts and copies.
+    fn gcm_encrypt_into(
+        &self,
+        key: BackendKey,
+        iv: &[u8],
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> CkResult<usize> {
+        copy_out(&self.gcm_encrypt(key, iv, aad, plaintext)?, out)
+    }
+
+    /// [`Backend::gcm_decrypt`] into `out`, which holds at least `ciphertext_and_tag.len()`
+    /// bytes (the room some libraries want before they check the tag); returns the plaintext
+    /// length. On error `out` may hold whatever was written before the failure: the caller
+    /// wipes it. The default decrypts and copies.
+    fn gcm_decrypt_into(
+        &self,
+        key: BackendKey,
+        iv: &[u8],
+        aad: &[u8],
+        ciphertext_and_tag: &[u8],
+        out: &mut [u8],
+    ) -> CkResult<usize> {
+        copy_out(&self.gcm_decrypt(key, iv, aad, ciphertext_and_tag)?, out)
+    }
 
     /// Fill `out` from the token's random number generator.
     fn generate_random(&self, out: &mut [u8]) -> CkResult<()>;

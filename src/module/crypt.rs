@@ -1,47 +1,45 @@
 //! AES-GCM encryption and decryption, single- and multi-part.
 
 use super::*;
+use crate::secret::SecretBytes;
 
 /// Set up an encryption or decryption.
+///
+/// One session lock for the whole check-and-install (the key lookup runs inside it: the
+/// object table never takes a session lock, so the order session -> objects cannot deadlock),
+/// under the state's read lock: this runs twice per round trip and calls no backend.
 pub(super) fn crypt_init(
     session: u64,
     mechanism: Mechanism,
     key: u64,
     encrypt: bool,
 ) -> CkResult<()> {
-    let m = module()?;
-    // One lock for both the slot and the "nothing active" check.
-    let index = m.sessions.with(session, |sess| {
-        if !matches!(sess.op, Operation::None) {
-            return Err(Rv::OPERATION_ACTIVE);
-        }
-        Ok(sess.slot)
-    })??;
-    let s = &m.slots[index];
-    let e = m.key(s, index, key, Rv::KEY_HANDLE_INVALID)?;
-    policy::gcm_params(&mechanism)?;
-    // Checked just above; moved, not cloned, so the IV and AAD are not copied again.
-    let Mechanism::AesGcm(params) = mechanism else {
-        return Err(Rv::MECHANISM_INVALID);
-    };
-    let op = CryptOp {
-        label: e.label,
-        key: e.key,
-        params,
-        buffered: None,
-    };
-    m.sessions.with(session, |sess| {
-        // Checked again: another thread may have started an operation in between.
-        if !matches!(sess.op, Operation::None) {
-            return Err(Rv::OPERATION_ACTIVE);
-        }
-        sess.op = if encrypt {
-            Operation::Encrypt(op)
-        } else {
-            Operation::Decrypt(op)
-        };
-        Ok(())
-    })?
+    with_module(|m| {
+        m.sessions.with(session, |sess| {
+            if !matches!(sess.op, Operation::None) {
+                return Err(Rv::OPERATION_ACTIVE);
+            }
+            let index = sess.slot;
+            let e = m.key(&m.slots[index], index, key, Rv::KEY_HANDLE_INVALID)?;
+            policy::gcm_params(&mechanism)?;
+            // Checked just above; moved, not cloned, so the IV and AAD are not copied again.
+            let Mechanism::AesGcm(params) = mechanism else {
+                return Err(Rv::MECHANISM_INVALID);
+            };
+            let op = CryptOp {
+                label: e.label,
+                key: e.key,
+                params,
+                buffered: None,
+            };
+            sess.op = if encrypt {
+                Operation::Encrypt(op)
+            } else {
+                Operation::Decrypt(op)
+            };
+            Ok(())
+        })?
+    })
 }
 
 pub fn encrypt_init(session: u64, mechanism: Mechanism, key: u64) -> CkResult<()> {
@@ -59,42 +57,75 @@ pub(super) fn with_op<T>(
     encrypt: bool,
     f: impl FnOnce(&mut CryptOp) -> CkResult<T>,
 ) -> CkResult<T> {
-    let m = module()?;
     // Straight to the session: no slot needed, so one lock (this runs for every length query).
-    m.sessions.with(session, |sess| {
-        let op = if encrypt {
-            sess.encrypt_op()?
-        } else {
-            sess.decrypt_op()?
-        };
-        let result = f(op);
-        if result.is_err() {
-            sess.op = Operation::None;
-        }
-        result
-    })?
+    with_module(|m| {
+        m.sessions.with(session, |sess| {
+            let op = if encrypt {
+                sess.encrypt_op()?
+            } else {
+                sess.decrypt_op()?
+            };
+            let result = f(op);
+            if result.is_err() {
+                sess.op = Operation::None;
+            }
+            result
+        })?
+    })
+}
+
+/// What the output of a single-part call needs, decided under the session lock before the
+/// operation is taken: the caller's capacity and the rule for the needed length.
+pub(super) struct SinglePartOutput {
+    capacity: usize,
+    needed: fn(&CryptOp, usize) -> CkResult<usize>,
 }
 
 /// End the active operation and run the backend call for it, outside every lock.
+///
+/// With `output` (single-part `C_Encrypt`/`C_Decrypt` with a buffer), the needed length is
+/// checked in the same session lock that takes the operation: a buffer that is too small
+/// answers [`SinglePart::TooSmall`] and leaves the operation active, as the two-call
+/// convention wants, without a second lookup for the length.
 pub(super) fn finish<T>(
     session: u64,
     encrypt: bool,
-    single_part: Option<&[u8]>,
+    single_part: Option<(&[u8], SinglePartOutput)>,
     run: impl FnOnce(&SlotState, &CryptOp, &[u8]) -> CkResult<T>,
     out_len: impl Fn(&T) -> usize,
-) -> CkResult<T> {
+) -> CkResult<SinglePart<T>> {
     let m = module()?;
-    // One lock to read the slot and take the operation.
-    let (index, op) = m.sessions.with(session, |sess| {
+    // One lock to check the length, read the slot and take the operation.
+    let taken = m.sessions.with(session, |sess| {
+        if let Some((data, output)) = &single_part {
+            let op = if encrypt {
+                sess.encrypt_op()?
+            } else {
+                sess.decrypt_op()?
+            };
+            match (output.needed)(op, data.len()) {
+                Ok(n) if n > output.capacity => return Ok(Err(n)),
+                Ok(_) => {}
+                Err(rv) => {
+                    // A failing call ends the operation (as `with_op` does).
+                    sess.op = Operation::None;
+                    return Err(rv);
+                }
+            }
+        }
         let op = if encrypt {
             sess.take_encrypt()?
         } else {
             sess.take_decrypt()?
         };
-        Ok((sess.slot, op))
+        Ok(Ok((sess.slot, op)))
     })??;
+    let (index, op) = match taken {
+        Ok(t) => t,
+        Err(needed) => return Ok(SinglePart::TooSmall(needed)),
+    };
     let s = &m.slots[index];
-    let data: &[u8] = match (single_part, &op.buffered) {
+    let data: &[u8] = match (single_part.as_ref().map(|(d, _)| *d), &op.buffered) {
         (Some(_), Some(_)) => return Err(Rv::OPERATION_ACTIVE),
         (Some(d), None) => d,
         (None, Some(b)) => b,
@@ -113,6 +144,7 @@ pub(super) fn finish<T>(
         },
         result,
     )
+    .map(SinglePart::Done)
 }
 
 pub(super) fn gcm_encrypt(s: &SlotState, op: &CryptOp, data: &[u8]) -> CkResult<Vec<u8>> {
@@ -136,20 +168,93 @@ pub(super) fn gcm_decrypt(s: &SlotState, op: &CryptOp, data: &[u8]) -> CkResult<
         .gcm_decrypt(op.key, &op.params.iv, &op.params.aad, data)
 }
 
-pub fn encrypt_len(session: u64, data_len: usize) -> CkResult<usize> {
-    with_op(session, true, |op| {
-        if op.buffered.is_some() {
-            return Err(Rv::OPERATION_ACTIVE);
-        }
-        if data_len > MAX_MULTIPART {
-            return Err(Rv::DATA_LEN_RANGE);
-        }
-        Ok(data_len + GCM_TAG_LEN)
-    })
+/// Output length of a single-part encryption of `data_len` bytes.
+fn encrypt_needed(op: &CryptOp, data_len: usize) -> CkResult<usize> {
+    if op.buffered.is_some() {
+        return Err(Rv::OPERATION_ACTIVE);
+    }
+    if data_len > MAX_MULTIPART {
+        return Err(Rv::DATA_LEN_RANGE);
+    }
+    Ok(data_len + GCM_TAG_LEN)
 }
 
-pub fn encrypt(session: u64, data: &[u8]) -> CkResult<Vec<u8>> {
-    finish(session, true, Some(data), gcm_encrypt, Vec::len)
+/// Output length (upper bound) of a single-part decryption of `data_len` bytes.
+fn decrypt_needed(op: &CryptOp, data_len: usize) -> CkResult<usize> {
+    if op.buffered.is_some() {
+        return Err(Rv::OPERATION_ACTIVE);
+    }
+    data_len
+        .checked_sub(GCM_TAG_LEN)
+        .ok_or(Rv::ENCRYPTED_DATA_LEN_RANGE)
+}
+
+pub fn encrypt_len(session: u64, data_len: usize) -> CkResult<usize> {
+    with_op(session, true, |op| encrypt_needed(op, data_len))
+}
+
+pub fn encrypt(session: u64, data: &[u8], out: &mut [u8]) -> CkResult<SinglePart<usize>> {
+    let output = SinglePartOutput {
+        capacity: out.len(),
+        needed: encrypt_needed,
+    };
+    let run = |s: &SlotState, op: &CryptOp, data: &[u8]| encrypt_into(s, op, data, out);
+    finish(session, true, Some((data, output)), run, |n| *n)
+}
+
+/// Single-part encryption straight into the caller's buffer (`out` holds at least
+/// `data.len() + 16` bytes: `finish` checked the needed length first).
+fn encrypt_into(s: &SlotState, op: &CryptOp, data: &[u8], out: &mut [u8]) -> CkResult<usize> {
+    if data.len() > MAX_MULTIPART {
+        return Err(Rv::DATA_LEN_RANGE);
+    }
+    let out = out
+        .get_mut(..data.len() + GCM_TAG_LEN)
+        .ok_or(Rv::GENERAL_ERROR)?;
+    s.slot
+        .backend
+        .gcm_encrypt_into(op.key, &op.params.iv, &op.params.aad, data, out)
+}
+
+/// Plaintexts up to this long are decrypted into a scratch buffer on the stack when the
+/// caller's buffer is too short for the backend (no allocation for the common small request).
+const STACK_SCRATCH: usize = 512;
+
+/// Single-part decryption into the caller's `out` (at least the plaintext length: `finish`
+/// checked). The backend wants room for the whole input (SoftHSM2 does): when `out` has it,
+/// the plaintext goes there directly; otherwise through a scratch buffer that is wiped after
+/// the copy. On failure nothing the backend wrote is left in `out` or the scratch buffer.
+fn decrypt_into(s: &SlotState, op: &CryptOp, data: &[u8], out: &mut [u8]) -> CkResult<usize> {
+    if data.len() < GCM_TAG_LEN || data.len() > MAX_MULTIPART + GCM_TAG_LEN {
+        return Err(Rv::ENCRYPTED_DATA_LEN_RANGE);
+    }
+    let backend = &s.slot.backend;
+    let decrypt = |room: &mut [u8]| {
+        let result = backend.gcm_decrypt_into(op.key, &op.params.iv, &op.params.aad, data, room);
+        if result.is_err() {
+            // A library may have written unverified plaintext before failing.
+            crate::secret::wipe_slice(room);
+        }
+        result
+    };
+    if let Some(room) = out.get_mut(..data.len()) {
+        return decrypt(room);
+    }
+    let mut stack = [0u8; STACK_SCRATCH];
+    let mut heap = SecretBytes::default();
+    let room = match stack.get_mut(..data.len()) {
+        Some(room) => room,
+        None => {
+            heap.resize(data.len(), 0);
+            &mut heap[..]
+        }
+    };
+    let result = decrypt(room).and_then(|n| crate::backend::copy_out(&room[..n], out));
+    crate::secret::wipe_slice(room);
+    if result.is_err() {
+        crate::secret::wipe_slice(out);
+    }
+    result
 }
 
 pub fn encrypt_update(session: u64, part: &[u8]) -> CkResult<Vec<u8>> {
@@ -166,22 +271,20 @@ pub fn encrypt_final_len(session: u64) -> CkResult<usize> {
 }
 
 pub fn encrypt_final(session: u64) -> CkResult<Vec<u8>> {
-    finish(session, true, None, gcm_encrypt, Vec::len)
+    finish(session, true, None, gcm_encrypt, Vec::len).and_then(SinglePart::done)
 }
 
 pub fn decrypt_len(session: u64, data_len: usize) -> CkResult<usize> {
-    with_op(session, false, |op| {
-        if op.buffered.is_some() {
-            return Err(Rv::OPERATION_ACTIVE);
-        }
-        data_len
-            .checked_sub(GCM_TAG_LEN)
-            .ok_or(Rv::ENCRYPTED_DATA_LEN_RANGE)
-    })
+    with_op(session, false, |op| decrypt_needed(op, data_len))
 }
 
-pub fn decrypt(session: u64, data: &[u8]) -> CkResult<Plaintext> {
-    finish(session, false, Some(data), gcm_decrypt, |p| p.len())
+pub fn decrypt(session: u64, data: &[u8], out: &mut [u8]) -> CkResult<SinglePart<usize>> {
+    let output = SinglePartOutput {
+        capacity: out.len(),
+        needed: decrypt_needed,
+    };
+    let run = |s: &SlotState, op: &CryptOp, data: &[u8]| decrypt_into(s, op, data, out);
+    finish(session, false, Some((data, output)), run, |n| *n)
 }
 
 pub fn decrypt_update(session: u64, part: &[u8]) -> CkResult<Plaintext> {
@@ -204,5 +307,5 @@ pub fn decrypt_final_len(session: u64) -> CkResult<usize> {
 }
 
 pub fn decrypt_final(session: u64) -> CkResult<Plaintext> {
-    finish(session, false, None, gcm_decrypt, |p| p.len())
+    finish(session, false, None, gcm_decrypt, |p| p.len()).and_then(SinglePart::done)
 }

@@ -6,7 +6,8 @@
 //! to clone the `Arc`; no lock of this file is ever held across a backend call.
 
 use crate::api::{
-    Attribute, AttributeAnswer, InitArgs, ModuleInfo, Plaintext, SessionInfo, SlotInfo, TokenInfo,
+    Attribute, AttributeAnswer, InitArgs, ModuleInfo, Plaintext, SessionInfo, SinglePart, SlotInfo,
+    TokenInfo,
 };
 use crate::audit::{self, Record};
 use crate::backend::{self, Backend, MechanismInfo, NewKey, TokenDescription};
@@ -75,7 +76,24 @@ fn module() -> CkResult<Arc<Module>> {
         // PKCS#11: a child process must call C_Initialize itself.
         return Err(Rv::CRYPTOKI_NOT_INITIALIZED);
     }
-    STATE.read().clone().ok_or(Rv::CRYPTOKI_NOT_INITIALIZED)
+    // Recursive read, like `with_module`: a call nested in one never waits for a writer.
+    STATE
+        .read_recursive()
+        .clone()
+        .ok_or(Rv::CRYPTOKI_NOT_INITIALIZED)
+}
+
+/// Run `f` on the module with the state's read lock held instead of a reference count taken:
+/// half the atomic operations of [`module`], for the calls that run on every operation and
+/// never reach a backend (length queries, `C_*Init`). `f` must not call a backend: a
+/// `C_Finalize` waits for it. Recursive read, so a nested [`module`] never waits for a
+/// queued writer.
+fn with_module<R>(f: impl FnOnce(&Module) -> CkResult<R>) -> CkResult<R> {
+    if FORKED.load(Ordering::Relaxed) {
+        return Err(Rv::CRYPTOKI_NOT_INITIALIZED);
+    }
+    let state = STATE.read_recursive();
+    f(state.as_deref().ok_or(Rv::CRYPTOKI_NOT_INITIALIZED)?)
 }
 
 /// Version reported in `CK_INFO.libraryVersion`.

@@ -170,9 +170,9 @@ fn generation_accepts_secure_templates_and_rejects_weaker_ones() {
 fn gcm_parameters_are_checked() {
     let ok = |iv: usize, tag: u64, aad: usize| {
         gcm_params(&Mechanism::AesGcm(GcmParams {
-            iv: vec![0; iv],
+            iv: crate::mechanism::Iv::from_elem(0, iv),
             iv_bits: 0,
-            aad: vec![0; aad],
+            aad: crate::mechanism::Aad::from_elem(0, aad),
             tag_bits: tag,
         }))
         .map(|_| ())

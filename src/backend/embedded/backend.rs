@@ -213,6 +213,36 @@ impl Backend for EmbeddedBackend {
         entry.cipher.decrypt(iv, aad, ciphertext_and_tag)
     }
 
+    fn gcm_encrypt_into(
+        &self,
+        key: BackendKey,
+        iv: &[u8],
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> CkResult<usize> {
+        let entry = self.crypto_key(key)?;
+        if !entry.record.encrypt {
+            return Err(Rv::KEY_FUNCTION_NOT_PERMITTED);
+        }
+        entry.cipher.encrypt_into(iv, aad, plaintext, out)
+    }
+
+    fn gcm_decrypt_into(
+        &self,
+        key: BackendKey,
+        iv: &[u8],
+        aad: &[u8],
+        ciphertext_and_tag: &[u8],
+        out: &mut [u8],
+    ) -> CkResult<usize> {
+        let entry = self.crypto_key(key)?;
+        if !entry.record.decrypt {
+            return Err(Rv::KEY_FUNCTION_NOT_PERMITTED);
+        }
+        entry.cipher.decrypt_into(iv, aad, ciphertext_and_tag, out)
+    }
+
     fn generate_random(&self, out: &mut [u8]) -> CkResult<()> {
         getrandom::getrandom(out).map_err(|_| Rv::DEVICE_ERROR)
     }

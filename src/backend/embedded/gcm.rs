@@ -13,7 +13,7 @@ use aes_gcm::aead::generic_array::GenericArray;
 use aes_gcm::aead::{AeadCore, AeadInPlace, KeyInit};
 use aes_gcm::aes::{Aes128, Aes192, Aes256};
 use aes_gcm::AesGcm;
-use zeroize::Zeroizing;
+use zeroize::Zeroize;
 
 const TAG_LEN: usize = 16;
 
@@ -66,30 +66,61 @@ impl GcmKey {
     /// Encrypt; returns `ciphertext || tag`. An IV other than 12 or 16 bytes is
     /// `CKR_MECHANISM_PARAM_INVALID`.
     pub fn encrypt(&self, iv: &[u8], aad: &[u8], plaintext: &[u8]) -> CkResult<Vec<u8>> {
-        macro_rules! go {
-            ($p:expr) => {
-                match iv.len() {
-                    12 => seal(&$p.n12, iv, aad, plaintext),
-                    16 => seal(&$p.n16, iv, aad, plaintext),
-                    _ => Err(Rv::MECHANISM_PARAM_INVALID),
-                }
-            };
-        }
-        match &*self.inner {
-            Inner::A128(p) => go!(p),
-            Inner::A192(p) => go!(p),
-            Inner::A256(p) => go!(p),
-        }
+        let mut out = vec![0; plaintext.len() + TAG_LEN];
+        self.encrypt_into(iv, aad, plaintext, &mut out)?;
+        Ok(out)
     }
 
     /// Decrypt `ciphertext || tag`. A failed tag check is `CKR_ENCRYPTED_DATA_INVALID`; input
     /// shorter than a tag is `CKR_ENCRYPTED_DATA_LEN_RANGE`.
     pub fn decrypt(&self, iv: &[u8], aad: &[u8], data: &[u8]) -> CkResult<SecretBytes> {
+        let mut out = SecretBytes::new(vec![0; data.len()]);
+        let n = self.decrypt_into(iv, aad, data, &mut out)?;
+        out.truncate(n);
+        Ok(out)
+    }
+
+    /// [`GcmKey::encrypt`] into `out` (at least `plaintext.len() + 16` bytes, else
+    /// `CKR_GENERAL_ERROR`); returns the bytes written. Encrypts in place there: no other
+    /// buffer holds the plaintext.
+    pub fn encrypt_into(
+        &self,
+        iv: &[u8],
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> CkResult<usize> {
         macro_rules! go {
             ($p:expr) => {
                 match iv.len() {
-                    12 => open(&$p.n12, iv, aad, data),
-                    16 => open(&$p.n16, iv, aad, data),
+                    12 => seal(&$p.n12, iv, aad, plaintext, out),
+                    16 => seal(&$p.n16, iv, aad, plaintext, out),
+                    _ => Err(Rv::MECHANISM_PARAM_INVALID),
+                }
+            };
+        }
+        match &*self.inner {
+            Inner::A128(p) => go!(p),
+            Inner::A192(p) => go!(p),
+            Inner::A256(p) => go!(p),
+        }
+    }
+
+    /// [`GcmKey::decrypt`] into `out` (at least `data.len() - 16` bytes, else
+    /// `CKR_GENERAL_ERROR`); returns the plaintext length. On a failed tag check `out` holds
+    /// ciphertext only (the tag is checked before anything is decrypted).
+    pub fn decrypt_into(
+        &self,
+        iv: &[u8],
+        aad: &[u8],
+        data: &[u8],
+        out: &mut [u8],
+    ) -> CkResult<usize> {
+        macro_rules! go {
+            ($p:expr) => {
+                match iv.len() {
+                    12 => open(&$p.n12, iv, aad, data, out),
+                    16 => open(&$p.n16, iv, aad, data, out),
                     _ => Err(Rv::MECHANISM_PARAM_INVALID),
                 }
             };
@@ -102,29 +133,49 @@ impl GcmKey {
     }
 }
 
-fn seal<C: AeadInPlace>(c: &C, iv: &[u8], aad: &[u8], plaintext: &[u8]) -> CkResult<Vec<u8>> {
+fn seal<C: AeadInPlace>(
+    c: &C,
+    iv: &[u8],
+    aad: &[u8],
+    plaintext: &[u8],
+    out: &mut [u8],
+) -> CkResult<usize> {
     let nonce = GenericArray::<u8, <C as AeadCore>::NonceSize>::from_slice(iv);
-    // The buffer holds plaintext until it is encrypted in place: wipe it if that fails.
-    let mut buf = Zeroizing::new(Vec::with_capacity(plaintext.len() + TAG_LEN));
-    buf.extend_from_slice(plaintext);
-    let tag = c
-        .encrypt_in_place_detached(nonce, aad, &mut buf)
-        .map_err(|_| Rv::DATA_LEN_RANGE)?;
-    buf.extend_from_slice(&tag);
-    Ok(std::mem::take(&mut *buf))
+    let n = plaintext.len();
+    let out = out.get_mut(..n + TAG_LEN).ok_or(Rv::GENERAL_ERROR)?;
+    let (body, tag_out) = out.split_at_mut(n);
+    body.copy_from_slice(plaintext);
+    match c.encrypt_in_place_detached(nonce, aad, body) {
+        Ok(tag) => {
+            tag_out.copy_from_slice(&tag);
+            Ok(n + TAG_LEN)
+        }
+        Err(_) => {
+            // `body` still holds plaintext: never leave it behind in the caller's buffer.
+            Zeroize::zeroize(body);
+            Err(Rv::DATA_LEN_RANGE)
+        }
+    }
 }
 
-fn open<C: AeadInPlace>(c: &C, iv: &[u8], aad: &[u8], data: &[u8]) -> CkResult<SecretBytes> {
+fn open<C: AeadInPlace>(
+    c: &C,
+    iv: &[u8],
+    aad: &[u8],
+    data: &[u8],
+    out: &mut [u8],
+) -> CkResult<usize> {
     if data.len() < TAG_LEN {
         return Err(Rv::ENCRYPTED_DATA_LEN_RANGE);
     }
     let nonce = GenericArray::<u8, <C as AeadCore>::NonceSize>::from_slice(iv);
     let (ct, tag) = data.split_at(data.len() - TAG_LEN);
-    let mut buf = SecretBytes::new(ct.to_vec());
-    // aes-gcm checks the tag before decrypting, so on failure `buf` is still ciphertext.
-    c.decrypt_in_place_detached(nonce, aad, &mut buf, GenericArray::from_slice(tag))
+    let body = out.get_mut(..ct.len()).ok_or(Rv::GENERAL_ERROR)?;
+    body.copy_from_slice(ct);
+    // aes-gcm checks the tag before decrypting, so on failure `body` is still ciphertext.
+    c.decrypt_in_place_detached(nonce, aad, body, GenericArray::from_slice(tag))
         .map_err(|_| Rv::ENCRYPTED_DATA_INVALID)?;
-    Ok(buf)
+    Ok(ct.len())
 }
 
 #[cfg(test)]

@@ -115,7 +115,7 @@ impl Pkcs11Backend {
     pub(super) fn call<T>(
         &self,
         retry: Retry,
-        op: impl Fn(&Session) -> CkResult<T>,
+        mut op: impl FnMut(&Session) -> CkResult<T>,
     ) -> CkResult<T> {
         let session = self.checkout(false)?;
         let rv = match op(&session) {
@@ -178,7 +178,7 @@ impl Pkcs11Backend {
         &self,
         key: BackendKey,
         retry: Retry,
-        op: impl Fn(&Session, ObjectHandle) -> CkResult<T>,
+        mut op: impl FnMut(&Session, ObjectHandle) -> CkResult<T>,
     ) -> CkResult<T> {
         match self.call(retry, |s| op(s, self.keys.resolve(key))) {
             Err(rv) if handles::is_handle_error(rv) && self.keys.knows(key) => {

@@ -277,8 +277,49 @@ impl Backend for Pkcs11Backend {
         })
     }
 
+    fn gcm_encrypt_into(
+        &self,
+        key: BackendKey,
+        iv: &[u8],
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> CkResult<usize> {
+        let Some(gcm) = &self.gcm else {
+            return crate::backend::copy_out(&self.gcm_encrypt(key, iv, aad, plaintext)?, out);
+        };
+        check_iv(iv)?;
+        let _guard = self.reading();
+        self.call_key(key, Retry::Always, |s, handle| {
+            gcm.encrypt_into(&gcm_op(s, handle, iv, aad), plaintext, out)
+                .map_err(|e| self.quirks.gcm_encrypt_error(&e))
+        })
+    }
+
+    fn gcm_decrypt_into(
+        &self,
+        key: BackendKey,
+        iv: &[u8],
+        aad: &[u8],
+        ciphertext_and_tag: &[u8],
+        out: &mut [u8],
+    ) -> CkResult<usize> {
+        let Some(gcm) = &self.gcm else {
+            return crate::backend::copy_out(
+                &self.gcm_decrypt(key, iv, aad, ciphertext_and_tag)?,
+                out,
+            );
+        };
+        check_iv(iv)?;
+        let _guard = self.reading();
+        self.call_key(key, Retry::Always, |s, handle| {
+            gcm.decrypt_into(&gcm_op(s, handle, iv, aad), ciphertext_and_tag, out)
+                .map_err(|e| self.quirks.gcm_decrypt_error(&e))
+        })
+    }
+
     fn generate_random(&self, out: &mut [u8]) -> CkResult<()> {
-        // The closure must be `Fn`, so it fills a scratch buffer copied out on success.
+        // The closure may run twice, so it fills a scratch buffer copied out on success.
         let filled = self.call(Retry::Always, |s| {
             let mut buf = Zeroizing::new(vec![0u8; out.len()]);
             s.generate_random_slice(&mut buf)

@@ -138,6 +138,46 @@ impl GcmCalls {
         Ok(out)
     }
 
+    /// [`GcmCalls::encrypt`] straight into `out` (at least plaintext + tag long); returns
+    /// the bytes written.
+    pub(crate) fn encrypt_into(
+        &self,
+        op: &Gcm<'_>,
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, Error> {
+        self.init(self.encrypt_init, Function::EncryptInit, op)?;
+        let mut spill = Vec::new();
+        self.run_into(
+            self.encrypt,
+            Function::Encrypt,
+            op,
+            plaintext,
+            out,
+            &mut spill,
+        )
+    }
+
+    /// [`GcmCalls::decrypt`] straight into `out` (at least as long as the input, the room
+    /// SoftHSM2 wants); returns the plaintext length.
+    pub(crate) fn decrypt_into(
+        &self,
+        op: &Gcm<'_>,
+        ciphertext_and_tag: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, Error> {
+        self.init(self.decrypt_init, Function::DecryptInit, op)?;
+        let mut spill = SecretBytes::default();
+        self.run_into(
+            self.decrypt,
+            Function::Decrypt,
+            op,
+            ciphertext_and_tag,
+            out,
+            &mut spill,
+        )
+    }
+
     fn init(&self, f: InitFn, function: Function, op: &Gcm<'_>) -> Result<(), Error> {
         let iv_len = CK_ULONG::try_from(op.iv.len())?;
         let aad_len = CK_ULONG::try_from(op.aad.len())?;
@@ -215,6 +255,60 @@ impl GcmCalls {
         // Still too small after growing to the size it asked for: the library is confused.
         Err(broken_library(function))
     }
+}
+
+impl GcmCalls {
+    /// One `C_Encrypt`/`C_Decrypt` into the caller's `out`. A library that wants more room
+    /// than `out` has (`CKR_BUFFER_TOO_SMALL`: the operation stays active) finishes the call
+    /// into `spill`, sized as it asked, and the result is copied over if it fits.
+    fn run_into(
+        &self,
+        f: CryptFn,
+        function: Function,
+        op: &Gcm<'_>,
+        input: &[u8],
+        out: &mut [u8],
+        spill: &mut Vec<u8>,
+    ) -> Result<usize, Error> {
+        if out.is_empty() {
+            // Never a zero-length buffer (see `run`): through `spill` instead.
+            self.run(f, function, op.session, input, spill, 1)?;
+            return copy_spill(spill, out, function);
+        }
+        let in_len = CK_ULONG::try_from(input.len())?;
+        let mut out_len = CK_ULONG::try_from(out.len())?;
+        // SAFETY: as in `run`: `input` is valid for `in_len` bytes and only read; `out` is
+        // valid for writes of `out_len` bytes; `out_len` is a valid in/out pointer; all for
+        // the whole call, and the two buffers are distinct Rust borrows (no overlap).
+        let rv = unsafe {
+            f(
+                op.session,
+                input.as_ptr() as CK_BYTE_PTR,
+                in_len,
+                out.as_mut_ptr(),
+                &mut out_len,
+            )
+        };
+        let written = usize::try_from(out_len).map_err(|_| broken_library(function))?;
+        if rv == CKR_BUFFER_TOO_SMALL && written > out.len() {
+            self.run(f, function, op.session, input, spill, written)?;
+            return copy_spill(spill, out, function);
+        }
+        check(rv, function)?;
+        if written > out.len() {
+            return Err(broken_library(function));
+        }
+        Ok(written)
+    }
+}
+
+/// The result a library produced in the spill buffer, copied into `out`.
+fn copy_spill(spill: &[u8], out: &mut [u8], function: Function) -> Result<usize, Error> {
+    let dst = out
+        .get_mut(..spill.len())
+        .ok_or_else(|| broken_library(function))?;
+    dst.copy_from_slice(spill);
+    Ok(spill.len())
 }
 
 /// `CKR_OK`, or the error naming `function`. The common case is one comparison: cryptoki's
