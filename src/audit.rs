@@ -64,7 +64,7 @@ fn push_printable(out: &mut Vec<u8>, label: &[u8]) {
 
 /// The record's message (everything after `xki_audit: `), appended to `out`: the same text as
 /// the `log::info!` fallback in [`record`] writes.
-fn push_message(out: &mut Vec<u8>, r: &Record<'_>, outcome: &str) {
+pub(crate) fn push_message(out: &mut Vec<u8>, r: &Record<'_>, outcome: &str) {
     use crate::logging::push_digits;
     out.extend_from_slice(b"op=");
     out.extend_from_slice(r.op.as_bytes());
@@ -89,16 +89,26 @@ fn push_message(out: &mut Vec<u8>, r: &Record<'_>, outcome: &str) {
     out.extend_from_slice(outcome.as_bytes());
 }
 
+/// The `result=` word of a record for the return code `rv` (`CKR_OK` on success).
+pub(crate) fn outcome_name(rv: u64) -> std::borrow::Cow<'static, str> {
+    match rv {
+        pkcs11_sys::CKR_OK => "CKR_OK".into(),
+        code => Rv(code).name().into(),
+    }
+}
+
 /// Write the record with the outcome of the operation, and pass the outcome through.
 pub fn record<T>(r: Record<'_>, result: CkResult<T>) -> CkResult<T> {
-    let outcome: std::borrow::Cow<'static, str> = match &result {
-        Ok(_) => "CKR_OK".into(),
-        Err(rv) => rv.name().into(),
+    let rv = match &result {
+        Ok(_) => pkcs11_sys::CKR_OK,
+        Err(rv) => rv.code(),
     };
-    // With an audit file, straight to it: no `log` formatting, no intermediate Strings.
-    if crate::logging::audit_record(|out| push_message(out, &r, &outcome)) {
+    // With an audit file, straight to it: no `log` formatting, no intermediate Strings (and
+    // with a buffered file, no formatting at all on this thread).
+    if crate::logging::audit_record(&r, rv) {
         return result;
     }
+    let outcome = outcome_name(rv);
     if log::log_enabled!(target: TARGET, log::Level::Info) {
         log::info!(
             target: TARGET,

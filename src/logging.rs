@@ -6,6 +6,7 @@
 //! The audit target (`xki_audit`) is always on and goes to `audit_file` or, without one, to the
 //! log sink.
 
+mod audit_entry;
 mod audit_file;
 
 use crate::audit;
@@ -157,32 +158,43 @@ pub fn configure(
     Ok(())
 }
 
-/// Write one audit record straight to the audit file, if one is configured: `body` appends
-/// the message to a reused per-thread buffer after the same prefix the logger writes
-/// (`<timestamp> INFO  xki_audit: `), without the `log` crate's formatting machinery.
-/// Returns `false` (and calls nothing) when there is no audit file: the caller logs instead.
-pub fn audit_record(body: impl FnOnce(&mut Vec<u8>)) -> bool {
+/// Write one audit record (outcome `rv`: `CKR_OK` or the error's code) to the audit file, if
+/// one is configured. Buffered, the record's fields go to the buffer and the flusher thread
+/// formats them (`audit_entry.rs`); synchronous, the line is formatted here into a reused
+/// per-thread buffer, without the `log` crate's machinery, and written at once. Either way the
+/// text is the logger's (`<timestamp> INFO  xki_audit: <message>`). Returns `false` (and
+/// writes nothing) when there is no audit file: the caller logs instead.
+pub fn audit_record(r: &audit::Record<'_>, rv: u64) -> bool {
     thread_local! {
         static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(256));
     }
     audit_file::with_current(|sink| {
         let Some(sink) = sink else { return false };
+        let at = SystemTime::now();
+        if sink.append_record(r, rv, at) {
+            return true;
+        }
         let wrote = LINE.try_with(|line| {
             let Ok(mut line) = line.try_borrow_mut() else {
                 return false;
             };
             line.clear();
-            push_timestamp(&mut line, SystemTime::now());
-            line.extend_from_slice(b" INFO  ");
-            line.extend_from_slice(audit::TARGET.as_bytes());
-            line.extend_from_slice(b": ");
-            body(&mut line);
+            push_line_prefix(&mut line, at);
+            audit::push_message(&mut line, r, &audit::outcome_name(rv));
             line.push(b'\n');
             sink.append(&line);
             true
         });
         wrote.unwrap_or(false)
     })
+}
+
+/// What the logger writes before an audit message: `<timestamp> INFO  xki_audit: `.
+fn push_line_prefix(out: &mut Vec<u8>, at: SystemTime) {
+    push_timestamp(out, at);
+    out.extend_from_slice(b" INFO  ");
+    out.extend_from_slice(audit::TARGET.as_bytes());
+    out.extend_from_slice(b": ");
 }
 
 /// [`utc_timestamp`] appended to `out` without formatting machinery. The part down to the

@@ -1,11 +1,12 @@
 //! The audit file: records appended in order, either written at once (synchronous) or
 //! collected in memory and written by a background thread.
 //!
-//! Buffered mode (`audit_flush_ms > 0`): a record is appended to an in-memory buffer; the
-//! flusher thread writes the buffer out every `audit_flush_ms`, and at once when a caller's
-//! record takes it past [`FLUSH_AT`] (the caller only wakes the flusher: the `write(2)` and
-//! the kernel's copy into the page cache stay off the thread that made the PKCS#11 call). Only
-//! if the flusher falls behind, so that the buffer reaches [`WRITE_SELF_AT`], does a caller
+//! Buffered mode (`audit_flush_ms > 0`): a record's fields (not its text, see
+//! `audit_entry.rs`) are appended to an in-memory buffer; the flusher thread formats and
+//! writes the buffer out every `audit_flush_ms`, and at once when a caller's record takes it
+//! past [`FLUSH_AT`] (the caller only wakes the flusher: formatting, the `write(2)` and the
+//! kernel's copy into the page cache stay off the thread that made the PKCS#11 call). Only if
+//! the flusher falls behind, so that the buffer reaches [`WRITE_SELF_AT`], does a caller
 //! write it out itself (backpressure: memory stays bounded). `C_Finalize` and process exit
 //! write whatever is left. Durability trade-off: a crash (or `_exit`, or a kill) loses at most
 //! the last `audit_flush_ms` of records (or [`WRITE_SELF_AT`] bytes, whichever is less).
@@ -23,13 +24,15 @@
 //! buffer (those records are the parent's, and the parent writes them) and switch the child
 //! to synchronous writes (the flusher thread does not exist there).
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use super::audit_entry;
+use crate::audit::Record;
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use std::fs::File;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// A buffer this large wakes the flusher to write it out now.
 pub(super) const FLUSH_AT: usize = 64 * 1024;
@@ -41,15 +44,25 @@ pub(super) const WRITE_SELF_AT: usize = 4 * FLUSH_AT;
 /// grows in practice. The two buffers are allocated once and swapped, never freed.
 const BUFFER_CAPACITY: usize = WRITE_SELF_AT + 8 * 1024;
 
+/// The writer's side: the spare entry buffer (swapped with `pending` at each flush) and the
+/// text they are formatted into. Both are kept for the process life, so flushing never
+/// allocates once the text buffer has grown to its working size.
+#[derive(Default)]
+struct WriterBuffers {
+    entries: Vec<u8>,
+    text: Vec<u8>,
+}
+
 /// One open audit file.
 pub(super) struct AuditFile {
     file: File,
-    /// Records not written yet (buffered mode only).
+    /// Entries not written yet (buffered mode only; `audit_entry.rs` format).
     pending: Mutex<Vec<u8>>,
-    /// Held across each `write(2)` of buffered data, to keep buffers in order. It guards the
-    /// spare buffer that is swapped with `pending` at each flush, so that flushing never
-    /// allocates (two fixed buffers, below glibc's mmap threshold, reused for the process life).
-    writer: Mutex<Vec<u8>>,
+    /// Held across each formatting and `write(2)` of buffered data, to keep buffers in
+    /// order. It guards the spare entry buffer that is swapped with `pending` at each flush
+    /// (two fixed buffers, below glibc's mmap threshold, reused for the process life) and the
+    /// text buffer.
+    writer: Mutex<WriterBuffers>,
     /// Buffered (records wait for the flusher) or synchronous.
     buffered: AtomicBool,
     /// The flusher's orders, and its wake-up.
@@ -79,7 +92,7 @@ impl AuditFile {
         let sink = Arc::new(AuditFile {
             file,
             pending: Mutex::new(Vec::new()),
-            writer: Mutex::new(Vec::new()),
+            writer: Mutex::new(WriterBuffers::default()),
             buffered: AtomicBool::new(false),
             control: Mutex::new(Control::default()),
             wake: Condvar::new(),
@@ -96,7 +109,7 @@ impl AuditFile {
             match spawned {
                 Ok(handle) => {
                     sink.pending.lock().reserve(BUFFER_CAPACITY);
-                    sink.writer.lock().reserve(BUFFER_CAPACITY);
+                    sink.writer.lock().entries.reserve(BUFFER_CAPACITY);
                     *sink.flusher.lock() = Some(handle);
                     sink.buffered.store(true, Ordering::Release);
                 }
@@ -106,7 +119,7 @@ impl AuditFile {
         sink
     }
 
-    /// Append one complete record line.
+    /// Append one complete, formatted line.
     pub(super) fn append(&self, line: &[u8]) {
         if !self.buffered.load(Ordering::Acquire) {
             // A failing audit write must never fail a PKCS#11 call: ignore it.
@@ -115,12 +128,31 @@ impl AuditFile {
         }
         let mut pending = self.pending.lock();
         let before = pending.len();
-        pending.extend_from_slice(line);
+        audit_entry::push_text(&mut pending, line);
+        self.appended(pending, before);
+    }
+
+    /// Buffer a record made at `at` for the flusher to format. `false` (nothing done) when
+    /// writing synchronously: the caller formats and [`AuditFile::append`]s the line.
+    pub(super) fn append_record(&self, r: &Record<'_>, rv: u64, at: SystemTime) -> bool {
+        if !self.buffered.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut pending = self.pending.lock();
+        let before = pending.len();
+        audit_entry::push_record(&mut pending, r, rv, at);
+        self.appended(pending, before);
+        true
+    }
+
+    /// After an entry went into `pending` (which held `before` bytes): wake the flusher, or
+    /// write out, as the buffer's size says.
+    fn appended(&self, pending: MutexGuard<'_, Vec<u8>>, before: usize) {
         let now = pending.len();
         if now >= WRITE_SELF_AT {
             self.write_out(pending);
         } else if before < FLUSH_AT && now >= FLUSH_AT {
-            // Once per buffer: the record that crossed the mark wakes the flusher.
+            // Once per buffer: the entry that crossed the mark wakes the flusher.
             drop(pending);
             self.control.lock().flush_now = true;
             self.wake.notify_one();
@@ -135,14 +167,17 @@ impl AuditFile {
         }
     }
 
-    /// Swap the buffer with the spare and write it, holding `writer` (taken before `pending`
-    /// is let go, so buffers reach the file in the order they were filled).
-    fn write_out(&self, mut pending: parking_lot::MutexGuard<'_, Vec<u8>>) {
-        let mut spare = self.writer.lock();
-        std::mem::swap(&mut *pending, &mut *spare);
+    /// Swap the buffer with the spare, format it and write it, holding `writer` (taken
+    /// before `pending` is let go, so buffers reach the file in the order they were filled).
+    fn write_out(&self, mut pending: MutexGuard<'_, Vec<u8>>) {
+        let mut writer = self.writer.lock();
+        let WriterBuffers { entries, text } = &mut *writer;
+        std::mem::swap(&mut *pending, entries);
         drop(pending);
-        let _ = (&self.file).write_all(&spare);
-        spare.clear();
+        audit_entry::format_all(entries, text);
+        let _ = (&self.file).write_all(text);
+        entries.clear();
+        text.clear();
     }
 
     /// Stop the flusher thread (if any), write what is left, and switch to synchronous.

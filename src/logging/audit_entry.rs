@@ -1,0 +1,234 @@
+//! Audit entries as they wait in the buffer: the record's fields, not its text.
+//!
+//! A buffered audit record costs the calling thread a clock read and a few small copies; the
+//! flusher thread turns entries into text lines (the same text a synchronous write gives, see
+//! `audit::push_message`) just before it writes them. Formatting used to be most of what a
+//! record cost the PKCS#11 call that made it (escaping the labels, decimal digits, the
+//! timestamp: ~1.6k instructions per AES-GCM round trip, `benches/README.md`).
+//!
+//! Layout of one entry, native byte order (the buffer never leaves the process):
+//! - text line: `0u8`, `len: u32`, the line's bytes (already formatted: the `log` path);
+//! - record: `1u8`, `secs: u64`, `nanos: u32`, `bytes_in: u64`, `bytes_out: u64`,
+//!   `rv: u64` (`CKR_OK` for success), then four length-prefixed strings: op (`u8` length),
+//!   slot (`u16`), key (`u16`), mechanism (`u8`). Longer strings are cut at the prefix's
+//!   maximum (no real label comes near 64 KiB; the entry stays well-formed whatever it gets).
+
+use crate::audit::{self, Record};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const TEXT: u8 = 0;
+const RECORD: u8 = 1;
+
+/// Append a formatted text line.
+pub(super) fn push_text(buf: &mut Vec<u8>, line: &[u8]) {
+    let line = &line[..line.len().min(u32::MAX as usize)];
+    buf.push(TEXT);
+    buf.extend_from_slice(&(line.len() as u32).to_ne_bytes());
+    buf.extend_from_slice(line);
+}
+
+/// Append a record made at `at` with outcome `rv` (`CKR_OK` or the error's code).
+pub(super) fn push_record(buf: &mut Vec<u8>, r: &Record<'_>, rv: u64, at: SystemTime) {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let op = cut(r.op.as_bytes(), u8::MAX as usize);
+    let slot = cut(r.slot.as_bytes(), u16::MAX as usize);
+    let key = cut(r.key, u16::MAX as usize);
+    let mechanism = cut(r.mechanism.as_bytes(), u8::MAX as usize);
+    let mut head = [0u8; 1 + 8 + 4 + 8 + 8 + 8 + 1 + 2 + 2 + 1];
+    let fields: [&[u8]; 10] = [
+        &[RECORD],
+        &since.as_secs().to_ne_bytes(),
+        &since.subsec_nanos().to_ne_bytes(),
+        &(r.bytes_in as u64).to_ne_bytes(),
+        &(r.bytes_out as u64).to_ne_bytes(),
+        &rv.to_ne_bytes(),
+        &[op.len() as u8],
+        &(slot.len() as u16).to_ne_bytes(),
+        &(key.len() as u16).to_ne_bytes(),
+        &[mechanism.len() as u8],
+    ];
+    let mut at = 0;
+    for f in fields {
+        head[at..at + f.len()].copy_from_slice(f);
+        at += f.len();
+    }
+    buf.extend_from_slice(&head);
+    for s in [op, slot, key, mechanism] {
+        buf.extend_from_slice(s);
+    }
+}
+
+fn cut(s: &[u8], max: usize) -> &[u8] {
+    &s[..s.len().min(max)]
+}
+
+/// Turn every entry of `entries` into its text line, appended to `text`. A malformed tail
+/// (which only a bug could produce) is dropped, never read past.
+pub(super) fn format_all(entries: &[u8], text: &mut Vec<u8>) {
+    let mut rest = entries;
+    while let Some((&kind, body)) = rest.split_first() {
+        let next = match kind {
+            TEXT => format_text(body, text),
+            RECORD => format_record(body, text),
+            _ => None,
+        };
+        match next {
+            Some(r) => rest = r,
+            None => return,
+        }
+    }
+}
+
+fn format_text<'a>(body: &'a [u8], text: &mut Vec<u8>) -> Option<&'a [u8]> {
+    let mut r = Reader(body);
+    let len = u32::from_ne_bytes(r.array()?) as usize;
+    text.extend_from_slice(r.take(len)?);
+    Some(r.0)
+}
+
+fn format_record<'a>(body: &'a [u8], text: &mut Vec<u8>) -> Option<&'a [u8]> {
+    let mut r = Reader(body);
+    let secs = u64::from_ne_bytes(r.array()?);
+    let nanos = u32::from_ne_bytes(r.array()?);
+    let bytes_in = u64::from_ne_bytes(r.array()?);
+    let bytes_out = u64::from_ne_bytes(r.array()?);
+    let rv = u64::from_ne_bytes(r.array()?);
+    let op_len = r.array::<1>()?[0] as usize;
+    let slot_len = u16::from_ne_bytes(r.array()?) as usize;
+    let key_len = u16::from_ne_bytes(r.array()?) as usize;
+    let mechanism_len = r.array::<1>()?[0] as usize;
+    let op = r.take(op_len)?;
+    let slot = r.take(slot_len)?;
+    let key = r.take(key_len)?;
+    let mechanism = r.take(mechanism_len)?;
+    let str_of = |b| std::str::from_utf8(b).unwrap_or("?");
+    let record = Record {
+        op: str_of(op),
+        slot: str_of(slot),
+        key,
+        mechanism: str_of(mechanism),
+        bytes_in: bytes_in as usize,
+        bytes_out: bytes_out as usize,
+    };
+    let at = UNIX_EPOCH + Duration::new(secs, nanos);
+    super::push_line_prefix(text, at);
+    audit::push_message(text, &record, &audit::outcome_name(rv));
+    text.push(b'\n');
+    Some(r.0)
+}
+
+/// A cursor over an entry's bytes; `None` when they run out.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the synchronous path writes for the same record at the same time.
+    fn direct_line(r: &Record<'_>, rv: u64, at: SystemTime) -> Vec<u8> {
+        let mut out = Vec::new();
+        super::super::push_line_prefix(&mut out, at);
+        audit::push_message(&mut out, r, &audit::outcome_name(rv));
+        out.push(b'\n');
+        out
+    }
+
+    #[test]
+    fn entries_format_to_the_synchronous_text() {
+        let at = UNIX_EPOCH + Duration::new(1_795_000_000, 123_456_789);
+        let ok = Record {
+            op: "encrypt",
+            slot: "slot \"a\"",
+            key: b"k\x00\xffz",
+            mechanism: "CKM_AES_GCM",
+            bytes_in: 32,
+            bytes_out: 48,
+        };
+        let refused = Record {
+            op: "refused:C_WrapKey",
+            slot: "s",
+            key: b"",
+            mechanism: "",
+            bytes_in: 0,
+            bytes_out: 0,
+        };
+        let failed_rv = pkcs11_sys::CKR_ENCRYPTED_DATA_INVALID;
+        let mut buf = Vec::new();
+        push_record(&mut buf, &ok, pkcs11_sys::CKR_OK, at);
+        push_text(&mut buf, b"a text line\n");
+        push_record(&mut buf, &refused, failed_rv, at);
+        let mut text = Vec::new();
+        format_all(&buf, &mut text);
+
+        let mut expected = direct_line(&ok, pkcs11_sys::CKR_OK, at);
+        expected.extend_from_slice(b"a text line\n");
+        expected.extend(direct_line(&refused, failed_rv, at));
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            String::from_utf8(expected).unwrap()
+        );
+        let first = String::from_utf8(direct_line(&ok, 0, at)).unwrap();
+        assert!(first.starts_with("2026-11-18T11:06:40.123Z INFO  xki_audit: op=encrypt"));
+        assert!(first.contains(r#"key="k\x00\xffz""#), "{first}");
+    }
+
+    #[test]
+    fn a_truncated_buffer_formats_what_is_whole_and_stops() {
+        let at = UNIX_EPOCH;
+        let r = Record {
+            op: "decrypt",
+            slot: "s",
+            key: b"key",
+            mechanism: "CKM_AES_GCM",
+            bytes_in: 1,
+            bytes_out: 2,
+        };
+        let mut buf = Vec::new();
+        push_record(&mut buf, &r, 0, at);
+        let whole = buf.len();
+        push_record(&mut buf, &r, 0, at);
+        for cut_at in whole..buf.len() {
+            let mut text = Vec::new();
+            format_all(&buf[..cut_at], &mut text);
+            assert_eq!(text, direct_line(&r, 0, at), "cut at {cut_at}");
+        }
+    }
+
+    #[test]
+    fn overlong_strings_are_cut_not_misread() {
+        let long = vec![b'x'; 70_000];
+        let r = Record {
+            op: "encrypt",
+            slot: "s",
+            key: &long,
+            mechanism: "CKM_AES_GCM",
+            bytes_in: 0,
+            bytes_out: 0,
+        };
+        let mut buf = Vec::new();
+        push_record(&mut buf, &r, 0, UNIX_EPOCH);
+        push_text(&mut buf, b"next\n");
+        let mut text = Vec::new();
+        format_all(&buf, &mut text);
+        let text = String::from_utf8(text).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].contains(&format!("key=\"{}\"", "x".repeat(65_535))));
+        assert_eq!(lines[1], "next");
+    }
+}
