@@ -17,7 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 enum Sink {
     Stderr,
@@ -170,10 +170,11 @@ pub fn audit_record(r: &audit::Record<'_>, rv: u64) -> bool {
     }
     audit_file::with_current(|sink| {
         let Some(sink) = sink else { return false };
-        let at = SystemTime::now();
-        if sink.append_record(r, rv, at) {
+        let since_epoch = wall_clock();
+        if sink.append_record(r, rv, since_epoch) {
             return true;
         }
+        let at = UNIX_EPOCH + since_epoch;
         let wrote = LINE.try_with(|line| {
             let Ok(mut line) = line.try_borrow_mut() else {
                 return false;
@@ -187,6 +188,23 @@ pub fn audit_record(r: &audit::Record<'_>, rv: u64) -> bool {
         });
         wrote.unwrap_or(false)
     })
+}
+
+/// The wall-clock time since the Unix epoch: one `clock_gettime(CLOCK_REALTIME)` (a vDSO
+/// call), without `SystemTime`'s checked arithmetic around it (this runs for every record).
+fn wall_clock() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call; CLOCK_REALTIME always exists.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    if rc != 0 || ts.tv_sec < 0 {
+        return SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
 }
 
 /// What the logger writes before an audit message: `<timestamp> INFO  xki_audit: `.

@@ -112,6 +112,17 @@ impl ObjectTable {
         }
     }
 
+    /// Run `f` on a handle's entry without copying it (no reference count taken: this runs
+    /// at every `C_*Init`); `CKR_OBJECT_HANDLE_INVALID` when unknown.
+    pub fn with<R>(&self, handle: u64, f: impl FnOnce(&ObjectEntry) -> R) -> CkResult<R> {
+        let tables = self.tables.read();
+        let entry = tables
+            .by_handle
+            .get(&handle)
+            .ok_or(Rv::OBJECT_HANDLE_INVALID)?;
+        Ok(f(entry))
+    }
+
     /// Look a handle up; `CKR_OBJECT_HANDLE_INVALID` when unknown.
     pub fn get(&self, handle: u64) -> CkResult<ObjectEntry> {
         self.tables

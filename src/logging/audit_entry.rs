@@ -14,7 +14,7 @@
 //!   maximum (no real label comes near 64 KiB; the entry stays well-formed whatever it gets).
 
 use crate::audit::{self, Record};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 const TEXT: u8 = 0;
 const RECORD: u8 = 1;
@@ -27,9 +27,9 @@ pub(super) fn push_text(buf: &mut Vec<u8>, line: &[u8]) {
     buf.extend_from_slice(line);
 }
 
-/// Append a record made at `at` with outcome `rv` (`CKR_OK` or the error's code).
-pub(super) fn push_record(buf: &mut Vec<u8>, r: &Record<'_>, rv: u64, at: SystemTime) {
-    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+/// Append a record made `since` the Unix epoch with outcome `rv` (`CKR_OK` or the error's
+/// code).
+pub(super) fn push_record(buf: &mut Vec<u8>, r: &Record<'_>, rv: u64, since: Duration) {
     let op = cut(r.op.as_bytes(), u8::MAX as usize);
     let slot = cut(r.slot.as_bytes(), u16::MAX as usize);
     let key = cut(r.key, u16::MAX as usize);
@@ -138,6 +138,11 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
+
+    fn since(at: SystemTime) -> Duration {
+        at.duration_since(UNIX_EPOCH).unwrap()
+    }
 
     /// What the synchronous path writes for the same record at the same time.
     fn direct_line(r: &Record<'_>, rv: u64, at: SystemTime) -> Vec<u8> {
@@ -169,9 +174,9 @@ mod tests {
         };
         let failed_rv = pkcs11_sys::CKR_ENCRYPTED_DATA_INVALID;
         let mut buf = Vec::new();
-        push_record(&mut buf, &ok, pkcs11_sys::CKR_OK, at);
+        push_record(&mut buf, &ok, pkcs11_sys::CKR_OK, since(at));
         push_text(&mut buf, b"a text line\n");
-        push_record(&mut buf, &refused, failed_rv, at);
+        push_record(&mut buf, &refused, failed_rv, since(at));
         let mut text = Vec::new();
         format_all(&buf, &mut text);
 
@@ -199,9 +204,9 @@ mod tests {
             bytes_out: 2,
         };
         let mut buf = Vec::new();
-        push_record(&mut buf, &r, 0, at);
+        push_record(&mut buf, &r, 0, since(at));
         let whole = buf.len();
-        push_record(&mut buf, &r, 0, at);
+        push_record(&mut buf, &r, 0, since(at));
         for cut_at in whole..buf.len() {
             let mut text = Vec::new();
             format_all(&buf[..cut_at], &mut text);
@@ -221,7 +226,7 @@ mod tests {
             bytes_out: 0,
         };
         let mut buf = Vec::new();
-        push_record(&mut buf, &r, 0, UNIX_EPOCH);
+        push_record(&mut buf, &r, 0, Duration::ZERO);
         push_text(&mut buf, b"next\n");
         let mut text = Vec::new();
         format_all(&buf, &mut text);

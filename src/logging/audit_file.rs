@@ -32,7 +32,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// A buffer this large wakes the flusher to write it out now.
 pub(super) const FLUSH_AT: usize = 64 * 1024;
@@ -132,15 +132,16 @@ impl AuditFile {
         self.appended(pending, before);
     }
 
-    /// Buffer a record made at `at` for the flusher to format. `false` (nothing done) when
-    /// writing synchronously: the caller formats and [`AuditFile::append`]s the line.
-    pub(super) fn append_record(&self, r: &Record<'_>, rv: u64, at: SystemTime) -> bool {
+    /// Buffer a record made at `since_epoch` for the flusher to format. `false` (nothing
+    /// done) when writing synchronously: the caller formats and [`AuditFile::append`]s the
+    /// line.
+    pub(super) fn append_record(&self, r: &Record<'_>, rv: u64, since_epoch: Duration) -> bool {
         if !self.buffered.load(Ordering::Acquire) {
             return false;
         }
         let mut pending = self.pending.lock();
         let before = pending.len();
-        audit_entry::push_record(&mut pending, r, rv, at);
+        audit_entry::push_record(&mut pending, r, rv, since_epoch);
         self.appended(pending, before);
         true
     }

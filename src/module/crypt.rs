@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::secret::SecretBytes;
+use crate::session::KeyLabel;
 
 /// Set up an encryption or decryption.
 ///
@@ -20,15 +21,18 @@ pub(super) fn crypt_init(
                 return Err(Rv::OPERATION_ACTIVE);
             }
             let index = sess.slot;
-            let e = m.key(&m.slots[index], index, key, Rv::KEY_HANDLE_INVALID)?;
+            let (key, label) =
+                m.with_key(&m.slots[index], index, key, Rv::KEY_HANDLE_INVALID, |e| {
+                    (e.key, KeyLabel::from_slice(&e.label))
+                })?;
             policy::gcm_params(&mechanism)?;
             // Checked just above; moved, not cloned, so the IV and AAD are not copied again.
             let Mechanism::AesGcm(params) = mechanism else {
                 return Err(Rv::MECHANISM_INVALID);
             };
             let op = CryptOp {
-                label: e.label,
-                key: e.key,
+                label,
+                key,
                 params,
                 buffered: None,
             };
@@ -274,8 +278,16 @@ pub fn encrypt_final(session: u64) -> CkResult<Vec<u8>> {
     finish(session, true, None, gcm_encrypt, Vec::len).and_then(SinglePart::done)
 }
 
+/// The length query of a single-part decryption answers the input length: an upper bound
+/// (PKCS#11 5.2 allows the answer to "somewhat exceed" the output, by 16 bytes here, as
+/// SoftHSM2's own answer does), so that a caller sizing its buffer by it gives the backend the
+/// room it wants and the plaintext goes there directly, with no scratch copy. The minimum,
+/// `data_len - 16`, is what `C_Decrypt` checks and reports with `CKR_BUFFER_TOO_SMALL`.
 pub fn decrypt_len(session: u64, data_len: usize) -> CkResult<usize> {
-    with_op(session, false, |op| decrypt_needed(op, data_len))
+    with_op(session, false, |op| {
+        decrypt_needed(op, data_len)?;
+        Ok(data_len)
+    })
 }
 
 pub fn decrypt(session: u64, data: &[u8], out: &mut [u8]) -> CkResult<SinglePart<usize>> {

@@ -206,6 +206,24 @@ impl Module {
         Ok((s, &self.slots[index], index))
     }
 
+    /// [`Module::key`] without a copy of the entry: `f` runs on it under the object table's
+    /// read lock (so `f` must not call a backend).
+    fn with_key<R>(
+        &self,
+        slot: &SlotState,
+        slot_index: usize,
+        handle: u64,
+        invalid: Rv,
+        f: impl FnOnce(&crate::object::ObjectEntry) -> R,
+    ) -> CkResult<R> {
+        slot.slot.require_login()?;
+        self.objects
+            .with(handle, |e| (e.slot == slot_index).then(|| f(e)))
+            .ok()
+            .flatten()
+            .ok_or(invalid)
+    }
+
     /// A key handle of the session's slot, for a logged-in user.
     fn key(
         &self,
