@@ -11,10 +11,9 @@ use crate::backend::BackendKey;
 use crate::mechanism::GcmParams;
 use crate::rv::{CkResult, Rv};
 use crate::secret::SecretBytes;
-use parking_lot::{Mutex, RwLock};
-use rustc_hash::FxHashMap;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::OnceLock;
 
 /// Largest amount of data one multi-part operation may buffer (bytes).
 pub const MAX_MULTIPART: usize = 16 * 1024 * 1024;
@@ -59,71 +58,156 @@ pub struct Session {
     pub op: Operation,
 }
 
-/// The session table. The table lock is held only to look a session up.
-#[derive(Default)]
+/// Sessions per chunk of the session table.
+const CHUNK: usize = 256;
+/// Chunks the table can hold: at most `CHUNK * MAX_CHUNKS` sessions open at once.
+const MAX_CHUNKS: usize = 1024;
+/// Low bits of a handle: the slot index + 1 (so no handle is 0).
+const INDEX_BITS: u32 = 20;
+
+/// The session table: a slab of slots, each behind its own mutex, found by index.
+///
+/// A handle is `serial << 20 | (index + 1)`: the index finds the slot without any table-wide
+/// lock or hashing (this runs three times per operation), and the serial, counted up for every
+/// session ever opened, makes a handle unique for the life of the module (a slot freed by
+/// `C_CloseSession` is reused, its old handle never: a lookup compares the whole handle).
+/// Chunks of slots are allocated as sessions are opened and live as long as the table.
 pub struct SessionTable {
-    sessions: RwLock<FxHashMap<u64, Arc<Mutex<Session>>>>,
-    next: AtomicU64,
+    chunks: Box<[OnceLock<Box<[Slot]>>]>,
+    /// Slot indices free for reuse, and the first never-used index.
+    free: Mutex<FreeSlots>,
+    serial: AtomicU64,
+}
+
+#[derive(Default)]
+struct FreeSlots {
+    reusable: Vec<usize>,
+    next_unused: usize,
+}
+
+#[derive(Default)]
+struct Slot {
+    entry: Mutex<Option<Entry>>,
+}
+
+struct Entry {
+    handle: u64,
+    session: Session,
+}
+
+impl Default for SessionTable {
+    fn default() -> Self {
+        SessionTable {
+            chunks: (0..MAX_CHUNKS).map(|_| OnceLock::new()).collect(),
+            free: Mutex::default(),
+            serial: AtomicU64::new(0),
+        }
+    }
 }
 
 impl SessionTable {
-    /// Add a session and return its handle (never 0, never reused).
-    pub fn open(&self, slot: usize, read_write: bool) -> u64 {
-        let handle = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let session = Session {
-            slot,
-            read_write,
-            op: Operation::None,
+    /// Add a session and return its handle (never 0, never reused); `CKR_SESSION_COUNT` when
+    /// the table is full.
+    pub fn open(&self, slot: usize, read_write: bool) -> CkResult<u64> {
+        let index = {
+            let mut free = self.free.lock();
+            match free.reusable.pop() {
+                Some(i) => i,
+                None if free.next_unused < CHUNK * MAX_CHUNKS => {
+                    free.next_unused += 1;
+                    free.next_unused - 1
+                }
+                None => return Err(Rv(pkcs11_sys::CKR_SESSION_COUNT)),
+            }
         };
-        self.sessions
-            .write()
-            .insert(handle, Arc::new(Mutex::new(session)));
-        handle
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed) + 1;
+        let handle = (serial << INDEX_BITS) | (index as u64 + 1);
+        let chunk = self.chunks[index / CHUNK]
+            .get_or_init(|| (0..CHUNK).map(|_| Slot::default()).collect());
+        *chunk[index % CHUNK].entry.lock() = Some(Entry {
+            handle,
+            session: Session {
+                slot,
+                read_write,
+                op: Operation::None,
+            },
+        });
+        Ok(handle)
     }
 
-    /// Run `f` on a session, locked; `CKR_SESSION_HANDLE_INVALID` when unknown. Cheaper than
-    /// [`SessionTable::get`] (no reference count taken); `f` must not call a backend, since the
-    /// table's read lock is held while it runs.
+    /// The slot a handle points into, if that part of the table exists.
+    fn slot_of(&self, handle: u64) -> Option<(&Slot, usize)> {
+        let index = usize::try_from(handle & ((1 << INDEX_BITS) - 1))
+            .ok()?
+            .checked_sub(1)?;
+        let chunk = self.chunks.get(index / CHUNK)?.get()?;
+        Some((&chunk[index % CHUNK], index))
+    }
+
+    /// Run `f` on a session, locked; `CKR_SESSION_HANDLE_INVALID` when unknown. Only that
+    /// session's lock is held while `f` runs, and `f` must not call a backend.
     pub fn with<R>(&self, handle: u64, f: impl FnOnce(&mut Session) -> R) -> CkResult<R> {
-        let sessions = self.sessions.read();
-        let session = sessions.get(&handle).ok_or(Rv::SESSION_HANDLE_INVALID)?;
-        let mut session = session.lock();
-        Ok(f(&mut session))
-    }
-
-    /// Look a session up; `CKR_SESSION_HANDLE_INVALID` when unknown.
-    pub fn get(&self, handle: u64) -> CkResult<Arc<Mutex<Session>>> {
-        self.sessions
-            .read()
-            .get(&handle)
-            .cloned()
-            .ok_or(Rv::SESSION_HANDLE_INVALID)
+        let (slot, _) = self.slot_of(handle).ok_or(Rv::SESSION_HANDLE_INVALID)?;
+        let mut entry = slot.entry.lock();
+        match &mut *entry {
+            Some(e) if e.handle == handle => Ok(f(&mut e.session)),
+            _ => Err(Rv::SESSION_HANDLE_INVALID),
+        }
     }
 
     /// Close one session.
     pub fn close(&self, handle: u64) -> CkResult<()> {
-        self.sessions
-            .write()
-            .remove(&handle)
-            .map(|_| ())
-            .ok_or(Rv::SESSION_HANDLE_INVALID)
+        let (slot, index) = self.slot_of(handle).ok_or(Rv::SESSION_HANDLE_INVALID)?;
+        let closed = {
+            let mut entry = slot.entry.lock();
+            match &*entry {
+                Some(e) if e.handle == handle => entry.take(),
+                _ => None,
+            }
+        };
+        // Dropped outside the slot's lock (it may hold a buffered multi-part operation).
+        closed.ok_or(Rv::SESSION_HANDLE_INVALID)?;
+        self.free.lock().reusable.push(index);
+        Ok(())
+    }
+
+    /// Every slot in use so far (for the table-wide calls below, none of them hot).
+    fn slots(&self) -> impl Iterator<Item = (usize, &Slot)> {
+        let used = self.free.lock().next_unused;
+        self.chunks
+            .iter()
+            .map_while(|c| c.get())
+            .flat_map(|c| c.iter())
+            .take(used)
+            .enumerate()
     }
 
     /// Close every session of a slot.
     pub fn close_slot(&self, slot: usize) {
-        self.sessions.write().retain(|_, s| s.lock().slot != slot);
+        for (index, s) in self.slots() {
+            let closed = {
+                let mut entry = s.entry.lock();
+                match &*entry {
+                    Some(e) if e.session.slot == slot => entry.take(),
+                    _ => None,
+                }
+            };
+            if closed.is_some() {
+                self.free.lock().reusable.push(index);
+            }
+        }
     }
 
     /// Sessions open on a slot: (all, read-write).
     pub fn count(&self, slot: usize) -> (u64, u64) {
-        let sessions = self.sessions.read();
         let mut all = 0;
         let mut rw = 0;
-        for s in sessions.values() {
-            let s = s.lock();
-            if s.slot == slot {
-                all += 1;
-                rw += s.read_write as u64;
+        for (_, s) in self.slots() {
+            if let Some(e) = &*s.entry.lock() {
+                if e.session.slot == slot {
+                    all += 1;
+                    rw += e.session.read_write as u64;
+                }
             }
         }
         (all, rw)
@@ -131,10 +215,11 @@ impl SessionTable {
 
     /// End every crypto and find operation of a slot's sessions (on logout).
     pub fn end_operations(&self, slot: usize) {
-        for s in self.sessions.read().values() {
-            let mut s = s.lock();
-            if s.slot == slot {
-                s.op = Operation::None;
+        for (_, s) in self.slots() {
+            if let Some(e) = &mut *s.entry.lock() {
+                if e.session.slot == slot {
+                    e.session.op = Operation::None;
+                }
             }
         }
     }
@@ -201,4 +286,66 @@ impl CryptOp {
 /// Plaintext that is empty: what a buffering `C_DecryptUpdate` releases.
 pub fn no_plaintext() -> Plaintext {
     SecretBytes::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_are_unique_and_a_closed_one_stays_invalid_when_its_slot_is_reused() {
+        let t = SessionTable::default();
+        let a = t.open(0, false).unwrap();
+        let b = t.open(1, true).unwrap();
+        assert_ne!(a, 0);
+        assert_ne!(a, b);
+        assert_eq!(t.with(b, |s| (s.slot, s.read_write)), Ok((1, true)));
+        t.close(a).unwrap();
+        assert_eq!(t.close(a), Err(Rv::SESSION_HANDLE_INVALID));
+        // The freed slot is reused, under a new handle; the old one does not reach it.
+        let c = t.open(2, false).unwrap();
+        assert_eq!(c & ((1 << INDEX_BITS) - 1), a & ((1 << INDEX_BITS) - 1));
+        assert_ne!(c, a);
+        assert_eq!(t.with(a, |_| ()), Err(Rv::SESSION_HANDLE_INVALID));
+        assert_eq!(t.with(c, |s| s.slot), Ok(2));
+        // Handles that point nowhere: 0, an index never used, an index past the table.
+        for h in [0, 77, u64::MAX, (1 << INDEX_BITS) - 1] {
+            assert_eq!(t.with(h, |_| ()), Err(Rv::SESSION_HANDLE_INVALID), "{h:#x}");
+            assert_eq!(t.close(h), Err(Rv::SESSION_HANDLE_INVALID), "{h:#x}");
+        }
+    }
+
+    #[test]
+    fn slot_wide_calls_see_every_chunk() {
+        let t = SessionTable::default();
+        // More than one chunk, on two slots.
+        let handles: Vec<u64> = (0..CHUNK + 10)
+            .map(|i| t.open(i % 2, i % 3 == 0).unwrap())
+            .collect();
+        let rw_on_0 = (0..CHUNK + 10).filter(|i| i % 2 == 0 && i % 3 == 0).count() as u64;
+        assert_eq!(t.count(0), ((CHUNK as u64 + 10) / 2, rw_on_0));
+        t.with(handles[CHUNK + 1], |s| {
+            s.op = Operation::Find(Default::default())
+        })
+        .unwrap();
+        t.end_operations(1);
+        assert!(t
+            .with(handles[CHUNK + 1], |s| matches!(s.op, Operation::None))
+            .unwrap());
+        t.close_slot(0);
+        assert_eq!(t.count(0), (0, 0));
+        assert_eq!(t.count(1).0, (CHUNK as u64 + 10) / 2);
+        assert_eq!(t.with(handles[0], |_| ()), Err(Rv::SESSION_HANDLE_INVALID));
+        // Closed slots are reused before the table grows.
+        let before = t.free.lock().next_unused;
+        t.open(0, false).unwrap();
+        assert_eq!(t.free.lock().next_unused, before);
+    }
+
+    #[test]
+    fn a_full_table_says_session_count() {
+        let t = SessionTable::default();
+        t.free.lock().next_unused = CHUNK * MAX_CHUNKS;
+        assert_eq!(t.open(0, false), Err(Rv(pkcs11_sys::CKR_SESSION_COUNT)));
+    }
 }

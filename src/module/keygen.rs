@@ -4,9 +4,9 @@ use super::*;
 
 pub fn generate_key(session: u64, mechanism: &Mechanism, template: &[Attribute]) -> CkResult<u64> {
     let m = module()?;
-    let (sess, s, index) = m.session(session)?;
+    let (s, index, read_write) = m.session(session)?;
     s.slot.require_login()?;
-    if !sess.lock().read_write {
+    if !read_write {
         return Err(Rv::SESSION_READ_ONLY);
     }
     let req = match policy::generation_request(mechanism, template) {
@@ -96,7 +96,7 @@ pub(super) const MAX_RANDOM: usize = 1 << 20;
 
 pub fn generate_random(session: u64, len: usize) -> CkResult<Vec<u8>> {
     let m = module()?;
-    let (_, s, _) = m.session(session)?;
+    let (s, _, _) = m.session(session)?;
     if len > MAX_RANDOM {
         return Err(Rv::ARGUMENTS_BAD);
     }

@@ -16,7 +16,7 @@ use crate::mechanism::{Mechanism, GCM_TAG_LEN};
 use crate::object::ObjectTable;
 use crate::policy;
 use crate::rv::{CkResult, Rv};
-use crate::session::{no_plaintext, CryptOp, Operation, Session, SessionTable, MAX_MULTIPART};
+use crate::session::{no_plaintext, CryptOp, Operation, SessionTable, MAX_MULTIPART};
 use crate::slot::Slot;
 use parking_lot::{Mutex, RwLock};
 use pkcs11_sys::*;
@@ -199,11 +199,10 @@ impl Module {
             .ok_or(Rv::SLOT_ID_INVALID)
     }
 
-    /// The session and its slot.
-    fn session(&self, handle: u64) -> CkResult<(Arc<Mutex<Session>>, &SlotState, usize)> {
-        let s = self.sessions.get(handle)?;
-        let index = s.lock().slot;
-        Ok((s, &self.slots[index], index))
+    /// A session's slot, the slot's index, and whether the session is read-write.
+    fn session(&self, handle: u64) -> CkResult<(&SlotState, usize, bool)> {
+        let (index, read_write) = self.sessions.with(handle, |s| (s.slot, s.read_write))?;
+        Ok((&self.slots[index], index, read_write))
     }
 
     /// [`Module::key`] without a copy of the entry: `f` runs on it under the object table's

@@ -4,7 +4,7 @@ use super::*;
 
 pub fn create_object(session: u64, template: &[Attribute]) -> CkResult<u64> {
     let m = module()?;
-    let (_, s, _) = m.session(session)?;
+    let (s, _, _) = m.session(session)?;
     refused(
         s,
         "C_CreateObject",
@@ -15,16 +15,16 @@ pub fn create_object(session: u64, template: &[Attribute]) -> CkResult<u64> {
 
 pub fn copy_object(session: u64, object: u64, _template: &[Attribute]) -> CkResult<u64> {
     let m = module()?;
-    let (_, s, index) = m.session(session)?;
+    let (s, index, _) = m.session(session)?;
     let e = m.key(s, index, object, Rv::OBJECT_HANDLE_INVALID)?;
     refused(s, "C_CopyObject", &e.label, Rv::ACTION_PROHIBITED)
 }
 
 pub fn destroy_object(session: u64, object: u64) -> CkResult<()> {
     let m = module()?;
-    let (sess, s, index) = m.session(session)?;
+    let (s, index, read_write) = m.session(session)?;
     let e = m.key(s, index, object, Rv::OBJECT_HANDLE_INVALID)?;
-    if !sess.lock().read_write {
+    if !read_write {
         return Err(Rv::SESSION_READ_ONLY);
     }
     if !s.slot.allow_destroy {
@@ -50,7 +50,7 @@ pub(super) fn lifecycle<'a>(op: &'a str, s: &'a SlotState, key: &'a [u8]) -> Rec
 
 pub fn get_object_size(session: u64, object: u64) -> CkResult<u64> {
     let m = module()?;
-    let (_, s, index) = m.session(session)?;
+    let (s, index, _) = m.session(session)?;
     m.key(s, index, object, Rv::OBJECT_HANDLE_INVALID)?;
     // The size of a key object inside an HSM is not information the token gives out.
     Ok(CK_UNAVAILABLE_INFORMATION)
@@ -80,7 +80,7 @@ pub fn get_attribute_value(
     types: &[u64],
 ) -> CkResult<Vec<AttributeAnswer>> {
     let m = module()?;
-    let (_, s, index) = m.session(session)?;
+    let (s, index, _) = m.session(session)?;
     let e = m.key(s, index, object, Rv::OBJECT_HANDLE_INVALID)?;
     let info = fresh_key(&m, s, object, e.key)?;
     Ok(types
@@ -91,9 +91,9 @@ pub fn get_attribute_value(
 
 pub fn set_attribute_value(session: u64, object: u64, template: &[Attribute]) -> CkResult<()> {
     let m = module()?;
-    let (sess, s, index) = m.session(session)?;
+    let (s, index, read_write) = m.session(session)?;
     let e = m.key(s, index, object, Rv::OBJECT_HANDLE_INVALID)?;
-    if !sess.lock().read_write {
+    if !read_write {
         return Err(Rv::SESSION_READ_ONLY);
     }
     let changes = match policy::attribute_changes(template) {
@@ -148,8 +148,10 @@ pub(super) fn label_in_use(s: &SlotState, label: &[u8]) -> CkResult<bool> {
 
 pub fn find_objects_init(session: u64, template: &[Attribute]) -> CkResult<()> {
     let m = module()?;
-    let (sess, s, index) = m.session(session)?;
-    if !matches!(sess.lock().op, Operation::None) {
+    let (s, index, _) = m.session(session)?;
+    if m.sessions
+        .with(session, |sess| !matches!(sess.op, Operation::None))?
+    {
         return Err(Rv::OPERATION_ACTIVE);
     }
     // Every key is a private object: nothing is visible before C_Login.
@@ -163,36 +165,34 @@ pub fn find_objects_init(session: u64, template: &[Attribute]) -> CkResult<()> {
     } else {
         Default::default()
     };
-    let mut sess = sess.lock();
-    if !matches!(sess.op, Operation::None) {
-        return Err(Rv::OPERATION_ACTIVE);
-    }
-    sess.op = Operation::Find(found);
-    Ok(())
+    m.sessions.with(session, |sess| {
+        // Checked again: another thread may have started an operation during the listing.
+        if !matches!(sess.op, Operation::None) {
+            return Err(Rv::OPERATION_ACTIVE);
+        }
+        sess.op = Operation::Find(found);
+        Ok(())
+    })?
 }
 
 pub fn find_objects(session: u64, max: usize) -> CkResult<Vec<u64>> {
     let m = module()?;
-    let (sess, _, _) = m.session(session)?;
-    let mut sess = sess.lock();
-    match &mut sess.op {
+    m.sessions.with(session, |sess| match &mut sess.op {
         Operation::Find(rest) => {
             let n = max.min(rest.len());
             Ok(rest.drain(..n).collect())
         }
         _ => Err(Rv::OPERATION_NOT_INITIALIZED),
-    }
+    })?
 }
 
 pub fn find_objects_final(session: u64) -> CkResult<()> {
     let m = module()?;
-    let (sess, _, _) = m.session(session)?;
-    let mut sess = sess.lock();
-    match sess.op {
+    m.sessions.with(session, |sess| match sess.op {
         Operation::Find(_) => {
             sess.op = Operation::None;
             Ok(())
         }
         _ => Err(Rv::OPERATION_NOT_INITIALIZED),
-    }
+    })?
 }

@@ -8,7 +8,7 @@ pub(super) fn refused<T>(s: &SlotState, function: &str, key: &[u8], rv: Rv) -> C
 
 pub fn wrap_key(session: u64, _mechanism: &Mechanism, wrapping_key: u64, key: u64) -> CkResult<()> {
     let m = module()?;
-    let (_, s, index) = m.session(session)?;
+    let (s, index, _) = m.session(session)?;
     let e = m.key(s, index, key, Rv::KEY_HANDLE_INVALID)?;
     m.key(s, index, wrapping_key, Rv(CKR_WRAPPING_KEY_HANDLE_INVALID))?;
     refused(s, "C_WrapKey", &e.label, Rv::KEY_UNEXTRACTABLE)
@@ -21,7 +21,7 @@ pub fn unwrap_key(
     _template: &[Attribute],
 ) -> CkResult<()> {
     let m = module()?;
-    let (_, s, index) = m.session(session)?;
+    let (s, index, _) = m.session(session)?;
     let e = m.key(
         s,
         index,
@@ -39,27 +39,27 @@ pub fn derive_key(
     _template: &[Attribute],
 ) -> CkResult<()> {
     let m = module()?;
-    let (_, s, index) = m.session(session)?;
+    let (s, index, _) = m.session(session)?;
     let e = m.key(s, index, base_key, Rv::KEY_HANDLE_INVALID)?;
     refused(s, "C_DeriveKey", &e.label, Rv::KEY_FUNCTION_NOT_PERMITTED)
 }
 
 pub fn digest_key(session: u64, key: u64) -> CkResult<()> {
     let m = module()?;
-    let (_, s, index) = m.session(session)?;
+    let (s, index, _) = m.session(session)?;
     let e = m.key(s, index, key, Rv::KEY_HANDLE_INVALID)?;
     refused(s, "C_DigestKey", &e.label, Rv(CKR_KEY_INDIGESTIBLE))
 }
 
 pub fn get_operation_state(session: u64) -> CkResult<()> {
     let m = module()?;
-    let (_, s, _) = m.session(session)?;
+    let (s, _, _) = m.session(session)?;
     refused(s, "C_GetOperationState", b"", Rv::STATE_UNSAVEABLE)
 }
 
 pub fn set_operation_state(session: u64) -> CkResult<()> {
     let m = module()?;
-    let (_, s, _) = m.session(session)?;
+    let (s, _, _) = m.session(session)?;
     refused(s, "C_SetOperationState", b"", Rv::SAVED_STATE_INVALID)
 }
 

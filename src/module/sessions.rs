@@ -8,12 +8,12 @@ pub fn open_session(slot: u64, flags: u64) -> CkResult<u64> {
     if flags & CKF_SERIAL_SESSION == 0 {
         return Err(Rv::SESSION_PARALLEL_NOT_SUPPORTED);
     }
-    Ok(m.sessions.open(slot as usize, flags & CKF_RW_SESSION != 0))
+    m.sessions.open(slot as usize, flags & CKF_RW_SESSION != 0)
 }
 
 pub fn close_session(session: u64) -> CkResult<()> {
     let m = module()?;
-    let (_, s, index) = m.session(session)?;
+    let (s, index, _) = m.session(session)?;
     m.sessions.close(session)?;
     if m.sessions.count(index).0 == 0 {
         // PKCS#11: closing the last session of a token logs the user out.
@@ -32,8 +32,7 @@ pub fn close_all_sessions(slot: u64) -> CkResult<()> {
 
 pub fn get_session_info(session: u64) -> CkResult<SessionInfo> {
     let m = module()?;
-    let (sess, s, index) = m.session(session)?;
-    let rw = sess.lock().read_write;
+    let (s, index, rw) = m.session(session)?;
     let state = match (s.slot.is_logged_in(), rw) {
         (false, false) => CKS_RO_PUBLIC_SESSION,
         (false, true) => CKS_RW_PUBLIC_SESSION,
@@ -50,7 +49,7 @@ pub fn get_session_info(session: u64) -> CkResult<SessionInfo> {
 
 pub fn login(session: u64, user_type: u64, pin: &[u8]) -> CkResult<()> {
     let m = module()?;
-    let (_, s, _) = m.session(session)?;
+    let (s, _, _) = m.session(session)?;
     match user_type {
         CKU_USER => {
             let result = s.slot.login(pin);
@@ -68,7 +67,7 @@ pub fn login(session: u64, user_type: u64, pin: &[u8]) -> CkResult<()> {
 
 pub fn logout(session: u64) -> CkResult<()> {
     let m = module()?;
-    let (_, s, index) = m.session(session)?;
+    let (s, index, _) = m.session(session)?;
     s.slot.logout()?;
     m.sessions.end_operations(index);
     Ok(())
