@@ -2,8 +2,10 @@
 //! the shared plumbing every call uses. The calls themselves live in the submodules, one
 //! concern each; `api.rs` reaches them through the re-exports below.
 //!
-//! Global state is one `Arc<Module>` behind a read-mostly lock that is held only long enough
-//! to clone the `Arc`; no lock of this file is ever held across a backend call.
+//! Global state is one `Arc<Module>` behind a read-mostly lock. Calls that reach a backend
+//! hold it only long enough to clone the `Arc`; calls that never do (length queries, `C_*Init`)
+//! hold the read lock for their short run instead (`with_module`: fewer atomic operations).
+//! No lock of this file is ever held across a backend call.
 
 use crate::api::{
     Attribute, AttributeAnswer, InitArgs, ModuleInfo, Plaintext, SessionInfo, SinglePart, SlotInfo,
