@@ -5,6 +5,9 @@
 //! public key names.
 
 use crate::rv::{CkResult, Rv};
+use names::NameId;
+
+pub mod names;
 
 /// The log target that `logging.rs` routes to the audit sink.
 pub const TARGET: &str = "xki_audit";
@@ -123,6 +126,94 @@ pub fn record<T>(r: Record<'_>, result: CkResult<T>) -> CkResult<T> {
         );
     }
     result
+}
+
+/// The record of one encryption or decryption, with its slot and key named by number where
+/// the name table has them (see [`names`]).
+pub struct CryptRecord<'a> {
+    /// Encryption (else decryption).
+    pub encrypt: bool,
+    /// Virtual slot label, and its number.
+    pub slot: &'a str,
+    pub slot_name: Option<NameId>,
+    /// Key label (may be left empty when `key_name` is set), and its number.
+    pub key: &'a [u8],
+    pub key_name: Option<NameId>,
+    /// Bytes in and out.
+    pub bytes_in: usize,
+    pub bytes_out: usize,
+}
+
+/// A record whose names are all numbers: what a buffered key use costs the calling thread.
+pub(crate) struct CompactRecord {
+    pub encrypt: bool,
+    pub slot: NameId,
+    pub key: NameId,
+    pub bytes_in: u32,
+    pub bytes_out: u32,
+    pub rv: u64,
+}
+
+impl CompactRecord {
+    /// The op and mechanism words of the record's text.
+    pub(crate) fn op(&self) -> &'static str {
+        if self.encrypt {
+            "encrypt"
+        } else {
+            "decrypt"
+        }
+    }
+
+    /// The mechanism of every encryption and decryption.
+    pub(crate) const MECHANISM: &'static str = "CKM_AES_GCM";
+}
+
+/// [`record`] for an encryption or decryption: the same text, but with a buffered audit file
+/// and numbered names only a fixed-size entry reaches the buffer.
+pub fn record_crypt<T>(c: CryptRecord<'_>, result: CkResult<T>) -> CkResult<T> {
+    let rv = match &result {
+        Ok(_) => pkcs11_sys::CKR_OK,
+        Err(rv) => rv.code(),
+    };
+    if let (Some(slot), Some(key), Ok(bytes_in), Ok(bytes_out)) = (
+        c.slot_name,
+        c.key_name,
+        u32::try_from(c.bytes_in),
+        u32::try_from(c.bytes_out),
+    ) {
+        let compact = CompactRecord {
+            encrypt: c.encrypt,
+            slot,
+            key,
+            bytes_in,
+            bytes_out,
+            rv,
+        };
+        if crate::logging::audit_compact(&compact) {
+            return result;
+        }
+    }
+    // Spelled out. A copy of a numbered key name, so that no lock of the name table is held
+    // while the record is written.
+    let key_copy;
+    let key: &[u8] = match c.key_name {
+        Some(id) if c.key.is_empty() => {
+            key_copy = names::with_name(id, |k| k.to_vec());
+            &key_copy
+        }
+        _ => c.key,
+    };
+    record(
+        Record {
+            op: if c.encrypt { "encrypt" } else { "decrypt" },
+            slot: c.slot,
+            key,
+            mechanism: CompactRecord::MECHANISM,
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+        },
+        result,
+    )
 }
 
 /// Record a refused key-material path and return the refusal.

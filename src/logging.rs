@@ -207,6 +207,12 @@ fn wall_clock() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
 }
 
+/// Buffer a record whose names are numbers (see `audit::names`). `false` (nothing written)
+/// without a buffered audit file: the caller spells the record out and uses [`audit_record`].
+pub(crate) fn audit_compact(r: &audit::CompactRecord) -> bool {
+    audit_file::with_current(|sink| sink.is_some_and(|s| s.append_compact(r, wall_clock())))
+}
+
 /// What the logger writes before an audit message: `<timestamp> INFO  xki_audit: `.
 fn push_line_prefix(out: &mut Vec<u8>, at: SystemTime) {
     push_timestamp(out, at);

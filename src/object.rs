@@ -5,6 +5,7 @@
 //! is empty). The same key keeps the same handle for the life of the module, and a handle is
 //! never reused for another key.
 
+use crate::audit::names::{self, NameId};
 use crate::backend::{BackendKey, KeyInfo};
 use crate::rv::{CkResult, Rv};
 use parking_lot::RwLock;
@@ -22,6 +23,9 @@ pub struct ObjectEntry {
     /// The key's label, for audit records (refreshed whenever the module reads the key).
     /// Shared, so that looking an entry up on every operation copies no bytes.
     pub label: Arc<[u8]>,
+    /// The label's number in the audit name table (`None` once that table is full), given
+    /// when the label is learnt, so that a key use's audit record carries a number.
+    pub audit_name: Option<NameId>,
 }
 
 /// The identity of a key within its slot: its `CKA_ID`, or its label when it has no ID.
@@ -72,6 +76,7 @@ impl ObjectTable {
                 slot,
                 key: key.handle,
                 label: Arc::from(&key.label[..]),
+                audit_name: names::intern(&key.label),
             },
         );
         handle
@@ -99,6 +104,7 @@ impl ObjectTable {
             };
             e.key = key.handle;
             e.label = Arc::from(&key.label[..]);
+            e.audit_name = names::intern(&key.label);
             let slot_ident = (e.slot, ident);
             match t.by_identity.get(&slot_ident) {
                 Some(h) if *h == handle => {}

@@ -24,7 +24,9 @@ pub type KeyLabel = smallvec::SmallVec<[u8; 32]>;
 
 /// A GCM operation set up by `C_EncryptInit` / `C_DecryptInit`.
 pub struct CryptOp {
-    /// The key's label when the operation began, for the audit record.
+    /// The key label's number in the audit name table when the operation began, for the
+    /// audit record; without one (table full), the label itself.
+    pub key_name: Option<crate::audit::names::NameId>,
     pub label: KeyLabel,
     /// The backend key.
     pub key: BackendKey,

@@ -33,9 +33,10 @@ fn a_full_buffer_reaches_the_file_without_waiting_for_the_interval() {
             &secure_template("audit-flusher"),
         )
         .unwrap();
-    // 400 round trips = 800 records of ~140 bytes: past the 64 KiB mark, far below the
-    // 256 KiB at which a caller would write the buffer itself.
-    for i in 0..400u32 {
+    // 1 200 round trips = 2 400 records of 34 bytes in the buffer (key uses carry numbered
+    // names, see src/audit/names.rs): past the 64 KiB mark (after ~1 900 records), far below
+    // the 256 KiB at which a caller would write the buffer itself.
+    for i in 0..1200u32 {
         let mut iv = [0u8; 12];
         iv[..4].copy_from_slice(&i.to_be_bytes());
         let ct = session
@@ -44,22 +45,22 @@ fn a_full_buffer_reaches_the_file_without_waiting_for_the_interval() {
         session.decrypt(&gcm(&mut iv, b"aad"), key, &ct).unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while records(&audit) < 400 && Instant::now() < deadline {
+    while records(&audit) < 1800 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     let written = records(&audit);
     assert!(
-        written >= 400,
+        written >= 1800,
         "a 64 KiB buffer should reach the file within seconds, not at the 60 s interval; \
          found {written} records"
     );
     // (How much of the tail below the mark rides along depends on when the flusher wakes: the
-    // caller may well have finished all 800 by then. Not asserted.)
+    // caller may well have finished all 2 400 by then. Not asserted.)
     drop(session);
     ctx.finalize().expect("C_Finalize");
     assert_eq!(
         records(&audit),
-        800,
+        2400,
         "C_Finalize writes the rest, each record once"
     );
 }

@@ -13,11 +13,31 @@
 //!   slot (`u16`), key (`u16`), mechanism (`u8`). Longer strings are cut at the prefix's
 //!   maximum (no real label comes near 64 KiB; the entry stays well-formed whatever it gets).
 
-use crate::audit::{self, Record};
+use crate::audit::names::{self, NameId};
+use crate::audit::{self, CompactRecord, Record};
 use std::time::{Duration, UNIX_EPOCH};
 
 const TEXT: u8 = 0;
 const RECORD: u8 = 1;
+const COMPACT: u8 = 2;
+
+/// Bytes of a compact entry after its kind byte.
+const COMPACT_LEN: usize = 1 + 4 + 4 + 8 + 4 + 4 + 8;
+
+/// Append an encryption or decryption record whose names are numbers (`audit::names`): 34
+/// bytes, the same text once formatted.
+pub(super) fn push_compact(buf: &mut Vec<u8>, r: &CompactRecord, since: Duration) {
+    let mut e = [0u8; 1 + COMPACT_LEN];
+    e[0] = COMPACT;
+    e[1] = u8::from(r.encrypt);
+    e[2..6].copy_from_slice(&r.slot.0.to_ne_bytes());
+    e[6..10].copy_from_slice(&r.key.0.to_ne_bytes());
+    e[10..18].copy_from_slice(&(since.as_nanos() as u64).to_ne_bytes());
+    e[18..22].copy_from_slice(&r.bytes_in.to_ne_bytes());
+    e[22..26].copy_from_slice(&r.bytes_out.to_ne_bytes());
+    e[26..34].copy_from_slice(&r.rv.to_ne_bytes());
+    buf.extend_from_slice(&e);
+}
 
 /// Append a formatted text line.
 pub(super) fn push_text(buf: &mut Vec<u8>, line: &[u8]) {
@@ -70,6 +90,7 @@ pub(super) fn format_all(entries: &[u8], text: &mut Vec<u8>) {
         let next = match kind {
             TEXT => format_text(body, text),
             RECORD => format_record(body, text),
+            COMPACT => format_compact(body, text),
             _ => None,
         };
         match next {
@@ -114,6 +135,40 @@ fn format_record<'a>(body: &'a [u8], text: &mut Vec<u8>) -> Option<&'a [u8]> {
     super::push_line_prefix(text, at);
     audit::push_message(text, &record, &audit::outcome_name(rv));
     text.push(b'\n');
+    Some(r.0)
+}
+
+fn format_compact<'a>(body: &'a [u8], text: &mut Vec<u8>) -> Option<&'a [u8]> {
+    let mut r = Reader(body);
+    let encrypt = r.array::<1>()?[0] != 0;
+    let slot = NameId(u32::from_ne_bytes(r.array()?));
+    let key = NameId(u32::from_ne_bytes(r.array()?));
+    let nanos = u64::from_ne_bytes(r.array()?);
+    let bytes_in = u32::from_ne_bytes(r.array()?);
+    let bytes_out = u32::from_ne_bytes(r.array()?);
+    let rv = u64::from_ne_bytes(r.array()?);
+    let compact = CompactRecord {
+        encrypt,
+        slot,
+        key,
+        bytes_in,
+        bytes_out,
+        rv,
+    };
+    let slot_label = names::with_name(slot, |n| String::from_utf8_lossy(n).into_owned());
+    names::with_name(key, |key| {
+        let record = Record {
+            op: compact.op(),
+            slot: &slot_label,
+            key,
+            mechanism: CompactRecord::MECHANISM,
+            bytes_in: bytes_in as usize,
+            bytes_out: bytes_out as usize,
+        };
+        super::push_line_prefix(text, UNIX_EPOCH + Duration::from_nanos(nanos));
+        audit::push_message(text, &record, &audit::outcome_name(rv));
+        text.push(b'\n');
+    });
     Some(r.0)
 }
 
@@ -190,6 +245,40 @@ mod tests {
         let first = String::from_utf8(direct_line(&ok, 0, at)).unwrap();
         assert!(first.starts_with("2026-11-18T11:06:40.123Z INFO  xki_audit: op=encrypt"));
         assert!(first.contains(r#"key="k\x00\xffz""#), "{first}");
+    }
+
+    #[test]
+    fn compact_entries_format_to_the_spelled_out_text() {
+        let at = UNIX_EPOCH + Duration::new(1_795_000_000, 987_654_321);
+        let slot = names::intern(b"compact slot").unwrap();
+        let key = names::intern(b"key \"q\"\x01").unwrap();
+        for (encrypt, rv) in [(true, 0), (false, pkcs11_sys::CKR_ENCRYPTED_DATA_INVALID)] {
+            let compact = CompactRecord {
+                encrypt,
+                slot,
+                key,
+                bytes_in: 4096,
+                bytes_out: if encrypt { 4112 } else { 0 },
+                rv,
+            };
+            let mut buf = Vec::new();
+            push_compact(&mut buf, &compact, since(at));
+            assert_eq!(buf.len(), 34, "fixed size");
+            let mut text = Vec::new();
+            format_all(&buf, &mut text);
+            let spelled = Record {
+                op: if encrypt { "encrypt" } else { "decrypt" },
+                slot: "compact slot",
+                key: b"key \"q\"\x01",
+                mechanism: "CKM_AES_GCM",
+                bytes_in: 4096,
+                bytes_out: compact.bytes_out as usize,
+            };
+            assert_eq!(
+                String::from_utf8(text).unwrap(),
+                String::from_utf8(direct_line(&spelled, rv, at)).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@
 //! to synchronous writes (the flusher thread does not exist there).
 
 use super::audit_entry;
-use crate::audit::Record;
+use crate::audit::{CompactRecord, Record};
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use std::fs::File;
 use std::io::Write;
@@ -142,6 +142,19 @@ impl AuditFile {
         let mut pending = self.pending.lock();
         let before = pending.len();
         audit_entry::push_record(&mut pending, r, rv, since_epoch);
+        self.appended(pending, before);
+        true
+    }
+
+    /// Buffer a record whose names are numbers. `false` (nothing done) when writing
+    /// synchronously.
+    pub(super) fn append_compact(&self, r: &CompactRecord, since_epoch: Duration) -> bool {
+        if !self.buffered.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut pending = self.pending.lock();
+        let before = pending.len();
+        audit_entry::push_compact(&mut pending, r, since_epoch);
         self.appended(pending, before);
         true
     }

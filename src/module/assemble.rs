@@ -46,6 +46,7 @@ pub(super) fn build(config: &Config, no_os_threads: bool) -> CkResult<Module> {
             })?;
             let mechanisms = supported_mechanisms(backend.as_ref());
             slots.push(SlotState {
+                audit_name: crate::audit::names::intern(slot_cfg.label.as_bytes()),
                 slot: Slot::new(slot_cfg, backend, user_pin),
                 token,
                 mechanisms,

@@ -21,9 +21,14 @@ pub(super) fn crypt_init(
                 return Err(Rv::OPERATION_ACTIVE);
             }
             let index = sess.slot;
-            let (key, label) =
+            let (key, key_name, label) =
                 m.with_key(&m.slots[index], index, key, Rv::KEY_HANDLE_INVALID, |e| {
-                    (e.key, KeyLabel::from_slice(&e.label))
+                    // The label's bytes only when it has no number (the name table is full).
+                    let label = match e.audit_name {
+                        Some(_) => KeyLabel::new(),
+                        None => KeyLabel::from_slice(&e.label),
+                    };
+                    (e.key, e.audit_name, label)
                 })?;
             policy::gcm_params(&mechanism)?;
             // Checked just above; moved, not cloned, so the IV and AAD are not copied again.
@@ -31,6 +36,7 @@ pub(super) fn crypt_init(
                 return Err(Rv::MECHANISM_INVALID);
             };
             let op = CryptOp {
+                key_name,
                 label,
                 key,
                 params,
@@ -137,12 +143,13 @@ pub(super) fn finish<T>(
     };
     let result = run(s, &op, data);
     let bytes_out = result.as_ref().map(&out_len).unwrap_or(0);
-    audit::record(
-        Record {
-            op: if encrypt { "encrypt" } else { "decrypt" },
+    audit::record_crypt(
+        audit::CryptRecord {
+            encrypt,
             slot: &s.slot.label,
+            slot_name: s.audit_name,
             key: &op.label,
-            mechanism: "CKM_AES_GCM",
+            key_name: op.key_name,
             bytes_in: data.len(),
             bytes_out,
         },

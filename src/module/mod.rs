@@ -57,6 +57,8 @@ struct SlotState {
     token: TokenDescription,
     /// Module mechanisms the backend really supports, with the module's info for them.
     mechanisms: Vec<(CK_MECHANISM_TYPE, MechanismInfo)>,
+    /// The slot label's number in the audit name table (see `audit::names`).
+    audit_name: Option<crate::audit::names::NameId>,
 }
 
 static STATE: RwLock<Option<Arc<Module>>> = RwLock::new(None);
