@@ -16,21 +16,6 @@ fn count(audit: &Path, op: &str) -> usize {
         .count()
 }
 
-fn round_trips(
-    session: &cryptoki::session::Session,
-    key: cryptoki::object::ObjectHandle,
-    n: usize,
-) {
-    for i in 0..n {
-        let mut iv = [i as u8; 12];
-        let ct = session
-            .encrypt(&gcm(&mut iv, b"aad"), key, b"buffered")
-            .unwrap();
-        let pt = session.decrypt(&gcm(&mut iv, b"aad"), key, &ct).unwrap();
-        assert_eq!(pt, b"buffered");
-    }
-}
-
 #[test]
 fn buffered_records_are_written_once_in_time_and_at_finalize() {
     let (dir, ctx) = bare_module_with(Options {
@@ -49,7 +34,7 @@ fn buffered_records_are_written_once_in_time_and_at_finalize() {
             )
             .unwrap();
         // Keep going until the key's records are in the file.
-        round_trips(&session, key, 10);
+        round_trips(&session, key, 10, b"buffered");
     }
     let total = 2 * 10;
     // Within a few flush intervals every record is in the file, each once.
@@ -66,7 +51,7 @@ fn buffered_records_are_written_once_in_time_and_at_finalize() {
     let session = ctx.open_rw_session(slot).unwrap();
     login(&session);
     let key = find_label(&session, "audit-buffer");
-    round_trips(&session, key, 25);
+    round_trips(&session, key, 25, b"buffered");
     // SAFETY: the child only calls `exit`, which runs the registered exit handlers.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork");

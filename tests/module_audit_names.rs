@@ -6,21 +6,6 @@ mod common_module;
 
 use common_module::*;
 
-fn round_trips(
-    session: &cryptoki::session::Session,
-    key: cryptoki::object::ObjectHandle,
-    n: usize,
-) {
-    for i in 0..n {
-        let mut iv = [i as u8; 12];
-        let ct = session
-            .encrypt(&gcm(&mut iv, b"aad"), key, b"named")
-            .unwrap();
-        let pt = session.decrypt(&gcm(&mut iv, b"aad"), key, &ct).unwrap();
-        assert_eq!(pt, b"named");
-    }
-}
-
 /// A buffered record names the key as it was called when it was used, even if the key is
 /// renamed before the flusher writes the record (key uses carry numbered names, see
 /// `src/audit/names.rs`). Both slots; records checked whole, label escaping included.
@@ -42,12 +27,12 @@ fn buffered_records_keep_the_label_of_their_time() {
                 &secure_template(&before),
             )
             .unwrap();
-        round_trips(&session, key, 3);
+        round_trips(&session, key, 3, b"named");
         let after = format!("after \"rename\" {i}");
         session
             .update_attributes(key, &[Attribute::Label(after.as_bytes().to_vec())])
             .unwrap();
-        round_trips(&session, key, 2);
+        round_trips(&session, key, 2, b"named");
     }
     // Nothing written yet (one-minute interval, a few hundred bytes buffered): C_Finalize
     // writes it all.

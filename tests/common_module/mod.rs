@@ -402,6 +402,19 @@ pub fn gcm<'a>(iv: &'a mut [u8], aad: &'a [u8]) -> Mechanism<'a> {
     Mechanism::AesGcm(GcmParams::new(iv, aad, 128.into()).expect("gcm params"))
 }
 
+/// `n` encrypt + decrypt round trips of `plaintext` (AAD `aad`, a different IV each), each
+/// checked to give the plaintext back.
+pub fn round_trips(session: &Session, key: ObjectHandle, n: usize, plaintext: &[u8]) {
+    for i in 0..n {
+        let mut iv = [i as u8; 12];
+        let ct = session
+            .encrypt(&gcm(&mut iv, b"aad"), key, plaintext)
+            .unwrap();
+        let pt = session.decrypt(&gcm(&mut iv, b"aad"), key, &ct).unwrap();
+        assert_eq!(pt, plaintext);
+    }
+}
+
 /// Find keys by template on a session.
 pub fn find(session: &Session, template: &[Attribute]) -> Vec<ObjectHandle> {
     session.find_objects(template).expect("find objects")
