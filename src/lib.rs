@@ -18,6 +18,7 @@ pub mod logging;
 pub mod mechanism;
 pub mod module;
 pub mod object;
+mod pin;
 pub mod policy;
 pub mod rv;
 pub mod secret;

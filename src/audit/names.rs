@@ -33,8 +33,34 @@ struct Names {
 
 static NAMES: RwLock<Option<Names>> = RwLock::new(None);
 
+/// Fork: the table is held (exclusively) across `fork()`, so a child never inherits it locked
+/// by a thread that does not exist there (the audit flusher reads it while formatting; a
+/// child's `C_Initialize` numbers its slot labels).
+fn register_fork_hooks() {
+    static HOOKS: std::sync::Once = std::sync::Once::new();
+    HOOKS.call_once(|| {
+        crate::pin::pin_this_library();
+        // SAFETY: the handlers are `extern "C"` functions of this library, kept mapped by the
+        // pin just above; they never unwind and only lock or unlock the table.
+        unsafe {
+            libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork));
+        }
+    });
+}
+
+extern "C" fn before_fork() {
+    std::mem::forget(NAMES.write());
+}
+
+extern "C" fn after_fork() {
+    // SAFETY: `before_fork` left the write lock held by this thread, in the parent and (as the
+    // only thread) in the child.
+    unsafe { NAMES.force_unlock_write() };
+}
+
 /// The number of `name`, given one the first time it is seen; `None` once the table is full.
 pub fn intern(name: &[u8]) -> Option<NameId> {
+    register_fork_hooks();
     if let Some(id) = NAMES.read().as_ref().and_then(|n| n.ids.get(name)) {
         return Some(NameId(*id));
     }

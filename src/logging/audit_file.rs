@@ -102,7 +102,7 @@ impl AuditFile {
         if flush_ms > 0 && threads_allowed {
             let weak = Arc::downgrade(&sink);
             let interval = Duration::from_millis(flush_ms);
-            pin_this_library();
+            crate::pin::pin_this_library();
             let spawned = std::thread::Builder::new()
                 .name("xki-audit-flush".into())
                 .spawn(move || flusher(weak, interval));
@@ -270,9 +270,10 @@ static HOOKS: Once = Once::new();
 
 fn register_process_hooks() {
     HOOKS.call_once(|| {
-        // SAFETY: all three handlers are `extern "C"` functions of this library, which
-        // `pin_this_library` keeps mapped for the process's lifetime once a flusher exists;
-        // they never unwind (see each).
+        crate::pin::pin_this_library();
+        // SAFETY: all four handlers are `extern "C"` functions of this library, which
+        // `pin_this_library` (just above) keeps mapped for the process's lifetime; they never
+        // unwind (see each).
         unsafe {
             libc::pthread_atfork(
                 Some(before_fork),
@@ -325,29 +326,4 @@ extern "C" fn after_fork_child() {
         }
         CURRENT.force_unlock_read();
     }
-}
-
-/// Keep this library mapped until the process exits: the flusher thread and the exit hook
-/// run its code, so a host `dlclose` must not unmap it.
-fn pin_this_library() {
-    static PINNED: Once = Once::new();
-    PINNED.call_once(|| {
-        // SAFETY: `Dl_info` is a plain C struct of pointers, for which all-zero is valid.
-        let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
-        let addr = pin_this_library as *const libc::c_void;
-        // SAFETY: `addr` is a code address in this object and `info` is a valid out-struct;
-        // dladdr only fills it in (pointers into the loader's own strings).
-        let found = unsafe { libc::dladdr(addr, &mut info) } != 0;
-        if found && !info.dli_fname.is_null() {
-            // SAFETY: `dli_fname` is the NUL-terminated path of an object already loaded;
-            // RTLD_NOLOAD only adds a reference to it and RTLD_NODELETE forbids its unloading.
-            // The handle is deliberately never closed.
-            unsafe {
-                libc::dlopen(
-                    info.dli_fname,
-                    libc::RTLD_LAZY | libc::RTLD_NOLOAD | libc::RTLD_NODELETE,
-                );
-            }
-        }
-    });
 }

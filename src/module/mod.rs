@@ -134,8 +134,9 @@ pub fn initialize(args: Option<InitArgs>) -> CkResult<()> {
         return Err(Rv::CRYPTOKI_ALREADY_INITIALIZED);
     }
     ATFORK.call_once(|| {
-        // SAFETY: registers a handler that only stores to an atomic, which is
-        // async-signal-safe as fork's child handler requires.
+        crate::pin::pin_this_library();
+        // SAFETY: registers a handler (kept mapped by the pin just above) that only stores to
+        // an atomic, which is async-signal-safe as fork's child handler requires.
         unsafe {
             libc::pthread_atfork(None, None, Some(mark_forked_child));
         }
