@@ -100,12 +100,17 @@ pub(crate) fn outcome_name(rv: u64) -> std::borrow::Cow<'static, str> {
     }
 }
 
-/// Write the record with the outcome of the operation, and pass the outcome through.
-pub fn record<T>(r: Record<'_>, result: CkResult<T>) -> CkResult<T> {
-    let rv = match &result {
+/// The return code of an outcome (`CKR_OK` on success).
+fn rv_of<T>(result: &CkResult<T>) -> u64 {
+    match result {
         Ok(_) => pkcs11_sys::CKR_OK,
         Err(rv) => rv.code(),
-    };
+    }
+}
+
+/// Write the record with the outcome of the operation, and pass the outcome through.
+pub fn record<T>(r: Record<'_>, result: CkResult<T>) -> CkResult<T> {
+    let rv = rv_of(&result);
     // With an audit file, straight to it: no `log` formatting, no intermediate Strings (and
     // with a buffered file, no formatting at all on this thread).
     if crate::logging::audit_record(&r, rv) {
@@ -154,27 +159,22 @@ pub(crate) struct CompactRecord {
     pub rv: u64,
 }
 
-impl CompactRecord {
-    /// The op and mechanism words of the record's text.
-    pub(crate) fn op(&self) -> &'static str {
-        if self.encrypt {
-            "encrypt"
-        } else {
-            "decrypt"
-        }
+/// The op word of an encryption's or decryption's record.
+pub(crate) fn crypt_op(encrypt: bool) -> &'static str {
+    if encrypt {
+        "encrypt"
+    } else {
+        "decrypt"
     }
-
-    /// The mechanism of every encryption and decryption.
-    pub(crate) const MECHANISM: &'static str = "CKM_AES_GCM";
 }
+
+/// The mechanism of every encryption and decryption.
+pub(crate) const CRYPT_MECHANISM: &str = "CKM_AES_GCM";
 
 /// [`record`] for an encryption or decryption: the same text, but with a buffered audit file
 /// and numbered names only a fixed-size entry reaches the buffer.
 pub fn record_crypt<T>(c: CryptRecord<'_>, result: CkResult<T>) -> CkResult<T> {
-    let rv = match &result {
-        Ok(_) => pkcs11_sys::CKR_OK,
-        Err(rv) => rv.code(),
-    };
+    let rv = rv_of(&result);
     if let (Some(slot), Some(key), Ok(bytes_in), Ok(bytes_out)) = (
         c.slot_name,
         c.key_name,
@@ -205,10 +205,10 @@ pub fn record_crypt<T>(c: CryptRecord<'_>, result: CkResult<T>) -> CkResult<T> {
     };
     record(
         Record {
-            op: if c.encrypt { "encrypt" } else { "decrypt" },
+            op: crypt_op(c.encrypt),
             slot: c.slot,
             key,
-            mechanism: CompactRecord::MECHANISM,
+            mechanism: CRYPT_MECHANISM,
             bytes_in: c.bytes_in,
             bytes_out: c.bytes_out,
         },

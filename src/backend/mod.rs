@@ -188,6 +188,31 @@ pub struct OpenError {
     pub problem: String,
 }
 
+/// The owned form of a `*_into` encryption: `into` writes into a buffer with room for
+/// `plaintext_len` bytes and the tag; the result is cut to what it wrote. For backends whose
+/// `gcm_encrypt` is their `gcm_encrypt_into`.
+pub fn encrypt_owned(
+    plaintext_len: usize,
+    into: impl FnOnce(&mut [u8]) -> CkResult<usize>,
+) -> CkResult<Vec<u8>> {
+    let mut out = vec![0; plaintext_len + crate::mechanism::GCM_TAG_LEN];
+    let n = into(&mut out)?;
+    out.truncate(n);
+    Ok(out)
+}
+
+/// The owned form of a `*_into` decryption: room for the whole input (what `gcm_decrypt_into`
+/// promises), cut to the plaintext; wiped when dropped, also on failure.
+pub fn decrypt_owned(
+    input_len: usize,
+    into: impl FnOnce(&mut [u8]) -> CkResult<usize>,
+) -> CkResult<SecretBytes> {
+    let mut out = SecretBytes::new(vec![0; input_len]);
+    let n = into(&mut out)?;
+    out.truncate(n);
+    Ok(out)
+}
+
 /// Copy a backend's output into the caller's `out`: the default of the `*_into` calls.
 /// Output longer than `out` breaks the sizes those calls promise: `CKR_GENERAL_ERROR`.
 pub fn copy_out(data: &[u8], out: &mut [u8]) -> CkResult<usize> {

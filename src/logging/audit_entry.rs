@@ -147,21 +147,13 @@ fn format_compact<'a>(body: &'a [u8], text: &mut Vec<u8>) -> Option<&'a [u8]> {
     let bytes_in = u32::from_ne_bytes(r.array()?);
     let bytes_out = u32::from_ne_bytes(r.array()?);
     let rv = u64::from_ne_bytes(r.array()?);
-    let compact = CompactRecord {
-        encrypt,
-        slot,
-        key,
-        bytes_in,
-        bytes_out,
-        rv,
-    };
     let slot_label = names::with_name(slot, |n| String::from_utf8_lossy(n).into_owned());
     names::with_name(key, |key| {
         let record = Record {
-            op: compact.op(),
+            op: audit::crypt_op(encrypt),
             slot: &slot_label,
             key,
-            mechanism: CompactRecord::MECHANISM,
+            mechanism: audit::CRYPT_MECHANISM,
             bytes_in: bytes_in as usize,
             bytes_out: bytes_out as usize,
         };

@@ -158,25 +158,16 @@ pub(super) fn finish<T>(
     .map(SinglePart::Done)
 }
 
+/// The encryption of a multi-part operation's buffered data (`C_EncryptFinal`): the
+/// single-part path into a buffer of its own.
 pub(super) fn gcm_encrypt(s: &SlotState, op: &CryptOp, data: &[u8]) -> CkResult<Vec<u8>> {
-    if data.len() > MAX_MULTIPART {
-        return Err(Rv::DATA_LEN_RANGE);
-    }
-    s.slot
-        .backend
-        .gcm_encrypt(op.key, &op.params.iv, &op.params.aad, data)
+    crate::backend::encrypt_owned(data.len(), |out| encrypt_into(s, op, data, out))
 }
 
+/// The decryption of a multi-part operation's buffered data (`C_DecryptFinal`): the
+/// single-part path into a wiped-on-drop buffer with room for the whole input.
 pub(super) fn gcm_decrypt(s: &SlotState, op: &CryptOp, data: &[u8]) -> CkResult<Plaintext> {
-    if data.len() < GCM_TAG_LEN {
-        return Err(Rv::ENCRYPTED_DATA_LEN_RANGE);
-    }
-    if data.len() > MAX_MULTIPART + GCM_TAG_LEN {
-        return Err(Rv::ENCRYPTED_DATA_LEN_RANGE);
-    }
-    s.slot
-        .backend
-        .gcm_decrypt(op.key, &op.params.iv, &op.params.aad, data)
+    crate::backend::decrypt_owned(data.len(), |out| decrypt_into(s, op, data, out))
 }
 
 /// Output length of a single-part encryption of `data_len` bytes.

@@ -236,10 +236,6 @@ impl Module {
         handle: u64,
         invalid: Rv,
     ) -> CkResult<crate::object::ObjectEntry> {
-        slot.slot.require_login()?;
-        match self.objects.get(handle) {
-            Ok(e) if e.slot == slot_index => Ok(e),
-            _ => Err(invalid),
-        }
+        self.with_key(slot, slot_index, handle, invalid, Clone::clone)
     }
 }

@@ -192,11 +192,9 @@ impl Backend for EmbeddedBackend {
         aad: &[u8],
         plaintext: &[u8],
     ) -> CkResult<Vec<u8>> {
-        let entry = self.crypto_key(key)?;
-        if !entry.record.encrypt {
-            return Err(Rv::KEY_FUNCTION_NOT_PERMITTED);
-        }
-        entry.cipher.encrypt(iv, aad, plaintext)
+        crate::backend::encrypt_owned(plaintext.len(), |out| {
+            self.gcm_encrypt_into(key, iv, aad, plaintext, out)
+        })
     }
 
     fn gcm_decrypt(
@@ -206,11 +204,9 @@ impl Backend for EmbeddedBackend {
         aad: &[u8],
         ciphertext_and_tag: &[u8],
     ) -> CkResult<SecretBytes> {
-        let entry = self.crypto_key(key)?;
-        if !entry.record.decrypt {
-            return Err(Rv::KEY_FUNCTION_NOT_PERMITTED);
-        }
-        entry.cipher.decrypt(iv, aad, ciphertext_and_tag)
+        crate::backend::decrypt_owned(ciphertext_and_tag.len(), |out| {
+            self.gcm_decrypt_into(key, iv, aad, ciphertext_and_tag, out)
+        })
     }
 
     fn gcm_encrypt_into(

@@ -31,6 +31,28 @@ enum Inner {
     A256(Pair<Aes256>),
 }
 
+/// Call `$f(cipher, args...)` with the cipher of `$key` for the IV's length (12 or 16 bytes;
+/// any other is `CKR_MECHANISM_PARAM_INVALID`). A macro because each key size and IV length
+/// is its own cipher type.
+macro_rules! with_cipher {
+    ($key:expr, $iv:expr, $f:ident($($arg:expr),*)) => {{
+        macro_rules! by_iv {
+            ($p:expr) => {
+                match $iv.len() {
+                    12 => $f(&$p.n12, $($arg),*),
+                    16 => $f(&$p.n16, $($arg),*),
+                    _ => Err(Rv::MECHANISM_PARAM_INVALID),
+                }
+            };
+        }
+        match &*$key.inner {
+            Inner::A128(p) => by_iv!(p),
+            Inner::A192(p) => by_iv!(p),
+            Inner::A256(p) => by_iv!(p),
+        }
+    }};
+}
+
 /// The ready-to-use ciphers for one AES key.
 pub struct GcmKey {
     inner: Box<Inner>,
@@ -90,20 +112,7 @@ impl GcmKey {
         plaintext: &[u8],
         out: &mut [u8],
     ) -> CkResult<usize> {
-        macro_rules! go {
-            ($p:expr) => {
-                match iv.len() {
-                    12 => seal(&$p.n12, iv, aad, plaintext, out),
-                    16 => seal(&$p.n16, iv, aad, plaintext, out),
-                    _ => Err(Rv::MECHANISM_PARAM_INVALID),
-                }
-            };
-        }
-        match &*self.inner {
-            Inner::A128(p) => go!(p),
-            Inner::A192(p) => go!(p),
-            Inner::A256(p) => go!(p),
-        }
+        with_cipher!(self, iv, seal(iv, aad, plaintext, out))
     }
 
     /// [`GcmKey::decrypt`] into `out` (at least `data.len() - 16` bytes, else
@@ -116,20 +125,7 @@ impl GcmKey {
         data: &[u8],
         out: &mut [u8],
     ) -> CkResult<usize> {
-        macro_rules! go {
-            ($p:expr) => {
-                match iv.len() {
-                    12 => open(&$p.n12, iv, aad, data, out),
-                    16 => open(&$p.n16, iv, aad, data, out),
-                    _ => Err(Rv::MECHANISM_PARAM_INVALID),
-                }
-            };
-        }
-        match &*self.inner {
-            Inner::A128(p) => go!(p),
-            Inner::A192(p) => go!(p),
-            Inner::A256(p) => go!(p),
-        }
+        with_cipher!(self, iv, open(iv, aad, data, out))
     }
 }
 

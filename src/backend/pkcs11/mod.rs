@@ -235,15 +235,15 @@ impl Backend for Pkcs11Backend {
         aad: &[u8],
         plaintext: &[u8],
     ) -> CkResult<Vec<u8>> {
+        if self.gcm.is_some() {
+            return crate::backend::encrypt_owned(plaintext.len(), |out| {
+                self.gcm_encrypt_into(key, iv, aad, plaintext, out)
+            });
+        }
         check_iv(iv)?;
         let _guard = self.reading();
         self.call_key(key, Retry::Always, |s, handle| {
-            if let Some(gcm) = &self.gcm {
-                return gcm
-                    .encrypt(&gcm_op(s, handle, iv, aad), plaintext)
-                    .map_err(|e| self.quirks.gcm_encrypt_error(&e));
-            }
-            // GcmParams wants a mutable IV (PKCS#11 may write generated IVs back); ours is
+            // Without the library's raw table: through cryptoki. GcmParams wants a mutable IV (PKCS#11 may write generated IVs back); ours is
             // caller-supplied, so hand it a copy.
             let mut iv = iv.to_vec();
             let params = GcmParams::new(&mut iv, aad, Ulong::from(GCM_TAG_BITS))
@@ -260,14 +260,15 @@ impl Backend for Pkcs11Backend {
         aad: &[u8],
         ciphertext_and_tag: &[u8],
     ) -> CkResult<SecretBytes> {
+        if self.gcm.is_some() {
+            return crate::backend::decrypt_owned(ciphertext_and_tag.len(), |out| {
+                self.gcm_decrypt_into(key, iv, aad, ciphertext_and_tag, out)
+            });
+        }
         check_iv(iv)?;
         let _guard = self.reading();
         self.call_key(key, Retry::Always, |s, handle| {
-            if let Some(gcm) = &self.gcm {
-                return gcm
-                    .decrypt(&gcm_op(s, handle, iv, aad), ciphertext_and_tag)
-                    .map_err(|e| self.quirks.gcm_decrypt_error(&e));
-            }
+            // Without the library's raw table: through cryptoki.
             let mut iv = iv.to_vec();
             let params = GcmParams::new(&mut iv, aad, Ulong::from(GCM_TAG_BITS))
                 .map_err(|e| errors::rv_of(&e))?;

@@ -100,46 +100,8 @@ impl GcmCalls {
         })
     }
 
-    /// Single-part GCM encryption: ciphertext followed by the tag.
-    pub(crate) fn encrypt(&self, op: &Gcm<'_>, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
-        self.init(self.encrypt_init, Function::EncryptInit, op)?;
-        let mut out = Vec::new();
-        let expected = plaintext.len() + (op.tag_bits as usize).div_ceil(8);
-        self.run(
-            self.encrypt,
-            Function::Encrypt,
-            op.session,
-            plaintext,
-            &mut out,
-            expected,
-        )?;
-        Ok(out)
-    }
-
-    /// Single-part GCM decryption (tag checked by the library).
-    pub(crate) fn decrypt(
-        &self,
-        op: &Gcm<'_>,
-        ciphertext_and_tag: &[u8],
-    ) -> Result<SecretBytes, Error> {
-        self.init(self.decrypt_init, Function::DecryptInit, op)?;
-        let mut out = SecretBytes::default();
-        // The plaintext is never longer than the input; some libraries (SoftHSM2) also want
-        // room for the whole input before they check the tag, so ask for no less.
-        let expected = ciphertext_and_tag.len();
-        self.run(
-            self.decrypt,
-            Function::Decrypt,
-            op.session,
-            ciphertext_and_tag,
-            &mut out,
-            expected,
-        )?;
-        Ok(out)
-    }
-
-    /// [`GcmCalls::encrypt`] straight into `out` (at least plaintext + tag long); returns
-    /// the bytes written.
+    /// Single-part GCM encryption straight into `out` (at least plaintext + tag long):
+    /// ciphertext followed by the tag; returns the bytes written.
     pub(crate) fn encrypt_into(
         &self,
         op: &Gcm<'_>,
@@ -158,8 +120,10 @@ impl GcmCalls {
         )
     }
 
-    /// [`GcmCalls::decrypt`] straight into `out` (at least as long as the input, the room
-    /// SoftHSM2 wants); returns the plaintext length.
+    /// Single-part GCM decryption (tag checked by the library) straight into `out`; returns
+    /// the plaintext length. The plaintext is never longer than the input, but some libraries
+    /// (SoftHSM2) want room for the whole input before they check the tag, so `out` is at least
+    /// that long.
     pub(crate) fn decrypt_into(
         &self,
         op: &Gcm<'_>,
