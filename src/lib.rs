@@ -24,3 +24,4 @@ pub mod rv;
 pub mod secret;
 pub mod session;
 pub mod slot;
+pub mod timefmt;

@@ -182,7 +182,7 @@ pub fn finalize() -> CkResult<()> {
     }
     log::info!("finalised");
     // Every audit record of this initialisation is in the file when C_Finalize returns.
-    crate::logging::close_audit();
+    crate::audit::file::close();
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! collected in memory and written by a background thread.
 //!
 //! Buffered mode (`audit_flush_ms > 0`): a record's fields (not its text, see
-//! `audit_entry.rs`) are appended to an in-memory buffer; the flusher thread formats and
+//! `entry.rs`) are appended to an in-memory buffer; the flusher thread formats and
 //! writes the buffer out every `audit_flush_ms`, and at once when a caller's record takes it
 //! past [`FLUSH_AT`] (the caller only wakes the flusher: formatting, the `write(2)` and the
 //! kernel's copy into the page cache stay off the thread that made the PKCS#11 call). Only if
@@ -24,21 +24,24 @@
 //! buffer (those records are the parent's, and the parent writes them) and switch the child
 //! to synchronous writes (the flusher thread does not exist there).
 
-use super::audit_entry;
-use crate::audit::{CompactRecord, Record};
+use super::entry as audit_entry;
+use crate::audit::{self, CompactRecord, Record};
+use crate::timefmt::wall_clock;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+use std::cell::RefCell;
 use std::fs::File;
 use std::io::Write;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 /// A buffer this large wakes the flusher to write it out now.
-pub(super) const FLUSH_AT: usize = 64 * 1024;
+pub(crate) const FLUSH_AT: usize = 64 * 1024;
 
 /// A buffer this large (the flusher is behind) is written out by the caller that filled it.
-pub(super) const WRITE_SELF_AT: usize = 4 * FLUSH_AT;
+pub(crate) const WRITE_SELF_AT: usize = 4 * FLUSH_AT;
 
 /// Room for a buffer at [`WRITE_SELF_AT`] plus the record that tips it over, so it never
 /// grows in practice. The two buffers are allocated once and swapped, never freed.
@@ -54,9 +57,9 @@ struct WriterBuffers {
 }
 
 /// One open audit file.
-pub(super) struct AuditFile {
+pub(crate) struct AuditFile {
     file: File,
-    /// Entries not written yet (buffered mode only; `audit_entry.rs` format).
+    /// Entries not written yet (buffered mode only; `entry.rs` format).
     pending: Mutex<Vec<u8>>,
     /// Held across each formatting and `write(2)` of buffered data, to keep buffers in
     /// order. It guards the spare entry buffer that is swapped with `pending` at each flush
@@ -120,7 +123,7 @@ impl AuditFile {
     }
 
     /// Append one complete, formatted line.
-    pub(super) fn append(&self, line: &[u8]) {
+    pub(crate) fn append(&self, line: &[u8]) {
         if !self.buffered.load(Ordering::Acquire) {
             // A failing audit write must never fail a PKCS#11 call: ignore it.
             let _ = (&self.file).write_all(line);
@@ -135,7 +138,7 @@ impl AuditFile {
     /// Buffer a record made at `since_epoch` for the flusher to format. `false` (nothing
     /// done) when writing synchronously: the caller formats and [`AuditFile::append`]s the
     /// line.
-    pub(super) fn append_record(&self, r: &Record<'_>, rv: u64, since_epoch: Duration) -> bool {
+    pub(crate) fn append_record(&self, r: &Record<'_>, rv: u64, since_epoch: Duration) -> bool {
         if !self.buffered.load(Ordering::Acquire) {
             return false;
         }
@@ -148,7 +151,7 @@ impl AuditFile {
 
     /// Buffer a record whose names are numbers. `false` (nothing done) when writing
     /// synchronously.
-    pub(super) fn append_compact(&self, r: &CompactRecord, since_epoch: Duration) -> bool {
+    pub(crate) fn append_compact(&self, r: &CompactRecord, since_epoch: Duration) -> bool {
         if !self.buffered.load(Ordering::Acquire) {
             return false;
         }
@@ -174,7 +177,7 @@ impl AuditFile {
     }
 
     /// Write out everything buffered so far.
-    pub(super) fn flush(&self) {
+    pub(crate) fn flush(&self) {
         let pending = self.pending.lock();
         if !pending.is_empty() {
             self.write_out(pending);
@@ -233,7 +236,7 @@ fn flusher(sink: std::sync::Weak<AuditFile>, interval: Duration) {
 
 /// Make the audit file in use `file` (or none), closing the previous one (its records are
 /// written first).
-pub(super) fn install(file: Option<File>, flush_ms: u64, threads_allowed: bool) {
+pub(crate) fn install(file: Option<File>, flush_ms: u64, threads_allowed: bool) {
     register_process_hooks();
     let new = file.map(|f| AuditFile::new(f, flush_ms, threads_allowed));
     let old = std::mem::replace(&mut *CURRENT.write(), new);
@@ -244,9 +247,58 @@ pub(super) fn install(file: Option<File>, flush_ms: u64, threads_allowed: bool) 
 
 /// The audit file in use, if any (a read lock: shared, never held across a `write(2)` of
 /// buffered data by anyone else).
-pub(super) fn with_current<R>(f: impl FnOnce(Option<&AuditFile>) -> R) -> R {
+pub(crate) fn with_current<R>(f: impl FnOnce(Option<&AuditFile>) -> R) -> R {
     let current = CURRENT.read();
     f(current.as_deref())
+}
+
+/// Open (or create, mode 0600) the audit file for appending.
+pub(crate) fn open(path: &Path) -> std::io::Result<File> {
+    crate::logging::open_append(path)
+}
+
+/// Append a line the logger formatted (`log` records on the audit target). `false` (nothing
+/// written) when there is no audit file: the logger writes it to the log sink instead.
+pub(crate) fn append_line(line: &[u8]) -> bool {
+    with_current(|sink| sink.map(|s| s.append(line)).is_some())
+}
+
+/// Write one audit record (outcome `rv`: `CKR_OK` or the error's code) to the audit file, if
+/// one is configured. Buffered, the record's fields go to the buffer and the flusher thread
+/// formats them (`entry.rs`); synchronous, the line is formatted here into a reused
+/// per-thread buffer, without the `log` crate's machinery, and written at once. Either way the
+/// text is the logger's (`<timestamp> INFO  xki_audit: <message>`). Returns `false` (and
+/// writes nothing) when there is no audit file: the caller logs instead.
+pub(crate) fn record(r: &Record<'_>, rv: u64) -> bool {
+    thread_local! {
+        static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(256));
+    }
+    with_current(|sink| {
+        let Some(sink) = sink else { return false };
+        let since_epoch = wall_clock();
+        if sink.append_record(r, rv, since_epoch) {
+            return true;
+        }
+        let at = UNIX_EPOCH + since_epoch;
+        let wrote = LINE.try_with(|line| {
+            let Ok(mut line) = line.try_borrow_mut() else {
+                return false;
+            };
+            line.clear();
+            audit::push_line_prefix(&mut line, at);
+            audit::push_message(&mut line, r, &audit::outcome_name(rv));
+            line.push(b'\n');
+            sink.append(&line);
+            true
+        });
+        wrote.unwrap_or(false)
+    })
+}
+
+/// Buffer a record whose names are numbers (see `audit::names`). `false` (nothing written)
+/// without a buffered audit file: the caller spells the record out and uses [`record`].
+pub(crate) fn compact(r: &CompactRecord) -> bool {
+    with_current(|sink| sink.is_some_and(|s| s.append_compact(r, wall_clock())))
 }
 
 /// Write out every buffered record now (`C_Finalize`, process exit).

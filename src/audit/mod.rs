@@ -6,7 +6,10 @@
 
 use crate::rv::{CkResult, Rv};
 use names::NameId;
+use std::time::SystemTime;
 
+mod entry;
+pub mod file;
 pub mod names;
 
 /// The log target that `logging.rs` routes to the audit sink.
@@ -68,7 +71,7 @@ fn push_printable(out: &mut Vec<u8>, label: &[u8]) {
 /// The record's message (everything after `xki_audit: `), appended to `out`: the same text as
 /// the `log::info!` fallback in [`record`] writes.
 pub(crate) fn push_message(out: &mut Vec<u8>, r: &Record<'_>, outcome: &str) {
-    use crate::logging::push_digits;
+    use crate::timefmt::push_digits;
     out.extend_from_slice(b"op=");
     out.extend_from_slice(r.op.as_bytes());
     out.extend_from_slice(b" slot=\"");
@@ -92,6 +95,14 @@ pub(crate) fn push_message(out: &mut Vec<u8>, r: &Record<'_>, outcome: &str) {
     out.extend_from_slice(outcome.as_bytes());
 }
 
+/// What the logger writes before an audit message: `<timestamp> INFO  xki_audit: `.
+pub(crate) fn push_line_prefix(out: &mut Vec<u8>, at: SystemTime) {
+    crate::timefmt::push_timestamp(out, at);
+    out.extend_from_slice(b" INFO  ");
+    out.extend_from_slice(TARGET.as_bytes());
+    out.extend_from_slice(b": ");
+}
+
 /// The `result=` word of a record for the return code `rv` (`CKR_OK` on success).
 pub(crate) fn outcome_name(rv: u64) -> std::borrow::Cow<'static, str> {
     match rv {
@@ -113,7 +124,7 @@ pub fn record<T>(r: Record<'_>, result: CkResult<T>) -> CkResult<T> {
     let rv = rv_of(&result);
     // With an audit file, straight to it: no `log` formatting, no intermediate Strings (and
     // with a buffered file, no formatting at all on this thread).
-    if crate::logging::audit_record(&r, rv) {
+    if file::record(&r, rv) {
         return result;
     }
     let outcome = outcome_name(rv);
@@ -189,7 +200,7 @@ pub fn record_crypt<T>(c: CryptRecord<'_>, result: CkResult<T>) -> CkResult<T> {
             bytes_out,
             rv,
         };
-        if crate::logging::audit_compact(&compact) {
+        if file::compact(&compact) {
             return result;
         }
     }
