@@ -14,6 +14,7 @@ pub mod api;
 pub mod audit;
 pub mod backend;
 pub mod config;
+pub mod lineformat;
 pub mod logging;
 pub mod mechanism;
 pub mod module;

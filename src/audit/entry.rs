@@ -132,9 +132,7 @@ fn format_record<'a>(body: &'a [u8], text: &mut Vec<u8>) -> Option<&'a [u8]> {
         bytes_out: bytes_out as usize,
     };
     let at = UNIX_EPOCH + Duration::new(secs, nanos);
-    audit::push_line_prefix(text, at);
-    audit::push_message(text, &record, &audit::outcome_name(rv));
-    text.push(b'\n');
+    audit::push_line(text, at, &record, &audit::outcome_name(rv));
     Some(r.0)
 }
 
@@ -157,9 +155,8 @@ fn format_compact<'a>(body: &'a [u8], text: &mut Vec<u8>) -> Option<&'a [u8]> {
             bytes_in: bytes_in as usize,
             bytes_out: bytes_out as usize,
         };
-        audit::push_line_prefix(text, UNIX_EPOCH + Duration::from_nanos(nanos));
-        audit::push_message(text, &record, &audit::outcome_name(rv));
-        text.push(b'\n');
+        let at = UNIX_EPOCH + Duration::from_nanos(nanos);
+        audit::push_line(text, at, &record, &audit::outcome_name(rv));
     });
     Some(r.0)
 }

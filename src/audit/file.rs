@@ -12,30 +12,45 @@
 //! the last `audit_flush_ms` of records (or [`WRITE_SELF_AT`] bytes, whichever is less).
 //! Synchronous mode (`0`, or when the application forbade threads with
 //! `CKF_LIBRARY_CANT_CREATE_OS_THREADS`): every record has reached the kernel (one
-//! `write(2)`) before the call that made it returns, as before.
+//! `write(2)`) before the call that made it returns.
 //!
-//! Locks: `pending` guards only the buffer (a `memcpy` long); `writer` serialises `write(2)`s
-//! of buffered data so the file keeps record order. A flush takes `writer` *before* letting
-//! go of `pending` (hand over hand), so buffers are written in the order they were filled;
-//! appenders never wait for a `write(2)` unless they are flushing themselves. Synchronous
-//! records are one `write(2)` each on the `O_APPEND` file, with no lock at all.
+//! Write failures (full disk, I/O error, short write): see `health.rs` for the policy. Here:
+//! the text that could not be written stays in `Writer::text`, in order, and is written
+//! before anything newer at the next attempt (the flusher's next round, the next synchronous
+//! record, or a refused operation's [`retry`]); a line cut by a short write is completed,
+//! never repeated. Fail-open drops it instead and counts its lines as lost.
 //!
-//! Fork: `pthread_atfork` handlers hold `pending` across `fork()` and, in the child, empty the
-//! buffer (those records are the parent's, and the parent writes them) and switch the child
-//! to synchronous writes (the flusher thread does not exist there).
+//! Rotation: each write checks, at most once a second, whether the configured path still
+//! names the open file (device and inode); when the file was moved away or replaced, the
+//! path is opened (created) again and writing continues there. [`reopen`] does it at once
+//! (`XKI_ReopenLogs`, which the proxy calls on SIGHUP).
+//!
+//! Locks: `pending` guards only the buffer (a `memcpy` long); `writer` serialises every
+//! `write(2)` so the file keeps record order (and a failed write's rest is written before
+//! anything newer). A flush takes `writer` *before* letting go of `pending` (hand over
+//! hand), so buffers are written in the order they were filled; buffered appenders never
+//! wait for a `write(2)` unless they are flushing themselves. A synchronous record is one
+//! `write(2)` on the `O_APPEND` file, under `writer`.
+//!
+//! Fork: `pthread_atfork` handlers hold `pending` and `writer` across `fork()` and, in the
+//! child, empty the buffer and the unwritten text (those records are the parent's, and the
+//! parent writes them) and switch the child to synchronous writes (the flusher thread does
+//! not exist there).
 
 use super::entry as audit_entry;
+use super::health::{self, OnFailure};
 use crate::audit::{self, CompactRecord, Record};
 use crate::timefmt::wall_clock;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::Write;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// A buffer this large wakes the flusher to write it out now.
 pub(crate) const FLUSH_AT: usize = 64 * 1024;
@@ -47,25 +62,61 @@ pub(crate) const WRITE_SELF_AT: usize = 4 * FLUSH_AT;
 /// grows in practice. The two buffers are allocated once and swapped, never freed.
 const BUFFER_CAPACITY: usize = WRITE_SELF_AT + 8 * 1024;
 
-/// The writer's side: the spare entry buffer (swapped with `pending` at each flush) and the
-/// text they are formatted into. Both are kept for the process life, so flushing never
-/// allocates once the text buffer has grown to its working size.
-#[derive(Default)]
-struct WriterBuffers {
+/// How often a write checks whether the path still names the open file.
+pub(crate) const ROTATION_CHECK: Duration = Duration::from_secs(1);
+
+/// The writer's side: the file, the spare entry buffer (swapped with `pending` at each
+/// flush) and the text they are formatted into. The buffers are kept for the process life,
+/// so flushing never allocates once the text buffer has grown to its working size.
+struct Writer {
+    file: File,
+    /// Device and inode of `file`, to notice that the path names another file (rotation).
+    identity: (u64, u64),
+    /// When the path was last compared with `file`.
+    checked: Instant,
     entries: Vec<u8>,
+    /// Lines not written yet: the batch being written and, after a failed write in
+    /// fail-closed mode, what is left of earlier batches (written first).
     text: Vec<u8>,
+    /// Lines of `text` left by failed writes.
+    retained: u64,
+    /// Fail-open dropped the rest of a line a short write had begun: the next write starts
+    /// with a newline, so the next record is a line of its own.
+    cut_line: bool,
+}
+
+impl Writer {
+    fn new(file: File) -> Writer {
+        Writer {
+            identity: identity_of(&file),
+            file,
+            checked: Instant::now(),
+            entries: Vec::new(),
+            text: Vec::new(),
+            retained: 0,
+            cut_line: false,
+        }
+    }
+}
+
+/// Device and inode of an open file ((0, 0) if it cannot be asked, which makes the next
+/// rotation check reopen: harmless).
+fn identity_of(file: &File) -> (u64, u64) {
+    file.metadata()
+        .map(|m| (m.dev(), m.ino()))
+        .unwrap_or((0, 0))
 }
 
 /// One open audit file.
 pub(crate) struct AuditFile {
-    file: File,
+    /// The configured path (reopened on rotation).
+    path: PathBuf,
     /// Entries not written yet (buffered mode only; `entry.rs` format).
     pending: Mutex<Vec<u8>>,
-    /// Held across each formatting and `write(2)` of buffered data, to keep buffers in
-    /// order. It guards the spare entry buffer that is swapped with `pending` at each flush
-    /// (two fixed buffers, below glibc's mmap threshold, reused for the process life) and the
-    /// text buffer.
-    writer: Mutex<WriterBuffers>,
+    /// Held across each formatting and `write(2)`, to keep records in order. It guards the
+    /// file, the spare entry buffer that is swapped with `pending` at each flush (two fixed
+    /// buffers, below glibc's mmap threshold, reused for the process life) and the text.
+    writer: Mutex<Writer>,
     /// Buffered (records wait for the flusher) or synchronous.
     buffered: AtomicBool,
     /// The flusher's orders, and its wake-up.
@@ -91,11 +142,11 @@ static CURRENT: RwLock<Option<Arc<AuditFile>>> = RwLock::new(None);
 impl AuditFile {
     /// Wrap `file`; with `flush_ms > 0` (and threads allowed) start the flusher thread.
     /// A thread that cannot be started means synchronous writes, never an error.
-    fn new(file: File, flush_ms: u64, threads_allowed: bool) -> Arc<AuditFile> {
+    fn new(path: PathBuf, file: File, flush_ms: u64, threads_allowed: bool) -> Arc<AuditFile> {
         let sink = Arc::new(AuditFile {
-            file,
+            path,
             pending: Mutex::new(Vec::new()),
-            writer: Mutex::new(WriterBuffers::default()),
+            writer: Mutex::new(Writer::new(file)),
             buffered: AtomicBool::new(false),
             control: Mutex::new(Control::default()),
             wake: Condvar::new(),
@@ -125,8 +176,9 @@ impl AuditFile {
     /// Append one complete, formatted line.
     pub(crate) fn append(&self, line: &[u8]) {
         if !self.buffered.load(Ordering::Acquire) {
-            // A failing audit write must never fail a PKCS#11 call: ignore it.
-            let _ = (&self.file).write_all(line);
+            let mut writer = self.writer.lock();
+            writer.text.extend_from_slice(line);
+            self.write_text(&mut writer);
             return;
         }
         let mut pending = self.pending.lock();
@@ -176,11 +228,20 @@ impl AuditFile {
         }
     }
 
-    /// Write out everything buffered so far.
+    /// Write out everything buffered so far (and what earlier failed writes left).
     pub(crate) fn flush(&self) {
         let pending = self.pending.lock();
         if !pending.is_empty() {
             self.write_out(pending);
+            return;
+        }
+        drop(pending);
+        let mut writer = self.writer.lock();
+        if !writer.text.is_empty() {
+            self.write_text(&mut writer);
+        } else {
+            // Nothing to write, but a moved file is still noticed (and recreated).
+            self.check_rotation(&mut writer);
         }
     }
 
@@ -188,13 +249,95 @@ impl AuditFile {
     /// before `pending` is let go, so buffers reach the file in the order they were filled).
     fn write_out(&self, mut pending: MutexGuard<'_, Vec<u8>>) {
         let mut writer = self.writer.lock();
-        let WriterBuffers { entries, text } = &mut *writer;
-        std::mem::swap(&mut *pending, entries);
+        let w = &mut *writer;
+        std::mem::swap(&mut *pending, &mut w.entries);
         drop(pending);
-        audit_entry::format_all(entries, text);
-        let _ = (&self.file).write_all(text);
-        entries.clear();
-        text.clear();
+        audit_entry::format_all(&w.entries, &mut w.text);
+        w.entries.clear();
+        self.write_text(w);
+    }
+
+    /// Write `w.text` (older unwritten text first, as it is at the front). On success it is
+    /// empty; on failure, fail-closed keeps what was not written and fail-open drops and
+    /// counts it (see `health.rs`).
+    fn write_text(&self, w: &mut Writer) {
+        self.check_rotation(w);
+        if w.text.is_empty() {
+            return;
+        }
+        if std::mem::take(&mut w.cut_line) {
+            w.text.insert(0, b'\n');
+        }
+        let mut done = 0;
+        let result = loop {
+            if done == w.text.len() {
+                break Ok(());
+            }
+            match (&w.file).write(&w.text[done..]) {
+                Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        match result {
+            Ok(()) => {
+                w.text.clear();
+                health::write_succeeded(&self.path, std::mem::take(&mut w.retained));
+            }
+            Err(e) => {
+                let rest = &w.text[done..];
+                let lines = rest.iter().filter(|b| **b == b'\n').count() as u64;
+                match health::policy() {
+                    OnFailure::Refuse => {
+                        w.text.drain(..done);
+                        w.retained = lines;
+                        health::write_failed(&self.path, &e, lines);
+                    }
+                    OnFailure::Continue => {
+                        w.cut_line = done > 0 && w.text[done - 1] != b'\n';
+                        w.text.clear();
+                        w.retained = 0;
+                        health::write_failed(&self.path, &e, 0);
+                        health::lost(lines);
+                    }
+                }
+            }
+        }
+    }
+
+    /// At most once per [`ROTATION_CHECK`]: when the path no longer names the open file
+    /// (moved away, or replaced), open it again.
+    fn check_rotation(&self, w: &mut Writer) {
+        let now = Instant::now();
+        if now.duration_since(w.checked) < ROTATION_CHECK {
+            return;
+        }
+        w.checked = now;
+        let moved = match std::fs::metadata(&self.path) {
+            Ok(m) => (m.dev(), m.ino()) != w.identity,
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        };
+        if moved {
+            self.reopen_locked(w, "was moved or replaced");
+        }
+    }
+
+    /// Open the path again and write there from now on; on failure keep the open file.
+    fn reopen_locked(&self, w: &mut Writer, why: &str) {
+        match open(&self.path) {
+            Ok(file) => {
+                w.identity = identity_of(&file);
+                w.file = file;
+                w.checked = Instant::now();
+                log::info!("audit: {} {why}: reopened", self.path.display());
+            }
+            Err(e) => log::error!(
+                "audit: {} {why}, but cannot be opened again: {e}; still writing to the \
+                 file that was open",
+                self.path.display()
+            ),
+        }
     }
 
     /// Stop the flusher thread (if any), write what is left, and switch to synchronous.
@@ -212,6 +355,14 @@ impl AuditFile {
         self.flush();
         self.buffered.store(false, Ordering::Release);
         self.flush();
+        let mut writer = self.writer.lock();
+        if !writer.text.is_empty() {
+            // Still unwritable at the end (C_Finalize or exit during an outage).
+            let lines = writer.text.iter().filter(|b| **b == b'\n').count() as u64;
+            writer.text.clear();
+            writer.retained = 0;
+            health::lost(lines);
+        }
     }
 }
 
@@ -234,11 +385,18 @@ fn flusher(sink: std::sync::Weak<AuditFile>, interval: Duration) {
     }
 }
 
-/// Make the audit file in use `file` (or none), closing the previous one (its records are
-/// written first).
-pub(crate) fn install(file: Option<File>, flush_ms: u64, threads_allowed: bool) {
+/// Make the audit file in use `file` (path and open file; or none), closing the previous one
+/// (its records are written first), with the policy for write failures.
+pub(crate) fn install(
+    file: Option<(PathBuf, File)>,
+    flush_ms: u64,
+    threads_allowed: bool,
+    on_failure: OnFailure,
+) {
     register_process_hooks();
-    let new = file.map(|f| AuditFile::new(f, flush_ms, threads_allowed));
+    health::set_policy(on_failure);
+    health::reset();
+    let new = file.map(|(p, f)| AuditFile::new(p, f, flush_ms, threads_allowed));
     let old = std::mem::replace(&mut *CURRENT.write(), new);
     if let Some(old) = old {
         old.close();
@@ -267,7 +425,7 @@ pub(crate) fn append_line(line: &[u8]) -> bool {
 /// one is configured. Buffered, the record's fields go to the buffer and the flusher thread
 /// formats them (`entry.rs`); synchronous, the line is formatted here into a reused
 /// per-thread buffer, without the `log` crate's machinery, and written at once. Either way the
-/// text is the logger's (`<timestamp> INFO  xki_audit: <message>`). Returns `false` (and
+/// text is `audit::push_line`'s. Returns `false` (and
 /// writes nothing) when there is no audit file: the caller logs instead.
 pub(crate) fn record(r: &Record<'_>, rv: u64) -> bool {
     thread_local! {
@@ -285,9 +443,7 @@ pub(crate) fn record(r: &Record<'_>, rv: u64) -> bool {
                 return false;
             };
             line.clear();
-            audit::push_line_prefix(&mut line, at);
-            audit::push_message(&mut line, r, &audit::outcome_name(rv));
-            line.push(b'\n');
+            audit::push_line(&mut line, at, r, &audit::outcome_name(rv));
             sink.append(&line);
             true
         });
@@ -299,6 +455,33 @@ pub(crate) fn record(r: &Record<'_>, rv: u64) -> bool {
 /// without a buffered audit file: the caller spells the record out and uses [`record`].
 pub(crate) fn compact(r: &CompactRecord) -> bool {
     with_current(|sink| sink.is_some_and(|s| s.append_compact(r, wall_clock())))
+}
+
+/// An audit file is configured.
+pub(crate) fn configured() -> bool {
+    CURRENT.read().is_some()
+}
+
+/// Fail-closed outage: try to write the retained records now (one caller at a time; the
+/// others go on to be refused without waiting).
+pub(crate) fn retry() {
+    with_current(|sink| {
+        if let Some(s) = sink {
+            if let Some(mut writer) = s.writer.try_lock() {
+                s.write_text(&mut writer);
+            }
+        }
+    });
+}
+
+/// Open the audit file's path again now (log rotation: `XKI_ReopenLogs`, the proxy's SIGHUP).
+pub fn reopen() {
+    with_current(|sink| {
+        if let Some(s) = sink {
+            let mut writer = s.writer.lock();
+            s.reopen_locked(&mut writer, "reopen requested");
+        }
+    });
 }
 
 /// Write out every buffered record now (`C_Finalize`, process exit).
@@ -347,7 +530,9 @@ extern "C" fn at_exit() {
 extern "C" fn before_fork() {
     let current = CURRENT.read();
     if let Some(s) = current.as_deref() {
+        // The order every writer takes them in: `pending`, then `writer`.
         std::mem::forget(s.pending.lock());
+        std::mem::forget(s.writer.lock());
     }
     std::mem::forget(current);
 }
@@ -355,10 +540,11 @@ extern "C" fn before_fork() {
 /// In the parent after `fork()`: let go of what `before_fork` held.
 extern "C" fn after_fork_parent() {
     // SAFETY: `before_fork` left exactly one read lock of CURRENT and (if a file was
-    // installed) the lock of its `pending` held by this thread, and nothing changed CURRENT
-    // since (its write lock cannot be taken while that read lock is held).
+    // installed) the locks of its `pending` and `writer` held by this thread, and nothing
+    // changed CURRENT since (its write lock cannot be taken while that read lock is held).
     unsafe {
         if let Some(s) = (*CURRENT.data_ptr()).as_deref() {
+            s.writer.force_unlock();
             s.pending.force_unlock();
         }
         CURRENT.force_unlock_read();
@@ -369,11 +555,19 @@ extern "C" fn after_fork_parent() {
 /// and write synchronously (the flusher thread was not copied). No allocation happens here.
 extern "C" fn after_fork_child() {
     // SAFETY: as in `after_fork_parent`; the child is single-threaded now, and this thread
-    // holds `pending`, so clearing the buffer through its data pointer races with nothing.
+    // holds `pending` and `writer`, so clearing through their data pointers races with
+    // nothing.
     unsafe {
         if let Some(s) = (*CURRENT.data_ptr()).as_deref() {
             (*s.pending.data_ptr()).clear();
+            let w = &mut *s.writer.data_ptr();
+            w.text.clear();
+            w.entries.clear();
+            w.retained = 0;
+            w.cut_line = false;
+            health::reset();
             s.buffered.store(false, Ordering::Release);
+            s.writer.force_unlock();
             s.pending.force_unlock();
         }
         CURRENT.force_unlock_read();
