@@ -265,7 +265,8 @@ impl AuditFile {
         if w.text.is_empty() {
             return;
         }
-        if std::mem::take(&mut w.cut_line) {
+        let newline_first = std::mem::take(&mut w.cut_line);
+        if newline_first {
             w.text.insert(0, b'\n');
         }
         let mut done = 0;
@@ -287,7 +288,11 @@ impl AuditFile {
             }
             Err(e) => {
                 let rest = &w.text[done..];
-                let lines = rest.iter().filter(|b| **b == b'\n').count() as u64;
+                let mut lines = rest.iter().filter(|b| **b == b'\n').count() as u64;
+                if newline_first && done == 0 {
+                    // The newline put first is not a record.
+                    lines -= 1;
+                }
                 match health::policy() {
                     OnFailure::Refuse => {
                         w.text.drain(..done);
@@ -295,7 +300,17 @@ impl AuditFile {
                         health::write_failed(&self.path, &e, lines);
                     }
                     OnFailure::Continue => {
-                        w.cut_line = done > 0 && w.text[done - 1] != b'\n';
+                        let cut = if done == 0 {
+                            newline_first
+                        } else {
+                            w.text[done - 1] != b'\n'
+                        };
+                        // A line cut just before its newline is whole once the newline
+                        // follows (`cut_line`): not lost.
+                        if done > 0 && cut && rest.first() == Some(&b'\n') {
+                            lines -= 1;
+                        }
+                        w.cut_line = cut;
                         w.text.clear();
                         w.retained = 0;
                         health::write_failed(&self.path, &e, 0);
