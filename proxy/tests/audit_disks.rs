@@ -169,7 +169,11 @@ fn full_audit_disk_answers_503_until_space_returns() {
     let m = metrics(&srv);
     assert_eq!(metric(&m, "xki_proxy_audit_failing"), 0.0, "{m}");
     assert_eq!(metric(&m, "xki_proxy_audit_records_retained"), 0.0, "{m}");
-    assert!(srv.log().contains("audit file cannot be written"), "{}", srv.log());
+    assert!(
+        srv.log().contains("audit file cannot be written"),
+        "{}",
+        srv.log()
+    );
 }
 
 #[test]
@@ -177,7 +181,10 @@ fn sighup_makes_the_module_reopen_its_audit_file() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.log");
     let tok = token(
-        &format!("audit_file = {:?}\naudit_flush_ms = 0", audit.display().to_string()),
+        &format!(
+            "audit_file = {:?}\naudit_flush_ms = 0",
+            audit.display().to_string()
+        ),
         true,
         None,
     );
@@ -192,10 +199,16 @@ fn sighup_makes_the_module_reopen_its_audit_file() {
     let moved = Instant::now();
     std::fs::rename(&audit, &rotated).unwrap();
     srv.signal(libc::SIGHUP);
-    wait_until(2, || srv.log().contains("module log and audit files reopened"));
+    wait_until(2, || {
+        srv.log().contains("module log and audit files reopened")
+    });
     encrypt(&srv, &s, "k1").expect_ok();
     let took = moved.elapsed();
-    assert_eq!(audit_lines(&audit, "encrypt"), 1, "the new file gets the record");
+    assert_eq!(
+        audit_lines(&audit, "encrypt"),
+        1,
+        "the new file gets the record"
+    );
     assert!(audit_lines(&rotated, "encrypt") >= 1);
     eprintln!("rename to the next record: {took:?}");
 }

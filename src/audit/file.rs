@@ -409,13 +409,15 @@ pub(crate) fn install(
     on_failure: OnFailure,
 ) {
     register_process_hooks();
-    health::set_policy(on_failure);
-    health::reset();
     let new = file.map(|(p, f)| AuditFile::new(p, f, flush_ms, threads_allowed));
     let old = std::mem::replace(&mut *CURRENT.write(), new);
     if let Some(old) = old {
+        // Under the old policy: what it cannot write is counted as lost.
         old.close();
     }
+    // A new file starts healthy (the old one's failure, if any, was its own).
+    health::set_policy(on_failure);
+    health::reset();
 }
 
 /// The audit file in use, if any (a read lock: shared, never held across a `write(2)` of
