@@ -14,16 +14,11 @@
 //! `CKF_LIBRARY_CANT_CREATE_OS_THREADS`): every record has reached the kernel (one
 //! `write(2)`) before the call that made it returns.
 //!
-//! Write failures (full disk, I/O error, short write): see `health.rs` for the policy. Here:
-//! the text that could not be written stays in `Writer::text`, in order, and is written
-//! before anything newer at the next attempt (the flusher's next round, the next synchronous
-//! record, or a refused operation's [`retry`]); a line cut by a short write is completed,
-//! never repeated. Fail-open drops it instead and counts its lines as lost.
-//!
-//! Rotation: each write checks, at most once a second, whether the configured path still
-//! names the open file (device and inode); when the file was moved away or replaced, the
-//! path is opened (created) again and writing continues there. [`reopen`] does it at once
-//! (`XKI_ReopenLogs`, which the proxy calls on SIGHUP).
+//! Write failures and rotation: `writer.rs` (what happens to unwritten text, the moved-file
+//! check) and `health.rs` (the policy: refuse or continue). A failed write's text is retried
+//! at the flusher's next round, at the next synchronous record, or by a refused operation
+//! ([`retry`]); [`reopen`] opens the path again at once (`XKI_ReopenLogs`, the proxy's
+//! SIGHUP).
 //!
 //! Locks: `pending` guards only the buffer (a `memcpy` long); `writer` serialises every
 //! `write(2)` so the file keeps record order (and a failed write's rest is written before
@@ -39,18 +34,17 @@
 
 use super::entry as audit_entry;
 use super::health::{self, OnFailure};
+use super::writer::Writer;
 use crate::audit::{self, CompactRecord, Record};
 use crate::timefmt::wall_clock;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use std::cell::RefCell;
 use std::fs::File;
-use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 /// A buffer this large wakes the flusher to write it out now.
 pub(crate) const FLUSH_AT: usize = 64 * 1024;
@@ -61,51 +55,6 @@ pub(crate) const WRITE_SELF_AT: usize = 4 * FLUSH_AT;
 /// Room for a buffer at [`WRITE_SELF_AT`] plus the record that tips it over, so it never
 /// grows in practice. The two buffers are allocated once and swapped, never freed.
 const BUFFER_CAPACITY: usize = WRITE_SELF_AT + 8 * 1024;
-
-/// How often a write checks whether the path still names the open file.
-pub(crate) const ROTATION_CHECK: Duration = Duration::from_secs(1);
-
-/// The writer's side: the file, the spare entry buffer (swapped with `pending` at each
-/// flush) and the text they are formatted into. The buffers are kept for the process life,
-/// so flushing never allocates once the text buffer has grown to its working size.
-struct Writer {
-    file: File,
-    /// Device and inode of `file`, to notice that the path names another file (rotation).
-    identity: (u64, u64),
-    /// When the path was last compared with `file`.
-    checked: Instant,
-    entries: Vec<u8>,
-    /// Lines not written yet: the batch being written and, after a failed write in
-    /// fail-closed mode, what is left of earlier batches (written first).
-    text: Vec<u8>,
-    /// Lines of `text` left by failed writes.
-    retained: u64,
-    /// Fail-open dropped the rest of a line a short write had begun: the next write starts
-    /// with a newline, so the next record is a line of its own.
-    cut_line: bool,
-}
-
-impl Writer {
-    fn new(file: File) -> Writer {
-        Writer {
-            identity: identity_of(&file),
-            file,
-            checked: Instant::now(),
-            entries: Vec::new(),
-            text: Vec::new(),
-            retained: 0,
-            cut_line: false,
-        }
-    }
-}
-
-/// Device and inode of an open file ((0, 0) if it cannot be asked, which makes the next
-/// rotation check reopen: harmless).
-fn identity_of(file: &File) -> (u64, u64) {
-    file.metadata()
-        .map(|m| (m.dev(), m.ino()))
-        .unwrap_or((0, 0))
-}
 
 /// One open audit file.
 pub(crate) struct AuditFile {
@@ -178,7 +127,7 @@ impl AuditFile {
         if !self.buffered.load(Ordering::Acquire) {
             let mut writer = self.writer.lock();
             writer.text.extend_from_slice(line);
-            self.write_text(&mut writer);
+            writer.write_text(&self.path);
             return;
         }
         let mut pending = self.pending.lock();
@@ -238,10 +187,10 @@ impl AuditFile {
         drop(pending);
         let mut writer = self.writer.lock();
         if !writer.text.is_empty() {
-            self.write_text(&mut writer);
+            writer.write_text(&self.path);
         } else {
             // Nothing to write, but a moved file is still noticed (and recreated).
-            self.check_rotation(&mut writer);
+            writer.check_rotation(&self.path);
         }
     }
 
@@ -254,105 +203,7 @@ impl AuditFile {
         drop(pending);
         audit_entry::format_all(&w.entries, &mut w.text);
         w.entries.clear();
-        self.write_text(w);
-    }
-
-    /// Write `w.text` (older unwritten text first, as it is at the front). On success it is
-    /// empty; on failure, fail-closed keeps what was not written and fail-open drops and
-    /// counts it (see `health.rs`).
-    fn write_text(&self, w: &mut Writer) {
-        self.check_rotation(w);
-        if w.text.is_empty() {
-            return;
-        }
-        let newline_first = std::mem::take(&mut w.cut_line);
-        if newline_first {
-            w.text.insert(0, b'\n');
-        }
-        let mut done = 0;
-        let result = loop {
-            if done == w.text.len() {
-                break Ok(());
-            }
-            match (&w.file).write(&w.text[done..]) {
-                Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
-            }
-        };
-        match result {
-            Ok(()) => {
-                w.text.clear();
-                health::write_succeeded(&self.path, std::mem::take(&mut w.retained));
-            }
-            Err(e) => {
-                let rest = &w.text[done..];
-                let mut lines = rest.iter().filter(|b| **b == b'\n').count() as u64;
-                if newline_first && done == 0 {
-                    // The newline put first is not a record.
-                    lines -= 1;
-                }
-                match health::policy() {
-                    OnFailure::Refuse => {
-                        w.text.drain(..done);
-                        w.retained = lines;
-                        health::write_failed(&self.path, &e, lines);
-                    }
-                    OnFailure::Continue => {
-                        let cut = if done == 0 {
-                            newline_first
-                        } else {
-                            w.text[done - 1] != b'\n'
-                        };
-                        // A line cut just before its newline is whole once the newline
-                        // follows (`cut_line`): not lost.
-                        if done > 0 && cut && rest.first() == Some(&b'\n') {
-                            lines -= 1;
-                        }
-                        w.cut_line = cut;
-                        w.text.clear();
-                        w.retained = 0;
-                        health::write_failed(&self.path, &e, 0);
-                        health::lost(lines);
-                    }
-                }
-            }
-        }
-    }
-
-    /// At most once per [`ROTATION_CHECK`]: when the path no longer names the open file
-    /// (moved away, or replaced), open it again.
-    fn check_rotation(&self, w: &mut Writer) {
-        let now = Instant::now();
-        if now.duration_since(w.checked) < ROTATION_CHECK {
-            return;
-        }
-        w.checked = now;
-        let moved = match std::fs::metadata(&self.path) {
-            Ok(m) => (m.dev(), m.ino()) != w.identity,
-            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-        };
-        if moved {
-            self.reopen_locked(w, "was moved or replaced");
-        }
-    }
-
-    /// Open the path again and write there from now on; on failure keep the open file.
-    fn reopen_locked(&self, w: &mut Writer, why: &str) {
-        match open(&self.path) {
-            Ok(file) => {
-                w.identity = identity_of(&file);
-                w.file = file;
-                w.checked = Instant::now();
-                log::info!("audit: {} {why}: reopened", self.path.display());
-            }
-            Err(e) => log::error!(
-                "audit: {} {why}, but cannot be opened again: {e}; still writing to the \
-                 file that was open",
-                self.path.display()
-            ),
-        }
+        w.write_text(&self.path);
     }
 
     /// Stop the flusher thread (if any), write what is left, and switch to synchronous.
@@ -370,14 +221,8 @@ impl AuditFile {
         self.flush();
         self.buffered.store(false, Ordering::Release);
         self.flush();
-        let mut writer = self.writer.lock();
-        if !writer.text.is_empty() {
-            // Still unwritable at the end (C_Finalize or exit during an outage).
-            let lines = writer.text.iter().filter(|b| **b == b'\n').count() as u64;
-            writer.text.clear();
-            writer.retained = 0;
-            health::lost(lines);
-        }
+        // Still unwritable at the end (C_Finalize or exit during an outage): counted as lost.
+        health::lost(self.writer.lock().discard());
     }
 }
 
@@ -485,7 +330,7 @@ pub(crate) fn retry() {
     with_current(|sink| {
         if let Some(s) = sink {
             if let Some(mut writer) = s.writer.try_lock() {
-                s.write_text(&mut writer);
+                writer.write_text(&s.path);
             }
         }
     });
@@ -496,7 +341,7 @@ pub fn reopen() {
     with_current(|sink| {
         if let Some(s) = sink {
             let mut writer = s.writer.lock();
-            s.reopen_locked(&mut writer, "reopen requested");
+            writer.reopen(&s.path, "reopen requested");
         }
     });
 }
@@ -577,11 +422,7 @@ extern "C" fn after_fork_child() {
     unsafe {
         if let Some(s) = (*CURRENT.data_ptr()).as_deref() {
             (*s.pending.data_ptr()).clear();
-            let w = &mut *s.writer.data_ptr();
-            w.text.clear();
-            w.entries.clear();
-            w.retained = 0;
-            w.cut_line = false;
+            (*s.writer.data_ptr()).forget();
             health::reset();
             s.buffered.store(false, Ordering::Release);
             s.writer.force_unlock();

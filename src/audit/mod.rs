@@ -12,6 +12,7 @@ mod entry;
 pub mod file;
 pub mod health;
 pub mod names;
+mod writer;
 
 /// The log target that `logging.rs` routes to the audit sink.
 pub const TARGET: &str = "xki_audit";
