@@ -67,6 +67,14 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
 }
 
+/// `xki_proxy_backend_health` (one backend here): 2 ACTIVE, 1 DEGRADED, 0 UNAVAILABLE.
+fn backend_health(srv: &Server) -> Option<f64> {
+    metrics(srv)
+        .lines()
+        .find(|l| l.starts_with("xki_proxy_backend_health{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 fn encrypt(srv: &Server, s: &Signer, key: &str) -> Resp {
     post(
         &srv.addr,
@@ -163,12 +171,16 @@ fn full_audit_disk_answers_503_until_space_returns() {
     assert!(metric(&m, "xki_proxy_audit_refused_operations_total") >= 1.0);
     assert!(metric(&m, "xki_proxy_audit_write_errors_total") >= 1.0);
     assert_eq!(metric(&m, "xki_proxy_audit_records_lost_total"), 0.0);
+    // The deep health check's canary round trip is refused too: UNAVAILABLE, with the reason
+    // logged.
+    wait_until(5, || backend_health(&srv) == Some(0.0));
 
     disk.free();
     wait_until(5, || encrypt(&srv, &s, "k1").status == 200);
     let m = metrics(&srv);
     assert_eq!(metric(&m, "xki_proxy_audit_failing"), 0.0, "{m}");
     assert_eq!(metric(&m, "xki_proxy_audit_records_retained"), 0.0, "{m}");
+    wait_until(5, || backend_health(&srv) == Some(2.0));
     assert!(
         srv.log().contains("audit file cannot be written"),
         "{}",
