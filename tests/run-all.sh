@@ -35,6 +35,9 @@ bash softhsm/ensure-installed.sh opensc p11-kit
 missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v jq >/dev/null 2>&1 || missing+=(jq)
+# The audit full-disk tests mount a small tmpfs (tests/module_audit_disk.rs,
+# proxy/tests/audit_disks.rs): mount(8), and root.
+command -v mount >/dev/null 2>&1 || missing+=(mount)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [[ ${#missing[@]} -gt 0 ]]; then
     if [[ $(id -u) -ne 0 ]]; then

@@ -61,6 +61,9 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum KeysCmd {
+    /// Open the token, creating a new embedded store the module config names if it does not
+    /// exist yet (other commands never create one: a missing store is an error).
+    Init,
     /// Generate an AES-256 key in the HSM; prints the External Key ID.
     Create {
         /// External key id (CKA_LABEL).
@@ -188,6 +191,7 @@ fn admin_cmd(c: &std::path::Path, cmd: Cmd) -> Result<(), String> {
     match cmd {
         Cmd::Keys(k) => match k {
             KeysCmd::Create { label, usage } => admin::create(c, &label, usage),
+            KeysCmd::Init => admin::init(c),
             KeysCmd::List => admin::list(c),
             KeysCmd::Enable { id, usage } => admin::enable(c, &id, usage),
             KeysCmd::Disable { id } => admin::disable(c, &id),
