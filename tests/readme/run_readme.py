@@ -156,6 +156,7 @@ def run_file(path, steps, scratch):
                 if not wait_for(proc, log, until):
                     failure = f"{b.where()}: background {name!r} never printed {until!r}:\n" + tail(log)
                     break
+                ran.append(f"{b.where()} (background {name})")
                 continue
             r = subprocess.run(
                 ["bash", "-c", script],
