@@ -68,6 +68,9 @@ step "cargo test (workspace)" cargo test --workspace
 for script in tests/scripts/pkcs11-tool.sh tests/scripts/python-pkcs11.sh; do
     step "$script" bash "$script" target/debug/libxki_pkcs11.so
 done
+# Every marked shell block of README.md and proxy/README.md, as a new user runs them (fresh
+# HOME; builds the release binaries the READMEs use). Lists the blocks it skips and why.
+step "README blocks (tests/readme/run_readme.py)" python3 tests/readme/run_readme.py
 # Replica-group failover tests need the test-only fault injector compiled in. They run last
 # because this rebuilds target/debug/deps/libxki_pkcs11.so with the feature.
 step "replica groups (fault injection)" \

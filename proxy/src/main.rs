@@ -51,6 +51,9 @@ enum Cmd {
     /// Mint SigV4 credentials.
     #[command(subcommand)]
     Credentials(CredCmd),
+    /// Certificates for trying HTTPS and mTLS (test only).
+    #[command(subcommand)]
+    Tls(TlsCmd),
     /// Run the deep health check once and print the result.
     Health,
     /// Ask the running server (pid_file) to reload credentials, allow-lists and rules.
@@ -106,6 +109,22 @@ enum KeysCmd {
         /// Pretend today is this date (YYYY-MM-DD); for tests and drills.
         #[arg(long, hide = true)]
         as_of: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsCmd {
+    /// NOT FOR PRODUCTION: a throwaway test CA, server and client certificate in --dir.
+    SelfSigned {
+        /// Directory to write ca.pem, server.pem/.key, client.pem/.key into (never overwrites).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Extra server name (DNS name or IP address; localhost and 127.0.0.1 are always in).
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// Subject CN of the client certificate.
+        #[arg(long, default_value = xki_proxy::test_pki::DEFAULT_CLIENT_NAME)]
+        client_name: String,
     },
 }
 
@@ -175,6 +194,11 @@ fn main() -> ExitCode {
             credentials::run_new(&prefix, out.as_deref())
         }
         Cmd::Bench(args) => xki_proxy::bench::run(args),
+        Cmd::Tls(TlsCmd::SelfSigned {
+            dir,
+            names,
+            client_name,
+        }) => xki_proxy::test_pki::run(&dir, &names, &client_name),
         other => cfg().and_then(|c| admin_cmd(&c, other)),
     };
     match r {
@@ -205,7 +229,7 @@ fn admin_cmd(c: &std::path::Path, cmd: Cmd) -> Result<(), String> {
         },
         Cmd::Health => admin::health(c),
         Cmd::Reload => admin::reload(c),
-        Cmd::Serve(_) | Cmd::Credentials(_) | Cmd::Bench(_) => {
+        Cmd::Serve(_) | Cmd::Credentials(_) | Cmd::Bench(_) | Cmd::Tls(_) => {
             Err("internal error: command dispatched to the wrong handler".into())
         }
     }
