@@ -21,6 +21,8 @@ pub enum HsmError {
     Timeout,
     /// The pool is shut down.
     ShuttingDown,
+    /// The token did not answer (gone, unreadable, out of service): say so, never "not found".
+    Unavailable(String),
     /// A PKCS#11 call failed.
     Pkcs11 {
         /// Which call.
@@ -51,18 +53,37 @@ impl HsmError {
 
     /// True when the session can no longer be used and must be replaced.
     pub fn session_broken(&self) -> bool {
-        matches!(
-            self.rv(),
-            Some(
-                RvError::SessionHandleInvalid
-                    | RvError::SessionClosed
-                    | RvError::DeviceRemoved
-                    | RvError::DeviceError
-                    | RvError::TokenNotPresent
-                    | RvError::UserNotLoggedIn
-                    | RvError::CryptokiNotInitialized
+        matches!(self, HsmError::Unavailable(_))
+            || matches!(
+                self.rv(),
+                Some(
+                    RvError::SessionHandleInvalid
+                        | RvError::SessionClosed
+                        | RvError::DeviceRemoved
+                        | RvError::DeviceError
+                        | RvError::TokenNotPresent
+                        | RvError::UserNotLoggedIn
+                        | RvError::CryptokiNotInitialized
+                )
             )
-        )
+    }
+
+    /// True when the HSM side could not be reached or reported itself broken: the token is
+    /// gone or unreadable, the library lost its state, or our module took the token out of
+    /// service. Such an error says nothing about the key.
+    pub fn unavailable(&self) -> bool {
+        matches!(self, HsmError::Unavailable(_))
+            || matches!(
+                self.rv(),
+                Some(
+                    RvError::DeviceError
+                        | RvError::DeviceRemoved
+                        | RvError::DeviceMemory
+                        | RvError::TokenNotPresent
+                        | RvError::TokenNotRecognized
+                        | RvError::CryptokiNotInitialized
+                )
+            )
     }
 
     /// True when a cached object handle is stale.
@@ -84,6 +105,7 @@ impl fmt::Display for HsmError {
             HsmError::Busy => f.write_str("all HSM sessions busy and wait queue full"),
             HsmError::Timeout => f.write_str("HSM did not answer within the deadline"),
             HsmError::ShuttingDown => f.write_str("shutting down"),
+            HsmError::Unavailable(why) => write!(f, "HSM unavailable: {why}"),
             HsmError::Pkcs11 { op, err } => match err {
                 CkError::Pkcs11(rv, _) => write!(f, "{op} failed: {rv:?}"),
                 other => write!(f, "{op} failed: {other}"),

@@ -59,7 +59,7 @@ impl KeyCache {
             .filter(|(_, at)| at.elapsed() < self.ttl)
             .map(|(h, _)| *h)
     }
-    fn put(&self, label: &str, h: ObjectHandle) {
+    pub(super) fn put(&self, label: &str, h: ObjectHandle) {
         let mut m = self.map.lock();
         if m.len() > 100_000 {
             m.clear(); // crude bound; lookups are cheap to redo
@@ -136,7 +136,10 @@ impl Hsm {
         }
         let found = find_by_label(s, label)?;
         let h = match found.as_slice() {
-            [] => return Err(HsmError::KeyNotFound),
+            [] => {
+                self.token_answers()?;
+                return Err(HsmError::KeyNotFound);
+            }
             [h] => *h,
             _ => {
                 return Err(HsmError::Other(format!(
@@ -154,6 +157,14 @@ impl Hsm {
         }
         self.keys.put(label, h);
         Ok(h)
+    }
+
+    /// An empty search counts as "no such key" only when the token itself still answers
+    /// (SoftHSM2 finds nothing, without an error, while its token store is gone).
+    pub(super) fn token_answers(&self) -> Result<(), HsmError> {
+        self.ctx.get_token_info(self.slot).map(|_| ()).map_err(|e| {
+            HsmError::Unavailable(format!("the token does not answer C_GetTokenInfo: {e}"))
+        })
     }
 
     /// Run `f` on the key's handle and live state; a stale cached handle is looked up once more.

@@ -82,8 +82,9 @@ fn no_date_support(label: &str, why: &str) -> HsmError {
 }
 
 impl Hsm {
-    /// Generate a new HYOK key in the token. Fails if the label is taken.
-    pub fn create_key(&self, s: &Session, label: &str, usage: Usage) -> Result<(), HsmError> {
+    /// Generate a new HYOK key in the token. Fails if the label is taken. Returns the
+    /// random `CKA_ID` it was given.
+    pub fn create_key(&self, s: &Session, label: &str, usage: Usage) -> Result<[u8; 16], HsmError> {
         if !find_by_label(s, label)?.is_empty() {
             return Err(HsmError::Other(format!(
                 "a key labelled {label:?} already exists"
@@ -118,7 +119,7 @@ impl Hsm {
             s.update_attributes(h, &[Attribute::Encrypt(e), Attribute::Decrypt(d)])
                 .map_err(ck("C_SetAttributeValue"))?;
         }
-        Ok(())
+        Ok(id)
     }
 
     /// List every HYOK key on the token.

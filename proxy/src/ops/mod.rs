@@ -131,6 +131,11 @@ pub fn map_hsm(e: HsmError) -> ApiError {
         HsmError::Timeout => {
             ApiError::new(ErrorKind::DependencyTimeout, "HSM did not answer in time")
         }
+        // The HSM side is down: an HSM failure (500), never "key not found".
+        e if e.unavailable() => {
+            tracing::warn!(error = %e, "HSM unavailable");
+            ApiError::new(ErrorKind::Internal, "HSM unavailable")
+        }
         e if e.rv() == Some(RvError::KeyFunctionNotPermitted) => ApiError::new(
             ErrorKind::InvalidKeyUsage,
             "key usage does not permit this operation",
