@@ -234,8 +234,14 @@ impl Pkcs11Backend {
         }
         self.keys.invalidate_all();
         self.pool.forget_all();
-        if let Err((rv, text)) = self.rebind_keys() {
-            self.mark_down(rv, format!("after the library was re-initialised: {text}"));
+        match self.rebind_keys() {
+            Ok(found) => log::info!(
+                "backend {}: the library was re-initialised for another token; sessions reopened, {found} known keys found again",
+                self.name
+            ),
+            Err((rv, text)) => {
+                self.mark_down(rv, format!("after the library was re-initialised: {text}"))
+            }
         }
     }
 
