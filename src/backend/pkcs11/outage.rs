@@ -227,14 +227,18 @@ impl Pkcs11Backend {
     /// After another backend re-initialised the shared library: drop our dead sessions and
     /// find our keys again (their handles are dead too, or name other objects now).
     fn resync(&self) {
+        // Other callers that saw the change wait here until the keys are found again, and
+        // the generation is marked seen only then: nobody uses a handle from before.
         let _alone = self.outage.resyncing.lock();
         let now = self.generation.load(Ordering::Acquire);
-        if self.seen_generation.swap(now, Ordering::AcqRel) == now {
+        if self.seen_generation.load(Ordering::Acquire) == now {
             return;
         }
         self.keys.invalidate_all();
         self.pool.forget_all();
-        match self.rebind_keys() {
+        let rebound = self.rebind_keys();
+        self.seen_generation.store(now, Ordering::Release);
+        match rebound {
             Ok(found) => log::info!(
                 "backend {}: the library was re-initialised for another token; sessions reopened, {found} known keys found again",
                 self.name
