@@ -17,10 +17,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::object::{Attribute, ObjectClass};
-use cryptoki::session::UserType;
-use cryptoki::types::AuthPin;
 use serde_json::json;
 
 const CANARY: &str = "xki-proxy-canary";
@@ -85,33 +81,30 @@ fn encrypt_ok(addr: &str, s: &Signer) -> serde_json::Value {
     post(addr, Some(s), &key_path("/t", KEY, "encrypt"), &enc).expect_ok()
 }
 
-/// Canary keys on the token, counted through SoftHSM2 itself (not through the proxy).
+/// Canary keys on the token, counted through SoftHSM2 itself (pkcs11-tool in its own process,
+/// not through the proxy or the module).
 fn canary_keys(tok: &Token) -> usize {
-    std::env::set_var("SOFTHSM2_CONF", &tok.conf);
-    let ctx = Pkcs11::new(SOFTHSM).unwrap();
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+    let out = std::process::Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", &tok.conf)
+        .args(["--module", SOFTHSM, "--login", "--pin", PIN])
+        .args([
+            "--token-label",
+            SOFTHSM_SLOT,
+            "--list-objects",
+            "--type",
+            "secrkey",
+        ])
+        .output()
         .unwrap();
-    let slot = ctx
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| ctx.get_token_info(*s).unwrap().label().trim() == SOFTHSM_SLOT)
-        .unwrap();
-    let n = {
-        let session = ctx.open_ro_session(slot).unwrap();
-        session
-            .login(UserType::User, Some(&AuthPin::from(PIN)))
-            .unwrap();
-        session
-            .find_objects(&[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::Label(CANARY.as_bytes().to_vec()),
-            ])
-            .unwrap()
-            .len()
-    };
-    ctx.finalize().unwrap();
-    n
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.trim().strip_prefix("label:").map(str::trim) == Some(CANARY))
+        .count()
 }
 
 /// Requests for `for_how_long`; every answer must be an HSM failure, never "not found".
@@ -200,4 +193,28 @@ fn raw_softhsm_outage_is_an_hsm_failure_not_key_not_found() {
         1,
         "no canary created while the token is unreadable"
     );
+}
+
+#[test]
+fn two_canaries_from_racing_proxies_keep_health_active_and_create_nothing() {
+    // What two proxies that created a canary at the same moment leave behind.
+    let tok = Token::new();
+    let signer = setup(&tok);
+    pkcs11_dup_key(&tok, CANARY);
+    pkcs11_dup_key(&tok, CANARY);
+    assert_eq!(canary_keys(&tok), 2);
+    let srv = Server::start(&tok);
+    let addr = srv.addr.clone();
+    wait_until(10, || get(&addr, "/ready").status == 200);
+    assert_eq!(health_status(&addr, &signer), "ACTIVE");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(health_status(&addr, &signer), "ACTIVE");
+    assert_eq!(
+        srv.log()
+            .matches("creating health-check canary key")
+            .count(),
+        0
+    );
+    // Neither was created by this proxy, so neither is destroyed by it.
+    assert_eq!(canary_keys(&tok), 2);
 }

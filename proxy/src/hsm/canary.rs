@@ -6,7 +6,8 @@
 //! `CKA_ID` among those carrying the label, and a proxy destroys a duplicate only if it
 //! created that key itself (it remembers the IDs it gave) and it is not the lowest. So the
 //! lowest is never destroyed, and every other one is destroyed by its own creator on its next
-//! check. Before creating, a proxy waits a random moment and looks again, which makes such a
+//! check (where the slot allows destruction; otherwise it stays unused, and that is logged).
+//! Before creating, a proxy waits a random moment and looks again, which makes such a
 //! race rare in the first place.
 
 use std::time::Duration;
@@ -41,9 +42,17 @@ impl Hsm {
         let ours = self.created_canaries.lock().clone();
         for (id, h) in &candidates[1..] {
             if ours.iter().any(|o| o == id) {
-                tracing::warn!(key = %label, "destroying the duplicate canary key this proxy created (another proxy created one at the same time)");
-                s.destroy_object(*h).map_err(ck("C_DestroyObject"))?;
+                // Tried once: a slot that forbids destruction (our module's default) keeps
+                // the duplicate, which is harmless (the lowest CKA_ID stays the canary).
                 self.created_canaries.lock().retain(|o| o != id);
+                match s.destroy_object(*h) {
+                    Ok(()) => {
+                        tracing::warn!(key = %label, "destroyed the duplicate canary key this proxy created (another proxy created one at the same time)")
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %label, error = %e, "another proxy created a canary key at the same time; this proxy's duplicate cannot be destroyed here (remove it by hand); the one with the lowest CKA_ID is used")
+                    }
+                }
             }
         }
         Ok(Some((canary, read_state(s, canary)?)))
