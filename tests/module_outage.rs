@@ -160,4 +160,56 @@ fn token_outages_are_device_errors_and_the_slot_comes_back_without_finalize() {
     expect_rv(during, RvError::DeviceError);
     assert_eq!(state, UNAVAILABLE, "member state without descriptors");
     assert_back(&session, key, label, &ct, 2);
+
+    // 3. The same outage with four threads doing round trips through it and the recovery
+    // (which re-initialises SoftHSM2 while they call): each call either works with the right
+    // key or fails with CKR_DEVICE_ERROR; nothing else, and no crash.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4u8)
+            .map(|t| {
+                let (ctx, stop) = (&ctx, &stop);
+                scope.spawn(move || {
+                    let s = ctx.open_rw_session(slot).unwrap();
+                    let (mut ok, mut down) = (0, 0);
+                    let mut n = 0u8;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        n = n.wrapping_add(1);
+                        let mut iv = [t, n, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                        let r = s
+                            .encrypt(&gcm(&mut iv, b"aad"), key, b"concurrent")
+                            .and_then(|ct| s.decrypt(&gcm(&mut iv, b"aad"), key, &ct));
+                        match r {
+                            Ok(pt) => {
+                                assert_eq!(pt, b"concurrent");
+                                ok += 1;
+                            }
+                            Err(e) => {
+                                assert_eq!(rv(e), RvError::DeviceError, "thread {t}");
+                                down += 1;
+                            }
+                        }
+                    }
+                    (ok, down)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        std::fs::rename(&tokens, &away).unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        std::fs::rename(&away, &tokens).unwrap();
+        eventually("round trips after the third outage", || {
+            encrypt(&session, key, 3).is_ok()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in workers {
+            let (ok, down) = w.join().unwrap();
+            assert!(
+                ok > 0 && down > 0,
+                "each thread saw both: {ok} ok, {down} down"
+            );
+        }
+    });
+    assert_back(&session, key, label, &ct, 3);
 }
