@@ -11,7 +11,6 @@
 //! - `handles.rs`: stable `BackendKey`s when the token renumbers object handles.
 //! - `raw.rs`: the library's own single-part GCM calls (one `C_Encrypt`/`C_Decrypt` per
 //!   operation instead of cryptoki's length query + call); the backend's only `unsafe`.
-//!
 //! - `outage.rs`: a token that stops answering: out of service (`CKR_DEVICE_ERROR`, never "no
 //!   such key"), and back without a restart.
 //!
