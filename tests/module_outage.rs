@@ -1,8 +1,8 @@
 //! A SoftHSM2 token that goes away while the BUILT module serves it, then comes back.
 //!
-//! Two real outages of the throwaway token, no emulation: its token directory moved away
-//! (what an unmounted or unreadable store looks like to SoftHSM2), and the process running
-//! out of file descriptors. SoftHSM2 answers both with an empty `C_FindObjects` and
+//! Real outages of the throwaway token, no emulation: its token directory moved away (what an
+//! unmounted store looks like to SoftHSM2), made unreadable, and the process running out of
+//! file descriptors. SoftHSM2 answers both with an empty `C_FindObjects` and
 //! `CKR_OBJECT_HANDLE_INVALID` for known keys (see `src/backend/pkcs11/quirks.rs`); through the
 //! module, callers must see `CKR_DEVICE_ERROR` instead of "no such key", the `XKI Status`
 //! interface must report the backend UNAVAILABLE, and once the token is back the same
@@ -118,6 +118,54 @@ fn assert_back(session: &Session, key: ObjectHandle, label: &str, ct: &[u8], fai
     assert_eq!(seen, failures, "outages counted");
 }
 
+/// Drop (`false`) or restore (`true`) CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH in the
+/// effective set of the calling thread only (Linux capabilities are per thread), so that, as
+/// root, file permissions apply to this thread's calls into SoftHSM2: the "unreadable token
+/// directory" outage. They stay in the permitted set, so they can be raised again.
+fn dac_override(on: bool) {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const DAC: u32 = (1 << 1) | (1 << 2);
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset with a version-3 header and two data structs, as capget(2)
+    // documents; pid 0 is the calling thread.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()),
+            0
+        );
+        if on {
+            data[0].effective |= DAC & data[0].permitted;
+        } else {
+            data[0].effective &= !DAC;
+        }
+        assert_eq!(
+            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()),
+            0
+        );
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 #[test]
 fn token_outages_are_device_errors_and_the_slot_comes_back_without_finalize() {
     let (dir, ctx) = bare_module();
@@ -160,6 +208,24 @@ fn token_outages_are_device_errors_and_the_slot_comes_back_without_finalize() {
     expect_rv(during, RvError::DeviceError);
     assert_eq!(state, UNAVAILABLE, "member state without descriptors");
     assert_back(&session, key, label, &ct, 2);
+
+    // 2b. The token directory unreadable (mode 000), then readable again. As root, file
+    // permissions bind only without the DAC override capabilities: this thread drops them.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&tokens).unwrap().permissions().mode();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o000)).unwrap();
+    if is_root() {
+        dac_override(false);
+    }
+    let during = session.find_objects(&[Attribute::Label(label.as_bytes().to_vec())]);
+    let state = softhsm_member().0;
+    if is_root() {
+        dac_override(true);
+    }
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(mode)).unwrap();
+    expect_rv(during, RvError::DeviceError);
+    assert_eq!(state, UNAVAILABLE, "member state while unreadable");
+    assert_back(&session, key, label, &ct, 3);
 
     // 3. The same outage with four threads doing round trips through it and the recovery
     // (which re-initialises SoftHSM2 while they call): each call either works with the right
@@ -211,5 +277,5 @@ fn token_outages_are_device_errors_and_the_slot_comes_back_without_finalize() {
             );
         }
     });
-    assert_back(&session, key, label, &ct, 3);
+    assert_back(&session, key, label, &ct, 4);
 }
