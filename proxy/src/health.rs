@@ -76,31 +76,10 @@ pub struct Health {
     last_created: Mutex<Option<Instant>>,
 }
 
-/// Find the canary key; create it only when the token answered that it is absent and
-/// `may_create` (at most once per check interval). True when this call created it.
-fn ensure_canary(
-    hsm: &Hsm,
-    s: &cryptoki::session::Session,
-    may_create: bool,
-) -> Result<bool, HsmError> {
-    if hsm.find_canary(s)?.is_some() {
-        return Ok(false);
-    }
-    if !may_create {
-        return Err(HsmError::Other(
-            "the canary key is missing and one was created less than a check interval ago".into(),
-        ));
-    }
-    hsm.create_canary(s)
-}
-
-/// One canary round trip on a session (creates the canary key if the token answered that it
-/// is missing).
-pub fn canary_round_trip(hsm: &Hsm, s: &cryptoki::session::Session) -> Result<(), HsmError> {
-    ensure_canary(hsm, s, true)?;
-    let (h, st) = hsm
-        .find_canary(s)?
-        .ok_or_else(|| HsmError::Other("the canary key vanished".into()))?;
+/// One canary round trip on a session. `KeyNotFound` only when the token answered that no
+/// canary key exists (an unreachable token is another error).
+fn round_trip(hsm: &Hsm, s: &cryptoki::session::Session) -> Result<(), HsmError> {
+    let (h, st) = hsm.find_canary(s)?.ok_or(HsmError::KeyNotFound)?;
     if !st.encrypt || !st.decrypt {
         return Err(HsmError::Other("canary key is disabled".into()));
     }
@@ -118,6 +97,18 @@ pub fn canary_round_trip(hsm: &Hsm, s: &cryptoki::session::Session) -> Result<()
     Ok(())
 }
 
+/// One canary round trip on a session, creating the canary key first if the token answered
+/// that it is missing (the `health` command).
+pub fn canary_round_trip(hsm: &Hsm, s: &cryptoki::session::Session) -> Result<(), HsmError> {
+    match round_trip(hsm, s) {
+        Err(HsmError::KeyNotFound) => {
+            hsm.create_canary(s)?;
+            round_trip(hsm, s)
+        }
+        r => r,
+    }
+}
+
 impl Health {
     /// New, with no result yet (reports UNAVAILABLE until the first check).
     pub fn new(hsm: Arc<Hsm>, fleet_size: u32) -> Arc<Health> {
@@ -133,32 +124,44 @@ impl Health {
 
     /// Run one check through the pool and cache the result.
     pub async fn check_now(&self) -> CheckResult {
-        // Creating a missing canary key is not part of the timed round trip (a first check
-        // that generated the key would otherwise read DEGRADED).
-        let interval = *self.interval.lock();
-        let may_create = self
-            .last_created
-            .lock()
-            .is_none_or(|at| at.elapsed() >= interval);
-        let ensured = self
-            .hsm
-            .run(Instant::now() + CHECK_DEADLINE, move |hsm, s| {
-                ensure_canary(hsm, s, may_create)
-            })
-            .await;
-        if let Ok(true) = ensured {
-            *self.last_created.lock() = Some(Instant::now());
-        }
-        let start = Instant::now();
-        let r = match ensured {
-            // No round trip when the canary could not even be found (token unreachable).
-            Err(e) => Err(e),
-            Ok(_) => {
-                self.hsm
-                    .run(start + CHECK_DEADLINE, canary_round_trip)
+        let deadline = || Instant::now() + CHECK_DEADLINE;
+        let mut start = Instant::now();
+        let mut r = self.hsm.run(start + CHECK_DEADLINE, round_trip).await;
+        if let Err(HsmError::KeyNotFound) = r {
+            // The token answered that the canary is missing: create it, at most once per
+            // interval, and time only the round trip after (a first check that generated the
+            // key would otherwise read DEGRADED).
+            let interval = *self.interval.lock();
+            let may_create = self
+                .last_created
+                .lock()
+                .is_none_or(|at| at.elapsed() >= interval);
+            r = if !may_create {
+                Err(HsmError::Other(
+                    "the canary key is missing, and this proxy created one less than a check interval ago"
+                        .into(),
+                ))
+            } else {
+                match self
+                    .hsm
+                    .run(deadline(), |hsm, s| hsm.create_canary(s))
                     .await
-            }
-        };
+                {
+                    Err(e) => Err(e),
+                    Ok(created) => {
+                        if created {
+                            *self.last_created.lock() = Some(Instant::now());
+                        }
+                        start = Instant::now();
+                        self.hsm.run(start + CHECK_DEADLINE, round_trip).await
+                    }
+                }
+            };
+        }
+        // Still missing right after creating it: name it (not "key not found").
+        if let Err(HsmError::KeyNotFound) = r {
+            r = Err(HsmError::Other("the canary key cannot be found".into()));
+        }
         let res = CheckResult {
             ok: r.is_ok(),
             overloaded: matches!(r, Err(HsmError::Busy | HsmError::Timeout)),
