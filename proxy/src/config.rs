@@ -45,7 +45,7 @@ pub enum LogFormat {
 pub struct Config {
     /// Address the XKS API listens on, e.g. `0.0.0.0:8443`.
     pub listen: SocketAddr,
-    /// Optional plain-HTTP admin listener serving `/metrics` and `/ping`.
+    /// Optional plain-HTTP admin listener serving `/metrics`, `/ping` and `/ready`.
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
     /// `text` (default) or `json`.

@@ -93,7 +93,7 @@ pub async fn serve_api(app: Arc<App>, listener: TcpListener, shutdown: impl Futu
     }
 }
 
-/// Serve `/metrics` and `/ping` on the admin listener until `shutdown`.
+/// Serve `/metrics`, `/ping` and `/ready` on the admin listener until `shutdown`.
 pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
@@ -106,6 +106,9 @@ pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: impl Fu
             let svc = service_fn(move |req: Request<Incoming>| {
                 let app = app.clone();
                 async move {
+                    if req.uri().path() == "/ready" {
+                        return Ok::<_, std::convert::Infallible>(router::readiness(&app));
+                    }
                     let (status, ctype, body) = match req.uri().path() {
                         "/metrics" => (
                             StatusCode::OK,

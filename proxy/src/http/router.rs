@@ -83,6 +83,24 @@ fn json_response(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
     r
 }
 
+/// `GET /ready`, for load balancers: 200 `ready` while the HSM side can serve, 503
+/// `not ready: <why>` while it cannot (see `Health::ready`). Unauthenticated and cheap: it reads
+/// cached health, never calls the HSM. `/ping` stays pure liveness (the process answers).
+pub fn readiness(app: &App) -> Response<Full<Bytes>> {
+    let (status, body) = match app.health.ready() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", why.replace(['\r', '\n'], " ")),
+        ),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
 /// hyper service entry point.
 pub async fn handle(
     app: Arc<App>,
@@ -93,6 +111,9 @@ pub async fn handle(
         r.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         return Ok(r);
+    }
+    if req.uri().path() == "/ready" {
+        return Ok(readiness(&app));
     }
     let start = Instant::now();
     let mut log = RequestLog::default();

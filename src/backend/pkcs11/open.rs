@@ -61,9 +61,15 @@ impl Pkcs11Backend {
         let max = cfg
             .max_sessions
             .unwrap_or(BackendConfig::DEFAULT_MAX_SESSIONS);
+        let generation = lease.generation_counter();
+        let seen = lease.generation();
         let backend = Pkcs11Backend {
             name: name.to_string(),
-            slot,
+            slot: Mutex::new(slot),
+            token_label: cfg.token_label.clone(),
+            outage: super::outage::Outage::default(),
+            seen_generation: std::sync::atomic::AtomicU64::new(seen),
+            generation,
             pin,
             pool: Pool::new(max, wait),
             quirks,
