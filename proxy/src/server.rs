@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
@@ -161,8 +160,7 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
         }
         health.spawn(Duration::from_millis(cfg.hsm.health_interval_ms));
 
-        let listener = TcpListener::bind(cfg.listen)
-            .await
+        let listener = http::accept::bind(cfg.listen)
             .map_err(|e| format!("listen {}: {e}", cfg.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -170,7 +168,7 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
             let _ = rx.wait_for(|v| *v).await;
         };
         if let Some(a) = cfg.admin_listen {
-            let l = TcpListener::bind(a).await.map_err(|e| format!("admin_listen {a}: {e}"))?;
+            let l = http::accept::bind(a).map_err(|e| format!("admin_listen {a}: {e}"))?;
             let admin_addr = l.local_addr().map_err(|e| e.to_string())?;
             say(&format!("xki-proxy admin listening on {admin_addr}"));
             let conns = Connections::new(

@@ -7,9 +7,26 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use super::conns::Connections;
+
+/// Listen backlog asked for (the kernel caps it at `net.core.somaxconn`). tokio's
+/// `TcpListener::bind` asks for 128 here, which a connection flood fills in a moment; new
+/// clients, legitimate ones included, then wait a second for their SYN to be retransmitted.
+const BACKLOG: u32 = 4096;
+
+/// Bind a listening socket with [`BACKLOG`] (and `SO_REUSEADDR`, as `TcpListener::bind`).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// First pause after a failed accept.
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);

@@ -9,6 +9,7 @@ pub mod throttled;
 pub mod tls;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,12 +22,12 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::state::App;
 use accept::Acceptor;
-use conns::{Conn, Connections};
+use conns::{Conn, Connections, Room};
 
 /// How long shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,6 +53,30 @@ fn note_end(conn: &Conn, result: Result<(), hyper::Error>) {
     }
 }
 
+/// The next connection to serve, once there is room for it under the cap (`None`:
+/// shutdown). At the cap with every connection being served, connections are accepted and
+/// closed at once, so clients learn it now instead of waiting in the backlog.
+async fn next_connection(
+    acceptor: &mut Acceptor,
+    conns: &Connections,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        let room = tokio::select! {
+            r = conns.room() => r,
+            _ = &mut *shutdown => return None,
+        };
+        let c = tokio::select! {
+            c = acceptor.next(conns) => c,
+            _ = &mut *shutdown => return None,
+        };
+        match room {
+            Room::Free => return Some(c),
+            Room::Full => drop(c),
+        }
+    }
+}
+
 /// Serve the XKS API until `shutdown` resolves, then drain. At most `conns.cap()`
 /// connections are open at once (see [`conns`] for who is closed to make room); the TLS
 /// handshake and each request's head and body must each arrive within `app.read_timeout`.
@@ -65,15 +90,11 @@ pub async fn serve_api(
     let mut acceptor = Acceptor::new(listener);
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
-            c = acceptor.next(&conns) => c,
-            _ = &mut shutdown => break,
+        let Some((stream, peer)) = next_connection(&mut acceptor, &conns, &mut shutdown).await
+        else {
+            break;
         };
-        let Some(conn) = conns.admit() else {
-            // At the cap with every connection being served: close this one at once rather
-            // than leave it waiting in the backlog past the client's deadline.
-            continue;
-        };
+        let conn = conns.register();
         let _ = stream.set_nodelay(true);
         // The TLS settings current now (reload swaps them for later connections).
         let tls = app.tls.as_ref().map(|t| TlsAcceptor::from(t.load_full()));
@@ -164,11 +185,10 @@ pub async fn serve_admin(
     let mut acceptor = Acceptor::new(listener);
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
-            c = acceptor.next(&conns) => c,
-            _ = &mut shutdown => break,
+        let Some((stream, _)) = next_connection(&mut acceptor, &conns, &mut shutdown).await else {
+            break;
         };
-        let Some(conn) = conns.admit() else { continue };
+        let conn = conns.register();
         let app = app.clone();
         tokio::spawn(async move {
             let svc_conn = conn.clone();

@@ -234,6 +234,7 @@ async fn process(
         )
     })?;
     log.access_key_id = Some(who.access_key_id);
+    conn.authenticated();
 
     if !tenant.take_quota() {
         return Err(ApiError::new(
