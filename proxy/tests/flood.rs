@@ -443,3 +443,113 @@ fn flood_softhsm_under_a_low_descriptor_limit_keeps_the_token_working() {
         "health after the flood: {h}"
     );
 }
+
+/// `curl` over HTTPS (`-k`: a throwaway self-signed certificate), signing with SigV4;
+/// returns (HTTP status, curl's own time_total: connect + handshake + request).
+fn curl_signed(url: &str, cred: &Cred, body: &str) -> (String, Duration) {
+    let user = format!("{}:{}", cred.akid, cred.secret);
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-k",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{time_total}",
+        ])
+        .args([
+            "--aws-sigv4",
+            "aws:amz:us-east-1:kms-xks-proxy",
+            "--user",
+            &user,
+        ])
+        .args(["-H", "Content-Type: application/json", "-d", body, url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, secs) = text.split_once(' ').unwrap_or((&text, "0"));
+    (
+        code.to_string(),
+        Duration::from_secs_f64(secs.trim().parse().unwrap_or(0.0)),
+    )
+}
+
+#[test]
+fn flood_tls_stalled_handshakes_are_cut_by_the_read_deadline() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    raise_own_nofile(8192);
+    let tok = Token::embedded();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(tok.path("server.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(tok.path("server.key"), cert.key_pair.serialize_pem()).unwrap();
+    let cred = Cred::new(&tok, 0);
+    let rest = format!(
+        "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
+         [clients]\nrequest_read_timeout_ms = {}\n[[prefix]]\npath = \"\"\nkeys = \"all\"\n{}",
+        tok.path("server.pem").display(),
+        tok.path("server.key").display(),
+        READ_TIMEOUT.as_millis(),
+        cred.toml()
+    );
+    config(&tok, "", "", &rest);
+    cli_ok(&tok, &["keys", "create", "--label", "k1"]);
+    let srv = Server::start(&tok);
+    let addr: SocketAddr = srv.addr.parse().unwrap();
+    let url = format!("https://{}{}", srv.addr, key_path("", "k1", "metadata"));
+    let body = serde_json::json!({"requestMetadata": md("DescribeKey")}).to_string();
+    assert_eq!(curl_signed(&url, &cred, &body).0, "200");
+
+    // 500 connections that never start the handshake, 100 that stop inside the ClientHello
+    // record header.
+    let stalled: Vec<(TcpStream, Instant)> = (0..600)
+        .map(|i| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            if i >= 500 {
+                s.write_all(&[0x16, 0x03, 0x01, 0x02]).unwrap();
+            }
+            (s, Instant::now())
+        })
+        .collect();
+    let mut lat: Vec<Duration> = (0..20)
+        .map(|_| {
+            let (code, t) = curl_signed(&url, &cred, &body);
+            assert_eq!(code, "200", "{}", srv.log());
+            t
+        })
+        .collect();
+    let mut still_open = 0;
+    for (mut s, opened) in stalled {
+        let left = (opened + READ_TIMEOUT + CLOSE_SLACK).saturating_duration_since(Instant::now());
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut b = [0u8; 64];
+        match s.read(&mut b) {
+            Ok(0) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            other => {
+                still_open += 1;
+                eprintln!("stalled TLS connection: {other:?}");
+            }
+        }
+    }
+    lat.sort();
+    println!(
+        "flood [tls]: 600 stalled handshakes; 20 signed HTTPS requests (curl, new connection \
+         each): median {:.2} ms, max {:.2} ms",
+        percentile(&lat, 0.5).as_secs_f64() * 1e3,
+        lat[lat.len() - 1].as_secs_f64() * 1e3
+    );
+    assert_eq!(still_open, 0, "stalled handshakes open past the deadline");
+    assert!(percentile(&lat, 0.99) <= BUDGET, "{lat:?}");
+    assert!(
+        metric(
+            &srv.admin,
+            "xki_proxy_request_read_timeouts_total{listener=\"api\",phase=\"head\"}"
+        ) >= 600.0
+    );
+    assert!(srv.log().contains("TLS handshake timed out"));
+    assert_eq!(curl_signed(&url, &cred, &body).0, "200");
+    wait_until(5, || {
+        metric(&srv.admin, "xki_proxy_connections_open{listener=\"api\"}") == 0.0
+    });
+}

@@ -11,7 +11,7 @@ pub mod tls;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -28,9 +28,14 @@ use tokio_rustls::TlsAcceptor;
 use crate::state::App;
 use accept::Acceptor;
 use conns::{Conn, Connections, Room};
+use throttled::Throttled;
 
 /// How long shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Failed and timed-out TLS handshakes are logged at most once per 10 s each (a flood of
+/// them would otherwise be a flood of log lines); the metrics count every one.
+static HANDSHAKE_FAILED_LOG: Throttled = Throttled::new(Duration::from_secs(10));
+static HANDSHAKE_TIMEOUT_LOG: Throttled = Throttled::new(Duration::from_secs(10));
 
 /// HTTP/1.1 with keep-alive. hyper's header read timeout runs from the moment the connection
 /// waits for a request head (after accept or the previous response) until the head is
@@ -121,12 +126,16 @@ pub async fn serve_api(
                         let tls = match tokio::time::timeout(timeout, acc.accept(stream)).await {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
-                                tracing::info!(%peer, error = %e, "TLS handshake failed");
+                                if let Some(held) = HANDSHAKE_FAILED_LOG.event(Instant::now()) {
+                                    tracing::info!(%peer, error = %e, repeats_not_logged = held, "TLS handshake failed");
+                                }
                                 return;
                             }
                             Err(_) => {
-                                tracing::info!(%peer, "TLS handshake timed out");
                                 conn.head_timed_out();
+                                if let Some(held) = HANDSHAKE_TIMEOUT_LOG.event(Instant::now()) {
+                                    tracing::info!(%peer, repeats_not_logged = held, "TLS handshake timed out");
+                                }
                                 return;
                             }
                         };
