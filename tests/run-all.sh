@@ -65,6 +65,20 @@ step "cargo test (workspace)" cargo test --workspace
 for script in tests/scripts/pkcs11-tool.sh tests/scripts/python-pkcs11.sh; do
     step "$script" bash "$script" target/debug/libxki_pkcs11.so
 done
+# The module's whole integration suite (every tests/module_*.rs) and the proxy's API tests
+# over other tokens than SoftHSM2 (XKI_ITEST_BACKEND, tests/support/itest_backend.rs): the
+# vendor emulator's caller-IV mode (its own tests run in the workspace step above) and
+# kryoptic, a second independent PKCS#11 implementation. kryoptic is built once per machine
+# (tests/scripts/kryoptic.sh, cached in /var/cache/xki-kryoptic; first build 5-15 min on 2
+# cores, then instant); a failed build fails its step, nothing is skipped.
+step "kryoptic build (cached)" bash tests/scripts/kryoptic.sh build
+for backend in kryoptic emu-luna; do
+    step "module suite over $backend" \
+        env XKI_ITEST_BACKEND=$backend cargo test -p xki-pkcs11 --test 'module_*'
+    step "proxy API tests over $backend" \
+        env XKI_ITEST_BACKEND=$backend cargo test -p xki-proxy --test api --test keys \
+        --test first_run --test tls
+done
 # Replica-group failover tests need the test-only fault injector compiled in. They run last
 # because this rebuilds target/debug/deps/libxki_pkcs11.so with the feature.
 step "replica groups (fault injection)" \

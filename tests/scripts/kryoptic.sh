@@ -129,8 +129,9 @@ TOML
         cd "$work/openssl"
         ./Configure --prefix="$prefix" --libdir=lib no-shared no-docs no-tests no-legacy \
             no-fips no-module
-        make -j2 build_sw
-        make install_sw
+        # Libraries, headers and pkg-config files only: the openssl command is not needed.
+        make -j2 build_libs
+        make install_dev
     ) >"$work/openssl.log" 2>&1 || {
         tail -40 "$work/openssl.log" >&2
         say "ERROR: OpenSSL build failed (log above)"
@@ -143,16 +144,17 @@ TOML
     (
         cd "$work/kryoptic"
         PKG_CONFIG_PATH=$prefix/lib/pkgconfig CARGO_TARGET_DIR=$work/target \
-            cargo build --release --locked --no-default-features --features "$FEATURES"
+            cargo build --locked --no-default-features --features "$FEATURES"
     ) >&2
-    cp "$work/target/release/libkryoptic_pkcs11.so" "$lib"
+    # The debug profile builds in about half the time of release; the token's cryptography
+    # and storage are OpenSSL's and SQLite's C code either way.
+    cp "$work/target/debug/libkryoptic_pkcs11.so" "$lib"
     # The private OpenSSL is linked in statically: the system's 3.0 must not be loaded.
     if ldd "$lib" | grep -E 'libcrypto|libssl' >/dev/null; then
         say "ERROR: $lib links a shared OpenSSL:"
         ldd "$lib" >&2
         exit 1
     fi
-    rm -rf "$prefix"/{bin,share,ssl} 2>/dev/null || true
     touch "$out/complete"
     # Entries of older recipes or versions are never used again.
     find "$(dirname "$out")" -mindepth 1 -maxdepth 1 -name 'kryoptic-*' ! -path "$out" \
