@@ -69,8 +69,9 @@ done
 # over other tokens than SoftHSM2 (XKI_ITEST_BACKEND, tests/support/itest_backend.rs): the
 # vendor emulator's caller-IV mode (its own tests run in the workspace step above) and
 # kryoptic, a second independent PKCS#11 implementation. kryoptic is built once per machine
-# (tests/scripts/kryoptic.sh, cached in /var/cache/xki-kryoptic; first build 5-15 min on 2
-# cores, then instant); a failed build fails its step, nothing is skipped.
+# (tests/scripts/kryoptic.sh, cached in /var/cache/xki-kryoptic; the first build is about 3.5
+# CPU-minutes, longer in wall time on a loaded machine; then instant); a failed build fails
+# its step, nothing is skipped.
 step "kryoptic build (cached)" bash tests/scripts/kryoptic.sh build
 for backend in kryoptic emu-luna; do
     step "module suite over $backend" \

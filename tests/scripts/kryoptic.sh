@@ -18,7 +18,7 @@
 # Cache: $XKI_KRYOPTIC_CACHE (default /var/cache/xki-kryoptic) / a key made of both versions,
 # the features and a hash of the build recipe, so a fresh clone on the same machine reuses the
 # build and any change to the recipe rebuilds. A missing or incomplete cache entry is rebuilt, never skipped;
-# concurrent builds are serialised with flock. First build: about 4-6 minutes on 2 cores.
+# concurrent builds are serialised with flock. First build: about 3.5 CPU-minutes.
 #
 # As root, missing build packages (libclang-dev for bindgen, pkg-config, make, perl, gcc,
 # libsqlite3-dev, opensc for pkcs11-tool) are installed with apt-get; as another user the
