@@ -77,8 +77,7 @@ for backend in kryoptic emu-luna; do
     step "module suite over $backend" \
         env XKI_ITEST_BACKEND=$backend cargo test -p xki-pkcs11 --test 'module_*'
     step "proxy API tests over $backend" \
-        env XKI_ITEST_BACKEND=$backend cargo test -p xki-proxy --test api --test keys \
-        --test first_run --test tls
+        env XKI_ITEST_BACKEND=$backend cargo test -p xki-proxy --test api --test keys --test tls
 done
 # Replica-group failover tests need the test-only fault injector compiled in. They run last
 # because this rebuilds target/debug/deps/libxki_pkcs11.so with the feature.
