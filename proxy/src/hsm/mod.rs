@@ -5,17 +5,21 @@
 //! Blocking PKCS#11 calls never run on the async workers: [`Hsm::run`] queues a closure for
 //! the HSM worker threads (one per session, [`exec`]), with a bounded wait queue in front.
 
+mod date;
 mod error;
 mod exec;
 mod gcm;
 mod ivs;
 mod keys;
+mod lifecycle;
 mod pool;
 mod status;
 
+pub use date::Date;
 pub use error::HsmError;
 pub use gcm::{gcm_decrypt, gcm_encrypt, GcmOutput, IV_LEN, TAG_LEN};
-pub use keys::{Date, KeyInfo, KeyState, Usage};
+pub use keys::KeyState;
+pub use lifecycle::{KeyInfo, Usage};
 pub use pool::PoolStats;
 pub use status::{Member, MemberState};
 
