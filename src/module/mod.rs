@@ -16,6 +16,7 @@ use crate::backend::{self, Backend, MechanismInfo, NewKey, TokenDescription};
 use crate::config::Config;
 use crate::mechanism::{Mechanism, GCM_TAG_LEN};
 use crate::object::ObjectTable;
+use crate::keystate;
 use crate::policy;
 use crate::rv::{CkResult, Rv};
 use crate::session::{no_plaintext, CryptOp, Operation, SessionTable, MAX_MULTIPART};
