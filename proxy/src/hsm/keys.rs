@@ -10,23 +10,8 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::Session;
 use parking_lot::Mutex;
 
+use super::state::{read_state, KeyState};
 use super::{Hsm, HsmError};
-
-/// Live usage flags of a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyState {
-    /// CKA_ENCRYPT.
-    pub encrypt: bool,
-    /// CKA_DECRYPT.
-    pub decrypt: bool,
-}
-
-impl KeyState {
-    /// Our DISABLED state: neither usage.
-    pub fn disabled(self) -> bool {
-        !self.encrypt && !self.decrypt
-    }
-}
 
 /// Label -> handle cache (handles only; never state).
 pub(super) struct KeyCache {
@@ -102,24 +87,6 @@ pub(super) fn is_hyok_key(s: &Session, h: ObjectHandle) -> Result<bool, HsmError
     Ok(aes && len32 && sens && noext)
 }
 
-pub(super) fn read_state(s: &Session, h: ObjectHandle) -> Result<KeyState, HsmError> {
-    let attrs = s
-        .get_attributes(h, &[AttributeType::Encrypt, AttributeType::Decrypt])
-        .map_err(ck("C_GetAttributeValue"))?;
-    let mut st = KeyState {
-        encrypt: false,
-        decrypt: false,
-    };
-    for a in attrs {
-        match a {
-            Attribute::Encrypt(b) => st.encrypt = b,
-            Attribute::Decrypt(b) => st.decrypt = b,
-            _ => {}
-        }
-    }
-    Ok(st)
-}
-
 impl Hsm {
     /// Resolve an external key id to its HYOK key handle (cached briefly).
     pub fn find_key(&self, s: &Session, label: &str) -> Result<ObjectHandle, HsmError> {
@@ -171,7 +138,8 @@ impl Hsm {
     /// The token enforces CKA_ENCRYPT / CKA_DECRYPT on every call (PKCS#11 requires
     /// `CKR_KEY_FUNCTION_NOT_PERMITTED`; SoftHSM2, our module and its backends do), so the
     /// live state still decides every request; it is read only when the token refuses, to
-    /// name the error: DISABLED (both flags false) or wrong usage. This saves one
+    /// name the error: not ENABLED -> [`HsmError::Disabled`] (also when the usage lacks the
+    /// operation too), else [`HsmError::WrongUsage`]. This saves one
     /// C_GetAttributeValue per request, which cost about a third of the proxy's CPU on
     /// SoftHSM2 (its file store re-reads the object on every attribute read).
     pub fn with_key_enforced<R>(
