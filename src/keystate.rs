@@ -26,18 +26,22 @@
 //! record (CKA_VALUE of the companion object), all integers little-endian:
 //!  0  4  magic "XKIS"
 //!  4  1  format version (1)
-//!  5  1  status: 1 ENABLED, 2 DISABLED
-//!  6  1  usage to restore: bit 0 encrypt, bit 1 decrypt
-//!  7  8  deletion date "YYYYMMDD", or 8 zero bytes for none
-//! 15  1  n = length of the key's CKA_ID
-//! 16  n  the key's CKA_ID (binds the record to its key)
-//! 16+n 4 FNV-1a 32 of bytes 0..16+n (catches accidental damage, not an attacker: only a
+//!  5  4  generation: one more than the record it replaces
+//!  9  1  status: 1 ENABLED, 2 DISABLED
+//! 10  1  usage to restore: bit 0 encrypt, bit 1 decrypt
+//! 11  8  deletion date "YYYYMMDD", or 8 zero bytes for none
+//! 19  1  n = length of the key's CKA_ID
+//! 20  n  the key's CKA_ID (binds the record to its key)
+//! 20+n 4 FNV-1a 32 of bytes 0..20+n (catches accidental damage, not an attacker: only a
 //!        logged-in user can write the private object)
 //! ```
+//! The generation lets a token that cannot rewrite an object's value in place (SoftHSM2:
+//! `CKA_VALUE` of a data object is read-only) replace it by creating the new object before
+//! destroying the old one: if a crash leaves both, the newer one is the record ([`newest`]).
 
 use crate::api::{Attribute, AttributeAnswer};
 use crate::rv::{CkResult, Rv};
-use pkcs11_sys::{CK_ULONG, CKA_VENDOR_DEFINED, CKF_DECRYPT, CKF_ENCRYPT};
+use pkcs11_sys::{CKA_VENDOR_DEFINED, CKF_DECRYPT, CKF_ENCRYPT, CK_ULONG};
 
 /// The tag of XKI vendor-defined values (`XKI_VENDOR_TAG`, "XKI\0").
 const XKI_VENDOR_TAG: u64 = 0x584B_4900;
@@ -135,6 +139,8 @@ pub struct Record {
     pub usage: Usage,
     /// Deletion date, `YYYYMMDD`, or empty.
     pub deletion: Vec<u8>,
+    /// Generation (see the module docs); [`plan`] leaves it 0, the writer sets it.
+    pub generation: u32,
 }
 
 fn fnv1a(bytes: &[u8]) -> u32 {
@@ -149,6 +155,7 @@ impl Record {
         let mut out = Vec::with_capacity(20 + id.len());
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
+        out.extend_from_slice(&self.generation.to_le_bytes());
         out.push(match self.status {
             Status::Enabled => 1,
             Status::Disabled => 2,
@@ -170,7 +177,7 @@ impl Record {
 
     /// Decode the record of the key whose `CKA_ID` is `id`; the error says what is wrong.
     pub fn decode(bytes: &[u8], id: &[u8]) -> Result<Record, String> {
-        if bytes.len() < 20 {
+        if bytes.len() < 24 {
             return Err(format!("{} bytes, shorter than any record", bytes.len()));
         }
         let (body, sum) = bytes.split_at(bytes.len() - 4);
@@ -183,19 +190,20 @@ impl Record {
         if body[4] != VERSION {
             return Err(format!("unknown format version {}", body[4]));
         }
-        let status = match body[5] {
+        let generation = u32::from_le_bytes([body[5], body[6], body[7], body[8]]);
+        let status = match body[9] {
             1 => Status::Enabled,
             2 => Status::Disabled,
             s => return Err(format!("unknown status {s}")),
         };
-        if body[6] & !3 != 0 {
-            return Err(format!("unknown usage bits {:#x}", body[6]));
+        if body[10] & !3 != 0 {
+            return Err(format!("unknown usage bits {:#x}", body[10]));
         }
         let usage = Usage {
-            encrypt: body[6] & 1 != 0,
-            decrypt: body[6] & 2 != 0,
+            encrypt: body[10] & 1 != 0,
+            decrypt: body[10] & 2 != 0,
         };
-        let date = &body[7..15];
+        let date = &body[11..19];
         let deletion = if date == NO_DATE {
             Vec::new()
         } else if date.iter().all(u8::is_ascii_digit) {
@@ -203,18 +211,45 @@ impl Record {
         } else {
             return Err("deletion date is not YYYYMMDD".into());
         };
-        let n = body[15] as usize;
-        if body.len() != 16 + n {
+        let n = body[19] as usize;
+        if body.len() != 20 + n {
             return Err("length does not match the key id length".into());
         }
-        if body[16..] != id[..id.len().min(255)] {
+        if body[20..] != id[..id.len().min(255)] {
             return Err("record belongs to another key (CKA_ID differs)".into());
         }
         Ok(Record {
             status,
             usage,
             deletion,
+            generation,
         })
+    }
+}
+
+/// Of several stored values for one key (a replace interrupted between its create and its
+/// destroy, or an HSM that replicated an object the group also wrote), the record: the one
+/// of the highest generation that decodes. `None` when none decodes or two different values
+/// claim the highest generation (then the state reads as damaged).
+pub fn newest(values: &[Vec<u8>], id: &[u8]) -> Option<Vec<u8>> {
+    let mut best: Option<(u32, &Vec<u8>)> = None;
+    let mut tie = false;
+    for v in values {
+        let Ok(r) = Record::decode(v, id) else {
+            continue;
+        };
+        match best {
+            Some((g, b)) if g == r.generation => tie |= b != v,
+            Some((g, _)) if g > r.generation => {}
+            _ => {
+                best = Some((r.generation, v));
+                tie = false;
+            }
+        }
+    }
+    match best {
+        Some((_, v)) if !tie => Some(v.clone()),
+        _ => None,
     }
 }
 
@@ -243,6 +278,14 @@ impl Stored {
 }
 
 impl Stored {
+    /// The generation a new record replacing this one gets.
+    pub fn next_generation(&self) -> u32 {
+        match self {
+            Stored::Record(r) => r.generation.wrapping_add(1),
+            _ => 1,
+        }
+    }
+
     /// A readable record saying DISABLED.
     pub fn is_disabled(&self) -> bool {
         matches!(self, Stored::Record(r) if r.status == Status::Disabled)
@@ -391,6 +434,7 @@ pub fn plan(stored: &Stored, live: Usage, change: &Change) -> CkResult<Vec<Step>
                     status: Status::Enabled,
                     usage,
                     deletion: Vec::new(),
+                    generation: 0,
                 }));
             }
             Ok(steps)
@@ -404,7 +448,11 @@ pub fn plan(stored: &Stored, live: Usage, change: &Change) -> CkResult<Vec<Step>
                 steps.push(Step::Record(Record {
                     status: Status::Disabled,
                     usage: change.usage.unwrap_or(r.usage),
-                    deletion: change.deletion.clone().unwrap_or_else(|| r.deletion.clone()),
+                    deletion: change
+                        .deletion
+                        .clone()
+                        .unwrap_or_else(|| r.deletion.clone()),
+                    generation: 0,
                 }));
                 if live != Usage::NONE {
                     // An interrupted disable is completed on the way.
@@ -422,10 +470,7 @@ pub fn plan(stored: &Stored, live: Usage, change: &Change) -> CkResult<Vec<Step>
 }
 
 fn disable_steps(disabled: Option<&Record>, live: Usage, change: &Change) -> Vec<Step> {
-    let usage = change
-        .usage
-        .or(disabled.map(|r| r.usage))
-        .unwrap_or(live);
+    let usage = change.usage.or(disabled.map(|r| r.usage)).unwrap_or(live);
     let deletion = change
         .deletion
         .clone()
@@ -436,6 +481,7 @@ fn disable_steps(disabled: Option<&Record>, live: Usage, change: &Change) -> Vec
             status: Status::Disabled,
             usage,
             deletion,
+            generation: 0,
         }),
         Step::Flags(Usage::NONE),
     ]

@@ -15,6 +15,7 @@ fn disabled(usage: Usage, deletion: &[u8]) -> Stored {
         status: Status::Disabled,
         usage,
         deletion: deletion.to_vec(),
+        generation: 7,
     })
 }
 
@@ -24,6 +25,7 @@ fn record_round_trips_and_damage_is_detected() {
         status: Status::Disabled,
         usage: ENC,
         deletion: b"20270101".to_vec(),
+        generation: 3,
     };
     let bytes = r.encode(ID);
     assert_eq!(Record::decode(&bytes, ID), Ok(r.clone()));
@@ -48,7 +50,10 @@ fn views() {
     let v = view(&Stored::Nothing, ENC);
     assert_eq!((v.status, v.usage), (XKI_KEY_ENABLED, ENC));
     let v = view(&disabled(BOTH, b""), Usage::NONE);
-    assert_eq!((v.status, v.usage, v.incomplete), (XKI_KEY_DISABLED, BOTH, false));
+    assert_eq!(
+        (v.status, v.usage, v.incomplete),
+        (XKI_KEY_DISABLED, BOTH, false)
+    );
     let v = view(&disabled(BOTH, b""), ENC);
     assert!(v.incomplete);
     let v = view(&Stored::Damaged("x".into()), ENC);
@@ -68,14 +73,23 @@ fn disable_writes_the_record_before_taking_usage_away() {
             Step::Record(Record {
                 status: Status::Disabled,
                 usage: ENC,
-                deletion: vec![]
+                deletion: vec![],
+                generation: 0
             }),
             Step::Flags(Usage::NONE)
         ]
     );
     // Disabling again keeps the saved usage (the live flags are already gone).
     let steps = plan(&disabled(ENC, b""), Usage::NONE, &change).unwrap();
-    assert_eq!(steps[0], Step::Record(Record { status: Status::Disabled, usage: ENC, deletion: vec![] }));
+    assert_eq!(
+        steps[0],
+        Step::Record(Record {
+            status: Status::Disabled,
+            usage: ENC,
+            deletion: vec![],
+            generation: 0
+        })
+    );
 }
 
 #[test]
@@ -88,7 +102,10 @@ fn enable_gives_usage_back_before_the_record_says_enabled() {
     assert_eq!(steps[0], Step::Flags(ENC));
     assert!(matches!(&steps[1], Step::Record(r) if r.status == Status::Enabled));
     // Keys without a record need none.
-    assert_eq!(plan(&Stored::Nothing, ENC, &change).unwrap(), vec![Step::Flags(ENC)]);
+    assert_eq!(
+        plan(&Stored::Nothing, ENC, &change).unwrap(),
+        vec![Step::Flags(ENC)]
+    );
 }
 
 #[test]
@@ -114,7 +131,10 @@ fn refusals() {
         deletion: Some(b"20270101".to_vec()),
         ..enable
     };
-    assert_eq!(plan(&Stored::Nothing, BOTH, &bad), Err(Rv::TEMPLATE_INCONSISTENT));
+    assert_eq!(
+        plan(&Stored::Nothing, BOTH, &bad),
+        Err(Rv::TEMPLATE_INCONSISTENT)
+    );
 }
 
 #[test]
@@ -124,7 +144,9 @@ fn schedule_and_cancel() {
         ..Default::default()
     };
     let steps = plan(&Stored::Nothing, BOTH, &schedule).unwrap();
-    assert!(matches!(&steps[0], Step::Record(r) if r.status == Status::Disabled && r.usage == BOTH && r.deletion == b"20270101"));
+    assert!(
+        matches!(&steps[0], Step::Record(r) if r.status == Status::Disabled && r.usage == BOTH && r.deletion == b"20270101")
+    );
     assert_eq!(steps[1], Step::Flags(Usage::NONE));
     let cancel = Change {
         deletion: Some(vec![]),
@@ -136,7 +158,8 @@ fn schedule_and_cancel() {
         vec![Step::Record(Record {
             status: Status::Disabled,
             usage: BOTH,
-            deletion: vec![]
+            deletion: vec![],
+            generation: 0
         })]
     );
 }
@@ -161,4 +184,24 @@ fn parse_change_refuses_mixed_templates() {
         parse_change(&[a(CKA_XKI_KEY_USAGE, ulong(0x1))]),
         Err(Rv::ATTRIBUTE_VALUE_INVALID)
     );
+}
+
+#[test]
+fn newest_record_wins_and_ties_are_damage() {
+    let rec = |g, usage| {
+        Record {
+            status: Status::Disabled,
+            usage,
+            deletion: vec![],
+            generation: g,
+        }
+        .encode(ID)
+    };
+    let (old, new) = (rec(1, BOTH), rec(2, ENC));
+    assert_eq!(newest(&[old.clone(), new.clone()], ID), Some(new.clone()));
+    assert_eq!(newest(&[new.clone(), old.clone()], ID), Some(new.clone()));
+    assert_eq!(newest(&[new.clone(), new.clone()], ID), Some(new.clone()));
+    assert_eq!(newest(&[rec(2, BOTH), new.clone()], ID), None);
+    assert_eq!(newest(&[b"junk".to_vec(), old.clone()], ID), Some(old));
+    assert_eq!(newest(&[b"junk".to_vec()], ID), None);
 }

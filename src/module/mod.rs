@@ -14,9 +14,9 @@ use crate::api::{
 use crate::audit::{self, Record};
 use crate::backend::{self, Backend, MechanismInfo, NewKey, TokenDescription};
 use crate::config::Config;
+use crate::keystate;
 use crate::mechanism::{Mechanism, GCM_TAG_LEN};
 use crate::object::ObjectTable;
-use crate::keystate;
 use crate::policy;
 use crate::rv::{CkResult, Rv};
 use crate::session::{no_plaintext, CryptOp, Operation, SessionTable, MAX_MULTIPART};

@@ -151,10 +151,13 @@ fn change_state(
     let result = (|| {
         for (n, step) in steps.iter().enumerate() {
             match step {
-                keystate::Step::Record(r) => s
-                    .slot
-                    .backend
-                    .set_key_state(e.key, &r.encode(&info.id))?,
+                keystate::Step::Record(r) => {
+                    let r = keystate::Record {
+                        generation: stored.next_generation(),
+                        ..r.clone()
+                    };
+                    s.slot.backend.set_key_state(e.key, &r.encode(&info.id))?
+                }
                 keystate::Step::Flags(u) => s.slot.backend.set_key_attributes(
                     e.key,
                     &backend::KeyChanges {

@@ -21,9 +21,8 @@ use cryptoki::session::Session;
 use super::date::Date;
 use super::keys::{ck, find_by_label, is_hyok_key};
 use super::state::{
-    date_bytes, read_end_date, read_state, KeyState, KeyStatus, UsageFlags,
-    CKA_XKI_DELETION_DATE, CKA_XKI_KEY_STATUS, CKA_XKI_KEY_USAGE, XKI_KEY_DISABLED,
-    XKI_KEY_ENABLED,
+    date_bytes, read_end_date, read_state, KeyState, KeyStatus, UsageFlags, CKA_XKI_DELETION_DATE,
+    CKA_XKI_KEY_STATUS, CKA_XKI_KEY_USAGE, XKI_KEY_DISABLED, XKI_KEY_ENABLED,
 };
 use super::{Hsm, HsmError};
 
@@ -188,7 +187,11 @@ impl Hsm {
         if !st.module_state {
             // Foreign library: enabling sets the flags (both unless told otherwise).
             let f = usage.unwrap_or(Usage::Both).flags();
-            set_state(s, h, &[Attribute::Encrypt(f.encrypt), Attribute::Decrypt(f.decrypt)])?;
+            set_state(
+                s,
+                h,
+                &[Attribute::Encrypt(f.encrypt), Attribute::Decrypt(f.decrypt)],
+            )?;
             return Ok(f);
         }
         if st.status == KeyStatus::Damaged && usage.is_none() {
@@ -210,7 +213,11 @@ impl Hsm {
     pub fn disable_key(&self, s: &Session, label: &str) -> Result<(), HsmError> {
         let (h, st) = self.admin_handle(s, label)?;
         if !st.module_state {
-            return set_state(s, h, &[Attribute::Encrypt(false), Attribute::Decrypt(false)]);
+            return set_state(
+                s,
+                h,
+                &[Attribute::Encrypt(false), Attribute::Decrypt(false)],
+            );
         }
         set_state(s, h, &[vendor_ulong(CKA_XKI_KEY_STATUS, XKI_KEY_DISABLED)])
     }

@@ -19,9 +19,9 @@ mod status;
 pub use date::Date;
 pub use error::HsmError;
 pub use gcm::{gcm_decrypt, gcm_encrypt, GcmOutput, IV_LEN, TAG_LEN};
-pub use state::{KeyState, KeyStatus, UsageFlags};
 pub use lifecycle::{KeyInfo, Usage};
 pub use pool::PoolStats;
+pub use state::{KeyState, KeyStatus, UsageFlags};
 pub use status::{Member, MemberState};
 
 use std::path::{Path, PathBuf};

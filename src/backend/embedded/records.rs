@@ -89,7 +89,11 @@ impl Contents {
                         + k.value.len()
                         + k.start_date.len()
                         + k.end_date.len()
-                        + if k.state.is_empty() { 0 } else { 1 + k.state.len() }
+                        + if k.state.is_empty() {
+                            0
+                        } else {
+                            1 + k.state.len()
+                        }
                 })
                 .sum::<usize>();
         let mut out = Zeroizing::new(Vec::with_capacity(size));

@@ -6,12 +6,14 @@
 //! on them). Private, so only the logged-in user can read or change it; it holds no key
 //! material. It is not a secret key, so the module's key listing never sees it.
 //!
-//! Duplicates (an HSM that replicates objects itself may copy one the group also wrote) are
-//! tolerated when they hold the same bytes and all updated together; different bytes read as
-//! a damaged record.
+//! A record is replaced in place where the token lets `CKA_VALUE` change; where it does not
+//! (SoftHSM2), by creating the new object, then destroying the old ones: a crash in between
+//! leaves both, and the newer generation is the record (`keystate::newest`). Duplicates (an
+//! HSM that replicates objects itself may copy one the group also wrote) are read the same
+//! way.
 
 use super::errors;
-use crate::keystate::{companion_label, COMPANION_APPLICATION};
+use crate::keystate::{companion_label, newest, COMPANION_APPLICATION};
 use crate::rv::CkResult;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
@@ -47,33 +49,38 @@ pub(super) fn read(s: &Session, id: &[u8]) -> CkResult<Option<Vec<u8>>> {
     }
     match values.as_slice() {
         [] => Ok(None),
-        [first, rest @ ..] if rest.iter().all(|v| v == first) => Ok(Some(first.clone())),
-        _ => {
+        [one] => Ok(Some(one.clone())),
+        several => Ok(Some(newest(several, id).unwrap_or_else(|| {
             log::error!(
-                "{} key-state objects with different contents for one key",
-                values.len()
+                "{} key-state objects for one key and no single newest record",
+                several.len()
             );
-            Ok(Some(Vec::new()))
-        }
+            Vec::new()
+        }))),
     }
 }
 
 /// Create or replace the record of the key whose `CKA_ID` is `id`.
 pub(super) fn write(s: &Session, id: &[u8], record: &[u8]) -> CkResult<()> {
     let found = find(s, id)?;
-    if found.is_empty() {
-        let mut template = search(id);
-        template.extend([
-            Attribute::Private(true),
-            Attribute::Modifiable(true),
-            Attribute::Value(record.to_vec()),
-        ]);
-        s.create_object(&template).map_err(|e| errors::rv_of(&e))?;
-        return Ok(());
+    if let [one] = found.as_slice() {
+        match s.update_attributes(*one, &[Attribute::Value(record.to_vec())]) {
+            Ok(()) => return Ok(()),
+            Err(e) if errors::rv_of(&e) == crate::rv::Rv::ATTRIBUTE_READ_ONLY => {}
+            Err(e) => return Err(errors::rv_of(&e)),
+        }
     }
+    // New object first, old ones after: never a moment without a record.
+    let mut template = search(id);
+    template.extend([
+        Attribute::Private(true),
+        Attribute::Modifiable(true),
+        Attribute::Value(record.to_vec()),
+    ]);
+    s.create_object(&template).map_err(|e| errors::rv_of(&e))?;
+    crate::keystate::crash_point(100);
     for h in found {
-        s.update_attributes(h, &[Attribute::Value(record.to_vec())])
-            .map_err(|e| errors::rv_of(&e))?;
+        s.destroy_object(h).map_err(|e| errors::rv_of(&e))?;
     }
     Ok(())
 }
