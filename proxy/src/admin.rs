@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{valid_key_id, Config};
-use crate::hsm::{Date, Hsm, HsmError, KeyState, KeyStatus, Usage};
+use crate::hsm::{Date, Hsm, HsmError, KeyState, KeyStatus, Usage, UsageFlags};
 
 /// Open the HSM named in the config (for CLI use).
 pub fn open(config: &Path) -> Result<(Config, Arc<Hsm>), String> {
@@ -54,6 +54,7 @@ fn key_json(label: &str, st: &KeyState, canary: bool) -> serde_json::Value {
         "keyUsage": st.usage.names(),
         "keyStatus": if st.disabled() { "DISABLED" } else { "ENABLED" },
         "deletionDate": st.deletion.map(|d| d.to_string()),
+        "hsmAllows": UsageFlags { encrypt: st.encrypt, decrypt: st.decrypt }.names(),
         "notes": notes,
     })
 }

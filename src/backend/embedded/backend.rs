@@ -48,9 +48,11 @@ fn check_attr_len(v: &[u8]) -> CkResult<()> {
 }
 
 impl EmbeddedBackend {
-    /// The key for a crypto call. Memory only, except on a miss: a key another process just
-    /// generated is found by one re-read instead of failing.
+    /// The key for a crypto call. From memory, which is compared with the store at most every
+    /// `RECHECK_MS` (another process's disable reaches this one's crypto path that fast), and
+    /// re-read on a miss: a key another process just generated is found instead of failing.
     fn crypto_key(&self, key: BackendKey) -> CkResult<Arc<KeyEntry>> {
+        self.recheck_now_and_then();
         if let Some(e) = self.cached(key.0) {
             return Ok(e);
         }

@@ -138,6 +138,7 @@ impl EmbeddedBackend {
                 stamp: Some(stamp),
             }),
             writer: Mutex::new(()),
+            recheck: super::state::Recheck::new(),
         })
     }
 }
