@@ -169,7 +169,7 @@ fn parse_change_refuses_mixed_templates() {
     let a = |kind, value: Vec<u8>| Attribute { kind, value };
     let status = a(CKA_XKI_KEY_STATUS, ulong(XKI_KEY_DISABLED));
     assert_eq!(
-        parse_change(&[status.clone()]).unwrap().status,
+        parse_change(std::slice::from_ref(&status)).unwrap().status,
         Some(Status::Disabled)
     );
     assert_eq!(
