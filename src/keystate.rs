@@ -278,6 +278,26 @@ impl Stored {
 }
 
 impl Stored {
+    /// What an older version left: a key with no record whose `CKA_END_DATE` is set and whose
+    /// flags are both false was scheduled for deletion by an older proxy (which kept the date
+    /// on the key and restored both usages on enable). It reads as that: DISABLED, pending
+    /// deletion on that date, usage both; the first change writes a real record.
+    pub fn with_legacy(self, end_date: &[u8], live: Usage) -> Stored {
+        let legacy_date = end_date.len() == 8 && end_date.iter().all(u8::is_ascii_digit);
+        match self {
+            Stored::Nothing if legacy_date && live == Usage::NONE => Stored::Record(Record {
+                status: Status::Disabled,
+                usage: Usage {
+                    encrypt: true,
+                    decrypt: true,
+                },
+                deletion: end_date.to_vec(),
+                generation: 0,
+            }),
+            other => other,
+        }
+    }
+
     /// The generation a new record replacing this one gets.
     pub fn next_generation(&self) -> u32 {
         match self {

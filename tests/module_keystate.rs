@@ -233,3 +233,51 @@ fn header_matches_the_module() {
     }
     assert_eq!(CKA_XKI_KEY_STATUS, 0x8000_0000 | 0x584B_4900 | 1);
 }
+
+/// A key an older proxy scheduled for deletion (flags false, `CKA_END_DATE` on the key; only
+/// tokens that keep dates, so the embedded slot) reads as DISABLED pending deletion, with
+/// both usages to restore; cancelling writes a real record.
+#[test]
+fn older_versions_scheduled_deletion_reads_as_pending() {
+    for_each_token(|t| {
+        if t.name != "embedded" {
+            return;
+        }
+        let key = t.keygen(&t.label("ks-legacy"), &[]);
+        let s = &t.session;
+        s.update_attributes(
+            key,
+            &[
+                Attribute::Encrypt(false),
+                Attribute::Decrypt(false),
+                Attribute::EndDate(cryptoki::types::Date::new(*b"2027", *b"03", *b"01")),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            state(s, key),
+            (
+                XKI_KEY_DISABLED,
+                CKF_ENCRYPT | CKF_DECRYPT,
+                b"20270301".to_vec(),
+                false,
+                false
+            )
+        );
+        s.update_attributes(key, &[vendor(CKA_XKI_DELETION_DATE, Vec::new())])
+            .unwrap();
+        s.update_attributes(key, &[ulong(CKA_XKI_KEY_STATUS, XKI_KEY_ENABLED)])
+            .unwrap();
+        assert_eq!(
+            state(s, key),
+            (
+                XKI_KEY_ENABLED,
+                CKF_ENCRYPT | CKF_DECRYPT,
+                vec![],
+                true,
+                true
+            )
+        );
+        s.destroy_object(key).ok();
+    });
+}

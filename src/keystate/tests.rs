@@ -205,3 +205,30 @@ fn newest_record_wins_and_ties_are_damage() {
     assert_eq!(newest(&[b"junk".to_vec(), old.clone()], ID), Some(old));
     assert_eq!(newest(&[b"junk".to_vec()], ID), None);
 }
+
+#[test]
+fn older_versions_scheduled_deletion_is_honoured() {
+    let legacy = Stored::Nothing.with_legacy(b"20270101", Usage::NONE);
+    let v = view(&legacy, Usage::NONE);
+    assert_eq!(
+        (v.status, v.usage, v.deletion),
+        (XKI_KEY_DISABLED, BOTH, b"20270101".to_vec())
+    );
+    // A date on a usable key, or no date: an ordinary older key, ENABLED with its flags.
+    assert_eq!(
+        Stored::Nothing.with_legacy(b"20270101", ENC),
+        Stored::Nothing
+    );
+    assert_eq!(
+        Stored::Nothing.with_legacy(b"", Usage::NONE),
+        Stored::Nothing
+    );
+    // Cancelling writes a real record (the key's own date is ignored from then on).
+    let cancel = Change {
+        deletion: Some(vec![]),
+        ..Default::default()
+    };
+    assert!(
+        matches!(&plan(&legacy, Usage::NONE, &cancel).unwrap()[0], Step::Record(r) if r.deletion.is_empty())
+    );
+}

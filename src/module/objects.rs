@@ -101,7 +101,8 @@ pub fn get_attribute_value(
 /// What is stored beside a key; a damaged record is logged (the operator's first clue).
 fn stored_state(s: &SlotState, info: &backend::KeyInfo) -> CkResult<keystate::Stored> {
     let bytes = s.slot.backend.key_state(info.handle)?;
-    let stored = keystate::Stored::from_backend(bytes.as_deref(), &info.id);
+    let stored = keystate::Stored::from_backend(bytes.as_deref(), &info.id)
+        .with_legacy(&info.end_date, live_usage(info));
     if let keystate::Stored::Damaged(why) = &stored {
         log::error!(
             "slot {}: key {:?}: its key-state record is damaged ({why}); the key is reported DISABLED-damaged and keeps only the usage its HSM flags allow until an admin enables it with an explicit usage",
