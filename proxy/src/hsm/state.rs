@@ -103,7 +103,7 @@ fn ulong(bytes: &[u8]) -> Option<u64> {
 }
 
 fn date(bytes: &[u8]) -> Option<Date> {
-    if bytes.len() != 8 {
+    if bytes.len() != 8 || !bytes.iter().all(u8::is_ascii_digit) {
         return None;
     }
     let s = std::str::from_utf8(bytes).ok()?;
@@ -193,4 +193,37 @@ pub(super) fn read_state(s: &Session, h: ObjectHandle) -> Result<KeyState, HsmEr
         deletion,
         module_state: true,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deletion_dates_parse_only_from_digits() {
+        assert_eq!(
+            date(b"20270301"),
+            Some(Date {
+                y: 2027,
+                m: 3,
+                d: 1
+            })
+        );
+        assert_eq!(
+            date_bytes(Date {
+                y: 2027,
+                m: 3,
+                d: 1
+            }),
+            b"20270301"
+        );
+        for bad in [
+            &b""[..],
+            b"2027-3-1",
+            b"\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9",
+            b"2027030",
+        ] {
+            assert_eq!(date(bad), None);
+        }
+    }
 }
