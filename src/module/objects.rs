@@ -1,5 +1,6 @@
 //! Objects: finding keys, their attributes, lifecycle changes and the object refusals.
 
+use super::key_state;
 use super::*;
 
 pub fn create_object(session: u64, template: &[Attribute]) -> CkResult<u64> {
@@ -85,7 +86,7 @@ pub fn get_attribute_value(
     let info = fresh_key(&m, s, object, e.key)?;
     // Key state is read from the HSM only when a caller asks for it (never for crypto).
     let state = if types.iter().any(|t| keystate::is_state_attribute(*t)) {
-        Some(state_view(s, &info)?)
+        Some(key_state::view(s, &info)?)
     } else {
         None
     };
@@ -96,86 +97,6 @@ pub fn get_attribute_value(
             _ => policy::public_attribute(&info, *t, s.slot.allow_destroy),
         })
         .collect())
-}
-
-/// What is stored beside a key; a damaged record is logged (the operator's first clue).
-fn stored_state(s: &SlotState, info: &backend::KeyInfo) -> CkResult<keystate::Stored> {
-    let bytes = s.slot.backend.key_state(info.handle)?;
-    let stored = keystate::Stored::from_backend(bytes.as_deref(), &info.id)
-        .with_legacy(&info.end_date, live_usage(info));
-    if let keystate::Stored::Damaged(why) = &stored {
-        log::error!(
-            "slot {}: key {:?}: its key-state record is damaged ({why}); the key is reported DISABLED-damaged and keeps only the usage its HSM flags allow until an admin enables it with an explicit usage",
-            s.slot.label,
-            String::from_utf8_lossy(&info.label)
-        );
-    }
-    Ok(stored)
-}
-
-fn live_usage(info: &backend::KeyInfo) -> keystate::Usage {
-    keystate::Usage {
-        encrypt: info.encrypt,
-        decrypt: info.decrypt,
-    }
-}
-
-fn state_view(s: &SlotState, info: &backend::KeyInfo) -> CkResult<keystate::View> {
-    Ok(keystate::view(&stored_state(s, info)?, live_usage(info)))
-}
-
-/// `C_SetAttributeValue` of the key-state attributes: the planned writes, in their order.
-fn change_state(
-    m: &Module,
-    s: &SlotState,
-    object: u64,
-    e: &crate::object::ObjectEntry,
-    template: &[Attribute],
-) -> CkResult<()> {
-    let change = match keystate::parse_change(template) {
-        Ok(c) => c,
-        Err(rv) => return refused(s, "C_SetAttributeValue", &e.label, rv),
-    };
-    let info = fresh_key(m, s, object, e.key)?;
-    let stored = stored_state(s, &info)?;
-    let steps = match keystate::plan(&stored, live_usage(&info), &change) {
-        Ok(steps) => steps,
-        Err(rv) => return refused(s, "C_SetAttributeValue", &info.label, rv),
-    };
-    let op = match (change.status, &change.deletion) {
-        (_, Some(d)) if !d.is_empty() => "key_state(schedule_deletion)",
-        (Some(keystate::Status::Disabled), _) => "key_state(disable)",
-        (Some(keystate::Status::Enabled), _) => "key_state(enable)",
-        (None, Some(_)) => "key_state(cancel_deletion)",
-        (None, None) => "key_state(usage)",
-    };
-    let result = (|| {
-        for (n, step) in steps.iter().enumerate() {
-            match step {
-                keystate::Step::Record(r) => {
-                    let r = keystate::Record {
-                        generation: stored.next_generation(),
-                        ..r.clone()
-                    };
-                    s.slot.backend.set_key_state(e.key, &r.encode(&info.id))?
-                }
-                keystate::Step::Flags(u) => s.slot.backend.set_key_attributes(
-                    e.key,
-                    &backend::KeyChanges {
-                        encrypt: Some(u.encrypt),
-                        decrypt: Some(u.decrypt),
-                        ..Default::default()
-                    },
-                )?,
-            }
-            keystate::crash_point(n + 1);
-        }
-        Ok(())
-    })();
-    if let Ok(info) = s.slot.backend.key_info(e.key) {
-        m.objects.refresh(object, &info);
-    }
-    audit::record(lifecycle(op, s, &info.label), result)
 }
 
 pub fn set_attribute_value(session: u64, object: u64, template: &[Attribute]) -> CkResult<()> {
@@ -189,7 +110,7 @@ pub fn set_attribute_value(session: u64, object: u64, template: &[Attribute]) ->
         .iter()
         .any(|a| keystate::is_state_attribute(a.kind))
     {
-        return change_state(&m, s, object, &e, template);
+        return key_state::change(&m, s, object, &e, template);
     }
     let changes = match policy::attribute_changes(template) {
         Ok(c) => c,
@@ -199,7 +120,7 @@ pub fn set_attribute_value(session: u64, object: u64, template: &[Attribute]) ->
     if changes.encrypt == Some(true) || changes.decrypt == Some(true) {
         // A DISABLED key gets usage back only through CKA_XKI_KEY_STATUS, which also records
         // it as ENABLED: otherwise the HSM would allow what its state says it refuses.
-        if stored_state(s, &info)?.is_disabled() {
+        if key_state::stored(s, &info)?.is_disabled() {
             return refused(s, "C_SetAttributeValue", &info.label, Rv::ACTION_PROHIBITED);
         }
     }
