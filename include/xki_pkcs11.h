@@ -23,9 +23,8 @@
  * visible. C_WrapKey, C_DeriveKey, C_DigestKey, C_CopyObject, operation-state export and key
  * import are refused; mechanisms are CKM_AES_GCM (data) and CKM_AES_KEY_GEN.
  *
- * Vendor-defined constants: none yet. The module defines no CKA_/CKR_/CKM_ extensions; it
- * only ever returns standard PKCS#11 values. Should it need some, they will live at
- * CKx_VENDOR_DEFINED | XKI_VENDOR_TAG and be defined here.
+ * Vendor-defined constants live at CKx_VENDOR_DEFINED | XKI_VENDOR_TAG and are defined here:
+ * the key-state attributes CKA_XKI_* (below). Return values are standard PKCS#11 only.
  */
 #ifndef XKI_PKCS11_H
 #define XKI_PKCS11_H
@@ -106,5 +105,31 @@ typedef struct XKI_STATUS_FUNCTION_LIST {
 
 /* Reserved tag ("XKI\0") for future vendor-defined values: CKA_VENDOR_DEFINED | tag | n. */
 #define XKI_VENDOR_TAG 0x584B4900UL
+
+/*
+ * Key state, apart from key usage, kept by the module in the HSM beside each key (a private
+ * CKO_DATA object on vendor tokens, part of the key's record on the embedded token; callers
+ * never see that object, only these attributes of the KEY):
+ *
+ * CKA_XKI_KEY_STATUS    CK_ULONG  XKI_KEY_ENABLED / XKI_KEY_DISABLED; read-only value
+ *                                 XKI_KEY_STATE_DAMAGED when the stored state is unreadable
+ *                                 (treat as DISABLED; re-enable with an explicit usage).
+ * CKA_XKI_KEY_USAGE     CK_FLAGS  CKF_ENCRYPT | CKF_DECRYPT: what the key may do when ENABLED,
+ *                                 whatever its status (the HSM flags CKA_ENCRYPT/CKA_DECRYPT
+ *                                 are both false while it is DISABLED).
+ * CKA_XKI_DELETION_DATE CK_DATE   scheduled deletion, empty for none; setting one disables.
+ *
+ * C_GetAttributeValue reads them (a key without stored state is ENABLED with its flags).
+ * C_SetAttributeValue with only these attributes changes the state; mixing them with other
+ * attributes is CKR_TEMPLATE_INCONSISTENT. Enabling restores the saved usage (or the one
+ * given); enabling a key pending deletion is CKR_ACTION_PROHIBITED (cancel with an empty
+ * date first); setting CKA_ENCRYPT/CKA_DECRYPT true on a DISABLED key is CKR_ACTION_PROHIBITED.
+ */
+#define CKA_XKI_KEY_STATUS    (0x80000000UL | XKI_VENDOR_TAG | 0x01UL)
+#define CKA_XKI_KEY_USAGE     (0x80000000UL | XKI_VENDOR_TAG | 0x02UL)
+#define CKA_XKI_DELETION_DATE (0x80000000UL | XKI_VENDOR_TAG | 0x03UL)
+#define XKI_KEY_ENABLED       1UL
+#define XKI_KEY_DISABLED      2UL
+#define XKI_KEY_STATE_DAMAGED 3UL
 
 #endif /* XKI_PKCS11_H */

@@ -14,6 +14,7 @@ pub mod api;
 pub mod audit;
 pub mod backend;
 pub mod config;
+pub mod keystate;
 pub mod lineformat;
 pub mod logging;
 pub mod mechanism;

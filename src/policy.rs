@@ -5,6 +5,8 @@
 //!   `CKA_VALUE` is always `CKR_ATTRIBUTE_SENSITIVE`.
 //! - What `C_SetAttributeValue` may change ([`attribute_changes`]): label, usage and dates;
 //!   nothing that could make a key extractable or non-sensitive.
+//!   The key-state attributes (`CKA_XKI_*`) are not key attributes in this sense: the module
+//!   routes them to `crate::keystate` before this filter.
 //! - What `C_GenerateKey` may ask for ([`generation_request`]): a weaker template is rejected,
 //!   never silently fixed.
 //! - Which GCM parameters are accepted ([`gcm_params`]).

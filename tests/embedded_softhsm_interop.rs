@@ -103,6 +103,7 @@ fn embedded_with_keys(dir: &Path, keys: &[&[u8]]) -> EmbeddedBackend {
                 decrypt: true,
                 start_date: Vec::new(),
                 end_date: Vec::new(),
+                state: Vec::new(),
             })
             .collect(),
     };

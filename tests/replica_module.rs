@@ -41,6 +41,7 @@ fn embedded_store(dir: &Path) -> (PathBuf, PathBuf) {
             decrypt: true,
             start_date: Vec::new(),
             end_date: Vec::new(),
+            state: Vec::new(),
         }],
     };
     let identity = Identity::generate(KdfKind::KeyFile, KdfParams::NONE).unwrap();

@@ -91,6 +91,10 @@ step "replica groups (fault injection)" \
     cargo test -p xki-pkcs11 --features fault-injection --test replica_group --test replica_module
 step "proxy health per replica member (fault injection)" \
     cargo test -p xki-proxy --features fault-injection --test replica_health
+# Key state: crash at every write step (XKI_FAULT_ABORT_AFTER_STATE_STEP), purge with a
+# test-only "today" (--as-of), both compiled only with the feature (about 20 s).
+step "key state crashes and purge (fault injection)" \
+    cargo test -p xki-proxy --features fault-injection --test keystate --test keys
 
 echo
 if [[ $failed -gt 0 ]]; then

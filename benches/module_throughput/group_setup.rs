@@ -85,6 +85,7 @@ fn store(dir: &Path, value: &Zeroizing<Vec<u8>>) -> Result<(PathBuf, PathBuf), S
             decrypt: true,
             start_date: Vec::new(),
             end_date: Vec::new(),
+            state: Vec::new(),
         }],
     };
     let identity = Identity::generate(KdfKind::KeyFile, KdfParams::NONE)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{valid_key_id, Config};
-use crate::hsm::{Date, Hsm, HsmError, Usage};
+use crate::hsm::{Date, Hsm, HsmError, KeyState, KeyStatus, Usage, UsageFlags};
 
 /// Open the HSM named in the config (for CLI use).
 pub fn open(config: &Path) -> Result<(Config, Arc<Hsm>), String> {
@@ -26,13 +26,37 @@ fn check_id(id: &str) -> Result<(), String> {
     }
 }
 
-fn usage_str(e: bool, d: bool) -> &'static str {
-    match (e, d) {
-        (true, true) => "ENCRYPT,DECRYPT",
-        (true, false) => "ENCRYPT",
-        (false, true) => "DECRYPT",
-        (false, false) => "-",
+/// What the KMS console asks for when an external key is registered, plus what the operator
+/// needs to see (deletion date, state problems).
+fn key_json(label: &str, st: &KeyState, canary: bool) -> serde_json::Value {
+    let mut notes = Vec::new();
+    if st.status == KeyStatus::Damaged {
+        notes.push(
+            "stored key state is damaged: treated as DISABLED; `keys enable --usage ...` rewrites it"
+                .to_string(),
+        );
     }
+    if st.incomplete() {
+        notes.push(
+            "an admin change was interrupted: the HSM still allows the key; run the last keys command again"
+                .to_string(),
+        );
+    }
+    if !st.module_state {
+        notes.push("foreign PKCS#11 library: status and usage are folded together".to_string());
+    }
+    if canary {
+        notes.push("health canary".to_string());
+    }
+    serde_json::json!({
+        "externalKeyId": label,
+        "keySpec": "AES_256",
+        "keyUsage": st.usage.names(),
+        "keyStatus": if st.disabled() { "DISABLED" } else { "ENABLED" },
+        "deletionDate": st.deletion.map(|d| d.to_string()),
+        "hsmAllows": UsageFlags { encrypt: st.encrypt, decrypt: st.decrypt }.names(),
+        "notes": notes,
+    })
 }
 
 /// `keys init`: open the configured token, letting our module create each embedded store
@@ -50,56 +74,97 @@ pub fn init(config: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// `keys create`.
-pub fn create(config: &Path, label: &str, usage: Usage) -> Result<(), String> {
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn state_of(hsm: &Hsm, label: &str) -> Result<KeyState, String> {
+    hsm.with_session(|s| hsm.key_state(s, label))
+        .map_err(|e| e.to_string())
+}
+
+/// `keys create`: the key with its final usage, then what the KMS console asks for.
+pub fn create(config: &Path, label: &str, usage: Usage, json: bool) -> Result<(), String> {
     check_id(label)?;
     let (_, hsm) = open(config)?;
     hsm.with_session(|s| hsm.create_key(s, label, usage).map(|_| ()))
         .map_err(|e| e.to_string())?;
+    let st = state_of(&hsm, label)?;
+    let v = key_json(label, &st, false);
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
     println!("External Key ID: {label}");
+    println!("Key spec:        AES_256");
+    println!("Key usage:       {}", st.usage.names().join(", "));
+    println!(
+        "Key status:      {}",
+        if st.disabled() { "DISABLED" } else { "ENABLED" }
+    );
+    if usage != Usage::Both {
+        println!("Note: a KMS registers an external key only when it allows ENCRYPT and DECRYPT.");
+    }
     Ok(())
 }
 
 /// `keys list`.
-pub fn list(config: &Path) -> Result<(), String> {
+pub fn list(config: &Path, json: bool) -> Result<(), String> {
     let (_, hsm) = open(config)?;
     let keys = hsm
         .with_session(|s| hsm.list_keys(s))
         .map_err(|e| e.to_string())?;
+    if json {
+        let all: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|k| key_json(&k.label, &k.state, k.label == hsm.canary_label))
+            .collect();
+        print_json(&serde_json::Value::Array(all));
+        return Ok(());
+    }
     println!(
-        "{:<40} {:<17} {:<16} DELETION_DATE",
-        "EXTERNAL_KEY_ID", "STATE", "USAGE"
+        "{:<40} {:<8} {:<17} {:<16} {:<13} NOTES",
+        "EXTERNAL_KEY_ID", "SPEC", "STATE", "USAGE", "DELETION_DATE"
     );
     for k in keys {
-        let state = match (k.deletion, k.state.disabled()) {
-            (Some(_), _) => "PENDING_DELETION",
-            (None, true) => "DISABLED",
-            (None, false) => "ENABLED",
+        let st = &k.state;
+        let state = match (st.status, st.deletion) {
+            (KeyStatus::Damaged, _) => "DAMAGED",
+            (_, Some(_)) => "PENDING_DELETION",
+            (KeyStatus::Disabled, None) => "DISABLED",
+            (KeyStatus::Enabled, None) => "ENABLED",
         };
-        let mark = if k.label == hsm.canary_label {
-            " (health canary)"
-        } else {
-            ""
-        };
+        let usage = st.usage.names().join(",");
+        let notes = key_json(&k.label, st, k.label == hsm.canary_label)["notes"]
+            .as_array()
+            .map(|n| {
+                n.iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default();
         println!(
-            "{:<40} {:<17} {:<16} {}{}",
+            "{:<40} {:<8} {:<17} {:<16} {:<13} {}",
             k.label,
+            "AES_256",
             state,
-            usage_str(k.state.encrypt, k.state.decrypt),
-            k.deletion.map_or("-".to_string(), |d| d.to_string()),
-            mark
+            if usage.is_empty() { "-" } else { &usage },
+            st.deletion.map_or("-".to_string(), |d| d.to_string()),
+            if notes.is_empty() { "-" } else { &notes },
         );
     }
     Ok(())
 }
 
-/// `keys enable` (with a usage, default both).
-pub fn enable(config: &Path, label: &str, usage: Usage) -> Result<(), String> {
+/// `keys enable`: restores the usage the key had, or sets `--usage`.
+pub fn enable(config: &Path, label: &str, usage: Option<Usage>) -> Result<(), String> {
     check_id(label)?;
     let (_, hsm) = open(config)?;
-    hsm.with_session(|s| hsm.set_usage(s, label, usage))
+    let f = hsm
+        .with_session(|s| hsm.enable_key(s, label, usage))
         .map_err(|e| e.to_string())?;
-    println!("{label}: ENABLED ({usage:?})");
+    println!("{label}: ENABLED, usage {}", f.names().join(","));
     Ok(())
 }
 
@@ -109,7 +174,7 @@ pub fn disable(config: &Path, label: &str) -> Result<(), String> {
     let (_, hsm) = open(config)?;
     hsm.with_session(|s| hsm.disable_key(s, label))
         .map_err(|e| e.to_string())?;
-    println!("{label}: DISABLED");
+    println!("{label}: DISABLED (usage kept for `keys enable`)");
     Ok(())
 }
 
@@ -139,7 +204,9 @@ pub fn cancel_deletion(config: &Path, label: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `keys purge`: destroy keys whose deletion date has passed. `today` is overridable for tests.
+/// `keys purge`: destroy keys whose deletion date has passed. `today` is overridable only in
+/// test builds (the `fault-injection` feature; see main.rs), so a production purge can never
+/// destroy a key before its date.
 pub fn purge(config: &Path, today: Option<Date>) -> Result<(), String> {
     let (_, hsm) = open(config)?;
     let today = today.unwrap_or_else(Date::today);
@@ -149,7 +216,7 @@ pub fn purge(config: &Path, today: Option<Date>) -> Result<(), String> {
     let (mut done, mut failed) = (0, 0);
     for k in keys
         .iter()
-        .filter(|k| k.deletion.is_some_and(|d| d <= today))
+        .filter(|k| k.state.deletion.is_some_and(|d| d <= today))
     {
         match hsm.with_session(|s| hsm.purge_key(s, &k.label, today)) {
             Ok(()) => {

@@ -10,7 +10,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use xki_proxy::discover::{self, Found};
-use xki_proxy::hsm::{Date, Usage};
+#[cfg(feature = "fault-injection")]
+use xki_proxy::hsm::Date;
+use xki_proxy::hsm::Usage;
 use xki_proxy::{admin, credentials, demo, server};
 
 #[derive(Parser)]
@@ -67,7 +69,8 @@ enum KeysCmd {
     /// Open the token, creating a new embedded store the module config names if it does not
     /// exist yet (other commands never create one: a missing store is an error).
     Init,
-    /// Generate an AES-256 key in the HSM; prints the External Key ID.
+    /// Generate an AES-256 key in the HSM with its final usage; prints what the KMS console
+    /// asks for (External Key ID, key spec, usage, status).
     Create {
         /// External key id (CKA_LABEL).
         #[arg(long)]
@@ -75,18 +78,25 @@ enum KeysCmd {
         /// Usage: encrypt, decrypt or both.
         #[arg(long, value_enum, default_value = "both")]
         usage: Usage,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
-    /// List keys: id, state, usage, deletion date.
-    List,
-    /// Enable a key (sets CKA_ENCRYPT/CKA_DECRYPT per --usage).
+    /// List keys: id, spec, state, usage, deletion date, notes.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enable a key: restores the usage it had (or sets --usage).
     Enable {
         /// External key id.
         id: String,
-        /// Usage to restore.
-        #[arg(long, value_enum, default_value = "both")]
-        usage: Usage,
+        /// Usage to set instead of the one the key had.
+        #[arg(long, value_enum)]
+        usage: Option<Usage>,
     },
-    /// Disable a key (clears CKA_ENCRYPT and CKA_DECRYPT).
+    /// Disable a key (the HSM refuses it; its usage is kept for `keys enable`).
     Disable {
         /// External key id.
         id: String,
@@ -106,7 +116,9 @@ enum KeysCmd {
     },
     /// Destroy keys whose deletion date has passed.
     Purge {
-        /// Pretend today is this date (YYYY-MM-DD); for tests and drills.
+        /// TEST BUILDS ONLY (`fault-injection` feature): pretend today is this date
+        /// (YYYY-MM-DD). Absent from production builds, so no purge can run early.
+        #[cfg(feature = "fault-injection")]
         #[arg(long, hide = true)]
         as_of: Option<String>,
     },
@@ -141,6 +153,7 @@ enum CredCmd {
     },
 }
 
+#[cfg(feature = "fault-injection")]
 fn parse_date(s: &str) -> Result<Date, String> {
     let p: Vec<&str> = s.split('-').collect();
     match p.as_slice() {
@@ -214,18 +227,21 @@ fn main() -> ExitCode {
 fn admin_cmd(c: &std::path::Path, cmd: Cmd) -> Result<(), String> {
     match cmd {
         Cmd::Keys(k) => match k {
-            KeysCmd::Create { label, usage } => admin::create(c, &label, usage),
+            KeysCmd::Create { label, usage, json } => admin::create(c, &label, usage, json),
             KeysCmd::Init => admin::init(c),
-            KeysCmd::List => admin::list(c),
+            KeysCmd::List { json } => admin::list(c, json),
             KeysCmd::Enable { id, usage } => admin::enable(c, &id, usage),
             KeysCmd::Disable { id } => admin::disable(c, &id),
             KeysCmd::ScheduleDeletion { id, days } => admin::schedule_deletion(c, &id, days),
             KeysCmd::CancelDeletion { id } => admin::cancel_deletion(c, &id),
+            #[cfg(feature = "fault-injection")]
             KeysCmd::Purge { as_of } => as_of
                 .as_deref()
                 .map(parse_date)
                 .transpose()
                 .and_then(|d| admin::purge(c, d)),
+            #[cfg(not(feature = "fault-injection"))]
+            KeysCmd::Purge {} => admin::purge(c, None),
         },
         Cmd::Health => admin::health(c),
         Cmd::Reload => admin::reload(c),

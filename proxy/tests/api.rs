@@ -305,12 +305,19 @@ fn validation_and_crypto_error_rows() {
     )
     .expect_ok();
     assert_eq!(md_kdis["keyStatus"], "DISABLED");
-    let enc_only = post(
+    // A CDIV promises a later Decrypt succeeds: refused on an encrypt-only key (issue 11).
+    post(
         &key_path("/t1", "kenc", "encrypt"),
         &encrypt_body(b"one way", None),
     )
-    .expect_ok();
-    assert!(enc_only["ciphertextDataIntegrityValue"].is_string());
+    .expect_err(400, "InvalidKeyUsageException");
+    let mut no_cdiv = encrypt_body(b"one way", None);
+    no_cdiv
+        .as_object_mut()
+        .unwrap()
+        .remove("ciphertextDataIntegrityValueAlgorithm");
+    let enc_only = post(&key_path("/t1", "kenc", "encrypt"), &no_cdiv).expect_ok();
+    assert!(enc_only.get("ciphertextDataIntegrityValue").is_none());
     post(
         &key_path("/t1", "kenc", "decrypt"),
         &decrypt_body(&enc_only, None),

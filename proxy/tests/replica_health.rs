@@ -32,6 +32,7 @@ fn record(record: u64, label: &str, byte: u8) -> KeyRecord {
         decrypt: true,
         start_date: Vec::new(),
         end_date: Vec::new(),
+        state: Vec::new(),
     }
 }
 

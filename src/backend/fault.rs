@@ -144,6 +144,14 @@ impl Backend for FaultBackend {
         self.gate()?;
         self.inner.destroy_key(key)
     }
+    fn key_state(&self, key: BackendKey) -> CkResult<Option<Vec<u8>>> {
+        self.gate()?;
+        self.inner.key_state(key)
+    }
+    fn set_key_state(&self, key: BackendKey, record: &[u8]) -> CkResult<()> {
+        self.gate()?;
+        self.inner.set_key_state(key, record)
+    }
     fn gcm_encrypt(&self, key: BackendKey, iv: &[u8], aad: &[u8], pt: &[u8]) -> CkResult<Vec<u8>> {
         self.gate()?;
         self.inner.gcm_encrypt(key, iv, aad, pt)

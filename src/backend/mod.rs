@@ -250,6 +250,20 @@ pub trait Backend: Send + Sync {
     /// Destroy a key object. Irreversible; the module decides whether it is allowed.
     fn destroy_key(&self, key: BackendKey) -> CkResult<()>;
 
+    /// The key's state record (`crate::keystate`: bytes the module alone encodes), stored
+    /// beside the key on the token; `None` when the key has none. Called by admin paths only
+    /// (never on the Encrypt/Decrypt path).
+    fn key_state(&self, key: BackendKey) -> CkResult<Option<Vec<u8>>> {
+        let _ = key;
+        Err(Rv::FUNCTION_NOT_SUPPORTED)
+    }
+
+    /// Store (create or replace) the key's state record. `destroy_key` removes it with the key.
+    fn set_key_state(&self, key: BackendKey, record: &[u8]) -> CkResult<()> {
+        let _ = (key, record);
+        Err(Rv::FUNCTION_NOT_SUPPORTED)
+    }
+
     /// AES-GCM encrypt with a 128-bit tag. Returns `ciphertext || tag` (plaintext length + 16).
     fn gcm_encrypt(
         &self,

@@ -14,6 +14,7 @@ use crate::api::{
 use crate::audit::{self, Record};
 use crate::backend::{self, Backend, MechanismInfo, NewKey, TokenDescription};
 use crate::config::Config;
+use crate::keystate;
 use crate::mechanism::{Mechanism, GCM_TAG_LEN};
 use crate::object::ObjectTable;
 use crate::policy;
@@ -28,6 +29,7 @@ use std::sync::{Arc, Once};
 
 mod assemble;
 mod crypt;
+mod key_state;
 mod keygen;
 mod objects;
 mod refusals;

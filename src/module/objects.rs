@@ -1,5 +1,6 @@
 //! Objects: finding keys, their attributes, lifecycle changes and the object refusals.
 
+use super::key_state;
 use super::*;
 
 pub fn create_object(session: u64, template: &[Attribute]) -> CkResult<u64> {
@@ -84,9 +85,18 @@ pub fn get_attribute_value(
     let (s, index, _) = m.session(session)?;
     let e = m.key(s, index, object, Rv::OBJECT_HANDLE_INVALID)?;
     let info = fresh_key(&m, s, object, e.key)?;
+    // Key state is read from the HSM only when a caller asks for it (never for crypto).
+    let state = if types.iter().any(|t| keystate::is_state_attribute(*t)) {
+        Some(key_state::view(s, &info)?)
+    } else {
+        None
+    };
     Ok(types
         .iter()
-        .map(|t| policy::public_attribute(&info, *t, s.slot.allow_destroy))
+        .map(|t| match &state {
+            Some(v) if keystate::is_state_attribute(*t) => keystate::state_attribute(v, *t),
+            _ => policy::public_attribute(&info, *t, s.slot.allow_destroy),
+        })
         .collect())
 }
 
@@ -97,11 +107,24 @@ pub fn set_attribute_value(session: u64, object: u64, template: &[Attribute]) ->
     if !read_write {
         return Err(Rv::SESSION_READ_ONLY);
     }
+    if template
+        .iter()
+        .any(|a| keystate::is_state_attribute(a.kind))
+    {
+        return key_state::change(&m, s, object, &e, template);
+    }
     let changes = match policy::attribute_changes(template) {
         Ok(c) => c,
         Err(rv) => return refused(s, "C_SetAttributeValue", &e.label, rv),
     };
     let info = fresh_key(&m, s, object, e.key)?;
+    if changes.encrypt == Some(true) || changes.decrypt == Some(true) {
+        // A DISABLED key gets usage back only through CKA_XKI_KEY_STATUS, which also records
+        // it as ENABLED: otherwise the HSM would allow what its state says it refuses.
+        if key_state::stored(s, &info)?.is_disabled() {
+            return refused(s, "C_SetAttributeValue", &info.label, Rv::ACTION_PROHIBITED);
+        }
+    }
     if let Some(label) = &changes.label {
         if !s.slot.admits_names(&info.id, label) {
             // The key would vanish from its own slot.

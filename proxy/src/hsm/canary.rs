@@ -15,7 +15,8 @@ use std::time::Duration;
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::Session;
 
-use super::keys::{ck, find_by_label, is_hyok_key, read_state, KeyState};
+use super::keys::{ck, find_by_label, is_hyok_key};
+use super::state::{read_state, KeyState};
 use super::{Hsm, HsmError, Usage};
 
 /// Longest random wait before a creation (the look again that follows it is what avoids

@@ -1,15 +1,6 @@
-//! Keys by label and their state on the request path — all in standard PKCS#11 attributes,
-//! so no database is needed and every proxy instance sees the same truth (lifecycle
-//! administration is in `lifecycle.rs`):
-//!
-//! * external key id = `CKA_LABEL` of an AES-256, token, sensitive, non-extractable secret key;
-//! * usage = `CKA_ENCRYPT` / `CKA_DECRYPT`; **both false = DISABLED**;
-//! * scheduled deletion = `CKA_END_DATE` set (and the key disabled); `purge` destroys keys
-//!   whose date has passed. Tokens that cannot keep CKA_END_DATE on a key cannot schedule
-//!   deletions (the command fails and changes nothing); CKA_ID is never modified.
-//!
-//! Label -> handle lookups are cached for `key_cache_ms`; state attributes are read from the
-//! HSM on every call, so GetKeyMetadata and enable/disable are never stale.
+//! Request-path key lookup: external key id (`CKA_LABEL`) -> HYOK key handle, cached for
+//! `key_cache_ms`; the key's live state is read from the HSM when the HSM refuses a request
+//! (to name the error) and by GetKeyMetadata. Lifecycle admin is in `lifecycle.rs`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -19,23 +10,8 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::Session;
 use parking_lot::Mutex;
 
+use super::state::{read_state, KeyState};
 use super::{Hsm, HsmError};
-
-/// Live usage flags of a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyState {
-    /// CKA_ENCRYPT.
-    pub encrypt: bool,
-    /// CKA_DECRYPT.
-    pub decrypt: bool,
-}
-
-impl KeyState {
-    /// Our DISABLED state: neither usage.
-    pub fn disabled(self) -> bool {
-        !self.encrypt && !self.decrypt
-    }
-}
 
 /// Label -> handle cache (handles only; never state).
 pub(super) struct KeyCache {
@@ -53,7 +29,7 @@ impl KeyCache {
     pub(super) fn clear(&self) {
         self.map.lock().clear();
     }
-    fn get(&self, label: &str) -> Option<ObjectHandle> {
+    pub(super) fn get(&self, label: &str) -> Option<ObjectHandle> {
         let m = self.map.lock();
         m.get(label)
             .filter(|(_, at)| at.elapsed() < self.ttl)
@@ -111,23 +87,6 @@ pub(super) fn is_hyok_key(s: &Session, h: ObjectHandle) -> Result<bool, HsmError
     Ok(aes && len32 && sens && noext)
 }
 
-pub(super) fn read_state(s: &Session, h: ObjectHandle) -> Result<KeyState, HsmError> {
-    let attrs = s
-        .get_attributes(h, &[AttributeType::Encrypt, AttributeType::Decrypt])
-        .map_err(ck("C_GetAttributeValue"))?;
-    let mut st = KeyState {
-        encrypt: false,
-        decrypt: false,
-    };
-    for a in attrs {
-        match a {
-            Attribute::Encrypt(b) => st.encrypt = b,
-            Attribute::Decrypt(b) => st.decrypt = b,
-            _ => {}
-        }
-    }
-    Ok(st)
-}
 impl Hsm {
     /// Resolve an external key id to its HYOK key handle (cached briefly).
     pub fn find_key(&self, s: &Session, label: &str) -> Result<ObjectHandle, HsmError> {
@@ -190,7 +149,8 @@ impl Hsm {
     /// The token enforces CKA_ENCRYPT / CKA_DECRYPT on every call (PKCS#11 requires
     /// `CKR_KEY_FUNCTION_NOT_PERMITTED`; SoftHSM2, our module and its backends do), so the
     /// live state still decides every request; it is read only when the token refuses, to
-    /// name the error: DISABLED (both flags false) or wrong usage. This saves one
+    /// name the error: not ENABLED -> [`HsmError::Disabled`] (also when the usage lacks the
+    /// operation too), else [`HsmError::WrongUsage`]. This saves one
     /// C_GetAttributeValue per request, which cost about a third of the proxy's CPU on
     /// SoftHSM2 (its file store re-reads the object on every attribute read).
     pub fn with_key_enforced<R>(

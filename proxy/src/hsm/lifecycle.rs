@@ -1,5 +1,17 @@
-//! Key lifecycle administration (the admin CLI): create, list, usage, disable, scheduled
-//! deletion and purge. State lives in standard attributes (see `keys.rs`).
+//! Key lifecycle admin. State lives in the HSM, so no database is needed and every proxy
+//! instance sees the same truth (see `state.rs` for how it is read):
+//!
+//! * external key id = `CKA_LABEL` of an AES-256, token, sensitive, non-extractable secret key;
+//! * created with its final usage in one `C_GenerateKey` (nothing ever exists with more usage
+//!   than asked);
+//! * through our module: status, usage and deletion date are the key's `CKA_XKI_*`
+//!   attributes, each change one `C_SetAttributeValue` that the module carries out in a
+//!   crash-safe order (disable keeps the HSM refusing the key, enable restores the usage);
+//! * through any other PKCS#11 library: usage = `CKA_ENCRYPT`/`CKA_DECRYPT`, both false =
+//!   DISABLED, deletion date = `CKA_END_DATE` (refused where the token cannot keep it).
+//!
+//! `purge` destroys keys whose deletion date has passed (the module's `allow_destroy`
+//! decides whether it may). CKA_ID is never modified.
 
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
@@ -7,7 +19,11 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::Session;
 
 use super::date::Date;
-use super::keys::{ck, find_by_label, is_hyok_key, read_state, KeyState};
+use super::keys::{ck, find_by_label, is_hyok_key};
+use super::state::{
+    date_bytes, read_end_date, read_state, KeyState, KeyStatus, UsageFlags, CKA_XKI_DELETION_DATE,
+    CKA_XKI_KEY_STATUS, CKA_XKI_KEY_USAGE, XKI_KEY_DISABLED, XKI_KEY_ENABLED,
+};
 use super::{Hsm, HsmError};
 
 /// What a key may do.
@@ -22,12 +38,14 @@ pub enum Usage {
 }
 
 impl Usage {
-    fn flags(self) -> (bool, bool) {
-        match self {
+    /// As flags.
+    pub fn flags(self) -> UsageFlags {
+        let (encrypt, decrypt) = match self {
             Usage::Encrypt => (true, false),
             Usage::Decrypt => (false, true),
             Usage::Both => (true, true),
-        }
+        };
+        UsageFlags { encrypt, decrypt }
     }
 }
 
@@ -36,22 +54,12 @@ impl Usage {
 pub struct KeyInfo {
     /// External key id (CKA_LABEL).
     pub label: String,
-    /// Usage flags.
+    /// Status, usage, deletion date.
     pub state: KeyState,
-    /// Scheduled deletion date (CKA_END_DATE), if any.
-    pub deletion: Option<Date>,
 }
 
-/// CKA_END_DATE (our scheduled-deletion date), `None` when absent, empty or unreadable.
-fn read_end_date(s: &Session, h: ObjectHandle) -> Option<Date> {
-    s.get_attributes(h, &[AttributeType::EndDate])
-        .ok()
-        .and_then(|attrs| {
-            attrs.iter().find_map(|a| match a {
-                Attribute::EndDate(d) => Date::from_ck(d),
-                _ => None,
-            })
-        })
+fn vendor_ulong(t: u64, v: u64) -> Attribute {
+    Attribute::VendorDefined((AttributeType::VendorDefined(t), v.to_ne_bytes().to_vec()))
 }
 
 /// Set CKA_END_DATE to `d`, or clear it. "No date" is sent as a zero-length value (the
@@ -71,19 +79,30 @@ fn set_end_date(s: &Session, h: ObjectHandle, d: Option<Date>) -> Result<(), Hsm
         .map_err(ck("C_SetAttributeValue"))
 }
 
-/// The error when the token does not keep CKA_END_DATE on this key.
+/// The error when a foreign token does not keep CKA_END_DATE on this key.
 fn no_date_support(label: &str, why: &str) -> HsmError {
     HsmError::Other(format!(
         "key {label}: this token cannot store a deletion date (CKA_END_DATE) on the key ({why}); \
-         nothing was changed. SoftHSM2 2.6 cannot keep dates on private keys; use a token that \
-         stores CKA_END_DATE (the module's embedded token, or an HSM), or disable the key and \
-         destroy it later with your token's own tools"
+         nothing was changed. SoftHSM2 2.6 cannot keep dates on private keys; load the token \
+         through libxki_pkcs11.so (which keeps key state beside the key on every token), or \
+         disable the key and destroy it later with your token's own tools"
+    ))
+}
+
+fn set_state(s: &Session, h: ObjectHandle, template: &[Attribute]) -> Result<(), HsmError> {
+    s.update_attributes(h, template)
+        .map_err(ck("C_SetAttributeValue"))
+}
+
+fn pending(label: &str, d: Date) -> HsmError {
+    HsmError::Other(format!(
+        "key {label} is pending deletion on {d}; cancel the deletion first"
     ))
 }
 
 impl Hsm {
-    /// Generate a new HYOK key in the token. Fails if the label is taken. Returns the
-    /// random `CKA_ID` it was given.
+    /// Generate a new HYOK key in the token with its final usage, in one `C_GenerateKey`.
+    /// Fails if the label is taken. Returns the random `CKA_ID` it was given.
     pub fn create_key(&self, s: &Session, label: &str, usage: Usage) -> Result<[u8; 16], HsmError> {
         if !find_by_label(s, label)?.is_empty() {
             return Err(HsmError::Other(format!(
@@ -92,37 +111,31 @@ impl Hsm {
         }
         let mut id = [0u8; 16];
         getrandom::getrandom(&mut id).map_err(|e| HsmError::Other(format!("OS RNG: {e}")))?;
-        // Generated with both usages (what any HYOK-enforcing module accepts), then narrowed.
-        let h = s
-            .generate_key(
-                &Mechanism::AesKeyGen,
-                &[
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::KeyType(KeyType::AES),
-                    Attribute::ValueLen(32.into()),
-                    Attribute::Token(true),
-                    Attribute::Private(true),
-                    Attribute::Sensitive(true),
-                    Attribute::Extractable(false),
-                    Attribute::Modifiable(true),
-                    Attribute::Encrypt(true),
-                    Attribute::Decrypt(true),
-                    Attribute::Wrap(false),
-                    Attribute::Unwrap(false),
-                    Attribute::Label(label.as_bytes().to_vec()),
-                    Attribute::Id(id.to_vec()),
-                ],
-            )
-            .map_err(ck("C_GenerateKey"))?;
-        if usage != Usage::Both {
-            let (e, d) = usage.flags();
-            s.update_attributes(h, &[Attribute::Encrypt(e), Attribute::Decrypt(d)])
-                .map_err(ck("C_SetAttributeValue"))?;
-        }
+        let f = usage.flags();
+        s.generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::ValueLen(32.into()),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Modifiable(true),
+                Attribute::Encrypt(f.encrypt),
+                Attribute::Decrypt(f.decrypt),
+                Attribute::Wrap(false),
+                Attribute::Unwrap(false),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Id(id.to_vec()),
+            ],
+        )
+        .map_err(ck("C_GenerateKey"))?;
         Ok(id)
     }
 
-    /// List every HYOK key on the token.
+    /// List every HYOK key on the token with its state.
     pub fn list_keys(&self, s: &Session) -> Result<Vec<KeyInfo>, HsmError> {
         let all = s
             .find_objects(&[
@@ -147,48 +160,84 @@ impl Hsm {
             out.push(KeyInfo {
                 label,
                 state: read_state(s, h)?,
-                deletion: read_end_date(s, h),
             });
         }
         out.sort_by(|a, b| a.label.cmp(&b.label));
         Ok(out)
     }
 
-    fn admin_handle(&self, s: &Session, label: &str) -> Result<ObjectHandle, HsmError> {
+    fn admin_handle(&self, s: &Session, label: &str) -> Result<(ObjectHandle, KeyState), HsmError> {
         self.keys.remove(label);
-        self.find_key(s, label)
+        let h = self.find_key(s, label)?;
+        Ok((h, read_state(s, h)?))
     }
 
-    /// Set usage flags (enable with a usage). Refused while deletion is scheduled.
-    pub fn set_usage(&self, s: &Session, label: &str, usage: Usage) -> Result<(), HsmError> {
-        let h = self.admin_handle(s, label)?;
-        if let Some(d) = read_end_date(s, h) {
+    /// Enable: restore the usage the key had (or set `usage`). Refused while deletion is
+    /// scheduled, and for a key with damaged state unless `usage` is given.
+    pub fn enable_key(
+        &self,
+        s: &Session,
+        label: &str,
+        usage: Option<Usage>,
+    ) -> Result<UsageFlags, HsmError> {
+        let (h, st) = self.admin_handle(s, label)?;
+        if let Some(d) = st.deletion {
+            return Err(pending(label, d));
+        }
+        if !st.module_state {
+            // Foreign library: enabling sets the flags (both unless told otherwise).
+            let f = usage.unwrap_or(Usage::Both).flags();
+            set_state(
+                s,
+                h,
+                &[Attribute::Encrypt(f.encrypt), Attribute::Decrypt(f.decrypt)],
+            )?;
+            return Ok(f);
+        }
+        if st.status == KeyStatus::Damaged && usage.is_none() {
             return Err(HsmError::Other(format!(
-                "key {label} is pending deletion on {d}; cancel the deletion first"
+                "key {label}: its stored state is damaged, so the usage to restore is unknown; \
+                 enable it with an explicit --usage"
             )));
         }
-        let (e, d) = usage.flags();
-        s.update_attributes(h, &[Attribute::Encrypt(e), Attribute::Decrypt(d)])
-            .map_err(ck("C_SetAttributeValue"))
+        let f = usage.map_or(st.usage, Usage::flags);
+        let mut t = vec![vendor_ulong(CKA_XKI_KEY_STATUS, XKI_KEY_ENABLED)];
+        if usage.is_some() {
+            t.push(vendor_ulong(CKA_XKI_KEY_USAGE, f.ck_flags()));
+        }
+        set_state(s, h, &t)?;
+        Ok(f)
     }
 
-    /// Disable: clear both usage flags.
+    /// Disable: the HSM refuses the key from now on; its usage is kept for `enable_key`.
     pub fn disable_key(&self, s: &Session, label: &str) -> Result<(), HsmError> {
-        let h = self.admin_handle(s, label)?;
-        s.update_attributes(h, &[Attribute::Encrypt(false), Attribute::Decrypt(false)])
-            .map_err(ck("C_SetAttributeValue"))
+        let (h, st) = self.admin_handle(s, label)?;
+        if !st.module_state {
+            return set_state(
+                s,
+                h,
+                &[Attribute::Encrypt(false), Attribute::Decrypt(false)],
+            );
+        }
+        set_state(s, h, &[vendor_ulong(CKA_XKI_KEY_STATUS, XKI_KEY_DISABLED)])
     }
 
-    /// Record the deletion date in CKA_END_DATE, then disable the key.
+    /// Schedule deletion on `on`: the key is DISABLED until then (or until cancelled).
     ///
-    /// The date is the only record of the schedule, so it is written (and read back) first:
-    /// a token that cannot keep it (SoftHSM2 2.6 on private keys; our module then answers
-    /// CKR_ATTRIBUTE_TYPE_INVALID) fails here with the key exactly as it was. If disabling
-    /// fails afterwards, the previous date is restored. CKA_ID is never touched: it is the
-    /// key's identity across HSM replicas.
+    /// Through our module this is one state change on the key, on every backend. On a
+    /// foreign library the date goes to `CKA_END_DATE`, written and read back first (a token
+    /// that cannot keep it fails here with the key exactly as it was), then the key is
+    /// disabled (if that fails the previous date is restored).
     pub fn schedule_deletion(&self, s: &Session, label: &str, on: Date) -> Result<(), HsmError> {
-        let h = self.admin_handle(s, label)?;
-        let previous = read_end_date(s, h);
+        let (h, st) = self.admin_handle(s, label)?;
+        if st.module_state {
+            let date = Attribute::VendorDefined((
+                AttributeType::VendorDefined(CKA_XKI_DELETION_DATE),
+                date_bytes(on),
+            ));
+            return set_state(s, h, &[date]);
+        }
+        let previous = st.deletion;
         if let Err(e) = set_end_date(s, h, Some(on)) {
             return Err(match e.rv() {
                 Some(
@@ -224,11 +273,18 @@ impl Hsm {
 
     /// Clear the deletion date; the key stays disabled (enable it explicitly), like KMS.
     pub fn cancel_deletion(&self, s: &Session, label: &str) -> Result<(), HsmError> {
-        let h = self.admin_handle(s, label)?;
-        if read_end_date(s, h).is_none() {
+        let (h, st) = self.admin_handle(s, label)?;
+        if st.deletion.is_none() {
             return Err(HsmError::Other(format!(
                 "key {label} has no deletion scheduled"
             )));
+        }
+        if st.module_state {
+            let none = Attribute::VendorDefined((
+                AttributeType::VendorDefined(CKA_XKI_DELETION_DATE),
+                Vec::new(),
+            ));
+            return set_state(s, h, &[none]);
         }
         set_end_date(s, h, None)?;
         if read_end_date(s, h).is_some() {
@@ -239,10 +295,11 @@ impl Hsm {
         Ok(())
     }
 
-    /// Destroy one key whose deletion date has passed (checked again here).
+    /// Destroy one key whose deletion date has passed (checked again here) and that the
+    /// HSM refuses (DISABLED with no usage left on the key).
     pub fn purge_key(&self, s: &Session, label: &str, today: Date) -> Result<(), HsmError> {
-        let h = self.admin_handle(s, label)?;
-        match read_end_date(s, h) {
+        let (h, st) = self.admin_handle(s, label)?;
+        match st.deletion {
             Some(d) if d <= today => {}
             _ => {
                 return Err(HsmError::Other(format!(
@@ -250,9 +307,9 @@ impl Hsm {
                 )))
             }
         }
-        if !read_state(s, h)?.disabled() {
+        if !st.disabled() || st.encrypt || st.decrypt {
             return Err(HsmError::Other(format!(
-                "key {label} is enabled; not destroying"
+                "key {label} is usable (an interrupted change?); not destroying: run `keys schedule-deletion` again"
             )));
         }
         s.destroy_object(h).map_err(ck("C_DestroyObject"))?;

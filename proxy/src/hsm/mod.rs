@@ -14,14 +14,15 @@ mod ivs;
 mod keys;
 mod lifecycle;
 mod pool;
+mod state;
 mod status;
 
 pub use date::Date;
 pub use error::HsmError;
 pub use gcm::{gcm_decrypt, gcm_encrypt, GcmOutput, IV_LEN, TAG_LEN};
-pub use keys::KeyState;
 pub use lifecycle::{KeyInfo, Usage};
 pub use pool::PoolStats;
+pub use state::{KeyState, KeyStatus, UsageFlags};
 pub use status::{AuditStatus, Member, MemberState};
 
 use std::path::{Path, PathBuf};

@@ -33,7 +33,8 @@ fn optional_aad(v: Option<&str>) -> Result<Vec<u8>, ApiError> {
 
 /// Encrypt under `key`. With a CDIV algorithm, the CDIV is computed from the output first,
 /// then that exact output is decrypted once to prove it round-trips (retried once with a
-/// fresh IV, then InternalException). Keys without CKA_DECRYPT skip that check.
+/// fresh IV, then InternalException). A CDIV on a key without DECRYPT usage is
+/// InvalidKeyUsageException and returns no ciphertext.
 pub async fn encrypt(
     app: &App,
     key: &str,
@@ -74,9 +75,12 @@ pub async fn encrypt(
                         Ok(back) if back.as_slice() == plaintext.as_slice() => {
                             return Ok((out, Some(d)))
                         }
-                        // A key without CKA_DECRYPT cannot check its output: answer as is.
+                        // A CDIV promises that Decrypt of this output succeeds; on a key
+                        // without DECRYPT it would not: no ciphertext, and the refusal is
+                        // named from the key's state (InvalidKeyUsage, or InvalidState if
+                        // the key was disabled meanwhile) by `with_key_enforced`.
                         Err(e) if e.rv() == Some(RvError::KeyFunctionNotPermitted) => {
-                            return Ok((out, Some(d)))
+                            return Err(e)
                         }
                         Ok(_) | Err(HsmError::InvalidCiphertext) => {
                             tracing::error!(key = %label, "encrypt round-trip check failed; retrying");

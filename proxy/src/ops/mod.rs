@@ -8,7 +8,7 @@ use base64::Engine;
 use cryptoki::error::RvError;
 
 use crate::api::{ApiError, ErrorKind, KeyMetadataResponse, RequestMetadata};
-use crate::hsm::HsmError;
+use crate::hsm::{HsmError, KeyStatus};
 use crate::state::App;
 
 /// Largest plaintext/ciphertext we accept (decoded). The spec needs 4300.
@@ -179,10 +179,12 @@ pub fn map_hsm(e: HsmError) -> ApiError {
     }
 }
 
-/// GetKeyMetadata: live usage flags from the HSM.
+/// GetKeyMetadata: the key's true status and true usage, both read from the HSM.
 ///
-/// A DISABLED key (both flags false) reports both usages, since that is what `keys enable`
-/// restores by default.
+/// Status and usage are independent: a DISABLED key reports the usage `keys enable`
+/// restores. A key whose stored state is damaged reports DISABLED (fail safe; the module
+/// logs the damage and `keys list` shows it); an interrupted admin change (DISABLED while
+/// the HSM still allows the key) reports DISABLED and is logged.
 pub async fn key_metadata(app: &App, key: &str) -> Result<KeyMetadataResponse, ApiError> {
     let label = key.to_string();
     let st = app
@@ -190,16 +192,17 @@ pub async fn key_metadata(app: &App, key: &str) -> Result<KeyMetadataResponse, A
         .run(app.deadline(), move |hsm, s| hsm.key_state(s, &label))
         .await
         .map_err(map_hsm)?;
-    let mut usage = Vec::new();
-    if st.encrypt || st.disabled() {
-        usage.push("ENCRYPT");
-    }
-    if st.decrypt || st.disabled() {
-        usage.push("DECRYPT");
+    if st.status == KeyStatus::Damaged {
+        tracing::error!(key, "stored key state is damaged: reporting DISABLED");
+    } else if st.incomplete() {
+        tracing::warn!(
+            key,
+            "key is DISABLED but the HSM still allows it (interrupted admin change)"
+        );
     }
     Ok(KeyMetadataResponse {
         key_spec: "AES_256",
-        key_usage: usage,
+        key_usage: st.usage.names(),
         key_status: if st.disabled() { "DISABLED" } else { "ENABLED" },
     })
 }

@@ -48,9 +48,11 @@ fn check_attr_len(v: &[u8]) -> CkResult<()> {
 }
 
 impl EmbeddedBackend {
-    /// The key for a crypto call. Memory only, except on a miss: a key another process just
-    /// generated is found by one re-read instead of failing.
+    /// The key for a crypto call. From memory, which is compared with the store at most every
+    /// `RECHECK_MS` (another process's disable reaches this one's crypto path that fast), and
+    /// re-read on a miss: a key another process just generated is found instead of failing.
     fn crypto_key(&self, key: BackendKey) -> CkResult<Arc<KeyEntry>> {
+        self.recheck_now_and_then();
         if let Some(e) = self.cached(key.0) {
             return Ok(e);
         }
@@ -122,6 +124,7 @@ impl Backend for EmbeddedBackend {
                 decrypt: spec.decrypt,
                 start_date: Vec::new(),
                 end_date: Vec::new(),
+                state: Vec::new(),
             };
             contents.next_record += 1;
             let info = key_info(&record);
@@ -172,7 +175,30 @@ impl Backend for EmbeddedBackend {
         })
     }
 
+    fn key_state(&self, key: BackendKey) -> CkResult<Option<Vec<u8>>> {
+        let entry = self.fresh(key.0)?.ok_or(Rv::OBJECT_HANDLE_INVALID)?;
+        let state = &entry.record.state;
+        Ok((!state.is_empty()).then(|| state.clone()))
+    }
+
+    fn set_key_state(&self, key: BackendKey, record: &[u8]) -> CkResult<()> {
+        // One byte of length in the record encoding; the module's records are ~36 bytes.
+        if record.is_empty() || record.len() > usize::from(u8::MAX) {
+            return Err(Rv::ATTRIBUTE_VALUE_INVALID);
+        }
+        self.mutate(|contents| {
+            let r = contents
+                .keys
+                .iter_mut()
+                .find(|r| r.record == key.0)
+                .ok_or(Rv::OBJECT_HANDLE_INVALID)?;
+            r.state = record.to_vec();
+            Ok(())
+        })
+    }
+
     fn destroy_key(&self, key: BackendKey) -> CkResult<()> {
+        // The key-state record is part of the key's record: it goes with it.
         self.mutate(|contents| {
             let before = contents.keys.len();
             contents.keys.retain(|r| r.record != key.0);

@@ -65,6 +65,8 @@ pub struct EmbeddedBackend {
     state: RwLock<State>,
     /// Serialises this process's writers (the flock serialises processes).
     writer: Mutex<()>,
+    /// When the crypto path last checked the store for changes by other processes.
+    recheck: state::Recheck,
 }
 
 /// The in-memory image of the store.

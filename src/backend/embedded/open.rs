@@ -176,6 +176,7 @@ impl EmbeddedBackend {
                 stamp: Some(stamp),
             }),
             writer: Mutex::new(()),
+            recheck: super::state::Recheck::new(),
         })
     }
 }

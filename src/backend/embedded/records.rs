@@ -5,9 +5,12 @@
 //!
 //! ```text
 //! u64 next_record  u32 count  then per record:
-//!   u64 record number  u8 flags (bit 0 encrypt, bit 1 decrypt)
+//!   u64 record number  u8 flags (bit 0 encrypt, bit 1 decrypt, bit 2 has state)
 //!   u16 len + id   u16 len + label   u8 len + value   u8 len + start date   u8 len + end date
+//!   [u8 len + key-state record, only with flag bit 2 (`crate::keystate`)]
 //! ```
+//! Stores without key-state records are written exactly as before (bit 2 clear), so a store
+//! only becomes unreadable to older builds once a key in it has been disabled.
 //! All integers are little-endian.
 
 use zeroize::Zeroizing;
@@ -34,6 +37,8 @@ pub struct KeyRecord {
     pub start_date: Vec<u8>,
     /// `CKA_END_DATE` (`YYYYMMDD` or empty).
     pub end_date: Vec<u8>,
+    /// The key-state record the module keeps beside the key (empty: none).
+    pub state: Vec<u8>,
 }
 
 impl std::fmt::Debug for KeyRecord {
@@ -84,6 +89,11 @@ impl Contents {
                         + k.value.len()
                         + k.start_date.len()
                         + k.end_date.len()
+                        + if k.state.is_empty() {
+                            0
+                        } else {
+                            1 + k.state.len()
+                        }
                 })
                 .sum::<usize>();
         let mut out = Zeroizing::new(Vec::with_capacity(size));
@@ -91,7 +101,11 @@ impl Contents {
         out.extend_from_slice(&(self.keys.len() as u32).to_le_bytes());
         for k in &self.keys {
             out.extend_from_slice(&k.record.to_le_bytes());
-            out.push(u8::from(k.encrypt) | (u8::from(k.decrypt) << 1));
+            out.push(
+                u8::from(k.encrypt)
+                    | (u8::from(k.decrypt) << 1)
+                    | (u8::from(!k.state.is_empty()) << 2),
+            );
             // Lengths were validated when the fields were set; `as` cannot truncate here.
             out.extend_from_slice(&(k.id.len() as u16).to_le_bytes());
             out.extend_from_slice(&k.id);
@@ -100,6 +114,10 @@ impl Contents {
             for field in [&k.value[..], &k.start_date, &k.end_date] {
                 out.push(field.len() as u8);
                 out.extend_from_slice(field);
+            }
+            if !k.state.is_empty() {
+                out.push(k.state.len() as u8);
+                out.extend_from_slice(&k.state);
             }
         }
         debug_assert_eq!(out.len(), size);
@@ -119,7 +137,7 @@ impl Contents {
         for _ in 0..count {
             let record = r.u64()?;
             let flags = r.take(1)?[0];
-            if flags & !3 != 0 {
+            if flags & !7 != 0 {
                 return Err(format!("record {record}: unknown flags {flags:#x}"));
             }
             let n = r.u16()? as usize;
@@ -132,6 +150,15 @@ impl Contents {
             let start_date = r.take(n)?.to_vec();
             let n = r.take(1)?[0] as usize;
             let end_date = r.take(n)?.to_vec();
+            let state = if flags & 4 != 0 {
+                let n = r.take(1)?[0] as usize;
+                if n == 0 {
+                    return Err(format!("record {record}: empty key-state record"));
+                }
+                r.take(n)?.to_vec()
+            } else {
+                Vec::new()
+            };
             if record == 0 || record >= next_record {
                 return Err(format!("record number {record} out of range"));
             }
@@ -147,6 +174,7 @@ impl Contents {
                 decrypt: flags & 2 != 0,
                 start_date,
                 end_date,
+                state,
             });
         }
         if r.at != bytes.len() {
@@ -201,6 +229,7 @@ mod tests {
                     decrypt: false,
                     start_date: b"20260101".to_vec(),
                     end_date: Vec::new(),
+                    state: Vec::new(),
                 },
                 KeyRecord {
                     record: 4,
@@ -211,6 +240,7 @@ mod tests {
                     decrypt: true,
                     start_date: Vec::new(),
                     end_date: b"20301231".to_vec(),
+                    state: b"XKIS-state".to_vec(),
                 },
             ],
         }

@@ -8,7 +8,9 @@ use super::store;
 use super::{EmbeddedBackend, KeyEntry};
 use crate::rv::{CkResult, Rv};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use subtle::ConstantTimeEq;
 
 /// Turn decoded records into map entries, reusing the ciphers of `old` entries whose key bytes
@@ -39,7 +41,46 @@ pub(super) fn build_map(
     Ok(map)
 }
 
+/// How often the encrypt/decrypt path looks at the store for changes made by another
+/// process (a key disabled or its usage changed by an admin command): one `stat` per window
+/// per process, so another process's change is enforced here within this time.
+pub(super) const RECHECK_MS: u64 = 20;
+
+/// The time of the crypto path's last look at the store, in ms since the backend opened.
+pub(super) struct Recheck {
+    opened: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Recheck {
+    pub(super) fn new() -> Recheck {
+        Recheck {
+            opened: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// True at most once per [`RECHECK_MS`] (for one caller; the others skip).
+    fn due(&self) -> bool {
+        let now = self.opened.elapsed().as_millis() as u64;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= RECHECK_MS
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
 impl EmbeddedBackend {
+    /// The crypto path's periodic look at the store (see [`RECHECK_MS`]). A failure is
+    /// logged by `refresh_if_changed`; the keys in memory keep serving.
+    pub(super) fn recheck_now_and_then(&self) {
+        if self.recheck.due() {
+            let _ = self.refresh_if_changed();
+        }
+    }
+
     /// The entry for `handle` from memory only: the encrypt/decrypt path.
     pub(super) fn cached(&self, handle: u64) -> Option<Arc<KeyEntry>> {
         self.state.read().keys.get(&handle).cloned()

@@ -24,6 +24,7 @@
 
 mod attributes;
 mod calls;
+mod companion;
 mod errors;
 mod handles;
 mod library;
@@ -244,12 +245,40 @@ impl Backend for Pkcs11Backend {
         Ok(())
     }
 
+    fn key_state(&self, key: BackendKey) -> CkResult<Option<Vec<u8>>> {
+        let _guard = self.reading()?;
+        self.call_key(key, Retry::Always, |s, h| {
+            let id = self.read_key(s, h)?.id;
+            companion::read(s, &id)
+        })
+    }
+
+    fn set_key_state(&self, key: BackendKey, record: &[u8]) -> CkResult<()> {
+        let _guard = self.writing()?;
+        // Find-or-update, then create: repeating it after an unknown outcome is harmless.
+        self.call_key(key, Retry::Always, |s, h| {
+            let id = self.read_key(s, h)?.id;
+            companion::write(s, &id, record)
+        })
+    }
+
     fn destroy_key(&self, key: BackendKey) -> CkResult<()> {
         let _guard = self.writing()?;
-        self.call_key(key, Retry::IfNotRun, |s, h| {
-            s.destroy_object(h).map_err(|e| errors::rv_of(&e))
+        let id = self.call_key(key, Retry::IfNotRun, |s, h| {
+            let id = self.read_key(s, h)?.id;
+            s.destroy_object(h).map_err(|e| errors::rv_of(&e))?;
+            Ok(id)
         })?;
         self.keys.forget(key);
+        // The key is gone; its state record goes after it. A crash in between leaves an
+        // orphan record no key refers to (harmless: nothing reads it).
+        crate::keystate::crash_point(1);
+        if let Err(rv) = self.call(Retry::Always, |s| companion::remove(s, &id)) {
+            log::warn!(
+                "backend {}: key destroyed, its key-state object not ({rv}); it is inert",
+                self.name
+            );
+        }
         Ok(())
     }
 

@@ -33,8 +33,11 @@
 //!   default 10 s) or fails with `CKR_FUNCTION_FAILED`. Without it, a group of several
 //!   members refuses with `CKR_FUNCTION_FAILED` and an error in the log (keys cannot be
 //!   copied between HSMs, so a key on one member only would be a mismatch from birth).
-//! - Attribute changes and destruction go to every member in service holding the key; the
-//!   first member's answer decides, later members that fail are logged and reported.
+//! - Attribute changes, key-state records (`crate::keystate`) and destruction go to every
+//!   member in service holding the key; the first member's answer decides, later members
+//!   that fail are logged and reported. A member out of service at that moment misses the
+//!   change: the key's state is then read from the members that have it until an admin
+//!   command repeats the change (reads go to one member in service).
 //! - Members that cannot be reached when the module starts ([`open_later`]) start out of
 //!   service and the probe opens them; at least one member must answer at start.
 //! - Threads: per member at most `max_sessions` workers (default 32), which bounds how many
@@ -498,6 +501,50 @@ impl Backend for ReplicaGroup {
         self.inner
             .apply_all(key.0, "attribute change", move |b, mk| {
                 b.set_key_attributes(mk, &changes)
+            })
+            .map(|_| ())
+    }
+
+    fn key_state(&self, key: BackendKey) -> CkResult<Option<Vec<u8>>> {
+        // Read from every member in service holding the key: a member that missed a change
+        // (out of service at the time) must not decide the answer alone. Members that
+        // disagree make the state unreadable (reported damaged, the key treated as DISABLED)
+        // until an admin command writes it to all of them again.
+        let inner = &self.inner;
+        if !inner.keys.read().contains(key.0) {
+            return Err(Rv::KEY_HANDLE_INVALID);
+        }
+        let mut answers: Vec<(usize, Option<Vec<u8>>)> = Vec::new();
+        for (i, mk) in inner.holders(key.0) {
+            match inner.members[i].attempt(move |b| b.key_state(mk)) {
+                Outcome::Answer(Ok(r)) => answers.push((i, r)),
+                Outcome::Answer(Err(rv)) if answers.is_empty() => return Err(rv),
+                Outcome::Answer(Err(_)) | Outcome::Failed(_) => {}
+            }
+        }
+        let Some((_, first)) = answers.first().cloned() else {
+            return Err(Rv::DEVICE_ERROR);
+        };
+        if let Some((j, _)) = answers.iter().find(|(_, r)| *r != first) {
+            log::error!(
+                "replica group {}: members {} and {} hold different state records for key #{}; run the key's last admin command again to rewrite them",
+                inner.name,
+                inner.members[answers[0].0].name,
+                inner.members[*j].name,
+                key.0
+            );
+            return Ok(Some(b"members disagree".to_vec()));
+        }
+        Ok(first)
+    }
+
+    fn set_key_state(&self, key: BackendKey, record: &[u8]) -> CkResult<()> {
+        // Written to every member holding the key (like attribute changes), so any member
+        // answers the same state.
+        let record = record.to_vec();
+        self.inner
+            .apply_all(key.0, "key state change", move |b, mk| {
+                b.set_key_state(mk, &record)
             })
             .map(|_| ())
     }
