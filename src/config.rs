@@ -247,7 +247,7 @@ impl Config {
         }
         for path in [
             user_config_path(),
-            Some(PathBuf::from("/etc/xki/pkcs11.toml")),
+            Some(system_config_dir().join("pkcs11.toml")),
         ]
         .into_iter()
         .flatten()
@@ -586,6 +586,14 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
+}
+
+/// The system-wide config directory: `/etc/xki`, or `$XKI_SYSCONF_DIR` when set (for
+/// relocated installs, and for tests that must not pick up an installed package's config).
+pub fn system_config_dir() -> PathBuf {
+    std::env::var_os("XKI_SYSCONF_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from("/etc/xki"), PathBuf::from)
 }
 
 /// `~/.config/xki/pkcs11.toml` (honouring `XDG_CONFIG_HOME`).

@@ -47,7 +47,7 @@ pub fn locate(flag: Option<&Path>) -> Result<Found, String> {
     let mut tried = Vec::new();
     for p in [
         user_config_path(),
-        Some(PathBuf::from("/etc/xki/proxy.toml")),
+        Some(xki_pkcs11::config::system_config_dir().join("proxy.toml")),
     ]
     .into_iter()
     .flatten()

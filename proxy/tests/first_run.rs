@@ -28,6 +28,8 @@ fn start(home: &Path) -> Run {
         .env("HOME", home)
         .env("XDG_DATA_HOME", home.join("data"))
         .env("XDG_CONFIG_HOME", home.join("config"))
+        // A package installed on this machine must not turn the first run into its config.
+        .env("XKI_SYSCONF_DIR", home.join("etc"))
         // Port 8000 may be taken on a shared machine; the demo config still says 8000.
         .args(["--listen", "127.0.0.1:0"])
         .current_dir(home)
@@ -162,6 +164,7 @@ fn first_run_demo_round_trip_and_reuse() {
         .env("HOME", home.path())
         .env("XDG_DATA_HOME", home.path().join("data"))
         .env("XDG_CONFIG_HOME", home.path().join("config"))
+        .env("XKI_SYSCONF_DIR", home.path().join("etc"))
         .args(["keys", "list"])
         .output()
         .unwrap();

@@ -102,6 +102,9 @@ def run_file(path, steps, scratch):
         "CARGO_HOME": os.environ.get("CARGO_HOME", str(Path.home() / ".cargo")),
         "RUSTUP_HOME": os.environ.get("RUSTUP_HOME", str(Path.home() / ".rustup")),
         "CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR", str(REPO / "target")),
+        # A package installed on this machine (/etc/xki) must not stand in for the READMEs'
+        # "no config at all" first run.
+        "XKI_SYSCONF_DIR": str(scratch / "etc"),
         "LANG": "C.UTF-8",
         "TERM": "dumb",
     }
