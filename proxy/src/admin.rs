@@ -3,7 +3,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::config::{valid_key_id, Config};
 use crate::hsm::{Date, Hsm, HsmError, KeyState, KeyStatus, Usage, UsageFlags};
@@ -74,13 +73,24 @@ pub fn init(config: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The error of an admin command about key `label`: "not found" names the key and the token.
+fn about<'a>(hsm: &'a Hsm, label: &'a str) -> impl Fn(HsmError) -> String + 'a {
+    move |e| match e {
+        HsmError::KeyNotFound => format!(
+            "no key {label:?} on token {:?} (`xki-proxy keys list` shows the keys)",
+            hsm.token.label
+        ),
+        e => format!("key {label:?}: {e}"),
+    }
+}
+
 fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 fn state_of(hsm: &Hsm, label: &str) -> Result<KeyState, String> {
     hsm.with_session(|s| hsm.key_state(s, label))
-        .map_err(|e| e.to_string())
+        .map_err(about(hsm, label))
 }
 
 /// `keys create`: the key with its final usage, then what the KMS console asks for.
@@ -163,7 +173,7 @@ pub fn enable(config: &Path, label: &str, usage: Option<Usage>) -> Result<(), St
     let (_, hsm) = open(config)?;
     let f = hsm
         .with_session(|s| hsm.enable_key(s, label, usage))
-        .map_err(|e| e.to_string())?;
+        .map_err(about(&hsm, label))?;
     println!("{label}: ENABLED, usage {}", f.names().join(","));
     Ok(())
 }
@@ -173,7 +183,7 @@ pub fn disable(config: &Path, label: &str) -> Result<(), String> {
     check_id(label)?;
     let (_, hsm) = open(config)?;
     hsm.with_session(|s| hsm.disable_key(s, label))
-        .map_err(|e| e.to_string())?;
+        .map_err(about(&hsm, label))?;
     println!("{label}: DISABLED (usage kept for `keys enable`)");
     Ok(())
 }
@@ -187,7 +197,7 @@ pub fn schedule_deletion(config: &Path, label: &str, days: u32) -> Result<(), St
     let on = Date::today().plus_days(i64::from(days));
     let (_, hsm) = open(config)?;
     hsm.with_session(|s| hsm.schedule_deletion(s, label, on))
-        .map_err(|e| e.to_string())?;
+        .map_err(about(&hsm, label))?;
     println!(
         "{label}: DISABLED, pending deletion on {on} (run `keys purge` on or after that date)"
     );
@@ -199,7 +209,7 @@ pub fn cancel_deletion(config: &Path, label: &str) -> Result<(), String> {
     check_id(label)?;
     let (_, hsm) = open(config)?;
     hsm.with_session(|s| hsm.cancel_deletion(s, label))
-        .map_err(|e| e.to_string())?;
+        .map_err(about(&hsm, label))?;
     println!("{label}: deletion cancelled; key stays DISABLED until `keys enable`");
     Ok(())
 }
@@ -243,31 +253,37 @@ pub fn purge(config: &Path, today: Option<Date>) -> Result<(), String> {
     }
 }
 
-/// `health`: one deep check, printed as the GetHealthStatus body would be.
+/// `health`: one deep check (the server's own, canary creation rules included), printed as
+/// the GetHealthStatus body: the same shape and member names the KMS sees. The check's
+/// latency and any failure go to stderr; the exit status is non-zero when UNAVAILABLE.
 pub fn health(config: &Path) -> Result<(), String> {
     let (cfg, hsm) = open(config)?;
-    let start = Instant::now();
-    let r = hsm.with_session(|s| crate::health::canary_round_trip(&hsm, s));
-    let status = match &r {
-        Ok(()) => "ACTIVE",
-        Err(_) => "UNAVAILABLE",
-    };
-    let body = serde_json::json!({
-        "xksProxyFleetSize": cfg.fleet_size,
-        "ekmVendor": hsm.token.manufacturer,
-        "ekmFleetDetails": [{
-            "id": format!("{}/{}", hsm.token.label, hsm.token.serial),
-            "model": hsm.token.model,
-            "healthStatus": status,
-        }],
-        "checkLatencyMicros": start.elapsed().as_micros() as u64,
-        "error": r.as_ref().err().map(HsmError::to_string),
-    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    let health = crate::health::Health::new(hsm, cfg.fleet_size);
+    let check = rt.block_on(health.check_now());
     println!(
         "{}",
-        serde_json::to_string_pretty(&body).unwrap_or_default()
+        serde_json::to_string_pretty(&health.report()).unwrap_or_default()
     );
-    r.map_err(|e| format!("health check failed: {e}"))
+    eprintln!(
+        "health check: {} in {} µs",
+        check.status(),
+        check.latency.as_micros()
+    );
+    match (check.status(), check.error) {
+        ("UNAVAILABLE", e) => Err(format!(
+            "health check failed: {}",
+            e.unwrap_or_else(|| "UNAVAILABLE".into())
+        )),
+        (_, Some(e)) => {
+            eprintln!("note: {e}");
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `reload`: SIGHUP the server whose pid is in `pid_file`.

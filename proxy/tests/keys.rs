@@ -104,9 +104,33 @@ fn key_lifecycle() {
     cli_ok(&tok, &["keys", "enable", "app-key-1"]);
     assert_eq!(meta()["keyStatus"], "ENABLED");
 
-    // One-shot health from the CLI.
+    // One-shot health from the CLI: the GetHealthStatus body, same shape and member names.
     let h = cli_ok(&tok, &["health"]);
     assert!(h.contains("\"healthStatus\": \"ACTIVE\""), "{h}");
+    let cli_health: serde_json::Value = serde_json::from_str(&h).unwrap();
+    let api_health = post(
+        &srv.addr,
+        Some(&s),
+        "/kms/xks/v1/health",
+        &json!({"requestMetadata": {"kmsRequestId": "h", "kmsOperation": "KmsHealthCheck"}}),
+    )
+    .expect_ok();
+    for field in ["xksProxyVendor", "xksProxyModel", "ekmVendor", "xksProxyFleetSize"] {
+        assert_eq!(cli_health[field], api_health[field], "{field}: {h}");
+    }
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["ekmFleetDetails"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&cli_health), ids(&api_health), "{h}");
+
+    // "Not found" names the key and the token.
+    let (ok, _, err) = cli(&tok, &["keys", "disable", "no-such-key"]);
+    assert!(!ok && err.contains("\"no-such-key\""), "{err}");
     #[cfg(feature = "fault-injection")]
     purge_once_due(&tok, &srv, &s);
 }

@@ -299,13 +299,19 @@ impl Server {
             stderr_path,
         };
         // Prove which PKCS#11 library served: ours by default, SoftHSM2's only for raw tokens.
+        // Log lines are written by the server's logging thread, which may trail stdout's
+        // "listening" line on a busy machine: give it a moment.
         let want = if tok.raw { SOFTHSM } else { "libxki_pkcs11.so" };
-        let log = srv.log();
-        assert!(
+        let served_by = |log: &str| {
             log.lines()
-                .any(|l| l.contains("HSM ready") && l.contains(want)),
-            "expected module {want}: {log}"
-        );
+                .any(|l| l.contains("HSM ready") && l.contains(want))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !served_by(&srv.log()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let log = srv.log();
+        assert!(served_by(&log), "expected module {want}: {log}");
         srv
     }
 
