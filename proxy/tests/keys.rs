@@ -115,7 +115,12 @@ fn key_lifecycle() {
         &json!({"requestMetadata": {"kmsRequestId": "h", "kmsOperation": "KmsHealthCheck"}}),
     )
     .expect_ok();
-    for field in ["xksProxyVendor", "xksProxyModel", "ekmVendor", "xksProxyFleetSize"] {
+    for field in [
+        "xksProxyVendor",
+        "xksProxyModel",
+        "ekmVendor",
+        "xksProxyFleetSize",
+    ] {
         assert_eq!(cli_health[field], api_health[field], "{field}: {h}");
     }
     let ids = |v: &serde_json::Value| -> Vec<String> {
