@@ -36,6 +36,11 @@ missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v jq >/dev/null 2>&1 || missing+=(jq)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+# Java's SunPKCS11 KeyGenerator against the module (tests/module_conformance.rs): the
+# single-file launcher needs a JDK (jdk.compiler), not just a JRE.
+if ! { command -v java >/dev/null 2>&1 && java --list-modules 2>/dev/null | grep -q '^jdk.compiler'; }; then
+    missing+=(openjdk-17-jdk-headless)
+fi
 if [[ ${#missing[@]} -gt 0 ]]; then
     if [[ $(id -u) -ne 0 ]]; then
         echo "ERROR: missing packages: ${missing[*]}; run: sudo apt-get install -y ${missing[*]}" >&2

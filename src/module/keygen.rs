@@ -6,9 +6,9 @@ pub fn generate_key(session: u64, mechanism: &Mechanism, template: &[Attribute])
     let m = module()?;
     let (s, index, read_write) = m.session(session)?;
     s.slot.require_login()?;
-    if !read_write {
-        return Err(Rv::SESSION_READ_ONLY);
-    }
+    // The template first: a request the module refuses anyway (a session key, a weaker key)
+    // gets the code of that refusal, also in a read-only session, which could hold a session
+    // object (PKCS#11 2.40 section 6.7.1).
     let req = match policy::generation_request(mechanism, template) {
         Ok(r) => r,
         Err(rv) => {
@@ -17,12 +17,20 @@ pub fn generate_key(session: u64, mechanism: &Mechanism, template: &[Attribute])
                 s.slot.label,
                 attribute_summary(template)
             );
+            if rv == Rv::TEMPLATE_INCOMPLETE && !policy::template_names_token(template) {
+                log::warn!("slot {}: {}", s.slot.label, policy::NO_TOKEN_HINT);
+            }
             return refused(s, "C_GenerateKey", b"", rv);
         }
     };
+    // Every key the module makes is a token object.
+    if !read_write {
+        return Err(Rv::SESSION_READ_ONLY);
+    }
     let id = match req.id {
-        Some(id) if !id.is_empty() => id,
-        _ => {
+        // Never empty: the policy refuses an explicit empty CKA_ID.
+        Some(id) => id,
+        None => {
             // A stable identity for the key across HSM replicas and restarts.
             let mut id = vec![0u8; 16];
             s.slot.backend.generate_random(&mut id)?;

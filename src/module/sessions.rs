@@ -49,7 +49,7 @@ pub fn get_session_info(session: u64) -> CkResult<SessionInfo> {
 
 pub fn login(session: u64, user_type: u64, pin: &[u8]) -> CkResult<()> {
     let m = module()?;
-    let (s, _, _) = m.session(session)?;
+    let (s, index, _) = m.session(session)?;
     match user_type {
         CKU_USER => {
             let result = s.slot.login(pin);
@@ -60,7 +60,20 @@ pub fn login(session: u64, user_type: u64, pin: &[u8]) -> CkResult<()> {
         }
         // No operation ever needs re-authentication.
         CKU_CONTEXT_SPECIFIC => Err(Rv::OPERATION_NOT_INITIALIZED),
-        // The virtual token has no security officer: HSM administration happens on the HSM.
+        CKU_SO => {
+            // PKCS#11 2.40 section 5.6, C_Login: the session-state errors of an SO login come
+            // first (in SoftHSM2's order, which tests/module_conformance.rs compares with)...
+            let (all, rw) = m.sessions.count(index);
+            if all > rw {
+                return Err(Rv(CKR_SESSION_READ_ONLY_EXISTS));
+            }
+            if s.slot.is_logged_in() {
+                return Err(Rv(CKR_USER_ANOTHER_ALREADY_LOGGED_IN));
+            }
+            // ...then the refusal: the virtual token has no security officer (HSM
+            // administration happens on the HSM), so no PIN is compared or counted.
+            Err(Rv::USER_TYPE_INVALID)
+        }
         _ => Err(Rv::USER_TYPE_INVALID),
     }
 }
