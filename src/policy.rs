@@ -216,9 +216,10 @@ pub struct GenerationRequest {
 
 /// Check a `C_GenerateKey` request. Absent security attributes take the secure value; an
 /// absent `CKA_TOKEN` is `CKR_TEMPLATE_INCOMPLETE` (PKCS#11's default is a session key, which
-/// this module does not make: see [`NO_TOKEN_HINT`]); an explicit empty `CKA_ID` is
-/// `CKR_ATTRIBUTE_VALUE_INVALID` (the ID is the key's identity across replicas and is never
-/// substituted); an explicit weaker one (session object, not sensitive, extractable, public, not modifiable,
+/// this module does not make: see [`NO_TOKEN_HINT`]); an explicit empty `CKA_ID` is kept (the
+/// key's identity is then its label, as for keys made without an ID elsewhere), and is
+/// `CKR_ATTRIBUTE_VALUE_INVALID` without a label (no identity at all); it is never
+/// substituted; an explicit weaker one (session object, not sensitive, extractable, public, not modifiable,
 /// or any wrap/unwrap/sign/verify/derive use) is `CKR_TEMPLATE_INCONSISTENT`; a wrong class,
 /// key type or length is `CKR_ATTRIBUTE_VALUE_INVALID` / `CKR_TEMPLATE_INCONSISTENT`; key
 /// material in the template is `CKR_TEMPLATE_INCONSISTENT`.
@@ -282,9 +283,6 @@ pub fn generation_request(
             CKA_ENCRYPT => req.encrypt = as_bool(a)?,
             CKA_DECRYPT => req.decrypt = as_bool(a)?,
             CKA_LABEL => req.label = Some(a.value.clone()),
-            // An empty ID would be no identity at all; the module never makes one up instead
-            // of what the caller asked for.
-            CKA_ID if a.value.is_empty() => return Err(Rv::ATTRIBUTE_VALUE_INVALID),
             CKA_ID => req.id = Some(a.value.clone()),
             CKA_START_DATE => req.start_date = Some(as_date(a)?),
             CKA_END_DATE => req.end_date = Some(as_date(a)?),
@@ -308,6 +306,13 @@ pub fn generation_request(
     if !token_given {
         // PKCS#11 defaults CKA_TOKEN to false: the caller asked for a session key.
         return Err(Rv::TEMPLATE_INCOMPLETE);
+    }
+    // The caller's empty ID is kept, never replaced: the label is then the key's identity
+    // across replicas and restarts, so there must be one.
+    if req.id.as_ref().is_some_and(|id| id.is_empty())
+        && req.label.as_ref().is_none_or(|l| l.is_empty())
+    {
+        return Err(Rv::ATTRIBUTE_VALUE_INVALID);
     }
     Ok(req)
 }

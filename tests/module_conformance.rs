@@ -2,8 +2,9 @@
 //! (SoftHSM2 and embedded): what the module answers where it follows the specification, and
 //! the exact code where it refuses by design.
 //!
-//! - an explicit empty `CKA_ID` in `C_GenerateKey` is refused (`CKR_ATTRIBUTE_VALUE_INVALID`),
-//!   never replaced by a made-up ID;
+//! - an explicit empty `CKA_ID` in `C_GenerateKey` is kept, never replaced by a made-up ID
+//!   (python-pkcs11 sends one by default); the label is then the key's identity, so without a
+//!   label it is refused (`CKR_ATTRIBUTE_VALUE_INVALID`);
 //! - a template without `CKA_TOKEN` (PKCS#11's default: a session key) is refused with
 //!   `CKR_TEMPLATE_INCOMPLETE` and a log line saying how to ask for a token key; nothing is
 //!   made (also for Java's SunPKCS11 `KeyGenerator`, which omits `CKA_TOKEN`);
@@ -44,22 +45,37 @@ fn all_keys(s: &Session) -> usize {
 }
 
 #[test]
-fn an_explicit_empty_cka_id_is_refused_never_substituted() {
+fn an_explicit_empty_cka_id_is_kept_never_substituted() {
     let _one = serial();
     for_each_token(|t| {
         let s = &t.session;
-        let label = t.label("conf-empty-id");
+        let with_id = |label: Option<&str>, id: &[u8]| {
+            let mut tpl = without(secure_template(""), AttributeType::Label);
+            if let Some(l) = label {
+                tpl.push(Attribute::Label(l.as_bytes().to_vec()));
+            }
+            tpl.push(Attribute::Id(id.to_vec()));
+            s.generate_key(&Mechanism::AesKeyGen, &tpl)
+        };
+        // Kept as asked: empty. The label is the identity.
+        let a = t.label("conf-empty-id-a");
+        let key = with_id(Some(&a), b"").unwrap();
+        assert_eq!(attr(s, key, AttributeType::Id), Attribute::Id(Vec::new()));
+        assert_eq!(find_label(s, &a), key);
+        // A second key with an empty ID and another label is another key, not a duplicate.
+        let b = t.label("conf-empty-id-b");
+        let other = with_id(Some(&b), b"").unwrap();
+        assert_ne!(other, key);
+        assert_eq!(find(s, &[Attribute::Id(Vec::new())]).len(), 2);
+        // The same label again is a duplicate identity.
+        expect_rv(with_id(Some(&a), b""), RvError::AttributeValueInvalid);
+        // No ID and no label: no identity at all. Refused; nothing made.
         let before = all_keys(s);
-        let mut tpl = secure_template(&label);
-        tpl.push(Attribute::Id(Vec::new()));
-        expect_rv(
-            s.generate_key(&Mechanism::AesKeyGen, &tpl),
-            RvError::AttributeValueInvalid,
-        );
-        assert!(find(s, &[Attribute::Label(label.clone().into_bytes())]).is_empty());
+        expect_rv(with_id(None, b""), RvError::AttributeValueInvalid);
+        expect_rv(with_id(Some(""), b""), RvError::AttributeValueInvalid);
         assert_eq!(all_keys(s), before, "nothing was made");
         // A non-empty ID is kept exactly.
-        let key = t.keygen(&label, &[Attribute::Id(b"conf-id".to_vec())]);
+        let key = t.keygen(&t.label("conf-id"), &[Attribute::Id(b"conf-id".to_vec())]);
         assert_eq!(
             attr(s, key, AttributeType::Id),
             Attribute::Id(b"conf-id".to_vec())
@@ -121,8 +137,8 @@ fn a_session_key_in_a_read_only_session_gets_the_real_refusal() {
             ro.generate_key(&Mechanism::AesKeyGen, &session_key),
             RvError::TemplateInconsistent,
         );
-        // An empty ID too.
-        let mut empty_id = secure_template(&label);
+        // An empty ID without a label too.
+        let mut empty_id = without(secure_template(&label), AttributeType::Label);
         empty_id.push(Attribute::Id(Vec::new()));
         expect_rv(
             ro.generate_key(&Mechanism::AesKeyGen, &empty_id),

@@ -57,6 +57,23 @@ enum Cmd {
     Reload,
     /// Load-test a running proxy with signed requests.
     Bench(xki_proxy::bench::BenchArgs),
+    /// The module's user-PIN attempt limit (`max_pin_attempts`).
+    #[command(subcommand)]
+    Pin(PinCmd),
+}
+
+#[derive(Subcommand)]
+enum PinCmd {
+    /// Unlock a slot locked by wrong PINs: its counter back to 0, recorded in the audit trail.
+    Unlock {
+        /// Label of the module's `[[slot]]`.
+        #[arg(long)]
+        slot: String,
+        /// The module's config (default: $XKI_PKCS11_CONF, ~/.config/xki/pkcs11.toml,
+        /// /etc/xki/pkcs11.toml, as the module finds it).
+        #[arg(long)]
+        module_config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -172,6 +189,10 @@ fn main() -> ExitCode {
             credentials::run_new(&prefix, out.as_deref())
         }
         Cmd::Bench(args) => xki_proxy::bench::run(args),
+        Cmd::Pin(PinCmd::Unlock {
+            slot,
+            module_config,
+        }) => admin::pin_unlock(module_config.as_deref(), &slot),
         other => cfg().and_then(|c| admin_cmd(&c, other)),
     };
     match r {
@@ -201,7 +222,7 @@ fn admin_cmd(c: &std::path::Path, cmd: Cmd) -> Result<(), String> {
         },
         Cmd::Health => admin::health(c),
         Cmd::Reload => admin::reload(c),
-        Cmd::Serve(_) | Cmd::Credentials(_) | Cmd::Bench(_) => {
+        Cmd::Serve(_) | Cmd::Credentials(_) | Cmd::Bench(_) | Cmd::Pin(_) => {
             Err("internal error: command dispatched to the wrong handler".into())
         }
     }

@@ -28,7 +28,8 @@ pub fn generate_key(session: u64, mechanism: &Mechanism, template: &[Attribute])
         return Err(Rv::SESSION_READ_ONLY);
     }
     let id = match req.id {
-        // Never empty: the policy refuses an explicit empty CKA_ID.
+        // The caller's, also when empty (then the label, which the policy required, is the
+        // identity): never substituted.
         Some(id) => id,
         None => {
             // A stable identity for the key across HSM replicas and restarts.
@@ -42,9 +43,18 @@ pub fn generate_key(session: u64, mechanism: &Mechanism, template: &[Attribute])
         return refused(s, "C_GenerateKey", &label, Rv::ATTRIBUTE_VALUE_INVALID);
     }
     let existing = s.slot.backend.list_secret_keys()?;
+    // Same identity (`object::identity`: the ID, or the label when the ID is empty), or same
+    // label.
+    let same_identity = |k: &backend::KeyInfo| {
+        if id.is_empty() {
+            k.id.is_empty() && k.label == label
+        } else {
+            k.id == id
+        }
+    };
     if existing
         .iter()
-        .any(|k| k.id == id || (!label.is_empty() && k.label == label))
+        .any(|k| same_identity(k) || (!label.is_empty() && k.label == label))
     {
         // Two keys with one identity would make "which key?" ambiguous for every caller.
         return refused(s, "C_GenerateKey", &label, Rv::ATTRIBUTE_VALUE_INVALID);

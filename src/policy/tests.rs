@@ -166,13 +166,26 @@ fn generation_accepts_secure_templates_and_rejects_weaker_ones() {
         Err(Rv::TEMPLATE_INCOMPLETE)
     );
     assert!(!template_names_token(&base[..3]) && template_names_token(&base));
-    // An explicit empty CKA_ID is refused, never replaced; a non-empty one is kept.
+    // An explicit empty CKA_ID is kept (never replaced) when a label can be the identity, and
+    // refused without one; a non-empty one is kept.
     let mut t = base.clone();
     t.push(attr(CKA_ID, &[]));
     assert_eq!(
         generation_request(&Mechanism::AesKeyGen, &t),
         Err(Rv::ATTRIBUTE_VALUE_INVALID)
     );
+    t.push(attr(CKA_LABEL, b""));
+    assert_eq!(
+        generation_request(&Mechanism::AesKeyGen, &t),
+        Err(Rv::ATTRIBUTE_VALUE_INVALID)
+    );
+    t.pop();
+    t.push(attr(CKA_LABEL, b"named"));
+    assert_eq!(
+        generation_request(&Mechanism::AesKeyGen, &t).unwrap().id,
+        Some(Vec::new())
+    );
+    t.pop();
     t.pop();
     t.push(attr(CKA_ID, b"k1"));
     assert_eq!(
