@@ -70,6 +70,9 @@ step "cargo test (workspace)" cargo test --workspace
 for script in tests/scripts/pkcs11-tool.sh tests/scripts/python-pkcs11.sh; do
     step "$script" bash "$script" target/debug/libxki_pkcs11.so
 done
+# Fuzzers: replay the committed corpora and fuzz each target for 20 s (fuzz/run-short.sh;
+# nightly + cargo-fuzz are installed when missing).
+step "fuzz (corpora replay + 20 s per target)" bash fuzz/run-short.sh
 # Replica-group failover tests need the test-only fault injector compiled in. They run last
 # because this rebuilds target/debug/deps/libxki_pkcs11.so with the feature.
 step "replica groups (fault injection)" \

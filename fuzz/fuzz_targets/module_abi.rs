@@ -94,6 +94,8 @@ impl Harness {
             last_store: Vec::new(),
         };
         h.reset_keys();
+        // The check below has something to look for: both base keys, 25 windows each.
+        assert!(h.windows.len() >= 40, "the harness does not know the keys");
         h
     }
 
