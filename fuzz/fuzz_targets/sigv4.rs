@@ -10,7 +10,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::HeaderMap;
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 use xki_proxy::http::sigv4::{self, fuzzing};
 use xki_proxy::tenants::{Tenant, Tenants};
 
