@@ -119,9 +119,37 @@ pub struct SlotConfig {
     /// any key the group knows on that member.
     #[serde(default)]
     pub canary_label: Option<String>,
+    /// Consecutive wrong user PINs after which `C_Login` answers `CKR_PIN_LOCKED` until the
+    /// operator unlocks the slot (default 10; `0`: unlimited, no counter is kept).
+    #[serde(default = "default_max_pin_attempts")]
+    pub max_pin_attempts: u32,
+    /// Where the slot's failed-login counter is kept, shared by every process using this
+    /// config (default: `pin-attempts/slot-<hex of the label>.state` in the per-user data
+    /// directory; see `pin_attempts.rs`).
+    #[serde(default)]
+    pub pin_state_file: Option<PathBuf>,
+}
+
+/// Default of [`SlotConfig::max_pin_attempts`].
+fn default_max_pin_attempts() -> u32 {
+    SlotConfig::DEFAULT_MAX_PIN_ATTEMPTS
 }
 
 impl SlotConfig {
+    /// Default of `max_pin_attempts`.
+    pub const DEFAULT_MAX_PIN_ATTEMPTS: u32 = 10;
+
+    /// The slot's PIN attempt counter file: `pin_state_file`, or the default in the per-user
+    /// data directory.
+    pub fn pin_state_path(&self) -> PathBuf {
+        self.pin_state_file.clone().unwrap_or_else(|| {
+            let hex: String = self.label.bytes().map(|b| format!("{b:02x}")).collect();
+            user_data_dir()
+                .join("pin-attempts")
+                .join(format!("slot-{hex}.state"))
+        })
+    }
+
     /// Default probe interval of replica groups.
     pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 5000;
     /// Default wait for HSM replication of a generated key.
@@ -557,6 +585,8 @@ impl Config {
                 probe_interval_ms: None,
                 replication_wait_ms: None,
                 canary_label: None,
+                max_pin_attempts: SlotConfig::DEFAULT_MAX_PIN_ATTEMPTS,
+                pin_state_file: None,
             }],
             backends,
             source,

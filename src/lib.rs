@@ -21,6 +21,7 @@ pub mod mechanism;
 pub mod module;
 pub mod object;
 mod pin;
+pub mod pin_attempts;
 pub mod policy;
 pub mod rv;
 pub mod secret;

@@ -217,7 +217,11 @@ pub struct GenerationRequest {
 }
 
 /// Check a `C_GenerateKey` request. Absent security attributes take the secure value; an
-/// explicit weaker one (session object, not sensitive, extractable, public, not modifiable,
+/// absent `CKA_TOKEN` is `CKR_TEMPLATE_INCOMPLETE` (PKCS#11's default is a session key, which
+/// this module does not make: see [`NO_TOKEN_HINT`]); an explicit empty `CKA_ID` is kept (the
+/// key's identity is then its label, as for keys made without an ID elsewhere), and is
+/// `CKR_ATTRIBUTE_VALUE_INVALID` without a label (no identity at all); it is never
+/// substituted; an explicit weaker one (session object, not sensitive, extractable, public, not modifiable,
 /// or any wrap/unwrap/sign/verify/derive use) is `CKR_TEMPLATE_INCONSISTENT`; a wrong class,
 /// key type or length is `CKR_ATTRIBUTE_VALUE_INVALID` / `CKR_TEMPLATE_INCONSISTENT`; key
 /// material in the template is `CKR_TEMPLATE_INCONSISTENT`.
@@ -239,6 +243,7 @@ pub fn generation_request(
         ..Default::default()
     };
     let mut value_len = None;
+    let mut token_given = false;
     let mut seen = std::collections::HashSet::new();
     for a in template {
         if !seen.insert(a.kind) {
@@ -257,8 +262,15 @@ pub fn generation_request(
                 }
             }
             CKA_VALUE_LEN => value_len = Some(as_ulong(a)?),
+            CKA_TOKEN => {
+                // Required true: a session key is not made (see NO_TOKEN_HINT).
+                if !as_bool(a)? {
+                    return Err(Rv::TEMPLATE_INCONSISTENT);
+                }
+                token_given = true;
+            }
             // Required true: false would be weaker than the rule.
-            CKA_TOKEN | CKA_SENSITIVE | CKA_PRIVATE | CKA_MODIFIABLE => {
+            CKA_SENSITIVE | CKA_PRIVATE | CKA_MODIFIABLE => {
                 if !as_bool(a)? {
                     return Err(Rv::TEMPLATE_INCONSISTENT);
                 }
@@ -288,11 +300,34 @@ pub fn generation_request(
         }
     }
     match value_len {
-        Some(KEY_LEN) => Ok(req),
-        Some(_) => Err(Rv::ATTRIBUTE_VALUE_INVALID),
+        Some(KEY_LEN) => {}
+        Some(_) => return Err(Rv::ATTRIBUTE_VALUE_INVALID),
         // PKCS#11: CKM_AES_KEY_GEN needs CKA_VALUE_LEN.
-        None => Err(Rv::TEMPLATE_INCOMPLETE),
+        None => return Err(Rv::TEMPLATE_INCOMPLETE),
     }
+    if !token_given {
+        // PKCS#11 defaults CKA_TOKEN to false: the caller asked for a session key.
+        return Err(Rv::TEMPLATE_INCOMPLETE);
+    }
+    // The caller's empty ID is kept, never replaced: the label is then the key's identity
+    // across replicas and restarts, so there must be one.
+    if req.id.as_ref().is_some_and(|id| id.is_empty())
+        && req.label.as_ref().is_none_or(|l| l.is_empty())
+    {
+        return Err(Rv::ATTRIBUTE_VALUE_INVALID);
+    }
+    Ok(req)
+}
+
+/// Why a template without `CKA_TOKEN` is refused, and what to do: logged with the refusal.
+pub const NO_TOKEN_HINT: &str = "the template has no CKA_TOKEN, so PKCS#11 asks for a session \
+    key; this module makes only token keys (sensitive, non-extractable, kept in the HSM) and \
+    never turns a session-key request into a permanent key: add CKA_TOKEN=true to the template \
+    (Java SunPKCS11: attributes(generate, CKO_SECRET_KEY, CKK_AES) = { CKA_TOKEN = true })";
+
+/// Whether a generation template names `CKA_TOKEN` (for the refusal's log line).
+pub fn template_names_token(template: &[Attribute]) -> bool {
+    template.iter().any(|a| a.kind == CKA_TOKEN)
 }
 
 /// Accept exactly AES-GCM with a 12- or 16-byte IV, a 128-bit tag and at most 64 KiB of AAD.

@@ -6,6 +6,7 @@
 
 use crate::backend::{Backend, KeyInfo};
 use crate::config::{decode_hex, KeyFilter, Replication, Secret, SlotConfig};
+use crate::pin_attempts::{Outcome, PinAttempts, PinStatus};
 use crate::policy;
 use crate::rv::{CkResult, Rv};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +27,8 @@ pub struct Slot {
     user_pin: Secret,
     /// Whether the user is logged in (shared by all sessions, as PKCS#11 says).
     logged_in: AtomicBool,
+    /// Consecutive wrong PINs, counted across processes (`max_pin_attempts`).
+    attempts: PinAttempts,
     /// `C_DestroyObject` allowed.
     pub allow_destroy: bool,
     /// How new keys reach every member of a group.
@@ -75,6 +78,7 @@ impl Slot {
             filter: CompiledFilter::new(&cfg.keys),
             user_pin,
             logged_in: AtomicBool::new(false),
+            attempts: PinAttempts::new(cfg.pin_state_path(), cfg.max_pin_attempts),
             allow_destroy: cfg.allow_destroy,
             replication: cfg.replication,
         }
@@ -125,16 +129,25 @@ impl Slot {
             .collect())
     }
 
-    /// `C_Login` as the normal user: constant-time PIN check.
-    pub fn login(&self, pin: &[u8]) -> CkResult<()> {
+    /// `C_Login` as the normal user: constant-time PIN check, counted by the slot's attempt
+    /// policy (the attempt is recorded before the comparison). `Err` when no PIN was compared
+    /// (already logged in, `CKR_PIN_LOCKED`, counter unusable); otherwise the outcome.
+    pub fn login(&self, pin: &[u8]) -> CkResult<Outcome> {
         if self.logged_in.load(Ordering::Acquire) {
             return Err(Rv::USER_ALREADY_LOGGED_IN);
         }
-        if !bool::from(self.user_pin.as_slice().ct_eq(pin)) {
-            return Err(Rv::PIN_INCORRECT);
+        let attempt = self.attempts.begin()?;
+        let matched = bool::from(self.user_pin.as_slice().ct_eq(pin));
+        let outcome = attempt.finish(matched);
+        if outcome == Outcome::Accepted {
+            self.logged_in.store(true, Ordering::Release);
         }
-        self.logged_in.store(true, Ordering::Release);
-        Ok(())
+        Ok(outcome)
+    }
+
+    /// The user PIN's attempt counter, for `CK_TOKEN_INFO`.
+    pub fn pin_status(&self) -> PinStatus {
+        self.attempts.status()
     }
 
     /// `C_Logout`.

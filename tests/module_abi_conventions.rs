@@ -48,6 +48,8 @@ fn conventions_against_the_embedded_token() {
     let dir = tempfile::tempdir().unwrap();
     std::env::set_var("XKI_PKCS11_CONF", write_config(dir.path()));
     std::env::set_var("XKI_EMBEDDED_TEST_KDF", "fast");
+    // PIN attempt counters next to the config, not in the user's data directory.
+    std::env::set_var("XDG_DATA_HOME", dir.path().join("data"));
     let f = table();
     assert_eq!((f.version.major, f.version.minor), (3, 0));
 

@@ -76,14 +76,15 @@ fn secure_generation_and_attributes_read_back() {
             Attribute::Id(b"keys-secure-id".to_vec())
         );
 
-        // Minimal template: only VALUE_LEN (+ label); the module fills in the secure values
-        // and a 16-byte random CKA_ID.
+        // Minimal template: only VALUE_LEN and TOKEN (+ label); the module fills in the
+        // secure values and a 16-byte random CKA_ID (none was asked for).
         let minimal = t.label("keys-minimal");
         let key = s
             .generate_key(
                 &Mechanism::AesKeyGen,
                 &[
                     Attribute::ValueLen(32.into()),
+                    Attribute::Token(true),
                     Attribute::Label(minimal.as_bytes().to_vec()),
                 ],
             )

@@ -53,13 +53,15 @@ fn raw_round_trip(f: &CK_FUNCTION_LIST_3_0, slot: CK_SLOT_ID, label: &str) {
             ulParameterLen: 0,
         };
         let mut len: CK_ULONG = 32;
+        let mut token: CK_BBOOL = CK_TRUE;
         let mut label = label.as_bytes().to_vec();
         let mut tpl = [
             raw::ulong_attr(CKA_VALUE_LEN, &mut len),
+            raw::bool_attr(CKA_TOKEN, &mut token),
             raw::bytes_attr(CKA_LABEL, &mut label),
         ];
         let mut key: CK_OBJECT_HANDLE = 0;
-        let rv = f.C_GenerateKey.unwrap()(h, &mut gen, tpl.as_mut_ptr(), 2, &mut key);
+        let rv = f.C_GenerateKey.unwrap()(h, &mut gen, tpl.as_mut_ptr(), 3, &mut key);
         assert_eq!(rv, CKR_OK, "generate on slot {slot}");
         let (mut iv, mut aad) = ([1u8; 12], [2u8; 3]);
         let mut params = gcm_params(&mut iv, &mut aad, 128);

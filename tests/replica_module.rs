@@ -199,6 +199,8 @@ timeout_ms = 300
     )
     .unwrap();
     std::env::set_var("XKI_PKCS11_CONF", &conf);
+    // PIN attempt counters next to the config, not in the user's data directory.
+    std::env::set_var("XDG_DATA_HOME", dir.path().join("data"));
     std::env::set_var("XKI_FAULT_CONTROL_mod-a", &control);
     let m = load(&built_module());
     let f = m.f;

@@ -39,6 +39,11 @@ command -v jq >/dev/null 2>&1 || missing+=(jq)
 # proxy/tests/audit_disks.rs): mount(8), and root.
 command -v mount >/dev/null 2>&1 || missing+=(mount)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+# Java's SunPKCS11 KeyGenerator against the module (tests/module_conformance.rs): the
+# single-file launcher needs a JDK (jdk.compiler), not just a JRE.
+if ! { command -v java >/dev/null 2>&1 && java --list-modules 2>/dev/null | grep -q '^jdk.compiler'; }; then
+    missing+=(openjdk-17-jdk-headless)
+fi
 if [[ ${#missing[@]} -gt 0 ]]; then
     if [[ $(id -u) -ne 0 ]]; then
         echo "ERROR: missing packages: ${missing[*]}; run: sudo apt-get install -y ${missing[*]}" >&2
@@ -85,6 +90,9 @@ done
 # Every marked shell block of README.md and proxy/README.md, as a new user runs them (fresh
 # HOME; builds the release binaries the READMEs use). Lists the blocks it skips and why.
 step "README blocks (tests/readme/run_readme.py)" python3 tests/readme/run_readme.py
+# Fuzzers: replay the committed corpora and fuzz each target for 20 s (fuzz/run-short.sh;
+# nightly + cargo-fuzz are installed when missing).
+step "fuzz (corpora replay + 20 s per target)" bash fuzz/run-short.sh
 # Replica-group failover tests need the test-only fault injector compiled in. They run last
 # because this rebuilds target/debug/deps/libxki_pkcs11.so with the feature.
 step "replica groups (fault injection)" \

@@ -174,6 +174,8 @@ pin_file = {emb_pin:?}
     std::env::set_var("SOFTHSM2_CONF", hsm_dir.join("softhsm2.conf"));
     std::env::set_var("XKI_PKCS11_CONF", &conf);
     std::env::set_var("XKI_EMBEDDED_TEST_KDF", "fast");
+    // PIN attempt counters next to the config, not in the user's data directory.
+    std::env::set_var("XDG_DATA_HOME", hsm_dir.join("data"));
     // The failover run drives the module's TEST-ONLY fault injector on the second member
     // through this file (only a module built with `fault-injection` reads it).
     let fault_control = root.join("fault-control");

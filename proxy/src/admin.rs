@@ -309,3 +309,19 @@ pub fn reload(config: &Path) -> Result<(), String> {
     println!("sent SIGHUP to {pid}");
     Ok(())
 }
+
+/// `pin unlock`: lift the module's user-PIN lock of one slot (see the module README, "PIN
+/// attempt limit"). Needs write access to the slot's `pin_state_file`.
+pub fn pin_unlock(module_config: Option<&Path>, slot: &str) -> Result<(), String> {
+    use xki_pkcs11::config::Config as ModuleConfig;
+    let cfg = match module_config {
+        Some(p) => ModuleConfig::from_file(p).map_err(|e| e.to_string())?,
+        None => ModuleConfig::discover()
+            .map_err(|e| e.to_string())?
+            .map_or_else(ModuleConfig::embedded_default, Ok)
+            .map_err(|e| e.to_string())?,
+    };
+    let failures = xki_pkcs11::pin_attempts::operator_unlock(&cfg, slot)?;
+    println!("slot {slot}: unlocked ({failures} consecutive failed logins cleared)");
+    Ok(())
+}

@@ -62,6 +62,23 @@ enum Cmd {
     Reload,
     /// Load-test a running proxy with signed requests.
     Bench(xki_proxy::bench::BenchArgs),
+    /// The module's user-PIN attempt limit (`max_pin_attempts`).
+    #[command(subcommand)]
+    Pin(PinCmd),
+}
+
+#[derive(Subcommand)]
+enum PinCmd {
+    /// Unlock a slot locked by wrong PINs: its counter back to 0, recorded in the audit trail.
+    Unlock {
+        /// Label of the module's `[[slot]]`.
+        #[arg(long)]
+        slot: String,
+        /// The module's config (default: $XKI_PKCS11_CONF, ~/.config/xki/pkcs11.toml,
+        /// /etc/xki/pkcs11.toml, as the module finds it).
+        #[arg(long)]
+        module_config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -212,6 +229,10 @@ fn main() -> ExitCode {
             names,
             client_name,
         }) => xki_proxy::test_pki::run(&dir, &names, &client_name),
+        Cmd::Pin(PinCmd::Unlock {
+            slot,
+            module_config,
+        }) => admin::pin_unlock(module_config.as_deref(), &slot),
         other => cfg().and_then(|c| admin_cmd(&c, other)),
     };
     match r {
@@ -245,7 +266,7 @@ fn admin_cmd(c: &std::path::Path, cmd: Cmd) -> Result<(), String> {
         },
         Cmd::Health => admin::health(c),
         Cmd::Reload => admin::reload(c),
-        Cmd::Serve(_) | Cmd::Credentials(_) | Cmd::Bench(_) | Cmd::Tls(_) => {
+        Cmd::Serve(_) | Cmd::Credentials(_) | Cmd::Bench(_) | Cmd::Tls(_) | Cmd::Pin(_) => {
             Err("internal error: command dispatched to the wrong handler".into())
         }
     }

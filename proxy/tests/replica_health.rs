@@ -171,6 +171,8 @@ fn per_member_health_follows_faults_and_recovery() {
     // One test per binary: the server child inherits these.
     std::env::set_var("XKI_FAULT_CONTROL_mod-a", &ctl_a);
     std::env::set_var("XKI_FAULT_CONTROL_mod-b", &ctl_b);
+    // The module's PIN attempt counters next to its config, not in the user's data dir.
+    std::env::set_var("XDG_DATA_HOME", dir.path().join("data"));
     let tok = Token {
         conf: dir.path().join("no-softhsm.conf"),
         conf_var: "SOFTHSM2_CONF",

@@ -6,11 +6,9 @@ pub fn generate_key(session: u64, mechanism: &Mechanism, template: &[Attribute])
     let m = module()?;
     let (s, index, read_write) = m.session(session)?;
     s.slot.require_login()?;
-    if !read_write {
-        return Err(Rv::SESSION_READ_ONLY);
-    }
-    // A key made now must have its record: none starts while records cannot be written.
-    audit::health::gate()?;
+    // The template first: a request the module refuses anyway (a session key, a weaker key)
+    // gets the code of that refusal, also in a read-only session, which could hold a session
+    // object (PKCS#11 2.40 section 6.7.1).
     let req = match policy::generation_request(mechanism, template) {
         Ok(r) => r,
         Err(rv) => {
@@ -19,12 +17,23 @@ pub fn generate_key(session: u64, mechanism: &Mechanism, template: &[Attribute])
                 s.slot.label,
                 attribute_summary(template)
             );
+            if rv == Rv::TEMPLATE_INCOMPLETE && !policy::template_names_token(template) {
+                log::warn!("slot {}: {}", s.slot.label, policy::NO_TOKEN_HINT);
+            }
             return refused(s, "C_GenerateKey", b"", rv);
         }
     };
+    // Every key the module makes is a token object.
+    if !read_write {
+        return Err(Rv::SESSION_READ_ONLY);
+    }
+    // A key made now must have its record: none starts while records cannot be written.
+    audit::health::gate()?;
     let id = match req.id {
-        Some(id) if !id.is_empty() => id,
-        _ => {
+        // The caller's, also when empty (then the label, which the policy required, is the
+        // identity): never substituted.
+        Some(id) => id,
+        None => {
             // A stable identity for the key across HSM replicas and restarts.
             let mut id = vec![0u8; 16];
             s.slot.backend.generate_random(&mut id)?;
@@ -36,9 +45,18 @@ pub fn generate_key(session: u64, mechanism: &Mechanism, template: &[Attribute])
         return refused(s, "C_GenerateKey", &label, Rv::ATTRIBUTE_VALUE_INVALID);
     }
     let existing = s.slot.backend.list_secret_keys()?;
+    // Same identity (`object::identity`: the ID, or the label when the ID is empty), or same
+    // label.
+    let same_identity = |k: &backend::KeyInfo| {
+        if id.is_empty() {
+            k.id.is_empty() && k.label == label
+        } else {
+            k.id == id
+        }
+    };
     if existing
         .iter()
-        .any(|k| k.id == id || (!label.is_empty() && k.label == label))
+        .any(|k| same_identity(k) || (!label.is_empty() && k.label == label))
     {
         // Two keys with one identity would make "which key?" ambiguous for every caller.
         return refused(s, "C_GenerateKey", &label, Rv::ATTRIBUTE_VALUE_INVALID);

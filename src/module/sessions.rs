@@ -49,19 +49,82 @@ pub fn get_session_info(session: u64) -> CkResult<SessionInfo> {
 
 pub fn login(session: u64, user_type: u64, pin: &[u8]) -> CkResult<()> {
     let m = module()?;
-    let (s, _, _) = m.session(session)?;
+    let (s, index, _) = m.session(session)?;
     match user_type {
-        CKU_USER => {
-            let result = s.slot.login(pin);
-            if result == Err(Rv::PIN_INCORRECT) {
-                log::warn!("slot {}: C_Login with an incorrect PIN", s.slot.label);
-            }
-            result
-        }
+        CKU_USER => login_user(s, pin),
         // No operation ever needs re-authentication.
         CKU_CONTEXT_SPECIFIC => Err(Rv::OPERATION_NOT_INITIALIZED),
-        // The virtual token has no security officer: HSM administration happens on the HSM.
+        CKU_SO => {
+            // PKCS#11 2.40 section 5.6, C_Login: the session-state errors of an SO login come
+            // first (in SoftHSM2's order, which tests/module_conformance.rs compares with)...
+            let (all, rw) = m.sessions.count(index);
+            if all > rw {
+                return Err(Rv(CKR_SESSION_READ_ONLY_EXISTS));
+            }
+            if s.slot.is_logged_in() {
+                return Err(Rv(CKR_USER_ANOTHER_ALREADY_LOGGED_IN));
+            }
+            // ...then the refusal: the virtual token has no security officer (HSM
+            // administration happens on the HSM), so no PIN is compared or counted.
+            Err(Rv::USER_TYPE_INVALID)
+        }
         _ => Err(Rv::USER_TYPE_INVALID),
+    }
+}
+
+/// `C_Login(CKU_USER)` with the slot's attempt policy; failures, the lock and logins refused
+/// while locked are audit records (never with the PIN).
+fn login_user(s: &SlotState, pin: &[u8]) -> CkResult<()> {
+    use crate::pin_attempts::{Outcome, PIN_LOCKED};
+    let record = |op, rv: Rv| {
+        let _ = audit::record::<()>(
+            Record {
+                op,
+                slot: &s.slot.label,
+                key: b"",
+                mechanism: "",
+                bytes_in: 0,
+                bytes_out: 0,
+            },
+            Err(rv),
+        );
+    };
+    match s.slot.login(pin) {
+        Ok(Outcome::Accepted) => Ok(()),
+        Ok(Outcome::Wrong(status)) => {
+            log::warn!(
+                "slot {}: C_Login with an incorrect PIN ({} of {} consecutive failures)",
+                s.slot.label,
+                status.failures,
+                if status.max == 0 {
+                    "unlimited".to_string()
+                } else {
+                    status.max.to_string()
+                }
+            );
+            record("login", Rv::PIN_INCORRECT);
+            Err(Rv::PIN_INCORRECT)
+        }
+        Ok(Outcome::LockedNow(status)) => {
+            log::error!(
+                "slot {}: C_Login with an incorrect PIN: {} consecutive failures, the user PIN is now locked until the operator unlocks it (xki-proxy pin unlock --slot {:?})",
+                s.slot.label,
+                status.failures,
+                s.slot.label
+            );
+            record("login", Rv::PIN_INCORRECT);
+            record("pin-locked", PIN_LOCKED);
+            Err(Rv::PIN_INCORRECT)
+        }
+        Err(rv) if rv == PIN_LOCKED => {
+            log::warn!(
+                "slot {}: C_Login refused: the user PIN is locked",
+                s.slot.label
+            );
+            record("login", PIN_LOCKED);
+            Err(rv)
+        }
+        Err(rv) => Err(rv),
     }
 }
 

@@ -53,7 +53,11 @@ pub fn get_token_info(slot: u64) -> CkResult<TokenInfo> {
         manufacturer: "xki-bridge".into(),
         model: s.token.model.clone(),
         serial,
-        flags: CKF_RNG | CKF_LOGIN_REQUIRED | CKF_USER_PIN_INITIALIZED | CKF_TOKEN_INITIALIZED,
+        flags: CKF_RNG
+            | CKF_LOGIN_REQUIRED
+            | CKF_USER_PIN_INITIALIZED
+            | CKF_TOKEN_INITIALIZED
+            | s.slot.pin_status().token_flags(),
         max_session_count: CK_EFFECTIVELY_INFINITE,
         session_count: sessions,
         max_rw_session_count: CK_EFFECTIVELY_INFINITE,

@@ -117,12 +117,13 @@ fn generation_accepts_secure_templates_and_rejects_weaker_ones() {
         ul(CKA_CLASS, CKO_SECRET_KEY),
         ul(CKA_KEY_TYPE, CKK_AES),
         ul(CKA_VALUE_LEN, 32),
+        attr(CKA_TOKEN, &[1]),
     ];
     let req = generation_request(&Mechanism::AesKeyGen, &base).unwrap();
     assert!(req.encrypt && req.decrypt);
+    assert_eq!(req.id, None);
     let mut t = base.clone();
     t.extend([
-        attr(CKA_TOKEN, &[1]),
         attr(CKA_SENSITIVE, &[1]),
         attr(CKA_EXTRACTABLE, &[0]),
         attr(CKA_DECRYPT, &[0]),
@@ -158,6 +159,38 @@ fn generation_accepts_secure_templates_and_rejects_weaker_ones() {
     assert_eq!(
         generation_request(&Mechanism::AesKeyGen, &[]),
         Err(Rv::TEMPLATE_INCOMPLETE)
+    );
+    // No CKA_TOKEN: PKCS#11 asks for a session key, which is refused, not made permanent.
+    assert_eq!(
+        generation_request(&Mechanism::AesKeyGen, &base[..3]),
+        Err(Rv::TEMPLATE_INCOMPLETE)
+    );
+    assert!(!template_names_token(&base[..3]) && template_names_token(&base));
+    // An explicit empty CKA_ID is kept (never replaced) when a label can be the identity, and
+    // refused without one; a non-empty one is kept.
+    let mut t = base.clone();
+    t.push(attr(CKA_ID, &[]));
+    assert_eq!(
+        generation_request(&Mechanism::AesKeyGen, &t),
+        Err(Rv::ATTRIBUTE_VALUE_INVALID)
+    );
+    t.push(attr(CKA_LABEL, b""));
+    assert_eq!(
+        generation_request(&Mechanism::AesKeyGen, &t),
+        Err(Rv::ATTRIBUTE_VALUE_INVALID)
+    );
+    t.pop();
+    t.push(attr(CKA_LABEL, b"named"));
+    assert_eq!(
+        generation_request(&Mechanism::AesKeyGen, &t).unwrap().id,
+        Some(Vec::new())
+    );
+    t.pop();
+    t.pop();
+    t.push(attr(CKA_ID, b"k1"));
+    assert_eq!(
+        generation_request(&Mechanism::AesKeyGen, &t).unwrap().id,
+        Some(b"k1".to_vec())
     );
     let gcm = Mechanism::Other {
         kind: CKM_DES3_KEY_GEN,

@@ -223,6 +223,11 @@ pub fn set_env(backend: &BackendToken, config: &Path) {
     backend.set_env();
     std::env::set_var("XKI_PKCS11_CONF", config);
     std::env::set_var("XKI_EMBEDDED_TEST_KDF", "fast");
+    // The slots' PIN attempt counters (pin_attempts.rs) go next to the config, not into the
+    // user's data directory.
+    if let Some(dir) = config.parent() {
+        std::env::set_var("XDG_DATA_HOME", dir.join("data"));
+    }
 }
 
 /// Initialise a cryptoki context, tolerating an initialisation someone else did.

@@ -31,6 +31,8 @@ XKI_TMP=$(mktemp -d "${TMPDIR:-/tmp}/xki-script.XXXXXX")
 trap 'rm -rf "$XKI_TMP"' EXIT
 "$XKI_REPO/softhsm/new-token.sh" "$XKI_TMP/softhsm" xki-script "$XKI_PIN" >/dev/null
 export SOFTHSM2_CONF=$XKI_TMP/softhsm/softhsm2.conf
+# PIN attempt counters (pin_attempts.rs) in the temp dir, not in the user's data directory.
+export XDG_DATA_HOME=$XKI_TMP/data
 printf '%s' "$XKI_PIN" >"$XKI_TMP/user.pin"
 chmod 600 "$XKI_TMP/user.pin"
 cat >"$XKI_TMP/pkcs11.toml" <<CONF

@@ -311,6 +311,38 @@ pub fn sign(
     (amz_date, auth)
 }
 
+/// The private parsing steps, for the fuzz harnesses in `fuzz/` (not an API; no behaviour of
+/// its own).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::Reason;
+
+    /// The `Authorization` header's fields, in order: access key id, date, region, service,
+    /// terminator, signed headers, signature.
+    pub fn parse_authorization(v: &str) -> Result<[&str; 7], Reason> {
+        let a = super::parse_authorization(v)?;
+        Ok([
+            a.access_key_id,
+            a.date,
+            a.region,
+            a.service,
+            a.terminator,
+            a.signed_headers,
+            a.signature,
+        ])
+    }
+
+    /// The canonical query string.
+    pub fn canonical_query(q: &str) -> String {
+        super::canonical_query(q)
+    }
+
+    /// The canonical value of one header.
+    pub fn canonical_value(headers: &hyper::HeaderMap, name: &str) -> Option<String> {
+        super::canonical_value(headers, name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

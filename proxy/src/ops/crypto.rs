@@ -31,15 +31,18 @@ fn optional_aad(v: Option<&str>) -> Result<Vec<u8>, ApiError> {
     Ok(aad)
 }
 
-/// Encrypt under `key`. With a CDIV algorithm, the CDIV is computed from the output first,
-/// then that exact output is decrypted once to prove it round-trips (retried once with a
-/// fresh IV, then InternalException). A CDIV on a key without DECRYPT usage is
-/// InvalidKeyUsageException and returns no ciphertext.
-pub async fn encrypt(
-    app: &App,
-    key: &str,
-    req: EncryptRequest,
-) -> Result<EncryptResponse, ApiError> {
+/// An Encrypt request after validation: what the HSM part needs.
+pub struct EncryptInput {
+    /// A CDIV (SHA_256) was asked for.
+    pub want_cdiv: bool,
+    /// The decoded plaintext.
+    pub plaintext: Zeroizing<Vec<u8>>,
+    /// The decoded AAD (empty when absent).
+    pub aad: Vec<u8>,
+}
+
+/// Validate an Encrypt body (everything but `requestMetadata`) without touching the HSM.
+pub fn validate_encrypt(req: &EncryptRequest) -> Result<EncryptInput, ApiError> {
     check_algorithm(req.encryption_algorithm.as_deref())?;
     let want_cdiv = match req.ciphertext_data_integrity_value_algorithm.as_deref() {
         None => false,
@@ -56,6 +59,27 @@ pub async fn encrypt(
         return Err(too_big("plaintext", MAX_DATA));
     }
     let aad = optional_aad(req.additional_authenticated_data.as_deref())?;
+    Ok(EncryptInput {
+        want_cdiv,
+        plaintext,
+        aad,
+    })
+}
+
+/// Encrypt under `key`. With a CDIV algorithm, the CDIV is computed from the output first,
+/// then that exact output is decrypted once to prove it round-trips (retried once with a
+/// fresh IV, then InternalException). A CDIV on a key without DECRYPT usage is
+/// InvalidKeyUsageException and returns no ciphertext.
+pub async fn encrypt(
+    app: &App,
+    key: &str,
+    req: EncryptRequest,
+) -> Result<EncryptResponse, ApiError> {
+    let EncryptInput {
+        want_cdiv,
+        plaintext,
+        aad,
+    } = validate_encrypt(&req)?;
     let label = key.to_string();
     let (out, digest) = app
         .hsm
@@ -102,12 +126,22 @@ pub async fn encrypt(
     })
 }
 
-/// Decrypt under `key`. All lengths are checked before the HSM is asked.
-pub async fn decrypt(
-    app: &App,
-    key: &str,
-    req: DecryptRequest,
-) -> Result<DecryptResponse, ApiError> {
+/// A Decrypt request after validation.
+pub struct DecryptInput {
+    /// The decoded ciphertext.
+    pub ciphertext: Vec<u8>,
+    /// The decoded IV (12 or 16 bytes).
+    pub iv: Vec<u8>,
+    /// The decoded tag (16 bytes).
+    pub tag: Vec<u8>,
+    /// The decoded ciphertextMetadata (at most 20 bytes; empty when absent).
+    pub meta: Vec<u8>,
+    /// The decoded AAD (empty when absent).
+    pub aad: Vec<u8>,
+}
+
+/// Validate a Decrypt body (everything but `requestMetadata`) without touching the HSM.
+pub fn validate_decrypt(req: &DecryptRequest) -> Result<DecryptInput, ApiError> {
     check_algorithm(req.encryption_algorithm.as_deref())?;
     let ciphertext = b64_required("ciphertext", req.ciphertext.as_deref())?;
     if ciphertext.len() > MAX_DATA {
@@ -133,6 +167,28 @@ pub async fn decrypt(
         ));
     }
     let aad = optional_aad(req.additional_authenticated_data.as_deref())?;
+    Ok(DecryptInput {
+        ciphertext,
+        iv,
+        tag,
+        meta,
+        aad,
+    })
+}
+
+/// Decrypt under `key`. All lengths are checked before the HSM is asked.
+pub async fn decrypt(
+    app: &App,
+    key: &str,
+    req: DecryptRequest,
+) -> Result<DecryptResponse, ApiError> {
+    let DecryptInput {
+        ciphertext,
+        iv,
+        tag,
+        meta,
+        aad,
+    } = validate_decrypt(&req)?;
     let label = key.to_string();
     let plaintext = app
         .hsm

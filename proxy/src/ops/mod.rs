@@ -2,6 +2,8 @@
 
 pub mod crypto;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;

@@ -176,6 +176,8 @@ impl Token {
         cmd.env(self.conf_var, &self.conf)
             .env("XKI_PKCS11_CONF", &self.module_conf)
             .env("XKI_EMBEDDED_TEST_KDF", "fast")
+            // The module's PIN attempt counters next to its config, not in the user's data dir.
+            .env("XDG_DATA_HOME", self.dir.path().join("data"))
             // The proxy finds the module next to itself (target/*/deps), as `cargo run` does.
             .env_remove("XKI_PKCS11_MODULE")
             .env_remove("XKI_PROXY_CONF")
