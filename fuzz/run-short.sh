@@ -27,8 +27,14 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
+# The harnesses' dependencies take minutes to build with ASan: keep them in a cache outside
+# the clone (CI builds a fresh clone on the same machine), keyed by nothing but cargo's own
+# fingerprints, so only the project's crates rebuild. XKI_FUZZ_TARGET_DIR overrides it.
+target_dir=${XKI_FUZZ_TARGET_DIR:-/var/cache/xki-fuzz/target}
+mkdir -p "$target_dir"
+
 start=$SECONDS
-cargo +nightly fuzz build -O
+cargo +nightly fuzz build -O --target-dir "$target_dir"
 echo "fuzz: build $((SECONDS - start)) s"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/xki-fuzz.XXXXXX")
@@ -39,7 +45,7 @@ for t in "${targets[@]}"; do
     extra=()
     [[ $t == module_abi ]] && extra=(-max_len=2048)
     t0=$SECONDS
-    if cargo +nightly fuzz run -O "$t" "$work/$t" "corpus/$t" -- \
+    if cargo +nightly fuzz run -O --target-dir "$target_dir" "$t" "$work/$t" "corpus/$t" -- \
         -max_total_time="$seconds" -artifact_prefix="$work/$t/crash-" -print_final_stats=1 \
         "${extra[@]}" >"$work/$t.log" 2>&1; then
         runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$work/$t.log" | grep -o '[0-9]*$' || echo '?')
