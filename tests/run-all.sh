@@ -44,6 +44,23 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
+# Deployment tests (tests/deploy/, proxy/tests/fleet.rs, observability): the load balancer,
+# Prometheus (promtool), headless Chromium, systemd-analyze and lintian, from Debian.
+deploy_missing=()
+command -v haproxy >/dev/null 2>&1 || deploy_missing+=(haproxy)
+command -v promtool >/dev/null 2>&1 || deploy_missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || deploy_missing+=(chromium)
+command -v systemd-analyze >/dev/null 2>&1 || deploy_missing+=(systemd)
+command -v lintian >/dev/null 2>&1 || deploy_missing+=(lintian)
+command -v setpriv >/dev/null 2>&1 || deploy_missing+=(util-linux)
+if [[ ${#deploy_missing[@]} -gt 0 ]]; then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "ERROR: missing packages: ${deploy_missing[*]}; run: sudo apt-get install -y ${deploy_missing[*]}" >&2
+        exit 1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${deploy_missing[@]}"
+fi
 # curl signs SigV4 itself from 7.75 on; the proxy's curl test depends on it.
 curl_version=$(curl --version | head -1 | awk '{print $2}')
 if [[ "$(printf '%s\n7.75.0\n' "$curl_version" | sort -V | head -1)" != "7.75.0" ]]; then
@@ -65,6 +82,9 @@ step "cargo test (workspace)" cargo test --workspace
 for script in tests/scripts/pkcs11-tool.sh tests/scripts/python-pkcs11.sh; do
     step "$script" bash "$script" target/debug/libxki_pkcs11.so
 done
+# Debian packages: build (from the debug build above), dpkg -i, p11-kit, pkcs11-tool, the unit,
+# the packaged config serving, remove/reinstall keeping keys, purge (root; ~20-40 s).
+step "Debian packages (tests/deploy/packages.sh)" bash tests/deploy/packages.sh
 # Replica-group failover tests need the test-only fault injector compiled in. They run last
 # because this rebuilds target/debug/deps/libxki_pkcs11.so with the feature.
 step "replica groups (fault injection)" \

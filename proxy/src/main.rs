@@ -39,6 +39,9 @@ struct ServeArgs {
     /// Listen on this address instead of the config's `listen` (e.g. 127.0.0.1:0).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Serve the admin listener (/metrics, /ping, /status) here instead of `admin_listen`.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -53,6 +56,9 @@ enum Cmd {
     Credentials(CredCmd),
     /// Run the deep health check once and print the result.
     Health,
+    /// Check the config, secrets, TLS files and the HSM (login, keys, canary round trip) and
+    /// print what would be served; exits non-zero on any problem. Changes nothing.
+    CheckConfig,
     /// Ask the running server (pid_file) to reload credentials, allow-lists and rules.
     Reload,
     /// Load-test a running proxy with signed requests.
@@ -117,6 +123,9 @@ enum CredCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// List the configured credentials: access key id, prefix, created, secret file (never
+    /// the secret).
+    List,
 }
 
 fn parse_date(s: &str) -> Result<Date, String> {
@@ -135,6 +144,7 @@ fn parse_date(s: &str) -> Result<Date, String> {
 fn serve(flag: Option<&std::path::Path>, args: ServeArgs) -> Result<(), String> {
     let opts = |demo| server::ServeOptions {
         listen: args.listen,
+        admin_listen: args.admin_listen,
         demo,
     };
     match discover::locate(flag)? {
@@ -154,16 +164,18 @@ fn serve(flag: Option<&std::path::Path>, args: ServeArgs) -> Result<(), String> 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let flag = cli.config.as_deref();
-    let cmd = match (cli.cmd, cli.serve.listen) {
-        (None, _) => Cmd::Serve(cli.serve),
-        (Some(Cmd::Serve(a)), top) => Cmd::Serve(ServeArgs {
-            listen: a.listen.or(top),
+    let top = cli.serve;
+    let cmd = match cli.cmd {
+        None => Cmd::Serve(top),
+        Some(Cmd::Serve(a)) => Cmd::Serve(ServeArgs {
+            listen: a.listen.or(top.listen),
+            admin_listen: a.admin_listen.or(top.admin_listen),
         }),
-        (Some(_), Some(_)) => {
-            eprintln!("xki-proxy: --listen applies only to serve");
+        Some(_) if top.listen.is_some() || top.admin_listen.is_some() => {
+            eprintln!("xki-proxy: --listen and --admin-listen apply only to serve");
             return ExitCode::FAILURE;
         }
-        (Some(c), None) => c,
+        Some(c) => c,
     };
     let cfg = || discover::require(flag);
     let r = match cmd {
@@ -200,8 +212,10 @@ fn admin_cmd(c: &std::path::Path, cmd: Cmd) -> Result<(), String> {
                 .and_then(|d| admin::purge(c, d)),
         },
         Cmd::Health => admin::health(c),
+        Cmd::CheckConfig => xki_proxy::check::run(c),
+        Cmd::Credentials(CredCmd::List) => credentials::run_list(c),
         Cmd::Reload => admin::reload(c),
-        Cmd::Serve(_) | Cmd::Credentials(_) | Cmd::Bench(_) => {
+        Cmd::Serve(_) | Cmd::Credentials(CredCmd::New { .. }) | Cmd::Bench(_) => {
             Err("internal error: command dispatched to the wrong handler".into())
         }
     }

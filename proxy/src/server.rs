@@ -58,6 +58,20 @@ pub fn reload(app: &App, running: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// The start-up error for a listener that cannot bind; a taken port says so and names the flag
+/// that picks another address.
+fn bind_error(key: &str, flag: &str, addr: std::net::SocketAddr, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        format!(
+            "{key} {addr}: the address is already in use (another xki-proxy, or another \
+             service, listens there); stop it, or pick another address with {flag} ADDR or \
+             `{key}` in the config"
+        )
+    } else {
+        format!("{key} {addr}: {e}")
+    }
+}
+
 /// Print a line to stdout; a closed stdout (a supervisor that stopped reading) must not stop
 /// the server, so write errors are ignored (println! would panic).
 pub fn say(text: &str) {
@@ -71,6 +85,8 @@ pub fn say(text: &str) {
 pub struct ServeOptions {
     /// Listen here instead of the config's `listen`.
     pub listen: Option<std::net::SocketAddr>,
+    /// Serve the admin listener here instead of the config's `admin_listen`.
+    pub admin_listen: Option<std::net::SocketAddr>,
     /// The config is the generated local demo ([`crate::demo`]): make sure the demo key
     /// exists and print the banner and next steps.
     pub demo: bool,
@@ -83,6 +99,9 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
     let as_read = cfg.clone();
     if let Some(a) = opts.listen {
         cfg.listen = a;
+    }
+    if let Some(a) = opts.admin_listen {
+        cfg.admin_listen = Some(a);
     }
     // Dropped when `serve` returns (also on error): every queued log line is written first.
     let _log_writer = crate::logging::init(cfg.log_format, &cfg.log_level);
@@ -139,14 +158,16 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
 
         let listener = TcpListener::bind(cfg.listen)
             .await
-            .map_err(|e| format!("listen {}: {e}", cfg.listen))?;
+            .map_err(|e| bind_error("listen", "--listen", cfg.listen, &e))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|v| *v).await;
         };
         if let Some(a) = cfg.admin_listen {
-            let l = TcpListener::bind(a).await.map_err(|e| format!("admin_listen {a}: {e}"))?;
+            let l = TcpListener::bind(a)
+                .await
+                .map_err(|e| bind_error("admin_listen", "--admin-listen", a, &e))?;
             let admin_addr = l.local_addr().map_err(|e| e.to_string())?;
             say(&format!("xki-proxy admin listening on {admin_addr}"));
             tokio::spawn(http::serve_admin(app.clone(), l, stopped(stop_rx.clone())));
