@@ -85,6 +85,10 @@ done
 # Debian packages: build (from the debug build above), dpkg -i, p11-kit, pkcs11-tool, the unit,
 # the packaged config serving, remove/reinstall keeping keys, purge (root; ~20-40 s).
 step "Debian packages (tests/deploy/packages.sh)" bash tests/deploy/packages.sh
+# Fleet: HAProxy (deploy/haproxy/haproxy.cfg) in front of 3 proxies; kill -9, SIGTERM drain,
+# restarts, a new key, credential rotation; prints failures and p99 per event (~20 s).
+step "fleet behind HAProxy (proxy/tests/fleet.rs)" \
+    cargo test -p xki-proxy --test fleet -- --nocapture
 # Replica-group failover tests need the test-only fault injector compiled in. They run last
 # because this rebuilds target/debug/deps/libxki_pkcs11.so with the feature.
 step "replica groups (fault injection)" \

@@ -33,9 +33,16 @@ pub fn reload(app: &App, running: &Config) -> Result<(), String> {
         _ => None,
     };
     let n = tenants.len();
+    let expiry = cfg
+        .tls
+        .as_ref()
+        .and_then(|t| http::tls::cert_not_after(&t.cert_file).ok());
     app.tenants.store(Arc::new(tenants));
     if let (Some(current), Some(new)) = (&app.tls, tls) {
         current.store(new);
+        if let Some(t) = expiry {
+            app.metrics.set_cert_expiry("api", t);
+        }
     }
     let needs_restart = |c: &Config| {
         let mut c = c.clone();
@@ -150,6 +157,14 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
             max_body: cfg.max_body_bytes,
             config_path: config_path.to_path_buf(),
         });
+        if let Some(t) = cfg.tls.as_ref() {
+            app.metrics
+                .set_cert_expiry("api", http::tls::cert_not_after(&t.cert_file)?);
+        }
+        crate::metrics::spawn_key_counts(
+            app.clone(),
+            Duration::from_millis(cfg.hsm.health_interval_ms),
+        );
         let first = health.check_now().await;
         if let Some(e) = &first.error {
             tracing::warn!(error = %e, "initial health check failed");

@@ -3,6 +3,7 @@
 
 pub mod router;
 pub mod sigv4;
+pub mod status;
 pub mod tls;
 
 use std::future::Future;
@@ -93,7 +94,7 @@ pub async fn serve_api(app: Arc<App>, listener: TcpListener, shutdown: impl Futu
     }
 }
 
-/// Serve `/metrics` and `/ping` on the admin listener until `shutdown`.
+/// Serve `/metrics`, `/ping`, `/health` and `/status` on the admin listener until `shutdown`.
 pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
@@ -113,6 +114,8 @@ pub async fn serve_admin(app: Arc<App>, listener: TcpListener, shutdown: impl Fu
                             app.metrics.render(&app.hsm, &app.health),
                         ),
                         "/ping" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+                        "/health" => status::health(&app),
+                        "/status" => status::page(&app),
                         _ => (
                             StatusCode::NOT_FOUND,
                             "text/plain",
