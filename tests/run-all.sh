@@ -85,6 +85,9 @@ done
 # Debian packages: build (from the debug build above), dpkg -i, p11-kit, pkcs11-tool, the unit,
 # the packaged config serving, remove/reinstall keeping keys, purge (root; ~20-40 s).
 step "Debian packages (tests/deploy/packages.sh)" bash tests/deploy/packages.sh
+# Prometheus alerting rules: syntax and unit tests (promtool, Debian's prometheus package).
+step "promtool check rules" promtool check rules deploy/prometheus/xki-proxy.rules.yml
+step "promtool test rules" promtool test rules deploy/prometheus/xki-proxy.rules.test.yml
 # Fleet: HAProxy (deploy/haproxy/haproxy.cfg) in front of 3 proxies; kill -9, SIGTERM drain,
 # restarts, a new key, credential rotation; prints failures and p99 per event (~20 s).
 step "fleet behind HAProxy (proxy/tests/fleet.rs)" \

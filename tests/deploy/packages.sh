@@ -80,7 +80,8 @@ multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -dumpmachi
 so=/usr/lib/$multiarch/pkcs11/libxki_pkcs11.so
 for f in "$so" /usr/share/p11-kit/modules/xki.module /etc/xki/pkcs11.toml /usr/include/xki_pkcs11.h \
     /usr/share/doc/libxki-pkcs11/README.md /usr/bin/xki-proxy /etc/xki/proxy.toml \
-    /lib/systemd/system/xki-proxy.service /usr/share/doc/xki-proxy/README.md; do
+    /lib/systemd/system/xki-proxy.service /usr/share/doc/xki-proxy/README.md \
+    /usr/share/xki-proxy/prometheus/xki-proxy.rules.yml /usr/share/doc/xki-proxy/examples/haproxy.cfg; do
     [[ -f $f ]] || fail "not installed: $f"
 done
 dpkg-query -W -f='${Conffiles}\n' libxki-pkcs11 | grep -q ' /etc/xki/pkcs11.toml ' || fail "pkcs11.toml is not a conffile"
@@ -88,7 +89,9 @@ dpkg-query -W -f='${Conffiles}\n' xki-proxy | grep -q ' /etc/xki/proxy.toml ' ||
 getent passwd xki | grep -q ':/usr/sbin/nologin$' || fail "system user xki missing"
 [[ $(stat -c '%U %a' /var/lib/xki) == "xki 750" ]] || fail "/var/lib/xki: $(stat -c '%U %a' /var/lib/xki)"
 [[ $(stat -c '%U %a' /var/lib/xki/user.pin) == "xki 600" ]] || fail "user.pin: $(stat -c '%U %a' /var/lib/xki/user.pin)"
-echo "installed: files, conffiles, user xki, /var/lib/xki (0750), user.pin (0600)"
+(cd /usr/share/xki-proxy/prometheus && promtool check rules xki-proxy.rules.yml >/dev/null && promtool test rules xki-proxy.rules.test.yml >/dev/null) ||
+    fail "the packaged alerting rules do not pass promtool"
+echo "installed: files, conffiles, user xki, /var/lib/xki (0750), user.pin (0600), alerting rules"
 
 if command -v lintian >/dev/null; then
     # Errors fail the test; warnings are printed. Suppressed, on purpose: the upstream-style
