@@ -88,6 +88,9 @@ step "Debian packages (tests/deploy/packages.sh)" bash tests/deploy/packages.sh
 # Prometheus alerting rules: syntax and unit tests (promtool, Debian's prometheus package).
 step "promtool check rules" promtool check rules deploy/prometheus/xki-proxy.rules.yml
 step "promtool test rules" promtool test rules deploy/prometheus/xki-proxy.rules.test.yml
+# A real Prometheus scraping a running proxy; the /status page in headless Chromium (~15 s).
+step "Prometheus scrape and status page in Chromium (proxy/tests/observability.rs)" \
+    cargo test -p xki-proxy --test observability -- --nocapture
 # Fleet: HAProxy (deploy/haproxy/haproxy.cfg) in front of 3 proxies; kill -9, SIGTERM drain,
 # restarts, a new key, credential rotation; prints failures and p99 per event (~20 s).
 step "fleet behind HAProxy (proxy/tests/fleet.rs)" \
