@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Soak run (documented, not CI): `xki-proxy bench` at a held rate through HAProxy (the reference
+# config, deploy/haproxy/haproxy.cfg, TLS re-encryption) to 2 proxies on one SoftHSM2 slot
+# behind libxki_pkcs11.so, sampling each proxy's resident memory and open file descriptors.
+#
+#   bash deploy/soak/soak.sh [SECONDS] [RATE]       # default 600 s at 1800 req/s
+#
+# Uses the release build (cargo build --release -p xki-pkcs11 --lib -p xki-proxy --bin
+# xki-proxy; override with XKI_PROXY_BIN / XKI_PKCS11_MODULE). Everything lives in a temp dir
+# (throwaway SoftHSM2 token, test PIN, self-made CA); loopback ports are picked at run time.
+# Pass criteria (issue 12): zero errors, p99 < 5 ms, RSS and open fds within 10 % of their
+# value at the end of the first minute for the rest of the run. Exit status 0 only if all hold.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+secs=${1:-600}
+rate=${2:-1800}
+bin=${XKI_PROXY_BIN:-$root/target/release/xki-proxy}
+export XKI_PKCS11_MODULE=${XKI_PKCS11_MODULE:-$root/target/release/libxki_pkcs11.so}
+[[ -x $bin && -f $XKI_PKCS11_MODULE ]] || {
+    echo "build first: cargo build --release -p xki-pkcs11 --lib -p xki-proxy --bin xki-proxy" >&2
+    exit 1
+}
+command -v haproxy >/dev/null || { echo "apt-get install haproxy" >&2; exit 1; }
+
+dir=$(mktemp -d /tmp/xki-soak.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# --- token, module config, certificates, credential, key ---------------------------------
+eval "$("$root/softhsm/new-token.sh" "$dir" soak-hsm)"
+cat >"$dir/pkcs11.toml" <<CONF
+log_level = "warn"
+audit_file = "$dir/audit.log"
+[[slot]]
+label = "soak-hsm"
+backends = ["softhsm"]
+[backend.softhsm]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "soak-hsm"
+pin_file = "$dir/user.pin"
+CONF
+export XKI_PKCS11_CONF=$dir/pkcs11.toml
+cd "$dir"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=soak-ca \
+    -keyout ca.key -out ca.pem 2>/dev/null
+leaf() { # name cn ext
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$2" \
+        -keyout "$1.key" -out "$1.csr" 2>/dev/null
+    openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+        -extfile <(printf '%s\n' "$3") -out "$1.pem" 2>/dev/null
+}
+leaf server localhost "subjectAltName=DNS:localhost,IP:127.0.0.1
+extendedKeyUsage=serverAuth"
+leaf lb-client xki-lb "extendedKeyUsage=clientAuth"
+leaf kms cks.kms.us-east-1.amazonaws.com "extendedKeyUsage=clientAuth"
+cat server.pem server.key >lb.pem
+cat lb-client.pem lb-client.key >lb-client-both.pem
+chmod 600 ./*.key
+cd - >/dev/null
+
+"$bin" credentials new --prefix /soak --out "$dir/soak.secret" >"$dir/cred.txt"
+akid=$(sed -n 's/^access_key_id = "\(.*\)"$/\1/p' "$dir/cred.txt")
+cat >"$dir/proxy.toml" <<CONF
+listen = "127.0.0.1:0"
+fleet_size = 2
+# In-process token on a 2-CPU box: few threads (see proxy/README.md, Performance).
+async_workers = 1
+[tls]
+cert_file = "$dir/server.pem"
+key_file = "$dir/server.key"
+client_ca_file = "$dir/ca.pem"
+client_names = ["xki-lb"]
+[hsm]
+token_label = "soak-hsm"
+pin_file = "$dir/user.pin"
+sessions = 2
+[[prefix]]
+path = "/soak"
+keys = "all"
+[[prefix.credential]]
+access_key_id = "$akid"
+secret_file = "$dir/soak.secret"
+CONF
+"$bin" -c "$dir/proxy.toml" keys create --label soak-key >/dev/null
+
+# --- 2 proxies, HAProxy ---------------------------------------------------------------------
+declare -A api admin
+for i in 1 2; do
+    api[$i]=$(free_port)
+    admin[$i]=$(free_port)
+    "$bin" -c "$dir/proxy.toml" serve --listen "127.0.0.1:${api[$i]}" --admin-listen "127.0.0.1:${admin[$i]}" \
+        >"$dir/proxy$i.out" 2>"$dir/proxy$i.log" &
+    pids+=($!)
+    eval "proxy_pid_$i=$!"
+done
+lb_port=$(free_port)
+stats_port=$(free_port)
+grep -v '^    server xki3 ' "$root/deploy/haproxy/haproxy.cfg" >"$dir/haproxy.cfg"
+XKI_LB_BIND=127.0.0.1:$lb_port XKI_LB_CERT=$dir/lb.pem XKI_KMS_CA=$dir/ca.pem \
+    XKI_KMS_CN=cks.kms.us-east-1.amazonaws.com XKI_PROXY_CA=$dir/ca.pem \
+    XKI_LB_CLIENT=$dir/lb-client-both.pem XKI_PROXY_NAME=localhost XKI_LB_STATS=127.0.0.1:$stats_port \
+    XKI_PROXY1=127.0.0.1:${api[1]} XKI_ADMIN1=${admin[1]} XKI_PROXY2=127.0.0.1:${api[2]} XKI_ADMIN2=${admin[2]} \
+    haproxy -db -f "$dir/haproxy.cfg" >"$dir/haproxy.log" 2>&1 &
+pids+=($!)
+haproxy_pid=$!
+for _ in $(seq 200); do
+    up=$({ curl -s "http://127.0.0.1:$stats_port/stats;csv" || true; } | awk -F, '$1=="xki_proxies" && $18=="UP"' | wc -l)
+    [[ $up -eq 2 ]] && break
+    sleep 0.1
+done
+[[ ${up:-0} -eq 2 ]] || { echo "HAProxy did not see both proxies UP"; cat "$dir/haproxy.log"; exit 1; }
+
+# --- sample RSS and fds every 10 s while the bench runs -------------------------------------
+sample() {
+    echo "t_s,proxy1_rss_kib,proxy1_fds,proxy2_rss_kib,proxy2_fds,haproxy_rss_kib,haproxy_fds"
+    local t=0
+    while sleep 10; do
+        t=$((t + 10))
+        local row=$t
+        for p in "$proxy_pid_1" "$proxy_pid_2" "$haproxy_pid"; do
+            row+=",$(awk '/^VmRSS/ {print $2}' "/proc/$p/status"),$(ls "/proc/$p/fd" | wc -l)"
+        done
+        echo "$row"
+    done
+}
+sample >"$dir/samples.csv" &
+sampler=$!
+pids+=($sampler)
+
+echo "soak: ${secs} s at ${rate} req/s through HAProxy (127.0.0.1:$lb_port) to 2 proxies; load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+"$bin" bench --url "https://127.0.0.1:$lb_port/soak" --key soak-key --access-key-id "$akid" \
+    --secret-file "$dir/soak.secret" --cacert "$dir/ca.pem" \
+    --client-cert "$dir/kms.pem" --client-key "$dir/kms.key" \
+    --rate "$rate" --concurrency 32 --threads 1 --duration "$secs" --warmup 5 2>/dev/null | tee "$dir/bench.txt"
+sleep 1
+kill "$sampler"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "samples (every 10 s): $dir/samples.csv"
+
+# --- verdict --------------------------------------------------------------------------------
+python3 - "$dir/samples.csv" "$dir/bench.txt" <<'PY'
+import csv, re, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+bench = open(sys.argv[2]).read()
+ok = True
+p99 = float(re.search(r"p99=([0-9.]+)", bench).group(1))
+errors = "errors: none" in bench
+print(f"p99 {p99:.2f} ms (< 5 ms: {'yes' if p99 < 5 else 'NO'}); errors: {'none' if errors else 'SOME'}")
+ok &= p99 < 5 and errors
+base = next((r for r in rows if int(r["t_s"]) >= 60), None)
+if base is None:
+    print("run shorter than a minute: no flatness verdict")
+    sys.exit(0 if ok else 1)
+for col in [c for c in rows[0] if c != "t_s"]:
+    later = [int(r[col]) for r in rows if int(r["t_s"]) >= 60]
+    b = int(base[col])
+    worst = max(abs(v - b) / b for v in later) if b else 0
+    flat = worst <= 0.10
+    ok &= flat or col.startswith("haproxy")
+    print(f"{col:18} at 60 s {b:>8}  min {min(later):>8}  max {max(later):>8}  end {later[-1]:>8}  max drift {worst*100:5.1f} %  {'flat' if flat else 'NOT FLAT'}")
+print("SOAK PASSED" if ok else "SOAK FAILED")
+sys.exit(0 if ok else 1)
+PY
