@@ -177,7 +177,9 @@ stop_server() {
 start_server
 [[ $(curl -sS "http://$api/ping") == ok ]] || fail "/ping on $api"
 [[ $(curl -sS "http://$admin/ping") == ok ]] || fail "/ping on admin $admin"
-curl -sS "http://$admin/metrics" | grep -q '^xki_proxy_hsm_sessions ' || fail "/metrics"
+metrics=$(curl -sS "http://$admin/metrics") || fail "/metrics"
+grep -q '^xki_proxy_hsm_sessions ' <<<"$metrics" || fail "/metrics: $metrics"
+[[ $(curl -s -o /dev/null -w '%{http_code}' "http://$admin/health") == 200 ]] || fail "/health"
 grep -q 'libxki_pkcs11.so' "$tmp/server.err" || fail "server did not load the packaged module: $(cat "$tmp/server.err")"
 grep -q "$so" "$tmp/server.err" || fail "server loaded another module than $so: $(cat "$tmp/server.err")"
 echo "ExecStart as xki: serving on $api (admin $admin) with the packaged module"
@@ -190,7 +192,8 @@ printf '\n[[prefix]]\npath = "/deploy"\nkeys = "all"\n[[prefix.credential]]\nacc
 as_xki xki-proxy keys create --label deploy-key >/dev/null || fail "keys create"
 check=$(as_xki xki-proxy check-config 2>&1) || fail "check-config: $check"
 grep -q "$akid" <<<"$check" || fail "check-config does not show the credential: $check"
-as_xki xki-proxy credentials list | grep -q "^$akid " || fail "credentials list"
+creds=$(as_xki xki-proxy credentials list) || fail "credentials list"
+grep -q "^$akid " <<<"$creds" || fail "credentials list: $creds"
 kill -HUP "$server_pid" # the unit's ExecReload
 secret=$(cat /var/lib/xki/deploy.secret)
 encrypt() {
@@ -225,7 +228,8 @@ done
 echo "dpkg -r: binaries gone; key store, store key, PIN, secret and configs kept"
 install_debs
 grep -q "$akid" /etc/xki/proxy.toml || fail "reinstall replaced the edited proxy.toml"
-as_xki xki-proxy keys list | grep -q '^deploy-key ' || fail "deploy-key gone after reinstall"
+keys=$(as_xki xki-proxy keys list) || fail "keys list after reinstall"
+grep -q '^deploy-key ' <<<"$keys" || fail "deploy-key gone after reinstall: $keys"
 start_server
 [[ $(decrypt) == aGVsbG8sIGRlcGxveSE= ]] || fail "the ciphertext made before remove does not decrypt after reinstall"
 stop_server
