@@ -62,7 +62,8 @@ enum Cmd {
     /// Ask the running server (pid_file) to reload credentials, allow-lists and rules.
     Reload,
     /// Load-test a running proxy with signed requests.
-    Bench(xki_proxy::bench::BenchArgs),
+    // Boxed: its many options would make every `Cmd` as large as it.
+    Bench(Box<xki_proxy::bench::BenchArgs>),
 }
 
 #[derive(Subcommand)]
@@ -183,7 +184,7 @@ fn main() -> ExitCode {
         Cmd::Credentials(CredCmd::New { prefix, out }) => {
             credentials::run_new(&prefix, out.as_deref())
         }
-        Cmd::Bench(args) => xki_proxy::bench::run(args),
+        Cmd::Bench(args) => xki_proxy::bench::run(*args),
         other => cfg().and_then(|c| admin_cmd(&c, other)),
     };
     match r {

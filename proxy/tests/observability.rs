@@ -151,6 +151,7 @@ fn prom_query(prom: &str, q: &str) -> serde_json::Value {
 }
 
 #[test]
+#[ignore = "needs prometheus; run by tests/run-all.sh: cargo test -p xki-proxy --test observability -- --ignored"]
 fn prometheus_scrapes_a_running_proxy() {
     let st = setup();
     let port = free_port();
@@ -345,6 +346,7 @@ fn chromium(profile: &Path, args: &[&str], url: &str) -> (bool, String, String) 
 }
 
 #[test]
+#[ignore = "needs chromium; run by tests/run-all.sh: cargo test -p xki-proxy --test observability -- --ignored"]
 fn status_page_in_headless_chromium_matches_metrics() {
     let st = setup();
     let url = format!("http://{}/status", st.srv.admin);

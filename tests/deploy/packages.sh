@@ -89,6 +89,12 @@ dpkg-query -W -f='${Conffiles}\n' xki-proxy | grep -q ' /etc/xki/proxy.toml ' ||
 getent passwd xki | grep -q ':/usr/sbin/nologin$' || fail "system user xki missing"
 [[ $(stat -c '%U %a' /var/lib/xki) == "xki 750" ]] || fail "/var/lib/xki: $(stat -c '%U %a' /var/lib/xki)"
 [[ $(stat -c '%U %a' /var/lib/xki/user.pin) == "xki 600" ]] || fail "user.pin: $(stat -c '%U %a' /var/lib/xki/user.pin)"
+for f in embedded-token.store embedded-token.key embedded-token.store.lock; do
+    # Made by the postinst as xki. (On a machine shared with other test runs, a root process
+    # that loads the module without XKI_PKCS11_CONF reads the installed /etc/xki/pkcs11.toml
+    # and could create these as root first: then this check says so.)
+    [[ $(stat -c '%U' "/var/lib/xki/$f" 2>&1) == xki ]] || fail "/var/lib/xki/$f: not created as xki: $(ls -la /var/lib/xki)"
+done
 (cd /usr/share/xki-proxy/prometheus && promtool check rules xki-proxy.rules.yml >/dev/null && promtool test rules xki-proxy.rules.test.yml >/dev/null) ||
     fail "the packaged alerting rules do not pass promtool"
 echo "installed: files, conffiles, user xki, /var/lib/xki (0750), user.pin (0600), alerting rules"
