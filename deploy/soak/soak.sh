@@ -120,6 +120,9 @@ done
 # leak of anything but connections would grow). Sockets follow the number of keep-alive
 # connections HAProxy keeps to each proxy (its pool grows and shrinks with load).
 sample() {
+    # No errexit here: an fd closing during the scan makes find fail, which must not end the
+    # sampler (it did in one run).
+    set +e
     echo "t_s,proxy1_rss_kib,proxy1_fds,proxy1_nonsocket_fds,proxy2_rss_kib,proxy2_fds,proxy2_nonsocket_fds,haproxy_rss_kib,haproxy_fds,haproxy_nonsocket_fds"
     local t=0
     while sleep 10; do
