@@ -52,6 +52,23 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
+# Deployment tests (tests/deploy/, proxy/tests/fleet.rs, observability): the load balancer,
+# Prometheus (promtool), headless Chromium, systemd-analyze and lintian, from Debian.
+deploy_missing=()
+command -v haproxy >/dev/null 2>&1 || deploy_missing+=(haproxy)
+command -v promtool >/dev/null 2>&1 || deploy_missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || deploy_missing+=(chromium)
+command -v systemd-analyze >/dev/null 2>&1 || deploy_missing+=(systemd)
+command -v lintian >/dev/null 2>&1 || deploy_missing+=(lintian)
+command -v setpriv >/dev/null 2>&1 || deploy_missing+=(util-linux)
+if [[ ${#deploy_missing[@]} -gt 0 ]]; then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "ERROR: missing packages: ${deploy_missing[*]}; run: sudo apt-get install -y ${deploy_missing[*]}" >&2
+        exit 1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${deploy_missing[@]}"
+fi
 # curl signs SigV4 itself from 7.75 on; the proxy's curl test depends on it.
 curl_version=$(curl --version | head -1 | awk '{print $2}')
 if [[ "$(printf '%s\n7.75.0\n' "$curl_version" | sort -V | head -1)" != "7.75.0" ]]; then
@@ -93,6 +110,21 @@ step "README blocks (tests/readme/run_readme.py)" python3 tests/readme/run_readm
 # Fuzzers: replay the committed corpora and fuzz each target for 20 s (fuzz/run-short.sh;
 # nightly + cargo-fuzz are installed when missing).
 step "fuzz (corpora replay + 20 s per target)" bash fuzz/run-short.sh
+# Debian packages: build (from the debug build above), dpkg -i, p11-kit, pkcs11-tool, the unit,
+# the packaged config serving, remove/reinstall keeping keys, purge (root; ~20-40 s).
+step "Debian packages (tests/deploy/packages.sh)" bash tests/deploy/packages.sh
+# Prometheus alerting rules: syntax and unit tests (promtool, Debian's prometheus package).
+step "promtool check rules" promtool check rules deploy/prometheus/xki-proxy.rules.yml
+step "promtool test rules" promtool test rules deploy/prometheus/xki-proxy.rules.test.yml
+# A real Prometheus scraping a running proxy; the /status page in headless Chromium (~15 s).
+# These and the fleet test are #[ignore]d in the plain workspace run (they need the Debian tools
+# installed above) and run here, once, with --ignored.
+step "Prometheus scrape and status page in Chromium (proxy/tests/observability.rs)" \
+    cargo test -p xki-proxy --test observability -- --ignored --nocapture
+# Fleet: HAProxy (deploy/haproxy/haproxy.cfg) in front of 3 proxies; kill -9, SIGTERM drain,
+# restarts, a new key, credential rotation; prints failures and p99 per event (~20 s).
+step "fleet behind HAProxy (proxy/tests/fleet.rs)" \
+    cargo test -p xki-proxy --test fleet -- --ignored --nocapture
 # Replica-group failover tests need the test-only fault injector compiled in. They run last
 # because this rebuilds target/debug/deps/libxki_pkcs11.so with the feature.
 step "replica groups (fault injection)" \

@@ -68,6 +68,13 @@ pub struct BenchArgs {
     /// CA certificate (PEM) to trust for https URLs.
     #[arg(long)]
     pub cacert: Option<PathBuf>,
+    /// Client certificate chain (PEM) to present for https URLs (mTLS, e.g. a load balancer
+    /// that requires the KMS client certificate); needs --client-key.
+    #[arg(long, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
     /// Worker threads for the client runtime.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -124,7 +131,10 @@ fn parse_url(url: &str) -> Result<(bool, String, String), String> {
     Ok((tls, host.to_string(), prefix.to_string()))
 }
 
-fn tls_connector(cacert: Option<&PathBuf>) -> Result<tokio_rustls::TlsConnector, String> {
+fn tls_connector(
+    cacert: Option<&PathBuf>,
+    client: Option<(&PathBuf, &PathBuf)>,
+) -> Result<tokio_rustls::TlsConnector, String> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     let ca = cacert.ok_or("https needs --cacert")?;
@@ -138,8 +148,19 @@ fn tls_connector(cacert: Option<&PathBuf>) -> Result<tokio_rustls::TlsConnector,
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let cfg = match client {
+        None => cfg.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("--client-cert {}: {e}", cert.display()))?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("--client-key {}: {e}", key.display()))?;
+            cfg.with_client_auth_cert(chain, key)
+                .map_err(|e| format!("--client-cert/--client-key: {e}"))?
+        }
+    };
     Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
 }
 
@@ -270,7 +291,8 @@ async fn run_async(args: BenchArgs) -> Result<(), String> {
             .map_or(host.as_str(), |(h, _)| h)
             .to_string();
         let sn = rustls::pki_types::ServerName::try_from(name).map_err(|e| e.to_string())?;
-        Some((tls_connector(args.cacert.as_ref())?, sn))
+        let client = args.client_cert.as_ref().zip(args.client_key.as_ref());
+        Some((tls_connector(args.cacert.as_ref(), client)?, sn))
     } else {
         None
     };

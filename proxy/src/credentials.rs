@@ -109,6 +109,56 @@ pub fn run_new(prefix: &str, out: Option<&Path>) -> Result<(), String> {
     Ok(())
 }
 
+/// `credentials list`: every configured SigV4 credential, per prefix: access key id, prefix,
+/// when its secret file was created (its modification time: `credentials new` writes it once,
+/// never in place), the secret file and whether it holds a valid secret. Never the secret.
+/// Fails (after printing all) when a secret file is missing or invalid.
+pub fn run_list(config: &Path) -> Result<(), String> {
+    let cfg = crate::config::Config::load(config).map_err(|e| e.to_string())?;
+    println!(
+        "{:<30} {:<24} {:<20} {:<8} SECRET_FILE",
+        "ACCESS_KEY_ID", "PREFIX", "CREATED (UTC)", "SECRET"
+    );
+    let mut bad = 0;
+    for (i, p) in cfg.prefix.iter().enumerate() {
+        for (j, c) in p.credential.iter().enumerate() {
+            let created = std::fs::metadata(&c.secret_file)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or("-".to_string(), |d| utc(d.as_secs() as i64));
+            let state = match c.load(&format!("prefix[{i}].credential[{j}]")) {
+                Ok(_) => "ok",
+                Err(e) => {
+                    bad += 1;
+                    eprintln!("{}: {e}", c.access_key_id);
+                    "INVALID"
+                }
+            };
+            let prefix = if p.path.is_empty() { "\"\"" } else { &p.path };
+            println!(
+                "{:<30} {:<24} {:<20} {:<8} {}",
+                c.access_key_id,
+                prefix,
+                created,
+                state,
+                c.secret_file.display()
+            );
+        }
+    }
+    if bad > 0 {
+        return Err(format!("{bad} credential(s) without a valid secret file"));
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DD HH:MM:SS` for Unix seconds.
+fn utc(secs: i64) -> String {
+    let d = crate::hsm::Date::from_days(secs.div_euclid(86_400));
+    let r = secs.rem_euclid(86_400);
+    format!("{d} {:02}:{:02}:{:02}", r / 3600, (r / 60) % 60, r % 60)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

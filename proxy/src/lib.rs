@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod api;
 pub mod bench;
+pub mod check;
 pub mod config;
 pub mod credentials;
 pub mod demo;

@@ -41,6 +41,9 @@ struct ServeArgs {
     /// Listen on this address instead of the config's `listen` (e.g. 127.0.0.1:0).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Serve the admin listener (/metrics, /ping, /status) here instead of `admin_listen`.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -58,10 +61,14 @@ enum Cmd {
     Tls(TlsCmd),
     /// Run the deep health check once and print the result.
     Health,
+    /// Check the config, secrets, TLS files and the HSM (login, keys, canary round trip) and
+    /// print what would be served; exits non-zero on any problem. Changes nothing.
+    CheckConfig,
     /// Ask the running server (pid_file) to reload credentials, allow-lists and rules.
     Reload,
     /// Load-test a running proxy with signed requests.
-    Bench(xki_proxy::bench::BenchArgs),
+    // Boxed: its many options would make every `Cmd` as large as it.
+    Bench(Box<xki_proxy::bench::BenchArgs>),
     /// The module's user-PIN attempt limit (`max_pin_attempts`).
     #[command(subcommand)]
     Pin(PinCmd),
@@ -168,6 +175,9 @@ enum CredCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// List the configured credentials: access key id, prefix, created, secret file (never
+    /// the secret).
+    List,
 }
 
 #[cfg(feature = "fault-injection")]
@@ -187,6 +197,7 @@ fn parse_date(s: &str) -> Result<Date, String> {
 fn serve(flag: Option<&std::path::Path>, args: ServeArgs) -> Result<(), String> {
     let opts = |demo| server::ServeOptions {
         listen: args.listen,
+        admin_listen: args.admin_listen,
         demo,
     };
     match discover::locate(flag)? {
@@ -206,16 +217,18 @@ fn serve(flag: Option<&std::path::Path>, args: ServeArgs) -> Result<(), String> 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let flag = cli.config.as_deref();
-    let cmd = match (cli.cmd, cli.serve.listen) {
-        (None, _) => Cmd::Serve(cli.serve),
-        (Some(Cmd::Serve(a)), top) => Cmd::Serve(ServeArgs {
-            listen: a.listen.or(top),
+    let top = cli.serve;
+    let cmd = match cli.cmd {
+        None => Cmd::Serve(top),
+        Some(Cmd::Serve(a)) => Cmd::Serve(ServeArgs {
+            listen: a.listen.or(top.listen),
+            admin_listen: a.admin_listen.or(top.admin_listen),
         }),
-        (Some(_), Some(_)) => {
-            eprintln!("xki-proxy: --listen applies only to serve");
+        Some(_) if top.listen.is_some() || top.admin_listen.is_some() => {
+            eprintln!("xki-proxy: --listen and --admin-listen apply only to serve");
             return ExitCode::FAILURE;
         }
-        (Some(c), None) => c,
+        Some(c) => c,
     };
     let cfg = || discover::require(flag);
     let r = match cmd {
@@ -223,7 +236,7 @@ fn main() -> ExitCode {
         Cmd::Credentials(CredCmd::New { prefix, out }) => {
             credentials::run_new(&prefix, out.as_deref())
         }
-        Cmd::Bench(args) => xki_proxy::bench::run(args),
+        Cmd::Bench(args) => xki_proxy::bench::run(*args),
         Cmd::Tls(TlsCmd::SelfSigned {
             dir,
             names,
@@ -265,9 +278,13 @@ fn admin_cmd(c: &std::path::Path, cmd: Cmd) -> Result<(), String> {
             KeysCmd::Purge {} => admin::purge(c, None),
         },
         Cmd::Health => admin::health(c),
+        Cmd::CheckConfig => xki_proxy::check::run(c),
+        Cmd::Credentials(CredCmd::List) => credentials::run_list(c),
         Cmd::Reload => admin::reload(c),
-        Cmd::Serve(_) | Cmd::Credentials(_) | Cmd::Bench(_) | Cmd::Tls(_) | Cmd::Pin(_) => {
-            Err("internal error: command dispatched to the wrong handler".into())
-        }
+        Cmd::Serve(_)
+        | Cmd::Credentials(CredCmd::New { .. })
+        | Cmd::Bench(_)
+        | Cmd::Tls(_)
+        | Cmd::Pin(_) => Err("internal error: command dispatched to the wrong handler".into()),
     }
 }

@@ -98,6 +98,11 @@ impl ConnFamilies {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyStateLabels {
+    state: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 50 µs .. ~1.6 s
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
@@ -118,6 +123,11 @@ pub struct Metrics {
     member_failures: Family<MemberLabels, Gauge>,
     audit: AuditMetrics,
     conns: ConnFamilies,
+    cert_expiry: Family<ListenerLabels, Gauge>,
+    keys: Family<KeyStateLabels, Gauge>,
+    /// Requests counted at the previous status-page render, for its request rate.
+    rate_sample: parking_lot::Mutex<Option<(std::time::Instant, f64)>>,
+    started: std::time::Instant,
 }
 
 /// The module's audit trail (`XKI_GetAuditStatus`); absent modules leave them at 0.
@@ -203,6 +213,18 @@ impl Metrics {
         let member_in_flight = Family::<MemberLabels, Gauge>::default();
         let member_stuck = Family::<MemberLabels, Gauge>::default();
         let member_failures = Family::<MemberLabels, Gauge>::default();
+        let cert_expiry = Family::<ListenerLabels, Gauge>::default();
+        let keys = Family::<KeyStateLabels, Gauge>::default();
+        registry.register(
+            "tls_certificate_expiry_seconds",
+            "notAfter of the served TLS certificate (Unix time); re-read on reload",
+            cert_expiry.clone(),
+        );
+        registry.register(
+            "keys",
+            "HYOK keys in the token by state (enabled, disabled, pending_deletion; the health canary not counted), refreshed every health interval",
+            keys.clone(),
+        );
         registry.register(
             "requests",
             "API requests by operation and outcome",
@@ -266,6 +288,10 @@ impl Metrics {
             member_in_flight,
             member_stuck,
             member_failures,
+            cert_expiry,
+            keys,
+            rate_sample: parking_lot::Mutex::new(None),
+            started: std::time::Instant::now(),
             conns,
         }
     }
@@ -296,6 +322,48 @@ impl Metrics {
             head_timeouts,
             body_timeouts,
         }
+    }
+
+    /// Record the served certificate's `notAfter` (Unix seconds) for `listener` ("api").
+    pub fn set_cert_expiry(&self, listener: &str, not_after: i64) {
+        self.cert_expiry
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_string(),
+            })
+            .set(not_after);
+    }
+
+    /// Record the token's key counts.
+    pub fn set_keys(&self, enabled: i64, disabled: i64, pending_deletion: i64) {
+        for (state, n) in [
+            ("enabled", enabled),
+            ("disabled", disabled),
+            ("pending_deletion", pending_deletion),
+        ] {
+            self.keys
+                .get_or_create(&KeyStateLabels {
+                    state: state.to_string(),
+                })
+                .set(n);
+        }
+    }
+
+    /// Requests per second since the previous call (the status page's refresh), or since start
+    /// on the first call; `total` is the current request count.
+    pub fn request_rate(&self, total: f64) -> f64 {
+        let now = std::time::Instant::now();
+        let mut last = self.rate_sample.lock();
+        let (t0, n0) = match *last {
+            Some((t, n)) if now.duration_since(t).as_secs_f64() >= 0.5 => (t, n),
+            Some(_) => return self.last_rate(total, now),
+            None => (self.started, 0.0),
+        };
+        *last = Some((now, total));
+        (total - n0).max(0.0) / now.duration_since(t0).as_secs_f64().max(1e-3)
+    }
+
+    fn last_rate(&self, total: f64, now: std::time::Instant) -> f64 {
+        total / now.duration_since(self.started).as_secs_f64().max(1e-3)
     }
 
     /// Count one finished request.
@@ -347,4 +415,35 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Refresh `xki_proxy_keys` every `interval` (on the HSM threads, never on the async workers).
+pub fn spawn_key_counts(app: std::sync::Arc<crate::state::App>, interval: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let counted = app
+                .hsm
+                .run(deadline, |hsm, s| {
+                    let keys = hsm.list_keys(s)?;
+                    let mut n = (0, 0, 0);
+                    for k in keys.iter().filter(|k| k.label != hsm.canary_label) {
+                        match (k.state.deletion, k.state.disabled()) {
+                            (Some(_), _) => n.2 += 1,
+                            (None, true) => n.1 += 1,
+                            (None, false) => n.0 += 1,
+                        }
+                    }
+                    Ok(n)
+                })
+                .await;
+            match counted {
+                Ok((e, d, p)) => app.metrics.set_keys(e, d, p),
+                Err(e) => tracing::debug!(error = %e, "key count for metrics failed"),
+            }
+        }
+    });
 }

@@ -10,7 +10,9 @@
 //!    copy of an earlier build of the module crate itself and goes stale when only the proxy
 //!    (which rebuilds `deps/`) is built again;
 //! 4. `/usr/local/lib/libxki_pkcs11.so`;
-//! 5. `/usr/lib/xki/libxki_pkcs11.so`.
+//! 5. `/usr/lib/<multiarch>/pkcs11/libxki_pkcs11.so` (Debian's PKCS#11 module directory, where
+//!    the `libxki-pkcs11` package installs it, e.g. `/usr/lib/x86_64-linux-gnu/pkcs11/`);
+//! 6. `/usr/lib/xki/libxki_pkcs11.so`.
 
 use std::path::{Path, PathBuf};
 
@@ -31,8 +33,23 @@ pub fn default_candidates() -> Vec<PathBuf> {
         out.push(dir.join("deps").join(MODULE_FILE));
     }
     out.push(PathBuf::from("/usr/local/lib").join(MODULE_FILE));
+    out.push(debian_module_dir().join(MODULE_FILE));
     out.push(PathBuf::from("/usr/lib/xki").join(MODULE_FILE));
     out
+}
+
+/// Debian's PKCS#11 module directory for the architecture this binary was built for,
+/// `/usr/lib/<multiarch tuple>/pkcs11` (the tuple as `dpkg-architecture -qDEB_HOST_MULTIARCH`
+/// prints it).
+pub fn debian_module_dir() -> PathBuf {
+    let tuple = match std::env::consts::ARCH {
+        "arm" => "arm-linux-gnueabihf".to_string(),
+        "x86" => "i386-linux-gnu".to_string(),
+        "powerpc64" if cfg!(target_endian = "little") => "powerpc64le-linux-gnu".to_string(),
+        // x86_64, aarch64, riscv64, s390x, ...: the Rust arch name is Debian's CPU part.
+        arch => format!("{arch}-linux-gnu"),
+    };
+    PathBuf::from("/usr/lib").join(tuple).join("pkcs11")
 }
 
 /// The library to load: `configured` (`hsm.module`) when set, else the default search.
@@ -80,8 +97,13 @@ mod tests {
         let p = Path::new("/opt/vendor/lib.so");
         assert_eq!(resolve(Some(p)).unwrap(), p);
         let c = default_candidates();
-        assert_eq!(c.len(), 4);
+        assert_eq!(c.len(), 5);
         assert!(c[1].ends_with("deps/libxki_pkcs11.so"));
-        assert_eq!(c[3], Path::new("/usr/lib/xki/libxki_pkcs11.so"));
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            c[3],
+            Path::new("/usr/lib/x86_64-linux-gnu/pkcs11/libxki_pkcs11.so")
+        );
+        assert_eq!(c[4], Path::new("/usr/lib/xki/libxki_pkcs11.so"));
     }
 }

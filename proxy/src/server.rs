@@ -34,9 +34,16 @@ pub fn reload(app: &App, running: &Config) -> Result<(), String> {
         _ => None,
     };
     let n = tenants.len();
+    let expiry = cfg
+        .tls
+        .as_ref()
+        .and_then(|t| http::tls::cert_not_after(&t.cert_file).ok());
     app.tenants.store(Arc::new(tenants));
     if let (Some(current), Some(new)) = (&app.tls, tls) {
         current.store(new);
+        if let Some(t) = expiry {
+            app.metrics.set_cert_expiry("api", t);
+        }
     }
     let needs_restart = |c: &Config| {
         let mut c = c.clone();
@@ -57,6 +64,20 @@ pub fn reload(app: &App, running: &Config) -> Result<(), String> {
         "configuration reloaded"
     );
     Ok(())
+}
+
+/// The start-up error for a listener that cannot bind; a taken port says so and names the flag
+/// that picks another address.
+fn bind_error(key: &str, flag: &str, addr: std::net::SocketAddr, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        format!(
+            "{key} {addr}: the address is already in use (another xki-proxy, or another \
+             service, listens there); stop it, or pick another address with {flag} ADDR or \
+             `{key}` in the config"
+        )
+    } else {
+        format!("{key} {addr}: {e}")
+    }
 }
 
 /// Print a line to stdout; a closed stdout (a supervisor that stopped reading) must not stop
@@ -91,6 +112,8 @@ fn descriptor_budget(cfg: &Config) -> Result<usize, String> {
 pub struct ServeOptions {
     /// Listen here instead of the config's `listen`.
     pub listen: Option<std::net::SocketAddr>,
+    /// Serve the admin listener here instead of the config's `admin_listen`.
+    pub admin_listen: Option<std::net::SocketAddr>,
     /// The config is the generated local demo ([`crate::demo`]): make sure the demo key
     /// exists and print the banner and next steps.
     pub demo: bool,
@@ -105,6 +128,9 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
         cfg.listen = a;
     }
     crate::logging::module_format_env(cfg.log_format);
+    if let Some(a) = opts.admin_listen {
+        cfg.admin_listen = Some(a);
+    }
     // Dropped when `serve` returns (also on error): every queued log line is written first.
     let _log_writer = crate::logging::init(cfg.log_format, &cfg.log_level);
     let tenants = Tenants::from_config(&cfg).map_err(|e| e.to_string())?;
@@ -155,6 +181,14 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
             read_timeout: Duration::from_millis(cfg.clients.request_read_timeout_ms),
             config_path: config_path.to_path_buf(),
         });
+        if let Some(t) = cfg.tls.as_ref() {
+            app.metrics
+                .set_cert_expiry("api", http::tls::cert_not_after(&t.cert_file)?);
+        }
+        crate::metrics::spawn_key_counts(
+            app.clone(),
+            Duration::from_millis(cfg.hsm.health_interval_ms),
+        );
         let first = health.check_now().await;
         if let Some(e) = &first.error {
             tracing::warn!(error = %e, "initial health check failed");
@@ -162,14 +196,15 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
         health.spawn(Duration::from_millis(cfg.hsm.health_interval_ms));
 
         let listener = http::accept::bind(cfg.listen)
-            .map_err(|e| format!("listen {}: {e}", cfg.listen))?;
+            .map_err(|e| bind_error("listen", "--listen", cfg.listen, &e))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|v| *v).await;
         };
         if let Some(a) = cfg.admin_listen {
-            let l = http::accept::bind(a).map_err(|e| format!("admin_listen {a}: {e}"))?;
+            let l = http::accept::bind(a)
+                .map_err(|e| bind_error("admin_listen", "--admin-listen", a, &e))?;
             let admin_addr = l.local_addr().map_err(|e| e.to_string())?;
             say(&format!("xki-proxy admin listening on {admin_addr}"));
             let conns = Connections::new(

@@ -5,6 +5,7 @@ pub mod accept;
 pub mod conns;
 pub mod router;
 pub mod sigv4;
+pub mod status;
 pub mod throttled;
 pub mod tls;
 
@@ -161,7 +162,7 @@ pub async fn serve_api(
     }
 }
 
-/// One admin response: `/metrics`, `/ping`, `/ready`, or 404.
+/// One admin response: `/metrics`, `/ping`, `/ready`, `/health`, `/status`, or 404.
 fn admin_response(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.uri().path() == "/ready" {
         return router::readiness(app);
@@ -173,6 +174,8 @@ fn admin_response(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             app.metrics.render(&app.hsm, &app.health),
         ),
         "/ping" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/health" => status::health(app),
+        "/status" => status::page(app),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -186,7 +189,7 @@ fn admin_response(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     r
 }
 
-/// Serve `/metrics`, `/ping` and `/ready` on the admin listener until `shutdown`, with the same read
+/// Serve `/metrics`, `/ping`, `/ready`, `/health` and `/status` on the admin listener until `shutdown`, with the same read
 /// timeout, accept back-off and a cap of its own (`conns`).
 pub async fn serve_admin(
     app: Arc<App>,

@@ -147,3 +147,24 @@ impl ClientCertVerifier for NameCheck {
         self.inner.supported_verify_schemes()
     }
 }
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `notAfter` (Unix seconds) of the first certificate in a PEM file: the served (leaf)
+/// certificate. Exported as `xki_proxy_tls_certificate_expiry_seconds` and checked by
+/// `check-config`.
+pub fn cert_not_after(path: &std::path::Path) -> Result<i64, String> {
+    let first = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .next()
+        .ok_or_else(|| format!("{}: no certificate", path.display()))?
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(first.as_ref())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(cert.validity().not_after.timestamp())
+}

@@ -5,6 +5,8 @@
 //! SigV4 signer (written here, apart from the server's verifier, so the two check each other).
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
