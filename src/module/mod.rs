@@ -28,6 +28,7 @@ use std::sync::{Arc, Once};
 
 mod assemble;
 mod crypt;
+mod find;
 mod keygen;
 mod objects;
 mod refusals;

@@ -1,0 +1,27 @@
+//! A narrowed key search: what a caller's `C_FindObjectsInit` template pins down exactly.
+
+use super::KeyInfo;
+
+/// The attributes of a key search a backend can match itself (exact byte equality), so it
+/// reads only the keys that can match instead of every secret key on the token. `None` =
+/// any value. The module still checks the caller's whole template on what comes back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyQuery {
+    /// `CKA_LABEL` exactly.
+    pub label: Option<Vec<u8>>,
+    /// `CKA_ID` exactly.
+    pub id: Option<Vec<u8>>,
+}
+
+impl KeyQuery {
+    /// Whether the query pins nothing down (a plain listing is just as good).
+    pub fn is_empty(&self) -> bool {
+        self.label.is_none() && self.id.is_none()
+    }
+
+    /// Whether `key` satisfies the query.
+    pub fn matches(&self, key: &KeyInfo) -> bool {
+        self.label.as_ref().is_none_or(|l| *l == key.label)
+            && self.id.as_ref().is_none_or(|i| *i == key.id)
+    }
+}
