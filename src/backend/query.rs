@@ -11,11 +11,15 @@ pub struct KeyQuery {
     pub label: Option<Vec<u8>>,
     /// `CKA_ID` exactly.
     pub id: Option<Vec<u8>>,
+    /// Whether the caller needs `start_date`/`end_date` of the keys found. Without it a
+    /// backend may leave them empty (reading them costs SoftHSM2 a decryption each).
+    pub dates: bool,
 }
 
 impl KeyQuery {
     /// Whether the query pins nothing down (a plain listing is just as good).
     pub fn is_empty(&self) -> bool {
+        // `dates` only says what to read, not which keys.
         self.label.is_none() && self.id.is_none()
     }
 

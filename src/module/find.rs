@@ -2,7 +2,9 @@
 //! names, so a consumer that looks its key up before every operation costs the token one
 //! narrowed `C_FindObjects` and one attribute read per matching key, not a read of every key.
 //!
-//! Nothing is cached: every find reads the backend, so keys created, renamed, disabled or
+//! Only immutable facts may come from an earlier read (the pkcs11 backend takes a key's
+//! `CKA_ID` from its last read of the same handle under the same label); existence, label and
+//! usage flags are read on every find, so keys created, renamed, disabled or
 //! destroyed by another process are seen by the next find. The narrowed result is used only
 //! when each key in it is already known to the module under the same backend reference;
 //! anything new (a first sight, a key whose identity moved to another object) takes the full
@@ -23,6 +25,9 @@ fn query_of(template: &[Attribute]) -> KeyQuery {
     KeyQuery {
         label: first(CKA_LABEL),
         id: first(CKA_ID),
+        dates: template
+            .iter()
+            .any(|a| a.kind == CKA_START_DATE || a.kind == CKA_END_DATE),
     }
 }
 

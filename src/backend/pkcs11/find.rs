@@ -1,13 +1,19 @@
 //! Finding keys by label or ID with the fewest library calls: one `C_FindObjects` with the
 //! label/ID in the template (the token matches them), then ONE `C_GetAttributeValue` per
-//! matching key that reads every public attribute at once into buffers sized in advance.
+//! matching key into buffers sized in advance, reading every fixed-size attribute (class,
+//! type, length, all the flags, which can change at any time) but no byte string the module
+//! already knows: the label and ID the token just matched, the ID last read for that handle
+//! under that label, the dates unless the caller's template asks for them.
 //!
 //! Why: a consumer that looks its key up before every operation made the module list every
 //! secret key and read each one with cryptoki's `get_attributes` (a length query and a value
 //! read for the fixed-size attributes, the same for the variable-size ones: 4 calls per key).
 //! SoftHSM2 re-checks its object file on every `C_GetAttributeValue`, so those calls, not the
-//! module's own code, doubled the cost of a find. Nothing is cached: each find reads the
-//! token, so keys created, renamed, disabled or destroyed elsewhere are seen by the next find.
+//! module's own code, doubled the cost of a find; and it decrypts each byte-string attribute
+//! (ID, label, dates) of a private object on every read. Only the ID is taken from an
+//! earlier read (handle + label unchanged); existence, label and flags come from the token on
+//! every find, so keys created, renamed, disabled or destroyed elsewhere are seen by the next
+//! find.
 //!
 //! The one-call read falls back to the cryptoki path (`attributes.rs`, `read_key_info`) on any
 //! answer other than `CKR_OK` except a vanished handle: a label or ID longer than its buffer
@@ -98,51 +104,71 @@ impl AttributeCalls {
         })
     }
 
-    /// Every public attribute of `handle` in one call. `Ok(None)`: the one-call read did not
-    /// work out (see the file docs), read the slow way. `Err`: the handle is gone.
+    /// The public attributes of `handle` in one call. `label`/`id`: values already known
+    /// (the label the token just matched; the ID last read for this handle under that label),
+    /// which are then not read; `dates`: read the dates too. Byte-string attributes are the
+    /// costly ones (SoftHSM2 decrypts them on each read of a private object); the flags, which
+    /// can change at any time, are always read. `Ok(None)`: the one-call read did not work
+    /// out (see the file docs), read the slow way. `Err`: the handle is gone.
     fn read_once(
         &self,
         session: &Session,
         handle: ObjectHandle,
-        label_len: usize,
+        label: Option<&[u8]>,
+        id: Option<Vec<u8>>,
+        dates: bool,
     ) -> CkResult<Option<KeyInfo>> {
         let mut class: CK_ULONG = 0;
         let mut key_type: CK_ULONG = 0;
         let mut value_len: CK_ULONG = 0;
         let mut flags = [0 as CK_BBOOL; FLAGS.len()];
-        let mut id = [0u8; NAME_ROOM];
-        let mut label = vec![0u8; label_len.max(NAME_ROOM)];
+        let mut id_buf = [0u8; NAME_ROOM];
+        let mut label_buf = [0u8; NAME_ROOM];
         let mut start = [0u8; 8];
         let mut end = [0u8; 8];
-        let ulong = std::mem::size_of::<CK_ULONG>() as CK_ULONG;
+        let ulong = std::mem::size_of::<CK_ULONG>();
         let attr = |type_, p: *mut u8, len: usize| CK_ATTRIBUTE {
             type_,
             pValue: p.cast(),
             ulValueLen: len as CK_ULONG,
         };
         let mut template = Vec::with_capacity(FLAGS.len() + 7);
-        template.push(attr(
-            CKA_CLASS,
-            (&mut class as *mut CK_ULONG).cast(),
-            ulong as usize,
-        ));
+        template.push(attr(CKA_CLASS, (&mut class as *mut CK_ULONG).cast(), ulong));
         template.push(attr(
             CKA_KEY_TYPE,
             (&mut key_type as *mut CK_ULONG).cast(),
-            ulong as usize,
+            ulong,
         ));
         template.push(attr(
             CKA_VALUE_LEN,
             (&mut value_len as *mut CK_ULONG).cast(),
-            ulong as usize,
+            ulong,
         ));
         for (t, f) in FLAGS.iter().zip(flags.iter_mut()) {
             template.push(attr(*t, f as *mut CK_BBOOL, 1));
         }
-        template.push(attr(CKA_ID, id.as_mut_ptr(), id.len()));
-        template.push(attr(CKA_LABEL, label.as_mut_ptr(), label.len()));
-        template.push(attr(CKA_START_DATE, start.as_mut_ptr(), start.len()));
-        template.push(attr(CKA_END_DATE, end.as_mut_ptr(), end.len()));
+        // Optional byte strings after the fixed part, at these indexes when asked for.
+        let mut next = template.len();
+        let mut slot = |wanted: bool| {
+            wanted.then(|| {
+                next += 1;
+                next - 1
+            })
+        };
+        let id_at = slot(id.is_none());
+        let label_at = slot(label.is_none());
+        let start_at = slot(dates);
+        let end_at = slot(dates);
+        if id_at.is_some() {
+            template.push(attr(CKA_ID, id_buf.as_mut_ptr(), id_buf.len()));
+        }
+        if label_at.is_some() {
+            template.push(attr(CKA_LABEL, label_buf.as_mut_ptr(), label_buf.len()));
+        }
+        if dates {
+            template.push(attr(CKA_START_DATE, start.as_mut_ptr(), start.len()));
+            template.push(attr(CKA_END_DATE, end.as_mut_ptr(), end.len()));
+        }
         // SAFETY: every `pValue` points to a live local buffer of exactly `ulValueLen` bytes
         // (a CK_ULONG, a CK_BBOOL, or a byte array) that outlives the call; `template` is a
         // valid array of `template.len()` CK_ATTRIBUTEs. The library writes at most
@@ -167,38 +193,28 @@ impl AttributeCalls {
             .map(|a| (a.ulValueLen != CK_UNAVAILABLE_INFORMATION).then_some(a.ulValueLen as usize))
             .collect();
         let full = |i: usize, n: usize| lens[i] == Some(n);
-        if !full(0, ulong as usize) || class != CKO_SECRET_KEY {
+        if !full(0, ulong) || class != CKO_SECRET_KEY {
             return Err(Rv::KEY_HANDLE_INVALID);
         }
         let flag = |i: usize| full(3 + i, 1).then(|| flags[i] != 0);
-        let bytes = |i: usize, buf: &[u8]| -> Vec<u8> {
-            lens[i]
+        let bytes = |at: Option<usize>, buf: &[u8]| -> Vec<u8> {
+            at.and_then(|i| lens[i])
                 .map(|n| buf[..n.min(buf.len())].to_vec())
                 .unwrap_or_default()
         };
-        let date = |i: usize, buf: &[u8; 8]| -> Vec<u8> {
+        let date = |at: Option<usize>, buf: &[u8; 8]| -> Vec<u8> {
             // An empty date, or the 8 NUL bytes some libraries write for one, is no date.
-            if full(i, 8) && buf.iter().any(|b| *b != 0) {
-                buf.to_vec()
-            } else {
-                Vec::new()
+            match at {
+                Some(i) if full(i, 8) && buf.iter().any(|b| *b != 0) => buf.to_vec(),
+                _ => Vec::new(),
             }
         };
-        let n = FLAGS.len() + 3;
         Ok(Some(KeyInfo {
             handle: BackendKey(handle.handle()),
-            id: bytes(n, &id),
-            label: bytes(n + 1, &label),
-            key_type: if full(1, ulong as usize) {
-                key_type
-            } else {
-                u64::MAX
-            },
-            value_len: if full(2, ulong as usize) {
-                value_len
-            } else {
-                0
-            },
+            id: id.unwrap_or_else(|| bytes(id_at, &id_buf)),
+            label: label.map_or_else(|| bytes(label_at, &label_buf), <[u8]>::to_vec),
+            key_type: if full(1, ulong) { key_type } else { u64::MAX },
+            value_len: if full(2, ulong) { value_len } else { 0 },
             token: flag(0).unwrap_or(false),
             private: flag(1).unwrap_or(false),
             sensitive: flag(2).unwrap_or(false),
@@ -214,8 +230,8 @@ impl AttributeCalls {
             sign: flag(12).unwrap_or(false),
             verify: flag(13).unwrap_or(false),
             derive: flag(14).unwrap_or(false),
-            start_date: date(n + 2, &start),
-            end_date: date(n + 3, &end),
+            start_date: date(start_at, &start),
+            end_date: date(end_at, &end),
         }))
     }
 }
@@ -231,13 +247,17 @@ impl Pkcs11Backend {
         if let Some(id) = &query.id {
             template.push(Attribute::Id(id.clone()));
         }
-        let label_len = query.label.as_ref().map_or(0, Vec::len);
         self.call(Retry::Always, |s| {
             let handles = s.find_objects(&template).map_err(|e| errors::rv_of(&e))?;
             let mut keys = Vec::with_capacity(handles.len());
             for handle in handles {
+                let label = query.label.as_deref();
+                let known_id = query
+                    .id
+                    .clone()
+                    .or_else(|| label.and_then(|l| self.keys.known_id(handle.handle(), l)));
                 let once = match &self.attribute_calls {
-                    Some(calls) => calls.read_once(s, handle, label_len),
+                    Some(calls) => calls.read_once(s, handle, label, known_id, query.dates),
                     None => Ok(None),
                 };
                 let info = match once {

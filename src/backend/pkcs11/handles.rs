@@ -93,6 +93,27 @@ impl KeyDirectory {
         }
     }
 
+    /// The `CKA_ID` last read for the object now behind `handle`, if that object was last
+    /// read under this very label (`find.rs` takes the ID from here instead of reading it:
+    /// SoftHSM2 decrypts every byte-string attribute of a private object on each read).
+    pub(crate) fn known_id(&self, handle: u64, label: &[u8]) -> Option<Vec<u8>> {
+        let reported = if self.any_alias.load(Ordering::Relaxed) {
+            self.aliases
+                .read()
+                .reported
+                .get(&handle)
+                .copied()
+                .unwrap_or(handle)
+        } else {
+            handle
+        };
+        self.known
+            .lock()
+            .get(&reported)
+            .filter(|i| i.label == label)
+            .map(|i| i.id.clone())
+    }
+
     /// Whether we know who `key` is (so it can be found again).
     pub(crate) fn knows(&self, key: BackendKey) -> bool {
         self.known.lock().contains_key(&key.0)
