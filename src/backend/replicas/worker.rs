@@ -7,49 +7,14 @@
 //! exist per member, so a hung member pins at most that many threads; further calls queue and
 //! time out at their own deadline (the member is out of service by then, so only the probe
 //! thread still sends it work). A queued call whose caller gave up is skipped, not run.
-//!
-//! Hand-off cost: parking and waking a thread on each side costs tens of µs on a busy box,
-//! which is more than a whole operation on an in-process token. So both sides spin briefly
-//! before they park: a worker that finished a call watches for the next one for up to
-//! [`WORKER_SPIN`], and a caller watches for its answer for up to [`CALLER_SPIN`] (both count
-//! against nothing but CPU: the caller's deadline runs from the submission as before, so the
-//! failover guarantees are unchanged). Back-to-back calls then never park either thread.
 
-use parking_lot::MutexGuard;
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// How long an idle worker watches for the next call before it parks.
-pub const WORKER_SPIN: Duration = Duration::from_micros(100);
-/// How long a caller watches for its answer before it parks (an in-process token answers
-/// well within it; a network HSM does not, and then the caller parks as before).
-pub const CALLER_SPIN: Duration = Duration::from_micros(50);
-
-/// Spin (yielding now and then) until `ready` or `limit` passed; whether `ready` was seen.
-fn spin_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    let mut i = 0u32;
-    loop {
-        if ready() {
-            return true;
-        }
-        i = i.wrapping_add(1);
-        if i % 32 == 0 {
-            if start.elapsed() >= limit {
-                return false;
-            }
-            // On a box with more runnable threads than CPUs, let the thread we wait for run.
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
-        }
-    }
-}
+use std::time::Duration;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -69,16 +34,12 @@ struct Queue {
     jobs: VecDeque<Queued>,
     threads: usize,
     idle: usize,
-    /// Workers watching for a call without the lock (see [`WORKER_SPIN`]).
-    spinning: usize,
     shutdown: bool,
 }
 
 struct Shared {
     queue: Mutex<Queue>,
     ready: Condvar,
-    /// `queue.jobs.len()`, readable without the lock by spinning workers.
-    pending: AtomicUsize,
     /// Calls whose caller gave up while the worker was inside the library.
     stuck: AtomicU64,
 }
@@ -103,7 +64,6 @@ impl Workers {
             shared: Arc::new(Shared {
                 queue: Mutex::new(Queue::default()),
                 ready: Condvar::new(),
-                pending: AtomicUsize::new(0),
                 stuck: AtomicU64::new(0),
             }),
         }
@@ -138,25 +98,7 @@ impl Workers {
             job,
             state: state.clone(),
         })?;
-        let submitted = Instant::now();
-        let mut early = None;
-        let answered = spin_until(CALLER_SPIN.min(deadline), || match rx.try_recv() {
-            Ok(v) => {
-                early = Some(Ok(v));
-                true
-            }
-            Err(mpsc::TryRecvError::Empty) => false,
-            Err(mpsc::TryRecvError::Disconnected) => {
-                early = Some(Err(TimedOut));
-                true
-            }
-        });
-        if answered {
-            if let Some(answer) = early {
-                return answer;
-            }
-        }
-        match rx.recv_timeout(deadline.saturating_sub(submitted.elapsed())) {
+        match rx.recv_timeout(deadline) {
             Ok(v) => Ok(v),
             Err(mpsc::RecvTimeoutError::Disconnected) => Err(TimedOut),
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -197,10 +139,7 @@ impl Workers {
             return Err(TimedOut);
         }
         q.jobs.push_back(job);
-        self.shared.pending.store(q.jobs.len(), Ordering::Release);
-        // A spinning worker takes the call without a wake-up; start another thread only when
-        // more calls wait than workers spin.
-        if q.idle == 0 && q.jobs.len() > q.spinning && q.threads < self.max_threads {
+        if q.idle == 0 && q.threads < self.max_threads {
             let shared = self.shared.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("xki-{}", self.name))
@@ -211,7 +150,6 @@ impl Workers {
                     log::error!("member {}: cannot start a worker thread: {e}", self.name);
                     if q.threads == 0 {
                         q.jobs.pop_back();
-                        self.shared.pending.store(q.jobs.len(), Ordering::Release);
                         return Err(TimedOut);
                     }
                 }
@@ -227,7 +165,6 @@ impl Workers {
         let mut q = self.shared.queue.lock();
         q.shutdown = true;
         q.jobs.clear();
-        self.shared.pending.store(0, Ordering::Release);
         self.shared.ready.notify_all();
     }
 }
@@ -238,7 +175,6 @@ fn worker(shared: Arc<Shared>) {
             let mut q = shared.queue.lock();
             loop {
                 if let Some(j) = q.jobs.pop_front() {
-                    shared.pending.store(q.jobs.len(), Ordering::Release);
                     // Checked under the queue lock, where `abandon` marks queued calls.
                     if j.state.load(Ordering::Acquire) == ABANDONED {
                         continue;
@@ -247,15 +183,6 @@ fn worker(shared: Arc<Shared>) {
                 }
                 if q.shutdown {
                     break None;
-                }
-                // Watch for the next call without the lock before parking.
-                q.spinning += 1;
-                let seen = MutexGuard::unlocked(&mut q, || {
-                    spin_until(WORKER_SPIN, || shared.pending.load(Ordering::Acquire) > 0)
-                });
-                q.spinning -= 1;
-                if seen || !q.jobs.is_empty() || q.shutdown {
-                    continue;
                 }
                 q.idle += 1;
                 shared.ready.wait(&mut q);
