@@ -14,6 +14,13 @@ pub struct KeyQuery {
     /// Whether the caller needs `start_date`/`end_date` of the keys found. Without it a
     /// backend may leave them empty (reading them costs SoftHSM2 a decryption each).
     pub dates: bool,
+    /// Whether the caller's template names an attribute that can change (usage flags,
+    /// `CKA_MODIFIABLE`, `CKA_PRIVATE`, dates, ...) besides the label and ID: then every
+    /// matching key's attributes are read fresh. Without it a backend may answer a key it
+    /// has read before from what cannot change (class, type, length, token, sensitive once
+    /// true, extractable once false, always-sensitive, never-extractable, local, ID) plus
+    /// the label the token just matched, and report the other fields as last read.
+    pub mutable: bool,
 }
 
 impl KeyQuery {

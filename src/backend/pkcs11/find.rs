@@ -25,7 +25,9 @@ use crate::backend::{BackendKey, KeyInfo, KeyQuery};
 use crate::rv::{CkResult, Rv};
 use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
+use parking_lot::RwLock;
 use pkcs11_sys::*;
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -236,6 +238,46 @@ impl AttributeCalls {
     }
 }
 
+/// Keys read before whose admissibility facts are final (sensitive, non-extractable: the
+/// specification lets those attributes change only towards that state), by handle.
+#[derive(Default)]
+pub(crate) struct Settled {
+    keys: RwLock<HashMap<u64, KeyInfo>>,
+}
+
+impl Settled {
+    /// The key last read at `handle`, if its facts are final and it was read under `label`,
+    /// reported with that label.
+    fn get(&self, handle: u64, label: &[u8]) -> Option<KeyInfo> {
+        self.keys
+            .read()
+            .get(&handle)
+            .filter(|k| k.label == label)
+            .cloned()
+    }
+
+    /// Remember `info` if its facts are final; forget the handle otherwise.
+    fn note(&self, handle: u64, info: &KeyInfo) {
+        let final_ = info.sensitive
+            && !info.extractable
+            && info.always_sensitive.is_some()
+            && info.never_extractable.is_some();
+        let mut keys = self.keys.write();
+        if final_ {
+            if keys.get(&handle) != Some(info) {
+                keys.insert(handle, info.clone());
+            }
+        } else {
+            keys.remove(&handle);
+        }
+    }
+
+    /// A destroyed key.
+    pub(crate) fn forget(&self, handle: u64) {
+        self.keys.write().remove(&handle);
+    }
+}
+
 impl Pkcs11Backend {
     /// [`crate::backend::Backend::find_secret_keys`]: the token matches the label and ID.
     pub(super) fn find_keys(&self, query: &KeyQuery) -> CkResult<Vec<KeyInfo>> {
@@ -252,6 +294,16 @@ impl Pkcs11Backend {
             let mut keys = Vec::with_capacity(handles.len());
             for handle in handles {
                 let label = query.label.as_deref();
+                // Nothing that can change is asked for and the token just matched the label:
+                // a key read before needs no read at all.
+                if let (false, false, Some(l)) = (query.mutable, query.dates, label) {
+                    if let Some(info) = self.keys.settled.get(handle.handle(), l) {
+                        if query.matches(&info) {
+                            keys.push(self.keys.record(info));
+                        }
+                        continue;
+                    }
+                }
                 let known_id = query
                     .id
                     .clone()
@@ -265,6 +317,11 @@ impl Pkcs11Backend {
                     Ok(None) => self.read_key(s, handle),
                     Err(rv) => Err(rv),
                 };
+                if let Ok(info) = &info {
+                    if !query.dates {
+                        self.keys.settled.note(handle.handle(), info);
+                    }
+                }
                 match info {
                     // A key must match the query as read (a token that matched loosely, or a
                     // rename between the find and the read).

@@ -35,6 +35,8 @@ pub(crate) struct KeyDirectory {
     known: Mutex<HashMap<u64, Identity>>,
     aliases: RwLock<Aliases>,
     any_alias: AtomicBool,
+    /// Keys whose admissibility facts can no longer change, by current handle (`find.rs`).
+    pub(crate) settled: super::find::Settled,
 }
 
 /// Errors that mean "no object behind this handle".
@@ -86,6 +88,7 @@ impl KeyDirectory {
 
     /// Forget a destroyed key.
     pub(crate) fn forget(&self, key: BackendKey) {
+        self.settled.forget(key.0);
         self.known.lock().remove(&key.0);
         let mut aliases = self.aliases.write();
         if let Some(now) = aliases.current.remove(&key.0) {
