@@ -82,6 +82,16 @@ impl ObjectTable {
         handle
     }
 
+    /// Whether `key` already has a handle in `slot` that stands for this very backend key
+    /// (same identity, same backend reference): nothing about it is new to the module.
+    pub fn knows(&self, slot: usize, key: &KeyInfo) -> bool {
+        let t = self.tables.read();
+        t.by_identity
+            .get(&(slot, identity(key)))
+            .and_then(|h| t.by_handle.get(h))
+            .is_some_and(|e| e.key == key.handle)
+    }
+
     /// Keep the entry in step with what the backend just reported (label, backend handle,
     /// identity). When the key's identity changed (an ID-less key renamed, or its CKA_ID
     /// changed on the HSM), the handle follows the key to its new identity and gives up the

@@ -102,18 +102,28 @@ impl Slot {
     /// them. Such duplicates can only be made behind the module's back (C_GenerateKey refuses
     /// them), and are logged.
     pub fn visible_keys(&self) -> CkResult<Vec<KeyInfo>> {
-        let keys: Vec<KeyInfo> = self
-            .backend
-            .list_secret_keys()?
-            .into_iter()
-            .filter(|k| self.admits(k))
-            .collect();
+        Ok(self.unique_admitted(self.backend.list_secret_keys()?))
+    }
+
+    /// The slot's visible keys among those matching `query`, read fresh from the backend
+    /// (which matches the label/ID itself). The duplicate rule of [`Self::visible_keys`] only
+    /// sees the keys read: the caller (`module/find.rs`) falls back to the full listing
+    /// whenever a key it gets here is not already known under the same backend reference.
+    pub fn visible_keys_matching(
+        &self,
+        query: &crate::backend::KeyQuery,
+    ) -> CkResult<Vec<KeyInfo>> {
+        Ok(self.unique_admitted(self.backend.find_secret_keys(query)?))
+    }
+
+    /// The admitted keys of `keys` whose identity no other admitted key of `keys` shares.
+    fn unique_admitted(&self, keys: Vec<KeyInfo>) -> Vec<KeyInfo> {
+        let keys: Vec<KeyInfo> = keys.into_iter().filter(|k| self.admits(k)).collect();
         let mut seen = std::collections::HashMap::new();
         for k in &keys {
             *seen.entry(crate::object::identity(k)).or_insert(0usize) += 1;
         }
-        Ok(keys
-            .into_iter()
+        keys.into_iter()
             .filter(|k| {
                 let unique = seen[&crate::object::identity(k)] == 1;
                 if !unique {
@@ -126,7 +136,7 @@ impl Slot {
                 }
                 unique
             })
-            .collect())
+            .collect()
     }
 
     /// `C_Login` as the normal user: constant-time PIN check, counted by the slot's attempt

@@ -27,7 +27,8 @@ pub struct Settings {
     pub payloads: Vec<usize>,
     /// Thread counts, `XKI_BENCH_THREADS` (comma-separated).
     pub threads: Vec<usize>,
-    /// Targets by index (0 module, 1 direct, 2 embedded, 3 one-member slot, 4 group slot),
+    /// Targets by index (0 module, 1 direct, 2 embedded, 3 one-member slot, 4 group slot,
+    /// 5/6 find-per-operation through the module / directly),
     /// `XKI_BENCH_TARGETS`.
     pub targets: Vec<usize>,
     /// Where audit records go, `XKI_BENCH_AUDIT`.
@@ -37,7 +38,15 @@ pub struct Settings {
     pub failover_threads: usize,
 }
 
-const TARGET_NAMES: [&str; 5] = ["module", "direct", "embedded", "single", "group"];
+const TARGET_NAMES: [&str; 7] = [
+    "module",
+    "direct",
+    "embedded",
+    "single",
+    "group",
+    "findmodule",
+    "finddirect",
+];
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
     match std::env::var(name) {
@@ -70,7 +79,7 @@ impl Settings {
             .iter()
             .map(|t| {
                 TARGET_NAMES.iter().position(|n| n == t).ok_or(format!(
-                    "XKI_BENCH_TARGETS: {t:?}: use module, direct, embedded, single, group"
+                    "XKI_BENCH_TARGETS: {t:?}: use module, direct, embedded, single, group, findmodule, finddirect"
                 ))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -122,7 +131,8 @@ fn bench() -> Result<(), String> {
     let (m, d, e) = targets::open(&ctx, max_threads)?;
     let group_sessions = max_threads.max(settings.failover_threads);
     let (single, group, group_slot) = targets::open_group(&ctx, group_sessions)?;
-    let mut all = vec![m, d, e, single, group];
+    let (find_m, find_d) = targets::open_find(&ctx, max_threads, [m.key, d.key])?;
+    let mut all = vec![m, d, e, single, group, find_m, find_d];
 
     let cells: Vec<(usize, usize)> = settings
         .payloads
@@ -136,12 +146,15 @@ fn bench() -> Result<(), String> {
 
     // Round trips through the module (both its slots), to check the audit trail against.
     let mut module_ops = 0u64;
-    let through_module = |t: usize| t != 1;
+    let through_module = |t: usize| t != 1 && t < 5;
+    // Single encrypts through the module (the find rows), one audit record each.
+    let mut single_calls = 0u64;
     eprint!("warm-up");
     for &(payload, threads) in &cells {
         for &t in &settings.targets {
             let s = run::measure(&mut all[t], threads, payload, warm)?;
             module_ops += if through_module(t) { s.ops } else { 0 };
+            single_calls += if t == 5 { s.ops } else { 0 };
         }
     }
     eprint!(
@@ -159,6 +172,7 @@ fn bench() -> Result<(), String> {
             for t in order {
                 let s = run::measure(&mut all[t], threads, payload, slice)?;
                 module_ops += if through_module(t) { s.ops } else { 0 };
+                single_calls += if t == 5 { s.ops } else { 0 };
                 samples[c][t].push(s);
             }
         }
@@ -223,7 +237,7 @@ fn bench() -> Result<(), String> {
     // C_Finalize first: it writes out the audit records still buffered (`audit_flush_ms`).
     targets::close(ctx, all);
     if let Some(path) = &fixture.audit_file {
-        report::audit_check(path, module_ops, extra_calls);
+        report::audit_check(path, module_ops, extra_calls + single_calls);
     }
     Ok(())
 }

@@ -1,11 +1,12 @@
 //! One measurement: `threads` threads, each on its own session, doing AES-GCM round trips
 //! (`Session::encrypt` then `Session::decrypt`, i.e. C_EncryptInit + C_Encrypt (length query
-//! and call) + C_DecryptInit + C_Decrypt (likewise)) for a fixed wall-clock time.
+//! and call) + C_DecryptInit + C_Decrypt (likewise)) for a fixed wall-clock time; or, for the
+//! find-per-operation rows, a find by label then one `Session::encrypt`.
 
 use crate::targets::Target;
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::ObjectHandle;
+use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -33,6 +34,37 @@ fn round_trip(
         .map_err(|e| format!("decrypt: {e}"))?;
     if back != plaintext {
         return Err("decrypt returned different bytes".into());
+    }
+    Ok(())
+}
+
+/// The find-per-operation pattern: C_FindObjectsInit(class, label) + C_FindObjects +
+/// C_FindObjectsFinal, then `Session::encrypt` (C_EncryptInit + length query + C_Encrypt) with
+/// the key found. Checks the find returned exactly the expected key.
+fn find_then_encrypt(
+    s: &Session,
+    label: &[u8],
+    key: ObjectHandle,
+    counter: u64,
+    plaintext: &[u8],
+) -> Result<(), String> {
+    let found = s
+        .find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Label(label.to_vec()),
+        ])
+        .map_err(|e| format!("find: {e}"))?;
+    if found[..] != [key] {
+        return Err(format!("find returned {found:?}, expected [{key:?}]"));
+    }
+    let mut iv = [0u8; 12];
+    iv[4..].copy_from_slice(&counter.to_be_bytes());
+    let params = GcmParams::new(&mut iv, AAD, 128.into()).map_err(|e| e.to_string())?;
+    let ciphertext = s
+        .encrypt(&Mechanism::AesGcm(params), key, plaintext)
+        .map_err(|e| format!("encrypt: {e}"))?;
+    if ciphertext.len() != plaintext.len() + 16 {
+        return Err("ciphertext of the wrong length".into());
     }
     Ok(())
 }
@@ -101,6 +133,7 @@ pub fn measure(
     }
     let plaintext: Vec<u8> = (0..payload).map(|i| (i * 31 + 7) as u8).collect();
     let key = target.key;
+    let find_label = target.find_label.clone();
     let start = Barrier::new(threads);
     let proc_begin = cpu_secs(libc::CLOCK_PROCESS_CPUTIME_ID);
     let results: Vec<Result<Sample, String>> = std::thread::scope(|scope| {
@@ -110,7 +143,7 @@ pub fn measure(
             .take(threads)
             .enumerate()
             .map(|(t, session)| {
-                let (plaintext, start) = (&plaintext, &start);
+                let (plaintext, start, find_label) = (&plaintext, &start, &find_label);
                 scope.spawn(move || {
                     let session: &Session = session;
                     start.wait();
@@ -120,7 +153,12 @@ pub fn measure(
                     // Distinct IVs per thread and operation (the key is shared).
                     let base = (t as u64) << 48;
                     loop {
-                        round_trip(session, key, base + ops, plaintext)?;
+                        match find_label {
+                            Some(label) => {
+                                find_then_encrypt(session, label, key, base + ops, plaintext)?
+                            }
+                            None => round_trip(session, key, base + ops, plaintext)?,
+                        }
                         ops += 1;
                         let elapsed = begin.elapsed();
                         if elapsed >= duration {

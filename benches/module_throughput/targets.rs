@@ -24,6 +24,9 @@ pub struct Target {
     pub key: ObjectHandle,
     /// One session per benchmark thread (index = thread).
     pub sessions: Vec<Session>,
+    /// `Some(label)`: each operation looks the key up by this label first and then encrypts
+    /// once (the find-per-operation rows), instead of a round trip with `key`.
+    pub find_label: Option<Vec<u8>>,
 }
 
 /// The loaded libraries, kept so they can be finalised in the right order.
@@ -116,11 +119,12 @@ pub fn open(ctx: &Contexts, threads: usize) -> R<(Target, Target, Target)> {
 
     let slot = slot_by_label(&ctx.module, setup::MODULE_HSM_SLOT)?;
     let module_sessions = sessions(&ctx.module, slot, setup::SOFTHSM_PIN, threads)?;
-    let key = generate(&module_sessions[0], &id, "xki-bench-hsm")?;
+    let key = generate(&module_sessions[0], &id, HSM_KEY_LABEL)?;
     let module = Target {
         name: "module->SoftHSM2",
         key,
         sessions: module_sessions,
+        find_label: None,
     };
 
     let slot = slot_by_label(&ctx.direct, setup::SOFTHSM_TOKEN)?;
@@ -148,6 +152,7 @@ pub fn open(ctx: &Contexts, threads: usize) -> R<(Target, Target, Target)> {
         name: "SoftHSM2 direct",
         key,
         sessions: direct_sessions,
+        find_label: None,
     };
 
     let slot = slot_by_label(&ctx.module, setup::MODULE_EMB_SLOT)?;
@@ -157,9 +162,35 @@ pub fn open(ctx: &Contexts, threads: usize) -> R<(Target, Target, Target)> {
         name: "module embedded",
         key,
         sessions: emb_sessions,
+        find_label: None,
     };
     Ok((module, direct, embedded))
 }
+
+/// The find-per-operation pair, with `threads` sessions each: (module over SoftHSM2, SoftHSM2
+/// direct), both looking up the SoftHSM2 key of [`open`] by its label before every encrypt.
+/// `keys`: that key's handles through the module and directly (checked against every find).
+pub fn open_find(ctx: &Contexts, threads: usize, keys: [ObjectHandle; 2]) -> R<(Target, Target)> {
+    let label = HSM_KEY_LABEL.as_bytes().to_vec();
+    let slot = slot_by_label(&ctx.module, setup::MODULE_HSM_SLOT)?;
+    let module = Target {
+        name: "find+enc module",
+        key: keys[0],
+        sessions: sessions(&ctx.module, slot, setup::SOFTHSM_PIN, threads)?,
+        find_label: Some(label.clone()),
+    };
+    let slot = slot_by_label(&ctx.direct, setup::SOFTHSM_TOKEN)?;
+    let direct = Target {
+        name: "find+enc direct",
+        key: keys[1],
+        sessions: sessions(&ctx.direct, slot, setup::SOFTHSM_PIN, threads)?,
+        find_label: Some(label),
+    };
+    Ok((module, direct))
+}
+
+/// The label of the SoftHSM2 key (generated through the module in [`open`]).
+const HSM_KEY_LABEL: &str = "xki-bench-hsm";
 
 /// The key with `CKA_ID` `id`, found through `session`.
 fn find_key(session: &Session, id: &[u8], what: &str) -> R<ObjectHandle> {
@@ -189,6 +220,7 @@ pub fn open_group(ctx: &Contexts, threads: usize) -> R<(Target, Target, u64)> {
         name: "one member",
         key: find_key(&single_sessions[0], id, group_setup::SINGLE_SLOT)?,
         sessions: single_sessions,
+        find_label: None,
     };
     let slot = slot_by_label(&ctx.module, group_setup::GROUP_SLOT)?;
     let group_sessions = sessions(&ctx.module, slot, group_setup::GROUP_PIN, threads)?;
@@ -196,6 +228,7 @@ pub fn open_group(ctx: &Contexts, threads: usize) -> R<(Target, Target, u64)> {
         name: "group(2)",
         key: find_key(&group_sessions[0], id, group_setup::GROUP_SLOT)?,
         sessions: group_sessions,
+        find_label: None,
     };
     Ok((single, group, slot.id()))
 }

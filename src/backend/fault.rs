@@ -132,6 +132,10 @@ impl Backend for FaultBackend {
         self.gate()?;
         self.inner.key_info(key)
     }
+    fn find_secret_keys(&self, query: &crate::backend::KeyQuery) -> CkResult<Vec<KeyInfo>> {
+        self.gate()?;
+        self.inner.find_secret_keys(query)
+    }
     fn generate_aes_key(&self, spec: &NewKey) -> CkResult<KeyInfo> {
         self.gate()?;
         self.inner.generate_aes_key(spec)

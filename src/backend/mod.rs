@@ -20,7 +20,10 @@ pub mod embedded;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod pkcs11;
+mod query;
 pub mod replicas;
+
+pub use query::KeyQuery;
 
 /// A backend's own reference to a key object (a PKCS#11 object handle, or the embedded
 /// token's record number). Opaque to the module; it never crosses the C boundary.
@@ -236,6 +239,16 @@ pub trait Backend: Send + Sync {
 
     /// Every secret-key object on the token, with its public attributes.
     fn list_secret_keys(&self) -> CkResult<Vec<KeyInfo>>;
+
+    /// The secret keys matching `query`, read fresh from the token like
+    /// [`Self::list_secret_keys`] (existence, label, usage flags are never cached). A backend
+    /// that can search by attribute reads only the matching keys; the default filters a full
+    /// listing.
+    fn find_secret_keys(&self, query: &KeyQuery) -> CkResult<Vec<KeyInfo>> {
+        let mut keys = self.list_secret_keys()?;
+        keys.retain(|k| query.matches(k));
+        Ok(keys)
+    }
 
     /// Fresh public attributes of one key (the key state lives in the token, not in a cache).
     fn key_info(&self, key: BackendKey) -> CkResult<KeyInfo>;

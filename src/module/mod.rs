@@ -29,6 +29,7 @@ use std::sync::{Arc, Once};
 
 mod assemble;
 mod crypt;
+mod find;
 mod key_state;
 mod keygen;
 mod objects;

@@ -181,8 +181,7 @@ pub fn find_objects_init(session: u64, template: &[Attribute]) -> CkResult<()> {
     }
     // Every key is a private object: nothing is visible before C_Login.
     let found = if s.slot.is_logged_in() {
-        s.slot
-            .visible_keys()?
+        super::find::matching_keys(&m, s, index, template)?
             .iter()
             .filter(|k| policy::template_matches(k, template, s.slot.allow_destroy))
             .map(|k| m.objects.handle_for(index, k))

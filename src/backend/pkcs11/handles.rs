@@ -35,6 +35,8 @@ pub(crate) struct KeyDirectory {
     known: Mutex<HashMap<u64, Identity>>,
     aliases: RwLock<Aliases>,
     any_alias: AtomicBool,
+    /// Keys whose admissibility facts can no longer change, by current handle (`find.rs`).
+    pub(crate) settled: super::find::Settled,
 }
 
 /// `CK_INVALID_HANDLE`: what a key whose object cannot be found points at.
@@ -98,11 +100,33 @@ impl KeyDirectory {
 
     /// Forget a destroyed key.
     pub(crate) fn forget(&self, key: BackendKey) {
+        self.settled.forget(key.0);
         self.known.lock().remove(&key.0);
         let mut aliases = self.aliases.write();
         if let Some(now) = aliases.current.remove(&key.0) {
             aliases.reported.remove(&now);
         }
+    }
+
+    /// The `CKA_ID` last read for the object now behind `handle`, if that object was last
+    /// read under this very label (`find.rs` takes the ID from here instead of reading it:
+    /// SoftHSM2 decrypts every byte-string attribute of a private object on each read).
+    pub(crate) fn known_id(&self, handle: u64, label: &[u8]) -> Option<Vec<u8>> {
+        let reported = if self.any_alias.load(Ordering::Relaxed) {
+            self.aliases
+                .read()
+                .reported
+                .get(&handle)
+                .copied()
+                .unwrap_or(handle)
+        } else {
+            handle
+        };
+        self.known
+            .lock()
+            .get(&reported)
+            .filter(|i| i.label == label)
+            .map(|i| i.id.clone())
     }
 
     /// Whether we know who `key` is (so it can be found again).

@@ -26,6 +26,7 @@ mod attributes;
 mod calls;
 mod companion;
 mod errors;
+mod find;
 mod handles;
 mod library;
 mod open;
@@ -81,6 +82,9 @@ pub struct Pkcs11Backend {
     /// The library's own GCM entry points: one `C_Encrypt`/`C_Decrypt` per operation instead
     /// of cryptoki's length query + call. `None`: cryptoki's calls are used.
     gcm: Option<raw::GcmCalls>,
+    /// The library's own `C_GetAttributeValue`, for one-call key reads in finds (`find.rs`).
+    /// `None`: cryptoki's reads are used.
+    attribute_calls: Option<find::AttributeCalls>,
 }
 
 impl Pkcs11Backend {
@@ -201,6 +205,10 @@ impl Backend for Pkcs11Backend {
             self.confirm_token(&format!("the listing found {} keys", keys.len()))?;
         }
         Ok(keys)
+    }
+
+    fn find_secret_keys(&self, query: &crate::backend::KeyQuery) -> CkResult<Vec<KeyInfo>> {
+        self.find_keys(query)
     }
 
     fn key_info(&self, key: BackendKey) -> CkResult<KeyInfo> {

@@ -32,6 +32,9 @@ impl Pkcs11Backend {
         })?;
         let ctx = lease.ctx().clone();
         let gcm = lease.gcm();
+        let attribute_calls = std::fs::canonicalize(module)
+            .ok()
+            .and_then(|p| super::find::AttributeCalls::of_loaded(&p));
         let quirks = match ctx.get_library_info() {
             Ok(info) => Quirks::for_library(info.manufacturer_id()),
             Err(_) => Quirks::default(),
@@ -77,6 +80,7 @@ impl Pkcs11Backend {
             lease: Mutex::new(Some(lease)),
             ctx,
             gcm,
+            attribute_calls,
         };
         // Open the first session now: it proves the token answers and the PIN is right.
         let token_key = if cfg.token_label.is_some() {

@@ -1,0 +1,179 @@
+//! Finds by label or ID through the module read the token every time (module/find.rs,
+//! backend/pkcs11/find.rs): keys created, renamed, disabled or destroyed behind the module's
+//! back (a direct SoftHSM2 session in this process, or a second process) are seen by the next
+//! find, and a key whose identity another object takes over is never silently switched to it.
+
+mod common_module;
+
+use common_module::*;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+use cryptoki::session::Session;
+use std::process::Command;
+
+fn by_label(s: &Session, label: &str) -> Vec<cryptoki::object::ObjectHandle> {
+    find(
+        s,
+        &[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ],
+    )
+}
+
+/// The SoftHSM2 object with this label, found directly.
+fn direct_key(d: &Session, label: &str) -> cryptoki::object::ObjectHandle {
+    let found = by_label(d, label);
+    assert_eq!(found.len(), 1, "direct keys labelled {label}: {found:?}");
+    found[0]
+}
+
+#[test]
+fn renames_and_disabling_on_the_token_are_seen_by_the_next_find() {
+    let fx = fixture();
+    let t_slot = fx.slots()[0];
+    let s = fx.ctx.open_rw_session(t_slot).unwrap();
+    login(&s);
+    let key = s
+        .generate_key(&Mechanism::AesKeyGen, &secure_template("ff-rename"))
+        .unwrap();
+    // Warm: the module knows the key, so later finds take the narrowed path.
+    for _ in 0..3 {
+        assert_eq!(by_label(&s, "ff-rename"), vec![key]);
+    }
+    // The one-call attribute read of the narrowed find agrees with the token on every
+    // attribute a template may ask for.
+    let full = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::Label(b"ff-rename".to_vec()),
+        Attribute::KeyType(cryptoki::object::KeyType::AES),
+        Attribute::ValueLen(32.into()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::AlwaysSensitive(true),
+        Attribute::NeverExtractable(true),
+        Attribute::Local(true),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::Wrap(false),
+        Attribute::Sign(false),
+        Attribute::Derive(false),
+    ];
+    assert_eq!(find(&s, &full), vec![key]);
+    let d = fx.direct_session();
+    let dk = direct_key(&d, "ff-rename");
+
+    d.update_attributes(dk, &[Attribute::Label(b"ff-renamed".to_vec())])
+        .unwrap();
+    assert!(
+        by_label(&s, "ff-rename").is_empty(),
+        "old label still found"
+    );
+    assert_eq!(
+        by_label(&s, "ff-renamed"),
+        vec![key],
+        "same handle, new label"
+    );
+
+    // Disabled for encryption on the token: a find asking for encrypt-capable keys no longer
+    // returns it, the attribute reads false, and the HSM refuses the operation.
+    d.update_attributes(dk, &[Attribute::Encrypt(false)])
+        .unwrap();
+    let enc_template = [
+        Attribute::Label(b"ff-renamed".to_vec()),
+        Attribute::Encrypt(true),
+    ];
+    assert!(find(&s, &enc_template).is_empty(), "disabled key found");
+    assert_eq!(
+        attr(&s, key, AttributeType::Encrypt),
+        Attribute::Encrypt(false)
+    );
+    let mut iv = [1u8; 12];
+    assert!(s.encrypt(&gcm(&mut iv, b"aad"), key, b"x").is_err());
+    d.update_attributes(dk, &[Attribute::Encrypt(true)])
+        .unwrap();
+    assert_eq!(find(&s, &enc_template), vec![key], "re-enabled key found");
+    round_trips(&s, key, 1, b"back");
+}
+
+#[test]
+fn keys_created_and_destroyed_elsewhere_are_seen_by_the_next_find() {
+    let fx = fixture();
+    let s = fx.ctx.open_rw_session(fx.slots()[0]).unwrap();
+    login(&s);
+    assert!(by_label(&s, "ff-born").is_empty());
+    // Created directly on the token (sensitive, never extractable: admissible).
+    let d = fx.direct_session();
+    let mut t = secure_template("ff-born");
+    t.push(Attribute::Id(b"ff-born-id".to_vec()));
+    d.generate_key(&Mechanism::AesKeyGen, &t).unwrap();
+    let found = by_label(&s, "ff-born");
+    assert_eq!(found.len(), 1, "a key created on the token is found");
+    round_trips(&s, found[0], 1, b"new");
+    assert_eq!(
+        find(&s, &[Attribute::Id(b"ff-born-id".to_vec())]),
+        found,
+        "found by ID too"
+    );
+
+    // Destroyed by ANOTHER PROCESS (pkcs11-tool directly on SoftHSM2, same token store).
+    for _ in 0..2 {
+        assert_eq!(by_label(&s, "ff-born"), found);
+    }
+    let out = Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", &fx.softhsm_conf)
+        .args(["--module", SOFTHSM, "--token-label", SOFTHSM_TOKEN])
+        .args([
+            "--login",
+            "--pin",
+            PIN,
+            "--delete-object",
+            "--type",
+            "secrkey",
+        ])
+        .args(["--label", "ff-born"])
+        .output()
+        .expect("run pkcs11-tool (apt-get install opensc)");
+    assert!(
+        out.status.success(),
+        "pkcs11-tool --delete-object: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        by_label(&s, "ff-born").is_empty(),
+        "a key destroyed by another process is not found any more"
+    );
+    assert!(find(&s, &[Attribute::Id(b"ff-born-id".to_vec())]).is_empty());
+}
+
+#[test]
+fn a_new_object_taking_a_known_keys_identity_is_never_switched_to() {
+    let fx = fixture();
+    let s = fx.ctx.open_rw_session(fx.slots()[0]).unwrap();
+    login(&s);
+    let mut t = secure_template("ff-first");
+    t.push(Attribute::Id(b"ff-dup-id".to_vec()));
+    let key = s.generate_key(&Mechanism::AesKeyGen, &t).unwrap();
+    assert_eq!(by_label(&s, "ff-first"), vec![key]);
+    let mut iv = [7u8; 12];
+    let ct = s.encrypt(&gcm(&mut iv, b"aad"), key, b"mine").unwrap();
+
+    // Another key with the same CKA_ID but another label, made behind the module's back.
+    let d = fx.direct_session();
+    let mut dup = secure_template("ff-second");
+    dup.push(Attribute::Id(b"ff-dup-id".to_vec()));
+    d.generate_key(&Mechanism::AesKeyGen, &dup).unwrap();
+    assert!(
+        by_label(&s, "ff-second").is_empty(),
+        "a duplicate identity is hidden, not merged into the known key's handle"
+    );
+    // The known handle still stands for the first key.
+    let mut iv = [7u8; 12];
+    assert_eq!(
+        s.decrypt(&gcm(&mut iv, b"aad"), key, &ct).unwrap(),
+        b"mine".to_vec()
+    );
+}
