@@ -310,6 +310,7 @@ fn fail_closed(name: &str, flush_ms: u64) {
         &s2.generate_key(
             &Mechanism::AesKeyGen,
             &[
+                Attribute::Token(true),
                 Attribute::ValueLen(32.into()),
                 Attribute::Label(b"x".to_vec())
             ]

@@ -393,7 +393,7 @@ fn replica_group_members_all_hold_the_state() {
         );
         for i in members {
             t.push_str(&format!(
-                "[backend.m{i}]\ntype = \"embedded\"\nstore = {:?}\nkey_file = {:?}\n",
+                "[backend.m{i}]\ntype = \"embedded\"\ncreate = true\nstore = {:?}\nkey_file = {:?}\n",
                 stores[*i].0, stores[*i].1
             ));
         }

@@ -18,7 +18,7 @@ fn pin_unlock_clears_the_counter_and_writes_an_audit_record() {
             "audit_file = {audit:?}\n\
              [[slot]]\nlabel = \"vault\"\nbackends = [\"emb\"]\nuser_pin_file = {pin:?}\n\
              pin_state_file = {state:?}\n\
-             [backend.emb]\ntype = \"embedded\"\nstore = {store:?}\nkey_file = {key:?}\n",
+             [backend.emb]\ntype = \"embedded\"\ncreate = true\nstore = {store:?}\nkey_file = {key:?}\n",
             audit = d.join("audit.log").display().to_string(),
             pin = d.join("pin").display().to_string(),
             state = state.display().to_string(),

@@ -281,7 +281,7 @@ impl Settled {
 impl Pkcs11Backend {
     /// [`crate::backend::Backend::find_secret_keys`]: the token matches the label and ID.
     pub(super) fn find_keys(&self, query: &KeyQuery) -> CkResult<Vec<KeyInfo>> {
-        let _guard = self.reading();
+        let _guard = self.reading()?;
         let mut template = vec![Attribute::Class(ObjectClass::SECRET_KEY)];
         if let Some(label) = &query.label {
             template.push(Attribute::Label(label.clone()));

@@ -208,7 +208,13 @@ impl Backend for Pkcs11Backend {
     }
 
     fn find_secret_keys(&self, query: &crate::backend::KeyQuery) -> CkResult<Vec<KeyInfo>> {
-        self.find_keys(query)
+        let keys = self.find_keys(query)?;
+        // "No such key" counts only if the token itself still answers, as for the listing
+        // (SoftHSM2 finds nothing when its token directory is gone or descriptors ran out).
+        if keys.is_empty() {
+            self.confirm_token("a find by label or ID found nothing")?;
+        }
+        Ok(keys)
     }
 
     fn key_info(&self, key: BackendKey) -> CkResult<KeyInfo> {
