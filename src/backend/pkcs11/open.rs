@@ -61,7 +61,14 @@ impl Pkcs11Backend {
         let max = cfg
             .max_sessions
             .unwrap_or(BackendConfig::DEFAULT_MAX_SESSIONS);
+        let iv_mode = super::iv_mode::IvModeState::choose(
+            name,
+            cfg.gcm_iv,
+            quirks.gcm_iv,
+            super::iv_mode::offers_message_api(&ctx, slot),
+        );
         let backend = Pkcs11Backend {
+            iv_mode,
             name: name.to_string(),
             slot,
             pin,
