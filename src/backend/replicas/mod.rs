@@ -550,6 +550,31 @@ impl Backend for ReplicaGroup {
             .run(Some(key.0), move |b, mk| b.gcm_decrypt(mk, &iv, &aad, &ct))
     }
 
+    /// A group takes caller IVs only if every member it has opened does (members of one group
+    /// are the same kind of HSM; a mixed group must not encrypt with a caller IV anywhere).
+    fn accepts_caller_iv(&self) -> bool {
+        self.inner
+            .members
+            .iter()
+            .filter_map(|m| m.backend())
+            .all(|b| b.accepts_caller_iv())
+    }
+
+    /// The member that serves the call generates the IV; a call retried on another member
+    /// generates a new one there, and the caller gets the IV of the encryption that answered.
+    fn gcm_encrypt_generated_iv(
+        &self,
+        key: BackendKey,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> CkResult<crate::backend::GeneratedIvEncryption> {
+        let aad = aad.to_vec();
+        let pt = SecretBytes::new(plaintext.to_vec());
+        self.inner.run(Some(key.0), move |b, mk| {
+            b.gcm_encrypt_generated_iv(mk, &aad, &pt)
+        })
+    }
+
     fn generate_random(&self, out: &mut [u8]) -> CkResult<()> {
         let len = out.len();
         let bytes = self.inner.run(None, move |b, _| {
