@@ -179,6 +179,7 @@ pub fn health(config: &Path) -> Result<(), String> {
             "healthStatus": status,
         }],
         "checkLatencyMicros": start.elapsed().as_micros() as u64,
+        "encryptIvSource": hsm.iv_path().describe(),
         "error": r.as_ref().err().map(HsmError::to_string),
     });
     println!(
