@@ -27,8 +27,8 @@ pub struct Settings {
     pub payloads: Vec<usize>,
     /// Thread counts, `XKI_BENCH_THREADS` (comma-separated).
     pub threads: Vec<usize>,
-    /// Targets by index (0 module, 1 direct, 2 embedded, 3 one-member slot, 4 group slot),
-    /// `XKI_BENCH_TARGETS`.
+    /// Targets by index (0 module, 1 direct, 2 embedded, 3 one-member slot, 4 group slot,
+    /// 5 module message API, 6 direct with RNG IVs), `XKI_BENCH_TARGETS`.
     pub targets: Vec<usize>,
     /// Where audit records go, `XKI_BENCH_AUDIT`.
     pub audit: setup::AuditSink,
@@ -37,7 +37,15 @@ pub struct Settings {
     pub failover_threads: usize,
 }
 
-const TARGET_NAMES: [&str; 5] = ["module", "direct", "embedded", "single", "group"];
+const TARGET_NAMES: [&str; 7] = [
+    "module",
+    "direct",
+    "embedded",
+    "single",
+    "group",
+    "message",
+    "direct-rng",
+];
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
     match std::env::var(name) {
@@ -70,7 +78,7 @@ impl Settings {
             .iter()
             .map(|t| {
                 TARGET_NAMES.iter().position(|n| n == t).ok_or(format!(
-                    "XKI_BENCH_TARGETS: {t:?}: use module, direct, embedded, single, group"
+                    "XKI_BENCH_TARGETS: {t:?}: use module, direct, embedded, single, group, message, direct-rng"
                 ))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -122,7 +130,8 @@ fn bench() -> Result<(), String> {
     let (m, d, e) = targets::open(&ctx, max_threads)?;
     let group_sessions = max_threads.max(settings.failover_threads);
     let (single, group, group_slot) = targets::open_group(&ctx, group_sessions)?;
-    let mut all = vec![m, d, e, single, group];
+    let (msg, direct_rng) = targets::open_message(&ctx, max_threads)?;
+    let mut all = vec![m, d, e, single, group, msg, direct_rng];
 
     let cells: Vec<(usize, usize)> = settings
         .payloads
@@ -136,7 +145,7 @@ fn bench() -> Result<(), String> {
 
     // Round trips through the module (both its slots), to check the audit trail against.
     let mut module_ops = 0u64;
-    let through_module = |t: usize| t != 1;
+    let through_module = |t: usize| t != 1 && t != 6;
     eprint!("warm-up");
     for &(payload, threads) in &cells {
         for &t in &settings.targets {
