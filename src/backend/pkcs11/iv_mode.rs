@@ -3,7 +3,7 @@
 //!
 //! | mode | encrypt call | where the IV comes back |
 //! |---|---|---|
-//! | `caller` | `CK_GCM_PARAMS.pIv` = 12 bytes from the HSM's `C_GenerateRandom` | the module knows it |
+//! | `caller` | `CK_GCM_PARAMS.pIv` = 12 bytes from the HSM's `C_GenerateRandom` (batched) | the module knows it |
 //! | `write-back` | `pIv` = 12 zero bytes | the library overwrites `pIv` |
 //! | `append` | `pIv` = NULL, `ulIvLen` = 0, `ulIvBits` = 96 | output = ciphertext ‖ tag ‖ IV |
 //! | `message` | `C_EncryptMessage`, `ivGenerator = CKG_GENERATE_RANDOM` | `CK_GCM_MESSAGE_PARAMS.pIv` |
@@ -190,7 +190,7 @@ impl Pkcs11Backend {
     ) -> CkResult<GeneratedIvEncryption> {
         let result = match self.iv_mode.current() {
             GcmIvMode::Auto | GcmIvMode::Caller => {
-                match crate::backend::encrypt_with_random_iv(self, key, aad, plaintext) {
+                match self.encrypt_iv_from_rng(key, aad, plaintext) {
                     Err(rv) if self.iv_mode.learn_from_caller_iv_refusal(&self.name, rv) => {
                         self.encrypt_iv_appended(key, aad, plaintext)
                     }
@@ -202,6 +202,22 @@ impl Pkcs11Backend {
             GcmIvMode::Message => self.encrypt_iv_by_message(key, aad, plaintext),
         };
         result.map_err(|rv| self.iv_mode.note_failure(&self.name, rv))
+    }
+
+    /// `caller`: an IV from the HSM's RNG (batched, `iv_batch.rs`) as the caller IV.
+    fn encrypt_iv_from_rng(
+        &self,
+        key: BackendKey,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> CkResult<GeneratedIvEncryption> {
+        use crate::backend::Backend;
+        let iv = self.iv_batch.next(|buf| self.generate_random(buf))?;
+        let ciphertext_and_tag = self.gcm_encrypt(key, &iv, aad, plaintext)?;
+        Ok(GeneratedIvEncryption {
+            iv: Iv::from_slice(&iv),
+            ciphertext_and_tag,
+        })
     }
 
     /// `write-back`: 12 zero bytes in, the IV the HSM generated out.

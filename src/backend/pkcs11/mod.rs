@@ -24,6 +24,7 @@ mod attributes;
 mod calls;
 mod errors;
 mod handles;
+mod iv_batch;
 mod iv_mode;
 mod library;
 mod open;
@@ -71,6 +72,8 @@ pub struct Pkcs11Backend {
     gcm: Option<raw::GcmCalls>,
     /// How the HSM takes GCM encryption IVs (`gcm_iv`, see `iv_mode.rs`).
     iv_mode: iv_mode::IvModeState,
+    /// `caller` mode: generated IVs from the HSM's RNG, in batches.
+    iv_batch: iv_batch::IvBatch,
 }
 
 impl Pkcs11Backend {

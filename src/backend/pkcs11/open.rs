@@ -69,6 +69,7 @@ impl Pkcs11Backend {
         );
         let backend = Pkcs11Backend {
             iv_mode,
+            iv_batch: Default::default(),
             name: name.to_string(),
             slot,
             pin,
