@@ -610,3 +610,57 @@ fn a_million_generated_ivs_under_one_key_never_repeat() {
     assert_eq!(all.len(), TOTAL);
     eprintln!("{TOTAL} generated IVs in {:?}", started.elapsed());
 }
+
+/// Every message is an audit record (op=encrypt / op=decrypt with the key's label), failed
+/// ones too, and neither the audit trail nor the log holds the plaintext or the AAD.
+#[test]
+fn every_message_is_audited_and_nothing_secret_is_logged() {
+    let marker_pt = b"MSG-PLAINTEXT-MARKER-k3";
+    let marker_aad = b"MSG-AAD-MARKER-p9";
+    for_each_token(|t| {
+        let label = t.label("msg-audit");
+        let key = t.keygen(&label, &[]);
+        let (ct, iv, tag) = encrypt_message(
+            &t.session,
+            key,
+            GeneratorFunction::GenerateRandom,
+            &[0; 12],
+            marker_aad,
+            marker_pt,
+        )
+        .unwrap();
+        assert_eq!(
+            decrypt_message(&t.session, key, &iv, &tag, marker_aad, &ct).unwrap(),
+            marker_pt
+        );
+        let mut bad = tag;
+        bad[3] ^= 0x40;
+        expect_rv(
+            decrypt_message(&t.session, key, &iv, &bad, marker_aad, &ct),
+            RvError::EncryptedDataInvalid,
+        );
+    });
+    let fx = fixture();
+    let audit = std::fs::read_to_string(fx.dir.path().join("audit.log")).expect("audit.log");
+    for name in SLOT_NAMES {
+        let label = format!("msg-audit-{name}");
+        let count = |op: &str| {
+            audit
+                .lines()
+                .filter(|l| l.contains(op) && l.contains(&label))
+                .count()
+        };
+        assert_eq!(count("op=encrypt"), 1, "{label}:\n{audit}");
+        assert_eq!(
+            count("op=decrypt"),
+            2,
+            "{label}: the failed one too:\n{audit}"
+        );
+    }
+    let log = std::fs::read_to_string(fx.dir.path().join("module.log")).unwrap_or_default();
+    for text in [&audit, &log] {
+        for marker in [&marker_pt[..], &marker_aad[..]] {
+            assert!(!text.contains(std::str::from_utf8(marker).unwrap()));
+        }
+    }
+}
