@@ -9,7 +9,9 @@
 //!   within its `timeout_ms` leaves service and the call is retried on the next member. Calls
 //!   run on per-member worker threads ([`worker`]) so a hung vendor library never holds the
 //!   caller beyond the deadline. Every verb retried this way is safe to repeat (GCM with the
-//!   caller's IV, decrypt, reads, random); key generation is never retried.
+//!   caller's IV, GCM with a generated IV: each attempt has its member generate a new one,
+//!   and the caller gets the IV of the attempt that answered; decrypt, reads, random); key
+//!   generation is never retried.
 //! - Recovery: a probe thread (`probe.rs`) re-checks members out of service every
 //!   `probe_interval_ms` with a listing and a real encrypt/decrypt round trip on a key the
 //!   group knows on that member (the slot's `canary_label` key if configured).
@@ -21,8 +23,9 @@
 //! - Failure set: [`health::is_member_failure`]. Errors about the request
 //!   (`CKR_ENCRYPTED_DATA_INVALID`, `CKR_KEY_FUNCTION_NOT_PERMITTED`, length errors, ...)
 //!   are returned as they are and never take a member out of service.
-//! - Retried verbs: GCM encrypt (with the caller's IV) and decrypt, key reads, listing,
-//!   random. Each attempt has the member's own deadline, so a caller waits at most one
+//! - Retried verbs: GCM encrypt (with the caller's IV, or a generated one: a new IV per
+//!   attempt) and decrypt, key reads, listing, random. A group takes caller IVs only if every
+//!   member it has opened does. Each attempt has the member's own deadline, so a caller waits at most one
 //!   deadline per member that hangs at that very moment (one, normally: after the first
 //!   timeout the member is out of service and later calls skip it).
 //! - Key mismatches: served only from members holding exactly one copy ([`keys`]); a key a
