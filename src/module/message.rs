@@ -139,7 +139,7 @@ fn check_params(
     }
     let caller_iv_ok = !encrypt || s.slot.backend.accepts_caller_iv();
     policy::gcm_message_params(params, encrypt, caller_iv_ok).map_err(|(rv, why)| {
-        log::info!(
+        log::warn!(
             "slot {:?}: message-based GCM {} refused: {why}",
             s.slot.label,
             if encrypt { "encryption" } else { "decryption" }
