@@ -91,6 +91,14 @@
  *   C_GetInterface((CK_UTF8CHAR *)XKI_STATUS_INTERFACE_NAME, NULL, &i, 0);
  *   XKI_STATUS_FUNCTION_LIST *st = i->pFunctionList;
  *   st->XKI_GetMemberCount(slot, &n); st->XKI_GetMemberStatus(slot, 0, &status);
+ *
+ * Version 1.1 adds, after those two (a request for version 1.0 gets the 1.1 table, whose
+ * beginning is the 1.0 table; check version.minor >= 1 before using them):
+ *   XKI_GetAuditStatus: the audit trail's state and counters (process-wide; works before
+ *     C_Initialize too). NULL pStatus is CKR_ARGUMENTS_BAD.
+ *   XKI_ReopenLogs: open log_file and audit_file again by their paths (log rotation, e.g.
+ *     after logrotate moved them; the proxy calls it on SIGHUP). Always CKR_OK; a file that
+ *     cannot be opened keeps being written where it was (logged).
  */
 #define XKI_STATUS_INTERFACE_NAME "XKI Status"
 
@@ -111,10 +119,26 @@ typedef struct XKI_MEMBER_STATUS {
     CK_UTF8CHAR lastErrorText[128]; /* last failure or mismatch, blank padded, no NUL */
 } XKI_MEMBER_STATUS;
 
+/* XKI_AUDIT_STATUS.flags */
+#define XKI_AUDIT_FILE      0x1UL /* an audit_file is configured */
+#define XKI_AUDIT_FAILING   0x2UL /* its last write failed; none has succeeded since */
+#define XKI_AUDIT_FAIL_OPEN 0x4UL /* audit_on_failure = "continue" (else "refuse") */
+
+typedef struct XKI_AUDIT_STATUS {
+    CK_ULONG flags;             /* XKI_AUDIT_* */
+    CK_ULONG lostRecords;       /* records dropped because they could not be written */
+    CK_ULONG refusedOperations; /* key operations refused (CKR_DEVICE_ERROR): audit failing */
+    CK_ULONG writeErrors;       /* failed writes of the audit file */
+    CK_ULONG retainedRecords;   /* records kept in memory, written when space returns */
+} XKI_AUDIT_STATUS;
+
 typedef struct XKI_STATUS_FUNCTION_LIST {
-    CK_VERSION version; /* {1, 0} */
+    CK_VERSION version; /* {1, 1} */
     CK_RV (*XKI_GetMemberCount)(CK_SLOT_ID slotID, CK_ULONG *pulCount);
     CK_RV (*XKI_GetMemberStatus)(CK_SLOT_ID slotID, CK_ULONG ulIndex, XKI_MEMBER_STATUS *pStatus);
+    /* version 1.1 */
+    CK_RV (*XKI_GetAuditStatus)(XKI_AUDIT_STATUS *pStatus);
+    CK_RV (*XKI_ReopenLogs)(void);
 } XKI_STATUS_FUNCTION_LIST;
 #endif /* CKR_OK */
 

@@ -122,10 +122,21 @@ macro_rules! core_fn {
     };
 }
 
+pub use crate::audit::health::AuditStatus;
 pub use crate::backend::replicas::health::{MemberState, MemberStatus};
 use crate::mechanism::{GcmMessageParams, MessageEncryption};
 pub use crate::module::MessageEnd;
 use crate::session::IvWriteBack;
+
+/// `XKI_GetAuditStatus` (vendor interface `XKI Status` 1.1).
+pub fn audit_status() -> AuditStatus {
+    crate::audit::health::status()
+}
+
+/// `XKI_ReopenLogs` (vendor interface `XKI Status` 1.1).
+pub fn reopen_logs() {
+    crate::logging::reopen();
+}
 
 core_fn! {
     /// `XKI_GetMemberCount` (vendor interface `XKI Status`).

@@ -49,6 +49,11 @@ pub struct Config {
     /// Log file; default is stderr.
     #[serde(default)]
     pub log_file: Option<PathBuf>,
+    /// Format of log and audit lines: `"text"` (default) or `"json"` (one object per line).
+    /// The environment variable `XKI_LOG_FORMAT` overrides it (the proxy sets it from its
+    /// own `log_format`).
+    #[serde(default)]
+    pub log_format: Option<String>,
     /// Audit file for the `xki_audit` target; default is the same sink as the log.
     #[serde(default)]
     pub audit_file: Option<PathBuf>,
@@ -58,6 +63,11 @@ pub struct Config {
     /// `0`: every record is written to the file before the call that made it returns.
     #[serde(default = "default_audit_flush_ms")]
     pub audit_flush_ms: u64,
+    /// What happens when an audit record cannot be written to `audit_file` (full disk, I/O
+    /// error): `"refuse"` (default: key operations fail with `CKR_DEVICE_ERROR` until records
+    /// can be written again) or `"continue"` (operations go on; lost records are counted).
+    #[serde(default)]
+    pub audit_on_failure: crate::audit::health::OnFailure,
     /// The virtual slots callers see, in slot-id order (slot ids are 0, 1, ...).
     #[serde(rename = "slot", default)]
     pub slots: Vec<SlotConfig>,
@@ -194,6 +204,11 @@ pub struct BackendConfig {
     /// the library's manufacturer ID and functions; see README "HSM vendors").
     #[serde(default)]
     pub gcm_iv: GcmIvMode,
+    /// embedded: create a new, empty store when `store` does not exist (default `false`: a
+    /// missing store is an error naming the path, so that a mistyped or unmounted path never
+    /// becomes an empty token).
+    #[serde(default)]
+    pub create: bool,
 }
 
 /// `[backend.NAME] gcm_iv`: how a pkcs11 backend's HSM takes the IV of an AES-GCM encryption.
@@ -300,6 +315,14 @@ impl Config {
                 ));
             }
         }
+        if let Some(format) = &self.log_format {
+            if crate::lineformat::parse(format).is_none() {
+                return Err(self.err(
+                    "log_format",
+                    format!("unknown format {format:?}; use text or json"),
+                ));
+            }
+        }
         if self.slots.is_empty() {
             return Err(self.err("slot", "no [[slot]] is configured"));
         }
@@ -402,6 +425,7 @@ impl Config {
                     for (field, set) in [
                         ("store", b.store.is_some()),
                         ("key_file", b.key_file.is_some()),
+                        ("create", b.create),
                     ] {
                         if set {
                             return Err(self.err(
@@ -549,14 +573,18 @@ impl Config {
                 kind: BackendKind::Embedded,
                 store: Some(dir.join("embedded-token.store")),
                 key_file: Some(dir.join("embedded-token.key")),
+                // Zero-setup first run: the one case where a store is created unasked.
+                create: true,
                 ..Default::default()
             },
         );
         let config = Config {
             log_level: None,
             log_file: None,
+            log_format: None,
             audit_file: Some(dir.join("audit.log")),
             audit_flush_ms: default_audit_flush_ms(),
+            audit_on_failure: Default::default(),
             slots: vec![SlotConfig {
                 label: "xki".to_string(),
                 backends: vec!["embedded".to_string()],

@@ -22,6 +22,7 @@ fn key_file_cfg(dir: &Path) -> BackendConfig {
         kind: BackendKind::Embedded,
         store: Some(dir.join("store/token.store")),
         key_file: Some(dir.join("store/token.key")),
+        create: true,
         ..Default::default()
     }
 }

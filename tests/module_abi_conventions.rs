@@ -31,6 +31,7 @@ keys = {{ label_prefix = "xki-" }}
 
 [backend.emb]
 type = "embedded"
+create = true
 store = "{}"
 pin_file = "{}"
 "#,

@@ -94,7 +94,7 @@ fn load(so: &Path) -> Module {
         let name = c"XKI Status".as_ptr().cast_mut().cast();
         assert_eq!(get(name, ptr::null_mut(), &mut iface, 0), CKR_OK);
         let status = &*(*iface).pFunctionList.cast::<StatusList>();
-        assert_eq!((status.version.major, status.version.minor), (1, 0));
+        assert_eq!((status.version.major, status.version.minor), (1, 1));
         Module { f, status }
     }
 }
@@ -177,12 +177,14 @@ user_pin_file = "{pin}"
 
 [backend.mod-a]
 type = "embedded"
+create = true
 store = "{store_a}"
 key_file = "{kf_a}"
 timeout_ms = 300
 
 [backend.mod-b]
 type = "embedded"
+create = true
 store = "{store_b}"
 key_file = "{kf_b}"
 timeout_ms = 300

@@ -35,6 +35,9 @@ bash softhsm/ensure-installed.sh opensc p11-kit
 missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v jq >/dev/null 2>&1 || missing+=(jq)
+# The audit full-disk tests mount a small tmpfs (tests/module_audit_disk.rs,
+# proxy/tests/audit_disks.rs): mount(8), and root.
+command -v mount >/dev/null 2>&1 || missing+=(mount)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [[ ${#missing[@]} -gt 0 ]]; then
     if [[ $(id -u) -ne 0 ]]; then
@@ -65,6 +68,9 @@ step "cargo test (workspace)" cargo test --workspace
 for script in tests/scripts/pkcs11-tool.sh tests/scripts/python-pkcs11.sh; do
     step "$script" bash "$script" target/debug/libxki_pkcs11.so
 done
+# Every marked shell block of README.md and proxy/README.md, as a new user runs them (fresh
+# HOME; builds the release binaries the READMEs use). Lists the blocks it skips and why.
+step "README blocks (tests/readme/run_readme.py)" python3 tests/readme/run_readme.py
 # Replica-group failover tests need the test-only fault injector compiled in. They run last
 # because this rebuilds target/debug/deps/libxki_pkcs11.so with the feature.
 step "replica groups (fault injection)" \

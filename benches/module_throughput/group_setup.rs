@@ -56,7 +56,7 @@ probe_interval_ms = {PROBE_INTERVAL_MS}
     for name in MEMBERS {
         let (store, key_file) = store(&root.join(name), &value)?;
         text.push_str(&format!(
-            "\n[backend.{name}]\ntype = \"embedded\"\nstore = {:?}\nkey_file = {:?}\ntimeout_ms = {MEMBER_TIMEOUT_MS}\n",
+            "\n[backend.{name}]\ntype = \"embedded\"\ncreate = true\nstore = {:?}\nkey_file = {:?}\ntimeout_ms = {MEMBER_TIMEOUT_MS}\n",
             store.display().to_string(),
             key_file.display().to_string(),
         ));

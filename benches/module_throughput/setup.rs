@@ -160,6 +160,7 @@ pin_file = {hsm_pin:?}
 
 [backend.emb]
 type = "embedded"
+create = true
 store = {store:?}
 pin_file = {emb_pin:?}
 {group}"#,

@@ -33,6 +33,7 @@ token_label = "bench-hsm"
 pin_file = "$dir/user.pin"
 [backend.emb]
 type = "embedded"
+create = true
 store = "$dir/emb.store"
 pin_file = "$dir/user.pin"
 CONF

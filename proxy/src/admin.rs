@@ -35,6 +35,21 @@ fn usage_str(e: bool, d: bool) -> &'static str {
     }
 }
 
+/// `keys init`: open the configured token, letting our module create each embedded store
+/// of its config that does not exist yet (`XKI_EMBEDDED_CREATE=1` for this one
+/// `C_Initialize`; without it a missing store is an error naming the path). An existing
+/// store is opened as it is, never replaced.
+pub fn init(config: &Path) -> Result<(), String> {
+    // Single-threaded here: nothing has loaded the module or started a thread yet.
+    std::env::set_var(xki_pkcs11::backend::embedded::CREATE_ENV, "1");
+    let (_, hsm) = open(config)?;
+    let keys = hsm
+        .with_session(|s| hsm.list_keys(s))
+        .map_err(|e| e.to_string())?;
+    println!("token {:?} ready ({} key(s))", hsm.token.label, keys.len());
+    Ok(())
+}
+
 /// `keys create`.
 pub fn create(config: &Path, label: &str, usage: Usage) -> Result<(), String> {
     check_id(label)?;

@@ -21,6 +21,9 @@ use crate::hsm::{Hsm, HsmError, Usage};
 
 /// External key id of the demo key.
 pub const DEMO_KEY: &str = "xki-demo-key";
+/// URI path prefix of the demo: non-empty, because some clients always insert a prefix
+/// segment and cannot express an empty one (they would send `//kms/...`).
+pub const DEMO_PREFIX: &str = "/demo";
 /// Where the demo listens.
 pub const DEMO_LISTEN: &str = "127.0.0.1:8000";
 /// Token label of the module's zero-setup embedded token.
@@ -70,7 +73,7 @@ pub fn create() -> Result<PathBuf, String> {
          token_label = \"{DEMO_TOKEN}\"\n\
          pin_file = {pin}\n\n\
          [[prefix]]\n\
-         path = \"\"\n\
+         path = \"{DEMO_PREFIX}\"\n\
          keys = \"all\"\n\
          [[prefix.credential]]\n\
          access_key_id = \"{akid}\"\n\

@@ -18,3 +18,4 @@ pub mod ops;
 pub mod server;
 pub mod state;
 pub mod tenants;
+pub mod test_pki;

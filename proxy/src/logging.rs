@@ -10,6 +10,21 @@ use tracing::level_filters::LevelFilter;
 
 use crate::config::LogFormat;
 
+/// Make the module's lines (its log and, without an `audit_file`, its audit records, which
+/// share this stderr) the same format: `XKI_LOG_FORMAT`, read by `libxki_pkcs11.so` at
+/// `C_Initialize`. An explicit `XKI_LOG_FORMAT` in the environment is left as it is. Call
+/// before any thread is started and before the module is loaded.
+pub fn module_format_env(format: LogFormat) {
+    const ENV: &str = xki_pkcs11::lineformat::FORMAT_ENV;
+    if std::env::var_os(ENV).is_none() {
+        let value = match format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        std::env::set_var(ENV, value);
+    }
+}
+
 /// Install the global subscriber (once; later calls are ignored). Keep the guard alive
 /// while serving; dropping it flushes the queued lines.
 pub fn init(format: LogFormat, level: &str) -> tracing_appender::non_blocking::WorkerGuard {

@@ -51,6 +51,9 @@ enum Cmd {
     /// Mint SigV4 credentials.
     #[command(subcommand)]
     Credentials(CredCmd),
+    /// Certificates for trying HTTPS and mTLS (test only).
+    #[command(subcommand)]
+    Tls(TlsCmd),
     /// Run the deep health check once and print the result.
     Health,
     /// Ask the running server (pid_file) to reload credentials, allow-lists and rules.
@@ -61,6 +64,9 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum KeysCmd {
+    /// Open the token, creating a new embedded store the module config names if it does not
+    /// exist yet (other commands never create one: a missing store is an error).
+    Init,
     /// Generate an AES-256 key in the HSM; prints the External Key ID.
     Create {
         /// External key id (CKA_LABEL).
@@ -103,6 +109,22 @@ enum KeysCmd {
         /// Pretend today is this date (YYYY-MM-DD); for tests and drills.
         #[arg(long, hide = true)]
         as_of: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsCmd {
+    /// NOT FOR PRODUCTION: a throwaway test CA, server and client certificate in --dir.
+    SelfSigned {
+        /// Directory to write ca.pem, server.pem/.key, client.pem/.key into (never overwrites).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Extra server name (DNS name or IP address; localhost and 127.0.0.1 are always in).
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// Subject CN of the client certificate.
+        #[arg(long, default_value = xki_proxy::test_pki::DEFAULT_CLIENT_NAME)]
+        client_name: String,
     },
 }
 
@@ -172,6 +194,11 @@ fn main() -> ExitCode {
             credentials::run_new(&prefix, out.as_deref())
         }
         Cmd::Bench(args) => xki_proxy::bench::run(args),
+        Cmd::Tls(TlsCmd::SelfSigned {
+            dir,
+            names,
+            client_name,
+        }) => xki_proxy::test_pki::run(&dir, &names, &client_name),
         other => cfg().and_then(|c| admin_cmd(&c, other)),
     };
     match r {
@@ -188,6 +215,7 @@ fn admin_cmd(c: &std::path::Path, cmd: Cmd) -> Result<(), String> {
     match cmd {
         Cmd::Keys(k) => match k {
             KeysCmd::Create { label, usage } => admin::create(c, &label, usage),
+            KeysCmd::Init => admin::init(c),
             KeysCmd::List => admin::list(c),
             KeysCmd::Enable { id, usage } => admin::enable(c, &id, usage),
             KeysCmd::Disable { id } => admin::disable(c, &id),
@@ -201,7 +229,7 @@ fn admin_cmd(c: &std::path::Path, cmd: Cmd) -> Result<(), String> {
         },
         Cmd::Health => admin::health(c),
         Cmd::Reload => admin::reload(c),
-        Cmd::Serve(_) | Cmd::Credentials(_) | Cmd::Bench(_) => {
+        Cmd::Serve(_) | Cmd::Credentials(_) | Cmd::Bench(_) | Cmd::Tls(_) => {
             Err("internal error: command dispatched to the wrong handler".into())
         }
     }

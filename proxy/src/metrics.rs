@@ -49,6 +49,60 @@ pub struct Metrics {
     member_in_flight: Family<MemberLabels, Gauge>,
     member_stuck: Family<MemberLabels, Gauge>,
     member_failures: Family<MemberLabels, Gauge>,
+    audit: AuditMetrics,
+}
+
+/// The module's audit trail (`XKI_GetAuditStatus`); absent modules leave them at 0.
+#[derive(Default)]
+struct AuditMetrics {
+    failing: Gauge,
+    retained: Gauge,
+    lost: Counter,
+    refused: Counter,
+    write_errors: Counter,
+}
+
+impl AuditMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "audit_failing",
+            "1 while the module's audit file cannot be written (fail-closed: key operations refused)",
+            self.failing.clone(),
+        );
+        registry.register(
+            "audit_records_retained",
+            "Audit records kept in memory until the audit file can be written",
+            self.retained.clone(),
+        );
+        registry.register(
+            "audit_records_lost",
+            "Audit records the module dropped because they could not be written",
+            self.lost.clone(),
+        );
+        registry.register(
+            "audit_refused_operations",
+            "Key operations the module refused because its audit file could not be written",
+            self.refused.clone(),
+        );
+        registry.register(
+            "audit_write_errors",
+            "Failed writes of the module's audit file",
+            self.write_errors.clone(),
+        );
+    }
+
+    /// Follow the module's counters (process-wide, only growing).
+    fn update(&self, a: &crate::hsm::AuditStatus) {
+        self.failing.set(i64::from(a.failing));
+        self.retained.set(a.retained_records as i64);
+        for (c, v) in [
+            (&self.lost, a.lost_records),
+            (&self.refused, a.refused_operations),
+            (&self.write_errors, a.write_errors),
+        ] {
+            c.inc_by(v.saturating_sub(c.get()));
+        }
+    }
 }
 
 fn health_value(status: &str) -> i64 {
@@ -127,7 +181,10 @@ impl Metrics {
             "Times each token behind the slot was taken out of service (since module start)",
             member_failures.clone(),
         );
+        let audit = AuditMetrics::default();
+        audit.register(&mut registry);
         Metrics {
+            audit,
             registry,
             requests,
             latency,
@@ -163,6 +220,9 @@ impl Metrics {
         self.pool_size.set(st.size as i64);
         self.pool_in_use.set(st.in_use as i64);
         self.pool_waiting.set(st.waiting as i64);
+        if let Some(a) = hsm.audit() {
+            self.audit.update(&a);
+        }
         let v = health_value(health.status());
         for (m, st) in health.members().unwrap_or_default() {
             let l = MemberLabels { member: m.name };

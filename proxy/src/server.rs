@@ -84,6 +84,7 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
     if let Some(a) = opts.listen {
         cfg.listen = a;
     }
+    crate::logging::module_format_env(cfg.log_format);
     // Dropped when `serve` returns (also on error): every queued log line is written first.
     let _log_writer = crate::logging::init(cfg.log_format, &cfg.log_level);
     let tenants = Tenants::from_config(&cfg).map_err(|e| e.to_string())?;
@@ -173,6 +174,11 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
             loop {
                 tokio::select! {
                     _ = hup.recv() => {
+                        // Log rotation: the module writes to its log and audit files' paths
+                        // again (logrotate moved them).
+                        if app2.hsm.reopen_logs() {
+                            tracing::info!("module log and audit files reopened");
+                        }
                         if let Err(e) = reload(&app2, &running) {
                             tracing::error!(error = %e, "reload failed; keeping the previous configuration");
                         }

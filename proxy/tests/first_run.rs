@@ -98,7 +98,11 @@ fn first_run_demo_round_trip_and_reuse() {
     let key = field(&out, "External key id");
     let akid = field(&out, "Access key id");
     assert_eq!(key, "xki-demo-key");
-    assert!(field(&out, "URI path").starts_with("/kms/xks/v1"), "{out}");
+    // A non-empty prefix: clients that always insert a prefix segment can express it.
+    assert!(
+        field(&out, "URI path").starts_with("/demo/kms/xks/v1"),
+        "{out}"
+    );
     let secret_file = data.join("proxy-demo.secret");
     assert!(field(&out, "Secret").contains(&secret_file.display().to_string()));
     let secret = std::fs::read_to_string(&secret_file)
@@ -108,7 +112,9 @@ fn first_run_demo_round_trip_and_reuse() {
     assert!(secret.len() >= 43);
     let conf = std::fs::read_to_string(data.join("proxy-demo.toml")).unwrap();
     assert!(
-        conf.contains("listen = \"127.0.0.1:8000\"") && conf.contains(&akid),
+        conf.contains("listen = \"127.0.0.1:8000\"")
+            && conf.contains("path = \"/demo\"")
+            && conf.contains(&akid),
         "{conf}"
     );
     for f in ["proxy-demo.secret", "proxy-demo.toml", "user.pin"] {

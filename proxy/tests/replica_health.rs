@@ -157,8 +157,8 @@ fn per_member_health_follows_faults_and_recovery() {
             "log_level = \"warn\"\n\
              [[slot]]\nlabel = \"group\"\nbackends = [\"mod-a\", \"mod-b\"]\n\
              probe_interval_ms = 50\nuser_pin_file = {pin:?}\n\
-             [backend.mod-a]\ntype = \"embedded\"\nstore = {sa:?}\nkey_file = {ka:?}\ntimeout_ms = 300\n\
-             [backend.mod-b]\ntype = \"embedded\"\nstore = {sb:?}\nkey_file = {kb:?}\ntimeout_ms = 300\n",
+             [backend.mod-a]\ntype = \"embedded\"\ncreate = true\nstore = {sa:?}\nkey_file = {ka:?}\ntimeout_ms = 300\n\
+             [backend.mod-b]\ntype = \"embedded\"\ncreate = true\nstore = {sb:?}\nkey_file = {kb:?}\ntimeout_ms = 300\n",
             pin = dir.path().join("pin").display().to_string(),
             sa = store_a.display().to_string(),
             ka = kf_a.display().to_string(),

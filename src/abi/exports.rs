@@ -51,8 +51,8 @@ pub unsafe extern "C" fn C_GetInterfaceList(
 
 /// `C_GetInterface`: the interface with the given name ("PKCS 11" or NULL for the default;
 /// "XKI Status" for the vendor status interface), version (NULL for the default, else exactly
-/// 3.0 or 2.40 for "PKCS 11", 1.0 for "XKI Status"), and all of `flags` (ours have none). No
-/// match is `CKR_ARGUMENTS_BAD`.
+/// 3.0 or 2.40 for "PKCS 11"; 1.0 or 1.1 for "XKI Status", whose 1.1 table begins with the
+/// 1.0 one), and all of `flags` (ours have none). No match is `CKR_ARGUMENTS_BAD`.
 ///
 /// # Safety
 /// `pInterfaceName` must be NULL or a NUL-terminated string; `pVersion` NULL or a readable
@@ -102,8 +102,12 @@ fn select<'a>(
         .filter(|i| ptr::eq(i.pInterfaceName.cast_const(), name.as_ptr().cast()))
         .find(|i| {
             let v = interface_version(i);
-            let version_ok =
-                version.is_none_or(|want| (want.major, want.minor) == (v.major, v.minor));
+            // The vendor table only grows at its end: an older minor version is served by it.
+            let vendor = ptr::eq(name.as_ptr(), STATUS_INTERFACE_NAME.as_ptr());
+            let version_ok = version.is_none_or(|want| {
+                (want.major, want.minor) == (v.major, v.minor)
+                    || (vendor && want.major == v.major && want.minor <= v.minor)
+            });
             version_ok && i.flags & flags == flags
         })
         .ok_or(Rv::ARGUMENTS_BAD)
@@ -168,7 +172,7 @@ mod tests {
             assert!(c_str_is(list[1].pInterfaceName, b"PKCS 11"));
             assert!(c_str_is(list[2].pInterfaceName, b"XKI Status"));
         }
-        assert_eq!(table_version(&mut list[2]), (1, 0));
+        assert_eq!(table_version(&mut list[2]), (1, 1));
         assert_eq!((list[0].flags, list[1].flags), (0, 0));
     }
 
@@ -200,7 +204,15 @@ mod tests {
                 C_GetInterface(status, ptr::null_mut(), &mut iface, 0),
                 CKR_OK
             );
-            assert_eq!(table_version(iface), (1, 0));
+            assert_eq!(table_version(iface), (1, 1));
+            let mut v10 = CK_VERSION { major: 1, minor: 0 };
+            assert_eq!(C_GetInterface(status, &mut v10, &mut iface, 0), CKR_OK);
+            assert_eq!(table_version(iface), (1, 1));
+            let mut v12 = CK_VERSION { major: 1, minor: 2 };
+            assert_eq!(
+                C_GetInterface(status, &mut v12, &mut iface, 0),
+                CKR_ARGUMENTS_BAD
+            );
             assert!(
                 (*iface).pFunctionList
                     == ptr::addr_of!(crate::abi::status::STATUS_FUNCTION_LIST)

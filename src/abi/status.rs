@@ -33,23 +33,52 @@ pub struct XkiMemberStatus {
     pub lastErrorText: [CK_UTF8CHAR; 128],
 }
 
+/// `XKI_AUDIT_STATUS.flags`: an audit file is configured.
+pub const XKI_AUDIT_FILE: CK_ULONG = 0x1;
+/// `XKI_AUDIT_STATUS.flags`: its last write failed.
+pub const XKI_AUDIT_FAILING: CK_ULONG = 0x2;
+/// `XKI_AUDIT_STATUS.flags`: `audit_on_failure = "continue"`.
+pub const XKI_AUDIT_FAIL_OPEN: CK_ULONG = 0x4;
+
+/// `XKI_AUDIT_STATUS`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct XkiAuditStatus {
+    /// `XKI_AUDIT_*` bits.
+    pub flags: CK_ULONG,
+    /// Records dropped because they could not be written.
+    pub lostRecords: CK_ULONG,
+    /// Key operations refused because the audit file could not be written.
+    pub refusedOperations: CK_ULONG,
+    /// Failed writes of the audit file.
+    pub writeErrors: CK_ULONG,
+    /// Records kept in memory until they can be written.
+    pub retainedRecords: CK_ULONG,
+}
+
 /// `XKI_STATUS_FUNCTION_LIST`.
 #[repr(C)]
 pub struct XkiStatusFunctionList {
-    /// Interface version, 1.0.
+    /// Interface version, 1.1.
     pub version: CK_VERSION,
     /// `XKI_GetMemberCount`.
     pub XKI_GetMemberCount: unsafe extern "C" fn(CK_SLOT_ID, CK_ULONG_PTR) -> CK_RV,
     /// `XKI_GetMemberStatus`.
     pub XKI_GetMemberStatus:
         unsafe extern "C" fn(CK_SLOT_ID, CK_ULONG, *mut XkiMemberStatus) -> CK_RV,
+    /// `XKI_GetAuditStatus` (1.1).
+    pub XKI_GetAuditStatus: unsafe extern "C" fn(*mut XkiAuditStatus) -> CK_RV,
+    /// `XKI_ReopenLogs` (1.1).
+    pub XKI_ReopenLogs: unsafe extern "C" fn() -> CK_RV,
 }
 
 /// The table `C_GetInterface("XKI Status")` hands out.
 pub(crate) static STATUS_FUNCTION_LIST: XkiStatusFunctionList = XkiStatusFunctionList {
-    version: CK_VERSION { major: 1, minor: 0 },
+    version: CK_VERSION { major: 1, minor: 1 },
     XKI_GetMemberCount,
     XKI_GetMemberStatus,
+    XKI_GetAuditStatus,
+    XKI_ReopenLogs,
 };
 
 /// `XKI_GetMemberCount`: how many tokens serve `slotID` (1 unless it is a replica group).
@@ -96,6 +125,40 @@ unsafe extern "C" fn XKI_GetMemberStatus(
     })
 }
 
+/// `XKI_GetAuditStatus`: the audit trail's state and counters (process-wide).
+///
+/// # Safety
+/// `pStatus` must be NULL (`CKR_ARGUMENTS_BAD`) or writable for one `XKI_AUDIT_STATUS`.
+unsafe extern "C" fn XKI_GetAuditStatus(pStatus: *mut XkiAuditStatus) -> CK_RV {
+    guard("XKI_GetAuditStatus", || {
+        // SAFETY: a non-NULL pStatus is writable (contract above).
+        let out = unsafe { Out::new(pStatus) }?;
+        let s = api::audit_status();
+        let bit = |set: bool, b: CK_ULONG| if set { b } else { 0 };
+        out.write(XkiAuditStatus {
+            flags: bit(s.file, XKI_AUDIT_FILE)
+                | bit(s.failing, XKI_AUDIT_FAILING)
+                | bit(
+                    s.on_failure == crate::audit::health::OnFailure::Continue,
+                    XKI_AUDIT_FAIL_OPEN,
+                ),
+            lostRecords: s.lost,
+            refusedOperations: s.refused,
+            writeErrors: s.write_errors,
+            retainedRecords: s.retained,
+        });
+        Ok(())
+    })
+}
+
+/// `XKI_ReopenLogs`: open the log and audit files again by their paths (log rotation).
+unsafe extern "C" fn XKI_ReopenLogs() -> CK_RV {
+    guard("XKI_ReopenLogs", || {
+        api::reopen_logs();
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +176,7 @@ mod tests {
                 CKR_ARGUMENTS_BAD
             );
             assert_eq!(XKI_GetMemberCount(0, &mut n), CKR_CRYPTOKI_NOT_INITIALIZED);
+            assert_eq!(XKI_GetAuditStatus(ptr::null_mut()), CKR_ARGUMENTS_BAD);
         }
     }
 }

@@ -164,6 +164,9 @@ pub(super) fn finish<T>(
         Err(needed) => return Ok(SinglePart::TooSmall(needed)),
     };
     let s = &m.slots[index];
+    // Fail closed: no key use without its record (the operation has ended, as any failing
+    // C_Encrypt/C_Decrypt ends it).
+    audit::health::gate()?;
     let data: &[u8] = match (single_part.as_ref().map(|(d, _)| *d), &op.buffered) {
         (Some(_), Some(_)) => return Err(Rv::OPERATION_ACTIVE),
         (Some(d), None) => d,

@@ -9,6 +9,8 @@ pub fn generate_key(session: u64, mechanism: &Mechanism, template: &[Attribute])
     if !read_write {
         return Err(Rv::SESSION_READ_ONLY);
     }
+    // A key made now must have its record: none starts while records cannot be written.
+    audit::health::gate()?;
     let req = match policy::generation_request(mechanism, template) {
         Ok(r) => r,
         Err(rv) => {

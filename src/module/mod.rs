@@ -148,13 +148,7 @@ pub fn initialize(args: Option<InitArgs>) -> CkResult<()> {
         Ok(None) => Config::embedded_default().map_err(config_failed)?,
         Err(e) => return Err(config_failed(e)),
     };
-    if let Err(e) = crate::logging::configure(
-        config.log_level.as_deref(),
-        config.log_file.as_deref(),
-        config.audit_file.as_deref(),
-        config.audit_flush_ms,
-        !args.is_some_and(|a| a.no_os_threads),
-    ) {
+    if let Err(e) = crate::logging::configure(&config, !args.is_some_and(|a| a.no_os_threads)) {
         log::error!("{}: {e}", config.source);
         return Err(Rv::FUNCTION_FAILED);
     }
@@ -184,7 +178,7 @@ pub fn finalize() -> CkResult<()> {
     }
     log::info!("finalised");
     // Every audit record of this initialisation is in the file when C_Finalize returns.
-    crate::logging::close_audit();
+    crate::audit::file::close();
     Ok(())
 }
 

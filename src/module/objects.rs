@@ -30,6 +30,7 @@ pub fn destroy_object(session: u64, object: u64) -> CkResult<()> {
     if !s.slot.allow_destroy {
         return refused(s, "C_DestroyObject", &e.label, Rv::ACTION_PROHIBITED);
     }
+    audit::health::gate()?;
     let result = s.slot.backend.destroy_key(e.key);
     if result.is_ok() {
         m.objects.remove(object);
@@ -128,6 +129,7 @@ pub fn set_attribute_value(session: u64, object: u64, template: &[Attribute]) ->
         }
     }
     let op = format!("{})", op.trim_end());
+    audit::health::gate()?;
     let result = s.slot.backend.set_key_attributes(e.key, &changes);
     if result.is_ok() {
         if let Ok(info) = s.slot.backend.key_info(e.key) {

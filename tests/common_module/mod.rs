@@ -176,6 +176,7 @@ pin_file = "{pin}"
 
 [backend.emb]
 type = "embedded"
+create = true
 store = "{store}"
 pin_file = "{pin}"
 "#,

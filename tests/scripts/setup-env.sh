@@ -52,6 +52,7 @@ pin_file = "$XKI_TMP/user.pin"
 
 [backend.emb]
 type = "embedded"
+create = true
 store = "$XKI_TMP/embedded.store"
 pin_file = "$XKI_TMP/user.pin"
 CONF

@@ -21,6 +21,9 @@ pub enum HsmError {
     Timeout,
     /// The pool is shut down.
     ShuttingDown,
+    /// The module refused the key operation because its audit file cannot be written
+    /// (`audit_on_failure = "refuse"`, the default); clears when records can be written.
+    AuditRefused,
     /// A PKCS#11 call failed.
     Pkcs11 {
         /// Which call.
@@ -84,6 +87,9 @@ impl fmt::Display for HsmError {
             HsmError::Busy => f.write_str("all HSM sessions busy and wait queue full"),
             HsmError::Timeout => f.write_str("HSM did not answer within the deadline"),
             HsmError::ShuttingDown => f.write_str("shutting down"),
+            HsmError::AuditRefused => f.write_str(
+                "the module's audit file cannot be written: key operations refused until it can",
+            ),
             HsmError::Pkcs11 { op, err } => match err {
                 CkError::Pkcs11(rv, _) => write!(f, "{op} failed: {rv:?}"),
                 other => write!(f, "{op} failed: {other}"),

@@ -18,7 +18,7 @@ pub use gcm::{gcm_decrypt, gcm_encrypt, gcm_encrypt_token_iv, GcmOutput, IV_LEN,
 pub use ivs::IvPath;
 pub use keys::{Date, KeyInfo, KeyState, Usage};
 pub use pool::PoolStats;
-pub use status::{Member, MemberState};
+pub use status::{AuditStatus, Member, MemberState};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -186,7 +186,7 @@ impl Hsm {
             Some(s) => s,
             None => self.open_session()?,
         };
-        let r = f(&s);
+        let r = self.audit_refusal(f(&s));
         match &r {
             Err(e) if e.session_broken() => {
                 // Dropping closes it; the next caller opens (and logs in) a fresh one.
@@ -229,6 +229,34 @@ impl Hsm {
     /// counters, no HSM call.
     pub fn members(&self) -> Option<Vec<Member>> {
         self.status.as_ref()?.members(self.slot.id())
+    }
+
+    /// The module's audit state, from its "XKI Status" interface (`None` for modules without
+    /// it). Cheap: counters only.
+    pub fn audit(&self) -> Option<AuditStatus> {
+        self.status.as_ref()?.audit()
+    }
+
+    /// Ask the module to reopen its log and audit files (SIGHUP: log rotation); `false` when
+    /// it cannot (not our module).
+    pub fn reopen_logs(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| s.reopen_logs())
+    }
+
+    /// A `CKR_DEVICE_ERROR` while the module refuses key operations because its audit file
+    /// cannot be written is [`HsmError::AuditRefused`], not an HSM failure: the session is
+    /// fine and stays pooled.
+    fn audit_refusal<R>(&self, r: Result<R, HsmError>) -> Result<R, HsmError> {
+        match r {
+            Err(e) if e.rv() == Some(RvError::DeviceError) => {
+                if self.audit().is_some_and(|a| a.refusing()) {
+                    Err(HsmError::AuditRefused)
+                } else {
+                    Err(e)
+                }
+            }
+            r => r,
+        }
     }
 
     /// Pool occupancy for metrics.

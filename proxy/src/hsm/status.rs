@@ -47,12 +47,65 @@ struct RawMemberStatus {
 type GetCount = unsafe extern "C" fn(CkUlong, *mut CkUlong) -> CkUlong;
 type GetStatus = unsafe extern "C" fn(CkUlong, CkUlong, *mut RawMemberStatus) -> CkUlong;
 
+/// `XKI_AUDIT_STATUS`, layout as in `include/xki_pkcs11.h` (interface version 1.1).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct RawAuditStatus {
+    flags: CkUlong,
+    lost_records: CkUlong,
+    refused_operations: CkUlong,
+    write_errors: CkUlong,
+    retained_records: CkUlong,
+}
+
+type GetAudit = unsafe extern "C" fn(*mut RawAuditStatus) -> CkUlong;
+type ReopenLogs = unsafe extern "C" fn() -> CkUlong;
+
 /// `XKI_STATUS_FUNCTION_LIST`; the entries are read as `Option` so a NULL slot is caught.
 #[repr(C)]
 struct RawStatusList {
     version: CkVersion,
     count: Option<GetCount>,
     status: Option<GetStatus>,
+}
+
+/// `XKI_STATUS_FUNCTION_LIST` of version 1.1: the 1.0 table, then two more entries.
+#[repr(C)]
+struct RawStatusList11 {
+    base: RawStatusList,
+    audit: Option<GetAudit>,
+    reopen_logs: Option<ReopenLogs>,
+}
+
+/// `XKI_AUDIT_STATUS.flags` bits.
+const XKI_AUDIT_FILE: CkUlong = 0x1;
+const XKI_AUDIT_FAILING: CkUlong = 0x2;
+const XKI_AUDIT_FAIL_OPEN: CkUlong = 0x4;
+
+/// The module's audit trail, as `XKI_GetAuditStatus` reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuditStatus {
+    /// An audit file is configured.
+    pub file: bool,
+    /// Its last write failed (and none has succeeded since).
+    pub failing: bool,
+    /// `audit_on_failure = "continue"` (else fail-closed).
+    pub fail_open: bool,
+    /// Records dropped because they could not be written.
+    pub lost_records: u64,
+    /// Key operations the module refused because records could not be written.
+    pub refused_operations: u64,
+    /// Failed writes of the audit file.
+    pub write_errors: u64,
+    /// Records kept in memory until they can be written.
+    pub retained_records: u64,
+}
+
+impl AuditStatus {
+    /// The module refuses key operations for audit reasons now (fail-closed outage).
+    pub fn refusing(&self) -> bool {
+        self.failing && !self.fail_open
+    }
 }
 
 type GetInterface =
@@ -110,6 +163,9 @@ pub struct Member {
 pub struct StatusInterface {
     count: GetCount,
     status: GetStatus,
+    /// Version 1.1 entries, when the module has them.
+    audit: Option<GetAudit>,
+    reopen_logs: Option<ReopenLogs>,
     /// Keeps the library (and so the function table) loaded as long as we hold the pointers.
     _lib: libloading::Library,
 }
@@ -146,17 +202,60 @@ impl StatusInterface {
         if list.is_null() {
             return None;
         }
-        // SAFETY: non-NULL, and for the name "XKI Status" version 1.0 the header defines the
-        // table as XKI_STATUS_FUNCTION_LIST; static in the module while `lib` is held.
-        let list = unsafe { &*list };
-        if (list.version.major, list.version.minor) != (1, 0) {
+        // SAFETY: non-NULL, and for the name "XKI Status" version 1.x the header defines the
+        // table as XKI_STATUS_FUNCTION_LIST (its 1.0 part at least); static in the module
+        // while `lib` is held.
+        let base = unsafe { &*list };
+        if base.version.major != 1 {
             return None;
         }
+        // Version 1.1 and later begin with the 1.1 table (the header's compatibility rule).
+        let (audit, reopen_logs) = if base.version.minor >= 1 {
+            // SAFETY: a table of version 1.1 or later is an XKI_STATUS_FUNCTION_LIST with the
+            // two 1.1 entries after the 1.0 ones (`include/xki_pkcs11.h`).
+            let t = unsafe { &*list.cast::<RawStatusList11>() };
+            (t.audit, t.reopen_logs)
+        } else {
+            (None, None)
+        };
         Some(StatusInterface {
-            count: list.count?,
-            status: list.status?,
+            count: base.count?,
+            status: base.status?,
+            audit,
+            reopen_logs,
             _lib: lib,
         })
+    }
+
+    /// The module's audit state (`None` before interface version 1.1, or if it refuses).
+    pub fn audit(&self) -> Option<AuditStatus> {
+        let get = self.audit?;
+        let mut raw = RawAuditStatus::default();
+        // SAFETY: a function from the module's status table (kept loaded by `_lib`) with a
+        // live, writable XKI_AUDIT_STATUS.
+        if unsafe { get(&mut raw) } != CKR_OK {
+            return None;
+        }
+        Some(AuditStatus {
+            file: raw.flags & XKI_AUDIT_FILE != 0,
+            failing: raw.flags & XKI_AUDIT_FAILING != 0,
+            fail_open: raw.flags & XKI_AUDIT_FAIL_OPEN != 0,
+            lost_records: raw.lost_records,
+            refused_operations: raw.refused_operations,
+            write_errors: raw.write_errors,
+            retained_records: raw.retained_records,
+        })
+    }
+
+    /// Ask the module to open its log and audit files again (rotation); `false` when the
+    /// module has no such function.
+    pub fn reopen_logs(&self) -> bool {
+        match self.reopen_logs {
+            // SAFETY: a function from the module's status table (kept loaded by `_lib`)
+            // taking no arguments.
+            Some(f) => (unsafe { f() }) == CKR_OK,
+            None => false,
+        }
     }
 
     /// Every member of `slot`, in configured order; `None` if the module refuses.

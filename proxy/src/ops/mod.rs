@@ -131,6 +131,15 @@ pub fn map_hsm(e: HsmError) -> ApiError {
         HsmError::Timeout => {
             ApiError::new(ErrorKind::DependencyTimeout, "HSM did not answer in time")
         }
+        // 503, the contract's only retryable server error: the outage is transient and the
+        // HSM is fine, so not 500 InternalException ("HSM failure"); the KMS retries.
+        HsmError::AuditRefused => {
+            tracing::error!("key operation refused: the module's audit file cannot be written");
+            ApiError::new(
+                ErrorKind::DependencyTimeout,
+                "audit trail cannot be written; key operations refused until it can",
+            )
+        }
         e if e.rv() == Some(RvError::KeyFunctionNotPermitted) => ApiError::new(
             ErrorKind::InvalidKeyUsage,
             "key usage does not permit this operation",

@@ -90,8 +90,8 @@ impl Token {
                  [[slot]]\nlabel = \"{EMBEDDED_SLOT}\"\nbackends = [\"emb\"]\nallow_destroy = true\n\
                  [[slot]]\nlabel = \"{PROTECTED_SLOT}\"\nbackends = [\"emb-protected\"]\n\
                  [backend.softhsm]\nmodule = \"{SOFTHSM}\"\ntoken_label = \"{SOFTHSM_SLOT}\"\npin_file = {pin}\n\
-                 [backend.emb]\ntype = \"embedded\"\nstore = {emb}\npin_file = {pin}\n\
-                 [backend.emb-protected]\ntype = \"embedded\"\nstore = {embp}\npin_file = {pin}\n",
+                 [backend.emb]\ntype = \"embedded\"\ncreate = true\nstore = {emb}\npin_file = {pin}\n\
+                 [backend.emb-protected]\ntype = \"embedded\"\ncreate = true\nstore = {embp}\npin_file = {pin}\n",
                 pin = q(pin.clone()),
                 emb = q(dir.path().join("emb.store")),
                 embp = q(dir.path().join("emb-protected.store")),

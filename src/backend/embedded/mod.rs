@@ -46,6 +46,7 @@ use std::sync::Arc;
 
 pub use self::kdf::{KdfParams, TEST_KDF_ENV};
 pub use fault::FAULT_ENV;
+pub use open::CREATE_ENV;
 
 /// File name of the default store in [`crate::config::user_data_dir`].
 pub const DEFAULT_STORE_NAME: &str = "embedded-token.store";

@@ -1,8 +1,15 @@
-//! Opening the token: find or create the store and its sealing key, unseal, check everything.
+//! Opening the token: find (or, when asked, create) the store and its sealing key, unseal,
+//! check everything.
 //!
-//! The store is never written here except to create it on first run, and never over a file
-//! that exists: a store that cannot be read (corrupt, wrong PIN, wrong key file) makes `open`
-//! fail and leaves the file exactly as it was.
+//! A store is created only when asked: `create = true` in `[backend.NAME]`, the zero-setup
+//! configuration (no config file at all), or [`CREATE_ENV`] (what `xki-proxy keys init`
+//! sets). Otherwise a missing store is an error naming its path, before anything is created
+//! (not its directory, not a key file): a mistyped or not-yet-mounted path must never become
+//! a new, empty token in which every key is "not found".
+//!
+//! The store is never written here except to create it, and never over a file that exists:
+//! a store that cannot be read (corrupt, wrong PIN, wrong key file) makes `open` fail and
+//! leaves the file exactly as it was.
 
 use super::format::{self, Identity};
 use super::kdf::{KdfParams, Sealing};
@@ -16,6 +23,15 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::path::Path;
 
+/// Environment variable that lets this process create every embedded store its config names
+/// that does not exist yet (`1`); `xki-proxy keys init` sets it for its one `C_Initialize`.
+pub const CREATE_ENV: &str = "XKI_EMBEDDED_CREATE";
+
+/// Whether a missing store may be created: the backend's `create`, or [`CREATE_ENV`].
+fn may_create(cfg: &BackendConfig) -> bool {
+    cfg.create || std::env::var_os(CREATE_ENV).is_some_and(|v| v == "1")
+}
+
 fn err(key: &'static str, rv: Rv, problem: impl Into<String>) -> OpenError {
     OpenError {
         key,
@@ -25,7 +41,9 @@ fn err(key: &'static str, rv: Rv, problem: impl Into<String>) -> OpenError {
 }
 
 impl EmbeddedBackend {
-    /// Open (or, on first run, create) the embedded token for `[backend.NAME]`.
+    /// Open (or, when `cfg.create` or [`CREATE_ENV`] allows it, create) the embedded token for
+    /// `[backend.NAME]`. A missing store that may not be created is `CKR_DEVICE_ERROR` on
+    /// `store`, naming the path.
     ///
     /// - `cfg.store`: the store file; default `user_data_dir()/embedded-token.store`. Its
     ///   directory is created with mode 0700 if missing.
@@ -62,6 +80,22 @@ impl EmbeddedBackend {
             .unwrap_or_else(|| crate::config::user_data_dir().join(DEFAULT_STORE_NAME));
         let paths = StorePaths::new(store_path);
         let shown = paths.store.display().to_string();
+        let create = may_create(cfg);
+        let missing = |name: &str| {
+            err(
+                "store",
+                Rv::DEVICE_ERROR,
+                format!(
+                    "{shown} does not exist; a new, empty store is created only when asked \
+                     (set create = true in [backend.{name}] once, or run `xki-proxy keys \
+                     init`): check the path and that its file system is mounted"
+                ),
+            )
+        };
+        // Before anything is created (directory, lock file, key file).
+        if !create && !paths.store.exists() {
+            return Err(missing(name));
+        }
         store::ensure_dir(&paths.dir).map_err(|e| {
             err(
                 "store",
@@ -89,6 +123,10 @@ impl EmbeddedBackend {
                 format!("cannot read {shown}: {e}"),
             )
         })?;
+        if existing.is_none() && !create {
+            // Removed between the check above and the lock.
+            return Err(missing(name));
+        }
         let sealing = choose_sealing(cfg, pin, new_params, &paths, existing.is_some())?;
 
         let (identity, contents, stamp) = match existing {

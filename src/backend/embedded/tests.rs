@@ -12,6 +12,7 @@ fn cfg(dir: &Path) -> BackendConfig {
         kind: BackendKind::Embedded,
         store: Some(dir.join("t.store")),
         key_file: Some(dir.join("t.key")),
+        create: true,
         ..Default::default()
     }
 }

@@ -132,9 +132,7 @@ fn format_record<'a>(body: &'a [u8], text: &mut Vec<u8>) -> Option<&'a [u8]> {
         bytes_out: bytes_out as usize,
     };
     let at = UNIX_EPOCH + Duration::new(secs, nanos);
-    super::push_line_prefix(text, at);
-    audit::push_message(text, &record, &audit::outcome_name(rv));
-    text.push(b'\n');
+    audit::push_line(text, at, &record, &audit::outcome_name(rv));
     Some(r.0)
 }
 
@@ -157,9 +155,8 @@ fn format_compact<'a>(body: &'a [u8], text: &mut Vec<u8>) -> Option<&'a [u8]> {
             bytes_in: bytes_in as usize,
             bytes_out: bytes_out as usize,
         };
-        super::push_line_prefix(text, UNIX_EPOCH + Duration::from_nanos(nanos));
-        audit::push_message(text, &record, &audit::outcome_name(rv));
-        text.push(b'\n');
+        let at = UNIX_EPOCH + Duration::from_nanos(nanos);
+        audit::push_line(text, at, &record, &audit::outcome_name(rv));
     });
     Some(r.0)
 }
@@ -194,7 +191,7 @@ mod tests {
     /// What the synchronous path writes for the same record at the same time.
     fn direct_line(r: &Record<'_>, rv: u64, at: SystemTime) -> Vec<u8> {
         let mut out = Vec::new();
-        super::super::push_line_prefix(&mut out, at);
+        audit::push_line_prefix(&mut out, at);
         audit::push_message(&mut out, r, &audit::outcome_name(rv));
         out.push(b'\n');
         out

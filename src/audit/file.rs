@@ -2,7 +2,7 @@
 //! collected in memory and written by a background thread.
 //!
 //! Buffered mode (`audit_flush_ms > 0`): a record's fields (not its text, see
-//! `audit_entry.rs`) are appended to an in-memory buffer; the flusher thread formats and
+//! `entry.rs`) are appended to an in-memory buffer; the flusher thread formats and
 //! writes the buffer out every `audit_flush_ms`, and at once when a caller's record takes it
 //! past [`FLUSH_AT`] (the caller only wakes the flusher: formatting, the `write(2)` and the
 //! kernel's copy into the page cache stay off the thread that made the PKCS#11 call). Only if
@@ -12,57 +12,60 @@
 //! the last `audit_flush_ms` of records (or [`WRITE_SELF_AT`] bytes, whichever is less).
 //! Synchronous mode (`0`, or when the application forbade threads with
 //! `CKF_LIBRARY_CANT_CREATE_OS_THREADS`): every record has reached the kernel (one
-//! `write(2)`) before the call that made it returns, as before.
+//! `write(2)`) before the call that made it returns.
 //!
-//! Locks: `pending` guards only the buffer (a `memcpy` long); `writer` serialises `write(2)`s
-//! of buffered data so the file keeps record order. A flush takes `writer` *before* letting
-//! go of `pending` (hand over hand), so buffers are written in the order they were filled;
-//! appenders never wait for a `write(2)` unless they are flushing themselves. Synchronous
-//! records are one `write(2)` each on the `O_APPEND` file, with no lock at all.
+//! Write failures and rotation: `writer.rs` (what happens to unwritten text, the moved-file
+//! check) and `health.rs` (the policy: refuse or continue). A failed write's text is retried
+//! at the flusher's next round, at the next synchronous record, or by a refused operation
+//! ([`retry`]); [`reopen`] opens the path again at once (`XKI_ReopenLogs`, the proxy's
+//! SIGHUP).
 //!
-//! Fork: `pthread_atfork` handlers hold `pending` across `fork()` and, in the child, empty the
-//! buffer (those records are the parent's, and the parent writes them) and switch the child
-//! to synchronous writes (the flusher thread does not exist there).
+//! Locks: `pending` guards only the buffer (a `memcpy` long); `writer` serialises every
+//! `write(2)` so the file keeps record order (and a failed write's rest is written before
+//! anything newer). A flush takes `writer` *before* letting go of `pending` (hand over
+//! hand), so buffers are written in the order they were filled; buffered appenders never
+//! wait for a `write(2)` unless they are flushing themselves. A synchronous record is one
+//! `write(2)` on the `O_APPEND` file, under `writer`.
+//!
+//! Fork: `pthread_atfork` handlers hold `pending` and `writer` across `fork()` and, in the
+//! child, empty the buffer and the unwritten text (those records are the parent's, and the
+//! parent writes them) and switch the child to synchronous writes (the flusher thread does
+//! not exist there).
 
-use super::audit_entry;
-use crate::audit::{CompactRecord, Record};
+use super::entry as audit_entry;
+use super::health::{self, OnFailure};
+use super::writer::Writer;
+use crate::audit::{self, CompactRecord, Record};
+use crate::timefmt::wall_clock;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+use std::cell::RefCell;
 use std::fs::File;
-use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 /// A buffer this large wakes the flusher to write it out now.
-pub(super) const FLUSH_AT: usize = 64 * 1024;
+pub(crate) const FLUSH_AT: usize = 64 * 1024;
 
 /// A buffer this large (the flusher is behind) is written out by the caller that filled it.
-pub(super) const WRITE_SELF_AT: usize = 4 * FLUSH_AT;
+pub(crate) const WRITE_SELF_AT: usize = 4 * FLUSH_AT;
 
 /// Room for a buffer at [`WRITE_SELF_AT`] plus the record that tips it over, so it never
 /// grows in practice. The two buffers are allocated once and swapped, never freed.
 const BUFFER_CAPACITY: usize = WRITE_SELF_AT + 8 * 1024;
 
-/// The writer's side: the spare entry buffer (swapped with `pending` at each flush) and the
-/// text they are formatted into. Both are kept for the process life, so flushing never
-/// allocates once the text buffer has grown to its working size.
-#[derive(Default)]
-struct WriterBuffers {
-    entries: Vec<u8>,
-    text: Vec<u8>,
-}
-
 /// One open audit file.
-pub(super) struct AuditFile {
-    file: File,
-    /// Entries not written yet (buffered mode only; `audit_entry.rs` format).
+pub(crate) struct AuditFile {
+    /// The configured path (reopened on rotation).
+    path: PathBuf,
+    /// Entries not written yet (buffered mode only; `entry.rs` format).
     pending: Mutex<Vec<u8>>,
-    /// Held across each formatting and `write(2)` of buffered data, to keep buffers in
-    /// order. It guards the spare entry buffer that is swapped with `pending` at each flush
-    /// (two fixed buffers, below glibc's mmap threshold, reused for the process life) and the
-    /// text buffer.
-    writer: Mutex<WriterBuffers>,
+    /// Held across each formatting and `write(2)`, to keep records in order. It guards the
+    /// file, the spare entry buffer that is swapped with `pending` at each flush (two fixed
+    /// buffers, below glibc's mmap threshold, reused for the process life) and the text.
+    writer: Mutex<Writer>,
     /// Buffered (records wait for the flusher) or synchronous.
     buffered: AtomicBool,
     /// The flusher's orders, and its wake-up.
@@ -88,11 +91,11 @@ static CURRENT: RwLock<Option<Arc<AuditFile>>> = RwLock::new(None);
 impl AuditFile {
     /// Wrap `file`; with `flush_ms > 0` (and threads allowed) start the flusher thread.
     /// A thread that cannot be started means synchronous writes, never an error.
-    fn new(file: File, flush_ms: u64, threads_allowed: bool) -> Arc<AuditFile> {
+    fn new(path: PathBuf, file: File, flush_ms: u64, threads_allowed: bool) -> Arc<AuditFile> {
         let sink = Arc::new(AuditFile {
-            file,
+            path,
             pending: Mutex::new(Vec::new()),
-            writer: Mutex::new(WriterBuffers::default()),
+            writer: Mutex::new(Writer::new(file)),
             buffered: AtomicBool::new(false),
             control: Mutex::new(Control::default()),
             wake: Condvar::new(),
@@ -120,10 +123,11 @@ impl AuditFile {
     }
 
     /// Append one complete, formatted line.
-    pub(super) fn append(&self, line: &[u8]) {
+    pub(crate) fn append(&self, line: &[u8]) {
         if !self.buffered.load(Ordering::Acquire) {
-            // A failing audit write must never fail a PKCS#11 call: ignore it.
-            let _ = (&self.file).write_all(line);
+            let mut writer = self.writer.lock();
+            writer.text.extend_from_slice(line);
+            writer.write_text(&self.path);
             return;
         }
         let mut pending = self.pending.lock();
@@ -135,7 +139,7 @@ impl AuditFile {
     /// Buffer a record made at `since_epoch` for the flusher to format. `false` (nothing
     /// done) when writing synchronously: the caller formats and [`AuditFile::append`]s the
     /// line.
-    pub(super) fn append_record(&self, r: &Record<'_>, rv: u64, since_epoch: Duration) -> bool {
+    pub(crate) fn append_record(&self, r: &Record<'_>, rv: u64, since_epoch: Duration) -> bool {
         if !self.buffered.load(Ordering::Acquire) {
             return false;
         }
@@ -148,7 +152,7 @@ impl AuditFile {
 
     /// Buffer a record whose names are numbers. `false` (nothing done) when writing
     /// synchronously.
-    pub(super) fn append_compact(&self, r: &CompactRecord, since_epoch: Duration) -> bool {
+    pub(crate) fn append_compact(&self, r: &CompactRecord, since_epoch: Duration) -> bool {
         if !self.buffered.load(Ordering::Acquire) {
             return false;
         }
@@ -173,11 +177,20 @@ impl AuditFile {
         }
     }
 
-    /// Write out everything buffered so far.
-    pub(super) fn flush(&self) {
+    /// Write out everything buffered so far (and what earlier failed writes left).
+    pub(crate) fn flush(&self) {
         let pending = self.pending.lock();
         if !pending.is_empty() {
             self.write_out(pending);
+            return;
+        }
+        drop(pending);
+        let mut writer = self.writer.lock();
+        if !writer.text.is_empty() {
+            writer.write_text(&self.path);
+        } else {
+            // Nothing to write, but a moved file is still noticed (and recreated).
+            writer.check_rotation(&self.path);
         }
     }
 
@@ -185,13 +198,12 @@ impl AuditFile {
     /// before `pending` is let go, so buffers reach the file in the order they were filled).
     fn write_out(&self, mut pending: MutexGuard<'_, Vec<u8>>) {
         let mut writer = self.writer.lock();
-        let WriterBuffers { entries, text } = &mut *writer;
-        std::mem::swap(&mut *pending, entries);
+        let w = &mut *writer;
+        std::mem::swap(&mut *pending, &mut w.entries);
         drop(pending);
-        audit_entry::format_all(entries, text);
-        let _ = (&self.file).write_all(text);
-        entries.clear();
-        text.clear();
+        audit_entry::format_all(&w.entries, &mut w.text);
+        w.entries.clear();
+        w.write_text(&self.path);
     }
 
     /// Stop the flusher thread (if any), write what is left, and switch to synchronous.
@@ -209,6 +221,8 @@ impl AuditFile {
         self.flush();
         self.buffered.store(false, Ordering::Release);
         self.flush();
+        // Still unwritable at the end (C_Finalize or exit during an outage): counted as lost.
+        health::lost(self.writer.lock().discard());
     }
 }
 
@@ -231,22 +245,105 @@ fn flusher(sink: std::sync::Weak<AuditFile>, interval: Duration) {
     }
 }
 
-/// Make the audit file in use `file` (or none), closing the previous one (its records are
-/// written first).
-pub(super) fn install(file: Option<File>, flush_ms: u64, threads_allowed: bool) {
+/// Make the audit file in use `file` (path and open file; or none), closing the previous one
+/// (its records are written first), with the policy for write failures.
+pub(crate) fn install(
+    file: Option<(PathBuf, File)>,
+    flush_ms: u64,
+    threads_allowed: bool,
+    on_failure: OnFailure,
+) {
     register_process_hooks();
-    let new = file.map(|f| AuditFile::new(f, flush_ms, threads_allowed));
+    let new = file.map(|(p, f)| AuditFile::new(p, f, flush_ms, threads_allowed));
     let old = std::mem::replace(&mut *CURRENT.write(), new);
     if let Some(old) = old {
+        // Under the old policy: what it cannot write is counted as lost.
         old.close();
     }
+    // A new file starts healthy (the old one's failure, if any, was its own).
+    health::set_policy(on_failure);
+    health::reset();
 }
 
 /// The audit file in use, if any (a read lock: shared, never held across a `write(2)` of
 /// buffered data by anyone else).
-pub(super) fn with_current<R>(f: impl FnOnce(Option<&AuditFile>) -> R) -> R {
+pub(crate) fn with_current<R>(f: impl FnOnce(Option<&AuditFile>) -> R) -> R {
     let current = CURRENT.read();
     f(current.as_deref())
+}
+
+/// Open (or create, mode 0600) the audit file for appending.
+pub(crate) fn open(path: &Path) -> std::io::Result<File> {
+    crate::logging::open_append(path)
+}
+
+/// Append a line the logger formatted (`log` records on the audit target). `false` (nothing
+/// written) when there is no audit file: the logger writes it to the log sink instead.
+pub(crate) fn append_line(line: &[u8]) -> bool {
+    with_current(|sink| sink.map(|s| s.append(line)).is_some())
+}
+
+/// Write one audit record (outcome `rv`: `CKR_OK` or the error's code) to the audit file, if
+/// one is configured. Buffered, the record's fields go to the buffer and the flusher thread
+/// formats them (`entry.rs`); synchronous, the line is formatted here into a reused
+/// per-thread buffer, without the `log` crate's machinery, and written at once. Either way the
+/// text is `audit::push_line`'s. Returns `false` (and
+/// writes nothing) when there is no audit file: the caller logs instead.
+pub(crate) fn record(r: &Record<'_>, rv: u64) -> bool {
+    thread_local! {
+        static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(256));
+    }
+    with_current(|sink| {
+        let Some(sink) = sink else { return false };
+        let since_epoch = wall_clock();
+        if sink.append_record(r, rv, since_epoch) {
+            return true;
+        }
+        let at = UNIX_EPOCH + since_epoch;
+        let wrote = LINE.try_with(|line| {
+            let Ok(mut line) = line.try_borrow_mut() else {
+                return false;
+            };
+            line.clear();
+            audit::push_line(&mut line, at, r, &audit::outcome_name(rv));
+            sink.append(&line);
+            true
+        });
+        wrote.unwrap_or(false)
+    })
+}
+
+/// Buffer a record whose names are numbers (see `audit::names`). `false` (nothing written)
+/// without a buffered audit file: the caller spells the record out and uses [`record`].
+pub(crate) fn compact(r: &CompactRecord) -> bool {
+    with_current(|sink| sink.is_some_and(|s| s.append_compact(r, wall_clock())))
+}
+
+/// An audit file is configured.
+pub(crate) fn configured() -> bool {
+    CURRENT.read().is_some()
+}
+
+/// Fail-closed outage: try to write the retained records now (one caller at a time; the
+/// others go on to be refused without waiting).
+pub(crate) fn retry() {
+    with_current(|sink| {
+        if let Some(s) = sink {
+            if let Some(mut writer) = s.writer.try_lock() {
+                writer.write_text(&s.path);
+            }
+        }
+    });
+}
+
+/// Open the audit file's path again now (log rotation: `XKI_ReopenLogs`, the proxy's SIGHUP).
+pub fn reopen() {
+    with_current(|sink| {
+        if let Some(s) = sink {
+            let mut writer = s.writer.lock();
+            writer.reopen(&s.path, "reopen requested");
+        }
+    });
 }
 
 /// Write out every buffered record now (`C_Finalize`, process exit).
@@ -295,7 +392,9 @@ extern "C" fn at_exit() {
 extern "C" fn before_fork() {
     let current = CURRENT.read();
     if let Some(s) = current.as_deref() {
+        // The order every writer takes them in: `pending`, then `writer`.
         std::mem::forget(s.pending.lock());
+        std::mem::forget(s.writer.lock());
     }
     std::mem::forget(current);
 }
@@ -303,10 +402,11 @@ extern "C" fn before_fork() {
 /// In the parent after `fork()`: let go of what `before_fork` held.
 extern "C" fn after_fork_parent() {
     // SAFETY: `before_fork` left exactly one read lock of CURRENT and (if a file was
-    // installed) the lock of its `pending` held by this thread, and nothing changed CURRENT
-    // since (its write lock cannot be taken while that read lock is held).
+    // installed) the locks of its `pending` and `writer` held by this thread, and nothing
+    // changed CURRENT since (its write lock cannot be taken while that read lock is held).
     unsafe {
         if let Some(s) = (*CURRENT.data_ptr()).as_deref() {
+            s.writer.force_unlock();
             s.pending.force_unlock();
         }
         CURRENT.force_unlock_read();
@@ -317,11 +417,15 @@ extern "C" fn after_fork_parent() {
 /// and write synchronously (the flusher thread was not copied). No allocation happens here.
 extern "C" fn after_fork_child() {
     // SAFETY: as in `after_fork_parent`; the child is single-threaded now, and this thread
-    // holds `pending`, so clearing the buffer through its data pointer races with nothing.
+    // holds `pending` and `writer`, so clearing through their data pointers races with
+    // nothing.
     unsafe {
         if let Some(s) = (*CURRENT.data_ptr()).as_deref() {
             (*s.pending.data_ptr()).clear();
+            (*s.writer.data_ptr()).forget();
+            health::reset();
             s.buffered.store(false, Ordering::Release);
+            s.writer.force_unlock();
             s.pending.force_unlock();
         }
         CURRENT.force_unlock_read();

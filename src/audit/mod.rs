@@ -6,8 +6,13 @@
 
 use crate::rv::{CkResult, Rv};
 use names::NameId;
+use std::time::SystemTime;
 
+mod entry;
+pub mod file;
+pub mod health;
 pub mod names;
+mod writer;
 
 /// The log target that `logging.rs` routes to the audit sink.
 pub const TARGET: &str = "xki_audit";
@@ -30,6 +35,7 @@ pub struct Record<'a> {
 }
 
 /// Escape a label for a single-line record: printable ASCII as is, everything else `\xNN`.
+#[cfg(test)]
 fn printable(label: &[u8]) -> String {
     let mut s = String::with_capacity(label.len());
     for &b in label {
@@ -65,10 +71,9 @@ fn push_printable(out: &mut Vec<u8>, label: &[u8]) {
     }
 }
 
-/// The record's message (everything after `xki_audit: `), appended to `out`: the same text as
-/// the `log::info!` fallback in [`record`] writes.
+/// The record's message in text (everything after `xki_audit: `), appended to `out`.
 pub(crate) fn push_message(out: &mut Vec<u8>, r: &Record<'_>, outcome: &str) {
-    use crate::logging::push_digits;
+    use crate::timefmt::push_digits;
     out.extend_from_slice(b"op=");
     out.extend_from_slice(r.op.as_bytes());
     out.extend_from_slice(b" slot=\"");
@@ -92,6 +97,61 @@ pub(crate) fn push_message(out: &mut Vec<u8>, r: &Record<'_>, outcome: &str) {
     out.extend_from_slice(outcome.as_bytes());
 }
 
+/// What the logger writes before an audit message: `<timestamp> INFO  xki_audit: `.
+pub(crate) fn push_line_prefix(out: &mut Vec<u8>, at: SystemTime) {
+    crate::timefmt::push_timestamp(out, at);
+    out.extend_from_slice(b" INFO  ");
+    out.extend_from_slice(TARGET.as_bytes());
+    out.extend_from_slice(b": ");
+}
+
+/// One whole audit line for the record, in the configured line format (`lineformat.rs`):
+/// text (`<timestamp> INFO  xki_audit: op=... result=...`) or one JSON object with the same
+/// fields (`timestamp`, `level`, `target`, `op`, `slot`, `key`, `mechanism`, `in`, `out`,
+/// `result`; `slot` and `key` escaped exactly as in text, so `\xNN` stands for a byte that is
+/// not printable ASCII).
+pub(crate) fn push_line(out: &mut Vec<u8>, at: SystemTime, r: &Record<'_>, outcome: &str) {
+    if !crate::lineformat::json() {
+        push_line_prefix(out, at);
+        push_message(out, r, outcome);
+        out.push(b'\n');
+        return;
+    }
+    use crate::lineformat::push_json_str;
+    use crate::timefmt::push_digits;
+    let escaped = |s: &[u8]| {
+        let mut v = Vec::with_capacity(s.len());
+        push_printable(&mut v, s);
+        v
+    };
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    crate::timefmt::push_timestamp(out, at);
+    out.extend_from_slice(b"\",\"level\":\"INFO\",\"target\":\"");
+    out.extend_from_slice(TARGET.as_bytes());
+    out.extend_from_slice(b"\",\"op\":\"");
+    push_json_str(out, r.op.as_bytes());
+    out.extend_from_slice(b"\",\"slot\":\"");
+    push_json_str(out, &escaped(r.slot.as_bytes()));
+    out.extend_from_slice(b"\",\"key\":\"");
+    push_json_str(out, &escaped(r.key));
+    out.extend_from_slice(b"\",\"mechanism\":\"");
+    push_json_str(
+        out,
+        if r.mechanism.is_empty() {
+            b"-"
+        } else {
+            r.mechanism.as_bytes()
+        },
+    );
+    out.extend_from_slice(b"\",\"in\":");
+    push_digits(out, r.bytes_in as u64, 1);
+    out.extend_from_slice(b",\"out\":");
+    push_digits(out, r.bytes_out as u64, 1);
+    out.extend_from_slice(b",\"result\":\"");
+    push_json_str(out, outcome.as_bytes());
+    out.extend_from_slice(b"\"}\n");
+}
+
 /// The `result=` word of a record for the return code `rv` (`CKR_OK` on success).
 pub(crate) fn outcome_name(rv: u64) -> std::borrow::Cow<'static, str> {
     match rv {
@@ -113,23 +173,13 @@ pub fn record<T>(r: Record<'_>, result: CkResult<T>) -> CkResult<T> {
     let rv = rv_of(&result);
     // With an audit file, straight to it: no `log` formatting, no intermediate Strings (and
     // with a buffered file, no formatting at all on this thread).
-    if crate::logging::audit_record(&r, rv) {
+    if file::record(&r, rv) {
         return result;
     }
-    let outcome = outcome_name(rv);
-    if log::log_enabled!(target: TARGET, log::Level::Info) {
-        log::info!(
-            target: TARGET,
-            "op={} slot=\"{}\" key=\"{}\" mechanism={} in={} out={} result={}",
-            r.op,
-            printable(r.slot.as_bytes()),
-            printable(r.key),
-            if r.mechanism.is_empty() { "-" } else { r.mechanism },
-            r.bytes_in,
-            r.bytes_out,
-            outcome
-        );
-    }
+    // No audit file: the line goes to the log sink, in the same format.
+    let mut line = Vec::with_capacity(256);
+    push_line(&mut line, SystemTime::now(), &r, &outcome_name(rv));
+    crate::logging::write_line(&line);
     result
 }
 
@@ -189,7 +239,7 @@ pub fn record_crypt<T>(c: CryptRecord<'_>, result: CkResult<T>) -> CkResult<T> {
             bytes_out,
             rv,
         };
-        if crate::logging::audit_compact(&compact) {
+        if file::compact(&compact) {
             return result;
         }
     }
@@ -217,7 +267,15 @@ pub fn record_crypt<T>(c: CryptRecord<'_>, result: CkResult<T>) -> CkResult<T> {
 }
 
 /// Record a refused key-material path and return the refusal.
+///
+/// During a fail-closed outage (`health.rs`) the refusal is answered as always but its record
+/// is not kept in memory: counted as lost instead, so that a caller repeating refused calls
+/// cannot grow the retained records without bound (a refusal changed nothing).
 pub fn refusal(function: &str, slot: &str, key: &[u8], rv: Rv) -> CkResult<()> {
+    if health::refusing() {
+        health::lost(1);
+        return Err(rv);
+    }
     let op = format!("refused:{function}");
     record(
         Record {
