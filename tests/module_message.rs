@@ -1,7 +1,8 @@
 //! PKCS#11 3.0 message-based AES-GCM through the built module, on both slots (SoftHSM2 and
 //! the embedded token), through cryptoki as a 3.0 consumer calls it: whole messages and
 //! `Begin`/`Next`, every `ivGenerator`, the two-call convention, operation state, the
-//! mechanism flags, interop with SoftHSM2 used directly, and IV uniqueness.
+//! mechanism flags, interop with SoftHSM2 used directly, and audit records. IV uniqueness over
+//! a million messages: `module_message_ivs.rs`.
 
 mod common_module;
 
@@ -13,7 +14,6 @@ use cryptoki::object::{Attribute, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki::types::Ulong;
 use pkcs11_sys::*;
-use std::collections::HashSet;
 
 /// One whole message encrypted with `generator` (`iv` is the caller's IV for
 /// `NoGenerate`, and receives the generated one otherwise): (ciphertext, iv, tag).
@@ -530,85 +530,6 @@ fn generated_iv_ciphertext_decrypts_with_softhsm2_directly_and_back() {
         decrypt_message(&s, key, &[5u8; 12], &tag, b"b", body).unwrap(),
         pt
     );
-}
-
-/// 1 000 000 IVs generated for one key on the embedded slot, over two threads: no repeat.
-/// (The embedded token's own RNG; each is a full C_EncryptMessage of an empty message.)
-#[test]
-fn a_million_generated_ivs_under_one_key_never_repeat() {
-    let fx = fixture();
-    let slot = fx.slots()[1];
-    let s = fx.ctx.open_rw_session(slot).unwrap();
-    login(&s);
-    let key = s
-        .generate_key(&Mechanism::AesKeyGen, &secure_template("msg-million"))
-        .unwrap();
-    const TOTAL: usize = 1_000_000;
-    const THREADS: usize = 2;
-    let started = std::time::Instant::now();
-    let ivs: Vec<Vec<[u8; 12]>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..THREADS)
-            .map(|_| {
-                scope.spawn(|| {
-                    let s = fx.ctx.open_rw_session(slot).unwrap();
-                    let mut iv = [0u8; 12];
-                    let mut tag = [0u8; 16];
-                    let p = GcmMessageParams::new(
-                        &mut iv,
-                        0.into(),
-                        GeneratorFunction::GenerateRandom,
-                        &mut tag,
-                    )
-                    .unwrap();
-                    s.message_encrypt_init(&Mechanism::AesGcmMessage(p), key)
-                        .unwrap();
-                    let mut seen = Vec::with_capacity(TOTAL / THREADS);
-                    let f = common_module::raw::table();
-                    let mut params = CK_GCM_MESSAGE_PARAMS {
-                        pIv: std::ptr::null_mut(),
-                        ulIvLen: 12,
-                        ulIvFixedBits: 0,
-                        ivGenerator: CKG_GENERATE_RANDOM,
-                        pTag: std::ptr::null_mut(),
-                        ulTagBits: 128,
-                    };
-                    let mut iv = [0u8; 12];
-                    let mut tag = [0u8; 16];
-                    params.pIv = iv.as_mut_ptr();
-                    params.pTag = tag.as_mut_ptr();
-                    let mut out = [0u8; 1];
-                    for _ in 0..TOTAL / THREADS {
-                        let mut len: CK_ULONG = 1;
-                        // SAFETY: live locals of the stated lengths; empty plaintext.
-                        let rv = unsafe {
-                            f.C_EncryptMessage.unwrap()(
-                                s.handle(),
-                                (&mut params as *mut CK_GCM_MESSAGE_PARAMS).cast(),
-                                std::mem::size_of::<CK_GCM_MESSAGE_PARAMS>() as _,
-                                std::ptr::null_mut(),
-                                0,
-                                std::ptr::null_mut(),
-                                0,
-                                out.as_mut_ptr(),
-                                &mut len,
-                            )
-                        };
-                        assert_eq!(rv, CKR_OK);
-                        seen.push(iv);
-                    }
-                    s.message_encrypt_final().unwrap();
-                    seen
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let mut all = HashSet::with_capacity(TOTAL);
-    for iv in ivs.into_iter().flatten() {
-        assert!(all.insert(iv), "IV repeated: {iv:02x?}");
-    }
-    assert_eq!(all.len(), TOTAL);
-    eprintln!("{TOTAL} generated IVs in {:?}", started.elapsed());
 }
 
 /// Every message is an audit record (op=encrypt / op=decrypt with the key's label), failed
