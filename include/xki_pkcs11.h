@@ -81,7 +81,8 @@
 
 /*
  * The "XKI Status" vendor interface: health of the tokens ("members") behind each slot.
- * A slot over one backend has one member (always reported ACTIVE); a replica group slot
+ * A slot over one backend has one member (a vendor token is UNAVAILABLE while the module has
+ * taken it out of service because it stopped answering, else ACTIVE); a replica group slot
  * ([[slot]] backends = ["hsm-a", "hsm-b", ...]) has one member per backend, in config order.
  * Both functions need C_Initialize first (else CKR_CRYPTOKI_NOT_INITIALIZED); a NULL out
  * pointer or an index past the last member is CKR_ARGUMENTS_BAD; an unknown slot is

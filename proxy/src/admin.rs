@@ -54,7 +54,7 @@ pub fn init(config: &Path) -> Result<(), String> {
 pub fn create(config: &Path, label: &str, usage: Usage) -> Result<(), String> {
     check_id(label)?;
     let (_, hsm) = open(config)?;
-    hsm.with_session(|s| hsm.create_key(s, label, usage))
+    hsm.with_session(|s| hsm.create_key(s, label, usage).map(|_| ()))
         .map_err(|e| e.to_string())?;
     println!("External Key ID: {label}");
     Ok(())

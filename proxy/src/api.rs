@@ -28,6 +28,9 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// 413: body over the limit (named ValidationException on the wire).
     PayloadTooLarge,
+    /// 408: body not received within the read timeout (named ValidationException on the
+    /// wire; the connection is closed after it).
+    RequestTimeout,
     /// 429: quota or overload.
     Throttling,
     /// 501: unsupported algorithm or input beyond what we support.
@@ -49,6 +52,7 @@ impl ErrorKind {
             KeyNotFound | InvalidUriPath => 404,
             MethodNotAllowed => 405,
             PayloadTooLarge => 413,
+            RequestTimeout => 408,
             Throttling => 429,
             UnsupportedOperation => 501,
             DependencyTimeout => 503,
@@ -60,7 +64,9 @@ impl ErrorKind {
     pub fn name(self) -> &'static str {
         use ErrorKind::*;
         match self {
-            Validation | MethodNotAllowed | PayloadTooLarge => "ValidationException",
+            Validation | MethodNotAllowed | PayloadTooLarge | RequestTimeout => {
+                "ValidationException"
+            }
             InvalidState => "InvalidStateException",
             InvalidCiphertext => "InvalidCiphertextException",
             InvalidKeyUsage => "InvalidKeyUsageException",

@@ -45,7 +45,7 @@ pub enum LogFormat {
 pub struct Config {
     /// Address the XKS API listens on, e.g. `0.0.0.0:8443`.
     pub listen: SocketAddr,
-    /// Optional plain-HTTP admin listener serving `/metrics` and `/ping`.
+    /// Optional plain-HTTP admin listener serving `/metrics`, `/ping` and `/ready`.
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
     /// `text` (default) or `json`.
@@ -72,6 +72,10 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// The PKCS#11 module and token.
     pub hsm: HsmConfig,
+    /// Limits that keep slow, unfinished or too many client connections from taking the
+    /// service down.
+    #[serde(default)]
+    pub clients: ClientsConfig,
     /// Path-prefix tenants (each an isolated key store).
     #[serde(default)]
     pub prefix: Vec<PrefixConfig>,
@@ -160,6 +164,43 @@ fn default_canary() -> String {
 }
 fn default_health_interval() -> u64 {
     10_000
+}
+
+/// `[clients]`: what a client connection may take (see README: Reliability, Hostile clients).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientsConfig {
+    /// Time to read one request: its head must be complete this long after the connection
+    /// starts waiting for it (after accept, a finished response, or the TLS handshake, which
+    /// has the same limit), then its body within the same time again. Also the keep-alive
+    /// idle limit.
+    #[serde(default = "default_request_read_timeout")]
+    pub request_read_timeout_ms: u64,
+    /// Open client connections on the API listener; 0 = derived from the descriptor limit
+    /// (limit - `fd_reserve` - the admin listener's, at most 65 536).
+    #[serde(default)]
+    pub max_connections: usize,
+    /// File descriptors kept out of reach of client connections, for the HSM side (the
+    /// PKCS#11 library, SoftHSM2's object files, audit and log files).
+    #[serde(default = "default_fd_reserve")]
+    pub fd_reserve: u64,
+}
+
+impl Default for ClientsConfig {
+    fn default() -> Self {
+        ClientsConfig {
+            request_read_timeout_ms: default_request_read_timeout(),
+            max_connections: 0,
+            fd_reserve: default_fd_reserve(),
+        }
+    }
+}
+
+fn default_request_read_timeout() -> u64 {
+    10_000
+}
+fn default_fd_reserve() -> u64 {
+    256
 }
 
 /// One tenant: a URI path prefix with its own credentials, keys, regions, quota and rules.
@@ -293,6 +334,16 @@ impl Config {
                     "required when tls.client_names is set",
                 ));
             }
+        }
+        let c = &self.clients;
+        if !(100..=600_000).contains(&c.request_read_timeout_ms) {
+            return Err(err(
+                "clients.request_read_timeout_ms",
+                "must be 100..=600000",
+            ));
+        }
+        if !(64..=1_000_000).contains(&c.fd_reserve) {
+            return Err(err("clients.fd_reserve", "must be 64..=1000000"));
         }
         let h = &self.hsm;
         if h.token_label.is_none() && h.slot.is_none() {
@@ -494,6 +545,23 @@ pin_env = "PIN"
         );
         let e = parse(&format!("async_workers = 5000\n{BASE}")).unwrap_err();
         assert!(e.contains("async_workers"), "{e}");
+    }
+
+    #[test]
+    fn clients_defaults_and_bounds() {
+        let c = parse(BASE).unwrap().clients;
+        assert_eq!(
+            (c.request_read_timeout_ms, c.max_connections, c.fd_reserve),
+            (10_000, 0, 256)
+        );
+        let e = parse(&format!("{BASE}[clients]\nrequest_read_timeout_ms = 0\n")).unwrap_err();
+        assert!(e.contains("clients.request_read_timeout_ms"), "{e}");
+        let e = parse(&format!("{BASE}[clients]\nfd_reserve = 1\n")).unwrap_err();
+        assert!(e.contains("clients.fd_reserve"), "{e}");
+        let c = parse(&format!("{BASE}[clients]\nmax_connections = 100\n"))
+            .unwrap()
+            .clients;
+        assert_eq!(c.max_connections, 100);
     }
 
     #[test]

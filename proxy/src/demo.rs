@@ -92,7 +92,7 @@ pub fn create() -> Result<PathBuf, String> {
 pub fn ensure_key(hsm: &Hsm) -> Result<bool, String> {
     hsm.with_session(|s| match hsm.key_state(s, DEMO_KEY) {
         Ok(_) => Ok(false),
-        Err(HsmError::KeyNotFound) => hsm.create_key(s, DEMO_KEY, Usage::Both).map(|()| true),
+        Err(HsmError::KeyNotFound) => hsm.create_key(s, DEMO_KEY, Usage::Both).map(|_| true),
         Err(e) => Err(e),
     })
     .map_err(|e| format!("demo key {DEMO_KEY}: {e}"))

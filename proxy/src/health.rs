@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::api::{EkmFleetMember, HealthResponse};
-use crate::hsm::{gcm_decrypt, Hsm, HsmError, Member, MemberState, Usage};
+use crate::hsm::{gcm_decrypt, Hsm, HsmError, Member, MemberState};
 
 /// Results older than this count as UNAVAILABLE.
 const MAX_AGE: Duration = Duration::from_secs(60);
@@ -31,6 +31,9 @@ const MAX_AGE: Duration = Duration::from_secs(60);
 const SLOW: Duration = Duration::from_millis(100);
 /// Deadline for one check.
 const CHECK_DEADLINE: Duration = Duration::from_secs(5);
+/// While the HSM side is UNAVAILABLE, checks run at least this often, so readiness returns
+/// soon after the HSM does (and our module's recovery is driven even with no traffic).
+const DOWN_RECHECK: Duration = Duration::from_secs(1);
 
 /// Outcome of one deep check.
 #[derive(Debug, Clone)]
@@ -67,39 +70,43 @@ pub struct Health {
     last: Mutex<Option<CheckResult>>,
     /// Member states at the last check, to log transitions once.
     members_seen: Mutex<Vec<(String, MemberState)>>,
+    /// The check interval; a canary is created at most once per interval.
+    interval: Mutex<Duration>,
+    /// When this process last created a canary key.
+    last_created: Mutex<Option<Instant>>,
 }
 
-/// Create the canary key if it is missing.
-fn ensure_canary(hsm: &Hsm, s: &cryptoki::session::Session) -> Result<(), HsmError> {
-    let label = &hsm.canary_label;
-    if let Err(HsmError::KeyNotFound) = hsm.find_key(s, label) {
-        tracing::info!(key = %label, "creating health-check canary key");
-        hsm.create_key(s, label, Usage::Both)?;
+/// One canary round trip on a session. `KeyNotFound` only when the token answered that no
+/// canary key exists (an unreachable token is another error).
+fn round_trip(hsm: &Hsm, s: &cryptoki::session::Session) -> Result<(), HsmError> {
+    let (h, st) = hsm.find_canary(s)?.ok_or(HsmError::KeyNotFound)?;
+    if !st.encrypt || !st.decrypt {
+        return Err(HsmError::Other("canary key is disabled".into()));
+    }
+    let mut probe = [0u8; 32];
+    s.generate_random_slice(&mut probe)
+        .map_err(|e| HsmError::pkcs11("C_GenerateRandom", e))?;
+    let aad = b"xki-proxy health canary";
+    let out = hsm.encrypt(s, h, aad, &probe)?;
+    let back = gcm_decrypt(s, h, &out.iv, aad, &out.ciphertext, &out.tag)?;
+    if back != probe {
+        return Err(HsmError::Other(
+            "canary round trip returned different bytes".into(),
+        ));
     }
     Ok(())
 }
 
-/// One canary round trip on a session (creates the canary key if it is missing).
+/// One canary round trip on a session, creating the canary key first if the token answered
+/// that it is missing (the `health` command).
 pub fn canary_round_trip(hsm: &Hsm, s: &cryptoki::session::Session) -> Result<(), HsmError> {
-    ensure_canary(hsm, s)?;
-    let label = hsm.canary_label.clone();
-    hsm.with_key(s, &label, |h, st| {
-        if !st.encrypt || !st.decrypt {
-            return Err(HsmError::Other("canary key is disabled".into()));
+    match round_trip(hsm, s) {
+        Err(HsmError::KeyNotFound) => {
+            hsm.create_canary(s)?;
+            round_trip(hsm, s)
         }
-        let mut probe = [0u8; 32];
-        s.generate_random_slice(&mut probe)
-            .map_err(|e| HsmError::pkcs11("C_GenerateRandom", e))?;
-        let aad = b"xki-proxy health canary";
-        let out = hsm.encrypt(s, h, aad, &probe)?;
-        let back = gcm_decrypt(s, h, &out.iv, aad, &out.ciphertext, &out.tag)?;
-        if back != probe {
-            return Err(HsmError::Other(
-                "canary round trip returned different bytes".into(),
-            ));
-        }
-        Ok(())
-    })
+        r => r,
+    }
 }
 
 impl Health {
@@ -110,22 +117,51 @@ impl Health {
             fleet_size,
             last: Mutex::new(None),
             members_seen: Mutex::new(Vec::new()),
+            interval: Mutex::new(Duration::from_secs(10)),
+            last_created: Mutex::new(None),
         })
     }
 
     /// Run one check through the pool and cache the result.
     pub async fn check_now(&self) -> CheckResult {
-        // Creating a missing canary key is not part of the timed round trip (a first check
-        // that generated the key would otherwise read DEGRADED).
-        let _ = self
-            .hsm
-            .run(Instant::now() + CHECK_DEADLINE, ensure_canary)
-            .await;
-        let start = Instant::now();
-        let r = self
-            .hsm
-            .run(start + CHECK_DEADLINE, canary_round_trip)
-            .await;
+        let deadline = || Instant::now() + CHECK_DEADLINE;
+        let mut start = Instant::now();
+        let mut r = self.hsm.run(start + CHECK_DEADLINE, round_trip).await;
+        if let Err(HsmError::KeyNotFound) = r {
+            // The token answered that the canary is missing: create it, at most once per
+            // interval, and time only the round trip after (a first check that generated the
+            // key would otherwise read DEGRADED).
+            let interval = *self.interval.lock();
+            let may_create = self
+                .last_created
+                .lock()
+                .is_none_or(|at| at.elapsed() >= interval);
+            r = if !may_create {
+                Err(HsmError::Other(
+                    "the canary key is missing, and this proxy created one less than a check interval ago"
+                        .into(),
+                ))
+            } else {
+                match self
+                    .hsm
+                    .run(deadline(), |hsm, s| hsm.create_canary(s))
+                    .await
+                {
+                    Err(e) => Err(e),
+                    Ok(created) => {
+                        if created {
+                            *self.last_created.lock() = Some(Instant::now());
+                        }
+                        start = Instant::now();
+                        self.hsm.run(start + CHECK_DEADLINE, round_trip).await
+                    }
+                }
+            };
+        }
+        // Still missing right after creating it: name it (not "key not found").
+        if let Err(HsmError::KeyNotFound) = r {
+            r = Err(HsmError::Other("the canary key cannot be found".into()));
+        }
         let res = CheckResult {
             ok: r.is_ok(),
             overloaded: matches!(r, Err(HsmError::Busy | HsmError::Timeout)),
@@ -164,17 +200,44 @@ impl Health {
         *seen = now.into_iter().map(|(m, st)| (m.name, st)).collect();
     }
 
-    /// Check every `interval` until the runtime stops.
+    /// Check every `interval` (every second while UNAVAILABLE) until the runtime stops.
     pub fn spawn(self: &Arc<Self>, interval: Duration) {
+        *self.interval.lock() = interval;
         let me = self.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                let wait = if me.status() == "UNAVAILABLE" {
+                    interval.min(DOWN_RECHECK)
+                } else {
+                    interval
+                };
+                tokio::time::sleep(wait).await;
                 me.check_now().await;
             }
         });
+    }
+
+    /// Readiness for a load balancer (`GET /ready`): `Err(why)` while the HSM side cannot
+    /// serve: before the first check, when the last check was UNAVAILABLE (failed for another
+    /// reason than overload, or older than 60 s), or when the module reports every token
+    /// behind the slot out of service. Reads cached state only (no HSM call).
+    pub fn ready(&self) -> Result<(), String> {
+        match self.last.lock().as_ref() {
+            None => return Err("no health check has finished yet".into()),
+            Some(r) if r.status() == "UNAVAILABLE" => {
+                return Err(r
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "the last health check is too old".into()))
+            }
+            Some(_) => {}
+        }
+        if let Some(members) = self.hsm.members() {
+            if !members.is_empty() && members.iter().all(|m| m.state == MemberState::Unavailable) {
+                return Err("every HSM behind the slot is out of service".into());
+            }
+        }
+        Ok(())
     }
 
     /// Status of the one backend (for metrics).

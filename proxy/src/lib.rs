@@ -8,6 +8,7 @@ pub mod config;
 pub mod credentials;
 pub mod demo;
 pub mod discover;
+pub mod fdlimit;
 pub mod health;
 pub mod hsm;
 pub mod http;

@@ -31,6 +31,73 @@ struct MemberLabels {
     member: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadTimeoutLabels {
+    listener: String,
+    phase: String,
+}
+
+/// The connection metrics of one listener (handles into the registered families).
+#[derive(Clone)]
+pub struct ConnMetrics {
+    /// Connections open now.
+    pub open: Gauge,
+    /// Connections closed at once because the cap was reached and all open ones were busy.
+    pub refused: Counter,
+    /// Connections closed to make room at the cap (or to free descriptors).
+    pub evicted: Counter,
+    /// Failed `accept` calls (each followed by a back-off).
+    pub accept_errors: Counter,
+    /// Requests whose head did not arrive within the read timeout (connection closed).
+    pub head_timeouts: Counter,
+    /// Requests whose body did not arrive within the read timeout (408, connection closed).
+    pub body_timeouts: Counter,
+}
+
+#[derive(Default)]
+struct ConnFamilies {
+    open: Family<ListenerLabels, Gauge>,
+    refused: Family<ListenerLabels, Counter>,
+    evicted: Family<ListenerLabels, Counter>,
+    accept_errors: Family<ListenerLabels, Counter>,
+    read_timeouts: Family<ReadTimeoutLabels, Counter>,
+}
+
+impl ConnFamilies {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "connections_open",
+            "Client connections open, by listener",
+            self.open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because the cap was reached and every open one was being served",
+            self.refused.clone(),
+        );
+        registry.register(
+            "connections_evicted",
+            "Connections closed to make room at the cap: those that waited longest for a complete request",
+            self.evicted.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accept calls (each followed by a back-off)",
+            self.accept_errors.clone(),
+        );
+        registry.register(
+            "request_read_timeouts",
+            "Requests whose head or body did not arrive within clients.request_read_timeout_ms",
+            self.read_timeouts.clone(),
+        );
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 50 µs .. ~1.6 s
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
@@ -50,6 +117,7 @@ pub struct Metrics {
     member_stuck: Family<MemberLabels, Gauge>,
     member_failures: Family<MemberLabels, Gauge>,
     audit: AuditMetrics,
+    conns: ConnFamilies,
 }
 
 /// The module's audit trail (`XKI_GetAuditStatus`); absent modules leave them at 0.
@@ -183,6 +251,8 @@ impl Metrics {
         );
         let audit = AuditMetrics::default();
         audit.register(&mut registry);
+        let conns = ConnFamilies::default();
+        conns.register(&mut registry);
         Metrics {
             audit,
             registry,
@@ -196,6 +266,35 @@ impl Metrics {
             member_in_flight,
             member_stuck,
             member_failures,
+            conns,
+        }
+    }
+
+    /// The connection metrics of `listener` ("api", "admin").
+    pub fn connections(&self, listener: &str) -> ConnMetrics {
+        let l = ListenerLabels {
+            listener: listener.to_string(),
+        };
+        let phase = |p: &str| ReadTimeoutLabels {
+            listener: listener.to_string(),
+            phase: p.to_string(),
+        };
+        // One statement each: a family's guard lives to the end of its statement, and
+        // creating a second series in the same family then would wait on it forever.
+        let f = &self.conns;
+        let open = f.open.get_or_create(&l).clone();
+        let refused = f.refused.get_or_create(&l).clone();
+        let evicted = f.evicted.get_or_create(&l).clone();
+        let accept_errors = f.accept_errors.get_or_create(&l).clone();
+        let head_timeouts = f.read_timeouts.get_or_create(&phase("head")).clone();
+        let body_timeouts = f.read_timeouts.get_or_create(&phase("body")).clone();
+        ConnMetrics {
+            open,
+            refused,
+            evicted,
+            accept_errors,
+            head_timeouts,
+            body_timeouts,
         }
     }
 

@@ -8,14 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::fdlimit;
 use crate::health::Health;
 use crate::hsm::Hsm;
 use crate::http;
+use crate::http::conns::Connections;
 use crate::metrics::Metrics;
 use crate::state::App;
 use crate::tenants::Tenants;
@@ -66,6 +67,25 @@ pub fn say(text: &str) {
     let _ = out.flush();
 }
 
+/// Raise the descriptor limit to the hard limit and derive the cap on API connections from
+/// it, keeping `[clients] fd_reserve` for the HSM side; both logged.
+fn descriptor_budget(cfg: &Config) -> Result<usize, String> {
+    let lim = fdlimit::raise_nofile();
+    let c = &cfg.clients;
+    let cap = fdlimit::connection_cap(lim.soft, c.fd_reserve, c.max_connections)?;
+    tracing::info!(
+        soft_before = lim.soft_before,
+        soft = lim.soft,
+        hard = lim.hard,
+        max_connections = cap,
+        admin_max_connections = fdlimit::ADMIN_MAX_CONNECTIONS,
+        fd_reserve = c.fd_reserve,
+        request_read_timeout_ms = c.request_read_timeout_ms,
+        "descriptor limit raised to the hard limit; client connections capped"
+    );
+    Ok(cap)
+}
+
 /// How `serve` was asked to run.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServeOptions {
@@ -94,6 +114,8 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
         );
     }
     let tls = cfg.tls.as_ref().map(http::tls::server_config).transpose()?;
+    // Before the HSM library opens anything: the descriptor budget for both sides.
+    let api_cap = descriptor_budget(&cfg)?;
     let hsm = Hsm::open(&cfg.hsm, || cfg.read_pin().map_err(|e| e.to_string())).map_err(|e| {
         if opts.demo {
             format!(
@@ -130,6 +152,7 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
             metrics: Metrics::new(),
             hsm_deadline: Duration::from_millis(cfg.hsm.deadline_ms),
             max_body: cfg.max_body_bytes,
+            read_timeout: Duration::from_millis(cfg.clients.request_read_timeout_ms),
             config_path: config_path.to_path_buf(),
         });
         let first = health.check_now().await;
@@ -138,8 +161,7 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
         }
         health.spawn(Duration::from_millis(cfg.hsm.health_interval_ms));
 
-        let listener = TcpListener::bind(cfg.listen)
-            .await
+        let listener = http::accept::bind(cfg.listen)
             .map_err(|e| format!("listen {}: {e}", cfg.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -147,10 +169,20 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
             let _ = rx.wait_for(|v| *v).await;
         };
         if let Some(a) = cfg.admin_listen {
-            let l = TcpListener::bind(a).await.map_err(|e| format!("admin_listen {a}: {e}"))?;
+            let l = http::accept::bind(a).map_err(|e| format!("admin_listen {a}: {e}"))?;
             let admin_addr = l.local_addr().map_err(|e| e.to_string())?;
             say(&format!("xki-proxy admin listening on {admin_addr}"));
-            tokio::spawn(http::serve_admin(app.clone(), l, stopped(stop_rx.clone())));
+            let conns = Connections::new(
+                "admin",
+                fdlimit::ADMIN_MAX_CONNECTIONS,
+                app.metrics.connections("admin"),
+            );
+            tokio::spawn(http::serve_admin(
+                app.clone(),
+                l,
+                conns,
+                stopped(stop_rx.clone()),
+            ));
         }
         if let Some(p) = &cfg.pid_file {
             std::fs::write(p, format!("{}\n", std::process::id()))
@@ -191,7 +223,8 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
             let _ = stop_tx.send(true);
         });
 
-        http::serve_api(app.clone(), listener, stopped(stop_rx)).await;
+        let conns = Connections::new("api", api_cap, app.metrics.connections("api"));
+        http::serve_api(app.clone(), listener, conns, stopped(stop_rx)).await;
         hsm.close();
         if let Some(p) = &cfg.pid_file {
             let _ = std::fs::remove_file(p);

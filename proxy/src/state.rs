@@ -29,6 +29,9 @@ pub struct App {
     pub hsm_deadline: Duration,
     /// Body size cap.
     pub max_body: usize,
+    /// `[clients] request_read_timeout_ms`: for the TLS handshake, a request's head, and
+    /// its body, each.
+    pub read_timeout: Duration,
     /// Config file, re-read on reload.
     pub config_path: PathBuf,
 }

@@ -355,8 +355,8 @@ pub trait Backend: Send + Sync {
     fn shutdown(&self);
 
     /// Health of the tokens behind this backend, for the `XKI Status` interface. A single
-    /// token reports itself as one active member (it has no failover state to report); a
-    /// replica group reports each member.
+    /// token reports itself as one member (this default: always active; a vendor token
+    /// reports UNAVAILABLE while out of service); a replica group reports each member.
     fn member_status(&self) -> Vec<replicas::health::MemberStatus> {
         vec![replicas::health::MemberStatus {
             name: self.name().to_string(),

@@ -24,6 +24,8 @@ pub enum HsmError {
     /// The module refused the key operation because its audit file cannot be written
     /// (`audit_on_failure = "refuse"`, the default); clears when records can be written.
     AuditRefused,
+    /// The token did not answer (gone, unreadable, out of service): say so, never "not found".
+    Unavailable(String),
     /// A PKCS#11 call failed.
     Pkcs11 {
         /// Which call.
@@ -54,18 +56,37 @@ impl HsmError {
 
     /// True when the session can no longer be used and must be replaced.
     pub fn session_broken(&self) -> bool {
-        matches!(
-            self.rv(),
-            Some(
-                RvError::SessionHandleInvalid
-                    | RvError::SessionClosed
-                    | RvError::DeviceRemoved
-                    | RvError::DeviceError
-                    | RvError::TokenNotPresent
-                    | RvError::UserNotLoggedIn
-                    | RvError::CryptokiNotInitialized
+        matches!(self, HsmError::Unavailable(_))
+            || matches!(
+                self.rv(),
+                Some(
+                    RvError::SessionHandleInvalid
+                        | RvError::SessionClosed
+                        | RvError::DeviceRemoved
+                        | RvError::DeviceError
+                        | RvError::TokenNotPresent
+                        | RvError::UserNotLoggedIn
+                        | RvError::CryptokiNotInitialized
+                )
             )
-        )
+    }
+
+    /// True when the HSM side could not be reached or reported itself broken: the token is
+    /// gone or unreadable, the library lost its state, or our module took the token out of
+    /// service. Such an error says nothing about the key.
+    pub fn unavailable(&self) -> bool {
+        matches!(self, HsmError::Unavailable(_))
+            || matches!(
+                self.rv(),
+                Some(
+                    RvError::DeviceError
+                        | RvError::DeviceRemoved
+                        | RvError::DeviceMemory
+                        | RvError::TokenNotPresent
+                        | RvError::TokenNotRecognized
+                        | RvError::CryptokiNotInitialized
+                )
+            )
     }
 
     /// True when a cached object handle is stale.
@@ -90,6 +111,7 @@ impl fmt::Display for HsmError {
             HsmError::AuditRefused => f.write_str(
                 "the module's audit file cannot be written: key operations refused until it can",
             ),
+            HsmError::Unavailable(why) => write!(f, "HSM unavailable: {why}"),
             HsmError::Pkcs11 { op, err } => match err {
                 CkError::Pkcs11(rv, _) => write!(f, "{op} failed: {rv:?}"),
                 other => write!(f, "{op} failed: {other}"),

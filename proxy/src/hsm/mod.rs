@@ -5,18 +5,23 @@
 //! Blocking PKCS#11 calls never run on the async workers: [`Hsm::run`] queues a closure for
 //! the HSM worker threads (one per session, [`exec`]), with a bounded wait queue in front.
 
+mod canary;
+mod date;
 mod error;
 mod exec;
 mod gcm;
 mod ivs;
 mod keys;
+mod lifecycle;
 mod pool;
 mod status;
 
+pub use date::Date;
 pub use error::HsmError;
 pub use gcm::{gcm_decrypt, gcm_encrypt, gcm_encrypt_token_iv, GcmOutput, IV_LEN, TAG_LEN};
 pub use ivs::IvPath;
-pub use keys::{Date, KeyInfo, KeyState, Usage};
+pub use keys::KeyState;
+pub use lifecycle::{KeyInfo, Usage};
 pub use pool::PoolStats;
 pub use status::{AuditStatus, Member, MemberState};
 
@@ -61,6 +66,8 @@ pub struct Hsm {
     exec_start: parking_lot::Mutex<()>,
     /// Dedicated health-check key label.
     pub canary_label: String,
+    /// `CKA_ID`s of the canary keys this process created (see `canary.rs`).
+    created_canaries: parking_lot::Mutex<Vec<Vec<u8>>>,
     /// The token behind this pool.
     pub token: TokenDesc,
     /// The PKCS#11 library in use (configured or found by the default search).
@@ -108,6 +115,7 @@ impl Hsm {
             exec: std::sync::OnceLock::new(),
             exec_start: parking_lot::Mutex::new(()),
             canary_label: cfg.canary_label.clone(),
+            created_canaries: parking_lot::Mutex::new(Vec::new()),
             token,
             status: status::StatusInterface::open(&module),
             module,

@@ -2,13 +2,12 @@
 //! authorization, operation — in that order — plus one log line and metrics per request.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
@@ -18,6 +17,8 @@ use crate::api::{
 use crate::config::valid_key_id;
 use crate::ops::{self, validate_metadata, Op};
 use crate::state::App;
+
+use super::conns::Conn;
 
 const API_ROOT: &str = "/kms/xks/v1/";
 /// Longest path we even look at.
@@ -83,9 +84,28 @@ fn json_response(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
     r
 }
 
-/// hyper service entry point.
+/// `GET /ready`, for load balancers: 200 `ready` while the HSM side can serve, 503
+/// `not ready: <why>` while it cannot (see `Health::ready`). Unauthenticated and cheap: it reads
+/// cached health, never calls the HSM. `/ping` stays pure liveness (the process answers).
+pub fn readiness(app: &App) -> Response<Full<Bytes>> {
+    let (status, body) = match app.health.ready() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", why.replace(['\r', '\n'], " ")),
+        ),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// hyper service entry point, called once the request head has arrived on `conn`.
 pub async fn handle(
-    app: Arc<App>,
+    app: &App,
+    conn: &Conn,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() == "/ping" {
@@ -94,9 +114,12 @@ pub async fn handle(
             .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         return Ok(r);
     }
+    if req.uri().path() == "/ready" {
+        return Ok(readiness(app));
+    }
     let start = Instant::now();
     let mut log = RequestLog::default();
-    let result = process(&app, req, &mut log).await;
+    let result = process(app, conn, req, &mut log).await;
     let (status, outcome, resp) = match result {
         Ok(body) => (200, "ok", json_response(200, body)),
         Err(e) => {
@@ -104,6 +127,11 @@ pub async fn handle(
             if e.kind == ErrorKind::MethodNotAllowed {
                 r.headers_mut()
                     .insert(ALLOW, HeaderValue::from_static("POST"));
+            }
+            if e.kind == ErrorKind::RequestTimeout {
+                // The rest of the body may still come; the connection is not reusable.
+                r.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
             }
             if log.detail.is_none() {
                 log.detail = Some(e.message.clone());
@@ -148,6 +176,7 @@ fn note_metadata(log: &mut RequestLog, md: Option<&RequestMetadata>) {
 
 async fn process(
     app: &App,
+    conn: &Conn,
     req: Request<Incoming>,
     log: &mut RequestLog,
 ) -> Result<Vec<u8>, ApiError> {
@@ -187,11 +216,27 @@ async fn process(
         }
     }
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, app.max_body).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(_) => return Err(ApiError::validation("could not read request body")),
+    // The body half of the read timeout (the head half is hyper's header_read_timeout):
+    // a total deadline, not one per chunk, so a body dribbled a byte at a time cannot hold
+    // the connection longer either.
+    let read = Limited::new(body, app.max_body).collect();
+    let body = match tokio::time::timeout(app.read_timeout, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Ok(Err(_)) => return Err(ApiError::validation("could not read request body")),
+        Err(_) => {
+            conn.body_timed_out();
+            return Err(ApiError::new(
+                ErrorKind::RequestTimeout,
+                format!(
+                    "request body not received within {} ms",
+                    app.read_timeout.as_millis()
+                ),
+            ));
+        }
     };
+    // Read in full: from here the connection is being served, never closed to make room.
+    conn.serving();
 
     let who = super::sigv4::verify(
         parts.method.as_str(),
@@ -210,6 +255,7 @@ async fn process(
         )
     })?;
     log.access_key_id = Some(who.access_key_id);
+    conn.authenticated();
 
     if !tenant.take_quota() {
         return Err(ApiError::new(

@@ -114,6 +114,29 @@ pub fn check_algorithm(v: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
+/// Log an "HSM unavailable" answer at most once a second (with how many were not logged): an
+/// outage under full traffic would otherwise write a line per request. Each request's own
+/// log line still carries its outcome.
+fn log_unavailable(e: &HsmError) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_SECOND: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_SECOND.load(Ordering::Relaxed);
+    if now != last
+        && LAST_SECOND
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
+        tracing::warn!(error = %e, suppressed, "HSM unavailable");
+    } else {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Map an HSM-layer error to the API error the spec prescribes.
 pub fn map_hsm(e: HsmError) -> ApiError {
     match e {
@@ -139,6 +162,11 @@ pub fn map_hsm(e: HsmError) -> ApiError {
                 ErrorKind::DependencyTimeout,
                 "audit trail cannot be written; key operations refused until it can",
             )
+        }
+        // The HSM side is down: an HSM failure (500), never "key not found".
+        e if e.unavailable() => {
+            log_unavailable(&e);
+            ApiError::new(ErrorKind::Internal, "HSM unavailable")
         }
         e if e.rv() == Some(RvError::KeyFunctionNotPermitted) => ApiError::new(
             ErrorKind::InvalidKeyUsage,

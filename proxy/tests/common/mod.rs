@@ -203,9 +203,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(tok: &Token) -> Server {
+        Server::start_with(tok, |_| {})
+    }
+
+    /// [`Server::start`], with `adjust` applied to the command first (e.g. resource limits).
+    pub fn start_with(tok: &Token, adjust: impl FnOnce(&mut Command)) -> Server {
         let stderr_path = tok.path("server.log");
+        let mut cmd = Command::new(BIN);
+        adjust(&mut cmd);
         let mut child = tok
-            .env(&mut Command::new(BIN))
+            .env(&mut cmd)
             .arg("--config")
             .arg(tok.path("proxy.toml"))
             .arg("serve")

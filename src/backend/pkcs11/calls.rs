@@ -4,6 +4,7 @@
 
 use super::pool::{Pooled, Take, Unavailable};
 use super::{errors, handles, Pkcs11Backend};
+use crate::backend::replicas::health::is_member_failure;
 use crate::backend::BackendKey;
 use crate::rv::{CkResult, Rv};
 use cryptoki::error::{Error, RvError};
@@ -55,21 +56,36 @@ pub(super) fn token_rv(err: &Error) -> Rv {
     }
 }
 
+/// Every call into a library whose quirks take the object-write lock is excluded while this
+/// is held: for re-initialising the library (`outage.rs`).
+pub(super) fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    OBJECT_WRITES.write()
+}
+
 impl Pkcs11Backend {
-    /// Held across a call that reads keys or uses one, when the library needs it.
-    pub(super) fn reading(&self) -> Option<RwLockReadGuard<'static, ()>> {
+    /// Held across a call that reads keys or uses one, when the library needs it. Fails
+    /// with `CKR_DEVICE_ERROR` while the token is out of service (see `outage.rs`).
+    pub(super) fn reading(&self) -> CkResult<Option<RwLockReadGuard<'static, ()>>> {
+        self.ensure_up()?;
         // Recursive: a reader never waits for a queued writer, so no nesting can deadlock.
-        self.quirks
+        let guard = self
+            .quirks
             .object_writes_exclusive
-            .then(|| OBJECT_WRITES.read_recursive())
+            .then(|| OBJECT_WRITES.read_recursive());
+        self.catch_up();
+        Ok(guard)
     }
 
     /// Held across a call that creates, changes or destroys an object, when the library
-    /// needs it.
-    pub(super) fn writing(&self) -> Option<RwLockWriteGuard<'static, ()>> {
-        self.quirks
+    /// needs it. Fails with `CKR_DEVICE_ERROR` while the token is out of service.
+    pub(super) fn writing(&self) -> CkResult<Option<RwLockWriteGuard<'static, ()>>> {
+        self.ensure_up()?;
+        let guard = self
+            .quirks
             .object_writes_exclusive
-            .then(|| OBJECT_WRITES.write())
+            .then(|| OBJECT_WRITES.write());
+        self.catch_up();
+        Ok(guard)
     }
 
     /// Log `session` in as CKU_USER (already logged in is fine: login is per token).
@@ -90,14 +106,15 @@ impl Pkcs11Backend {
         match self.pool.take(fresh) {
             Ok(Take::Idle(s)) => Ok(s),
             Ok(Take::Open(reservation)) => {
-                let session = self.ctx.open_rw_session_no_drop(self.slot).map_err(|e| {
-                    log::warn!("backend {}: cannot open a session: {e}", self.name);
+                let session = self.ctx.open_rw_session_no_drop(self.slot()).map_err(|e| {
+                    let rv = errors::rv_of(&e);
+                    self.mark_down(rv, format!("C_OpenSession answered {rv}"));
                     Rv::DEVICE_ERROR
                 })?;
                 let session = reservation.fill(session);
                 if let Err(rv) = self.login(&session) {
-                    log::warn!("backend {}: login failed: {rv}", self.name);
                     session.discard();
+                    self.mark_down(rv, format!("C_Login answered {rv}"));
                     return Err(Rv::DEVICE_ERROR);
                 }
                 Ok(session)
@@ -120,14 +137,27 @@ impl Pkcs11Backend {
         let session = self.checkout(false)?;
         let rv = match op(&session) {
             Ok(v) => return Ok(v),
-            Err(rv) if handles::is_handle_error(rv) => {
-                self.hidden_session_fault(&session).unwrap_or(rv)
+            Err(rv) if handles::is_handle_error(rv) => match self.hidden_session_fault(&session) {
+                Some(fault) => fault,
+                None => {
+                    // "No such object" counts only if the token itself still answers.
+                    drop(session);
+                    self.confirm_token(&format!("a call answered {rv}"))?;
+                    return Err(rv);
+                }
+            },
+            Err(rv) if is_member_failure(rv) && !is_session_fault(rv) && !is_token_gone(rv) => {
+                // A failure without a reason (GENERAL_ERROR, ...): the token's fault, or
+                // this request's? The token answering C_GetTokenInfo decides.
+                drop(session);
+                self.confirm_token(&format!("a call answered {rv}"))?;
+                return Err(rv);
             }
             Err(rv) => rv,
         };
         if is_token_gone(rv) {
             session.discard();
-            self.pool.drain_idle();
+            self.mark_down(rv, format!("a call answered {rv}"));
             return Err(Rv::DEVICE_ERROR);
         }
         let retryable = match retry {
@@ -150,8 +180,8 @@ impl Pkcs11Backend {
         let fresh = self.checkout(true)?;
         match op(&fresh) {
             Err(rv) if is_session_fault(rv) || is_token_gone(rv) => {
-                log::warn!("backend {}: {rv} again after reopening", self.name);
                 fresh.discard();
+                self.mark_down(rv, format!("{rv} again after reopening the session"));
                 Err(Rv::DEVICE_ERROR)
             }
             result => result,
@@ -164,7 +194,7 @@ impl Pkcs11Backend {
         match session.get_session_info() {
             Err(e) => Some(errors::rv_of(&e)).filter(|rv| is_session_fault(*rv)),
             // A recycled handle now naming someone else's session.
-            Ok(info) if info.slot_id() != self.slot => Some(Rv::SESSION_HANDLE_INVALID),
+            Ok(info) if info.slot_id() != self.slot() => Some(Rv::SESSION_HANDLE_INVALID),
             Ok(info) if self.pin.is_some() && info.session_state() != SessionState::RwUser => {
                 Some(Rv::USER_NOT_LOGGED_IN)
             }

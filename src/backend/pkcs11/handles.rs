@@ -37,6 +37,18 @@ pub(crate) struct KeyDirectory {
     any_alias: AtomicBool,
 }
 
+/// `CK_INVALID_HANDLE`: what a key whose object cannot be found points at.
+const NO_OBJECT: u64 = 0;
+
+/// The search for one key by its identity.
+fn identity_template(identity: &Identity) -> [Attribute; 3] {
+    [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::Id(identity.id.clone()),
+        Attribute::Label(identity.label.clone()),
+    ]
+}
+
 /// Errors that mean "no object behind this handle".
 pub(crate) fn is_handle_error(rv: Rv) -> bool {
     matches!(rv, Rv::OBJECT_HANDLE_INVALID | Rv::KEY_HANDLE_INVALID)
@@ -98,31 +110,77 @@ impl KeyDirectory {
         self.known.lock().contains_key(&key.0)
     }
 
+    /// How many keys we know.
+    pub(crate) fn known_count(&self) -> usize {
+        self.known.lock().len()
+    }
+
+    /// Point every known key at no object (the library was re-initialised and numbers its
+    /// objects afresh): the next use finds it again by identity instead of trusting a handle
+    /// that may now name another object.
+    pub(crate) fn invalidate_all(&self) {
+        let keys: Vec<u64> = self.known.lock().keys().copied().collect();
+        let mut aliases = self.aliases.write();
+        aliases.reported.clear();
+        aliases.current = keys.into_iter().map(|k| (k, NO_OBJECT)).collect();
+        self.any_alias.store(true, Ordering::Relaxed);
+    }
+
+    /// Find every known key again on `session` (after a re-initialisation or a token that
+    /// came back). Returns how many were found; the others stay pointed at no object.
+    pub(crate) fn rebind_all(&self, session: &Session) -> CkResult<usize> {
+        let known: Vec<(u64, Identity)> = self
+            .known
+            .lock()
+            .iter()
+            .map(|(k, i)| (*k, i.clone()))
+            .collect();
+        let mut fresh = Aliases::default();
+        let mut found_count = 0;
+        for (key, identity) in known {
+            let found = session
+                .find_objects(&identity_template(&identity))
+                .map_err(|e| super::errors::rv_of(&e))?;
+            let now = match found[..] {
+                [handle] => {
+                    found_count += 1;
+                    handle.handle()
+                }
+                _ => NO_OBJECT,
+            };
+            fresh.current.insert(key, now);
+            if now != NO_OBJECT {
+                fresh.reported.insert(now, key);
+            }
+        }
+        *self.aliases.write() = fresh;
+        self.any_alias.store(true, Ordering::Relaxed);
+        Ok(found_count)
+    }
+
     /// Find `key`'s object again by its identity and remember its new handle. Exactly one
     /// secret key must match; otherwise the key is gone (`CKR_KEY_HANDLE_INVALID`).
     pub(crate) fn refind(&self, session: &Session, key: BackendKey) -> CkResult<ObjectHandle> {
         let Some(identity) = self.known.lock().get(&key.0).cloned() else {
             return Err(Rv::KEY_HANDLE_INVALID);
         };
-        let template = [
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::Id(identity.id),
-            Attribute::Label(identity.label),
-        ];
         let found = session
-            .find_objects(&template)
+            .find_objects(&identity_template(&identity))
             .map_err(|e| super::errors::rv_of(&e))?;
         let [handle] = found[..] else {
             return Err(Rv::KEY_HANDLE_INVALID);
         };
-        if handle.handle() != key.0 {
-            let mut aliases = self.aliases.write();
-            if let Some(old) = aliases.current.insert(key.0, handle.handle()) {
+        let now = handle.handle();
+        let mut aliases = self.aliases.write();
+        let before = aliases.current.get(&key.0).copied();
+        // Unchanged when the alias (or, without one, the key itself) already names it.
+        if before.unwrap_or(key.0) != now {
+            if let Some(old) = aliases.current.insert(key.0, now) {
                 aliases.reported.remove(&old);
             }
-            aliases.reported.insert(handle.handle(), key.0);
+            aliases.reported.insert(now, key.0);
             self.any_alias.store(true, Ordering::Relaxed);
-            log::info!("object handle {} is now {}", key.0, handle.handle());
+            log::info!("object handle {} is now {now}", key.0);
         }
         Ok(handle)
     }

@@ -227,7 +227,7 @@ impl Pkcs11Backend {
         aad: &[u8],
         plaintext: &[u8],
     ) -> CkResult<GeneratedIvEncryption> {
-        let _guard = self.reading();
+        let _guard = self.reading()?;
         self.call_key(key, Retry::Always, |s, handle| {
             let mut iv = Iv::from_elem(0, GENERATED_IV_LEN);
             let mut out = vec![0; plaintext.len() + GCM_TAG_LEN];
@@ -288,7 +288,7 @@ impl Pkcs11Backend {
             );
             return Err(Rv::FUNCTION_NOT_SUPPORTED);
         };
-        let _guard = self.reading();
+        let _guard = self.reading()?;
         self.call_key(key, Retry::Always, |s, handle| {
             let body = plaintext.len() + GCM_TAG_LEN;
             let mut out = vec![0; body + 16];
@@ -321,7 +321,7 @@ impl Pkcs11Backend {
         aad: &[u8],
         plaintext: &[u8],
     ) -> CkResult<GeneratedIvEncryption> {
-        let _guard = self.reading();
+        let _guard = self.reading()?;
         self.call_key(key, Retry::Always, |s, handle| {
             let mut iv = Iv::from_elem(0, GENERATED_IV_LEN);
             let mut tag = [0u8; GCM_TAG_LEN];

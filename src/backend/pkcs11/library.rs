@@ -28,6 +28,8 @@ use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 use std::collections::{hash_map, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// One loaded library and who holds it.
 struct Entry {
@@ -38,6 +40,9 @@ struct Entry {
     owned: bool,
     /// The library's own GCM entry points (see `raw.rs`), if it exports them.
     gcm: Option<GcmCalls>,
+    /// Bumped by every [`Lease::reinitialise`]: sessions and object handles of an older
+    /// generation are dead.
+    generation: Arc<AtomicU64>,
 }
 
 struct Registry {
@@ -66,6 +71,7 @@ pub(crate) struct Lease {
     path: PathBuf,
     ctx: Pkcs11,
     gcm: Option<GcmCalls>,
+    generation: Arc<AtomicU64>,
     pid: u32,
     released: bool,
 }
@@ -85,6 +91,52 @@ impl Lease {
     pub(crate) fn owns_initialisation(&self) -> bool {
         let reg = REGISTRY.lock();
         reg.pid == self.pid && reg.libs.get(&self.path).is_some_and(|e| e.owned)
+    }
+
+    /// How many times the library was re-initialised (see [`Lease::reinitialise`]). A
+    /// backend that sees this change drops its sessions and finds its keys again.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The shared counter behind [`Lease::generation`], for a lock-free check per call.
+    pub(crate) fn generation_counter(&self) -> Arc<AtomicU64> {
+        self.generation.clone()
+    }
+
+    /// `C_Finalize` then `C_Initialize` the library, for a token that only comes back that
+    /// way (see `quirks.rs`). Only an initialisation we own is touched (never the host's), and
+    /// the caller guarantees that no call into the library is running (the object-write lock
+    /// held exclusively). Every session and object handle of every backend on the library dies:
+    /// the generation tells them.
+    pub(crate) fn reinitialise(&self) -> Result<(), Rv> {
+        let mut reg = REGISTRY.lock();
+        if reg.pid != self.pid {
+            return Err(Rv::CRYPTOKI_NOT_INITIALIZED);
+        }
+        let Some(entry) = reg.libs.get_mut(&self.path) else {
+            return Err(Rv::CRYPTOKI_NOT_INITIALIZED);
+        };
+        if !entry.owned {
+            return Err(Rv::FUNCTION_FAILED);
+        }
+        if let Err(e) = entry.ctx.clone().finalize() {
+            log::warn!(
+                "C_Finalize of {} failed: {}",
+                self.path.display(),
+                super::errors::rv_of(&e)
+            );
+        }
+        entry.generation.fetch_add(1, Ordering::AcqRel);
+        let args = CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK);
+        match entry.ctx.initialize(args) {
+            Ok(()) | Err(Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+            Err(e) => {
+                let rv = super::errors::rv_of(&e);
+                log::error!("C_Initialize of {} failed: {rv}", self.path.display());
+                Err(rv)
+            }
+        }
     }
 
     /// Give up this share; the last user of an initialisation we own finalizes the library.
@@ -168,6 +220,7 @@ pub(crate) fn acquire(module: &Path) -> Result<Lease, LoadError> {
                 users: 0,
                 owned: false,
                 gcm,
+                generation: Arc::new(AtomicU64::new(0)),
             })
         }
     };
@@ -195,6 +248,7 @@ pub(crate) fn acquire(module: &Path) -> Result<Lease, LoadError> {
         path,
         ctx: entry.ctx.clone(),
         gcm: entry.gcm,
+        generation: entry.generation.clone(),
         pid,
         released: false,
     })

@@ -11,6 +11,8 @@
 //! - `handles.rs`: stable `BackendKey`s when the token renumbers object handles.
 //! - `raw.rs`: the library's own single-part GCM calls (one `C_Encrypt`/`C_Decrypt` per
 //!   operation instead of cryptoki's length query + call); the backend's only `unsafe`.
+//! - `outage.rs`: a token that stops answering: out of service (`CKR_DEVICE_ERROR`, never "no
+//!   such key"), and back without a restart.
 //!
 //! Fault handling: a call failing with a session-level fault (`CKR_SESSION_HANDLE_INVALID`,
 //! `CKR_SESSION_CLOSED`, `CKR_USER_NOT_LOGGED_IN`, `CKR_DEVICE_ERROR`) discards its session
@@ -28,6 +30,7 @@ mod iv_batch;
 mod iv_mode;
 mod library;
 mod open;
+mod outage;
 mod pool;
 mod quirks;
 mod raw;
@@ -57,7 +60,16 @@ const GCM_TAG_BITS: u64 = 128;
 /// One token behind a vendor PKCS#11 library.
 pub struct Pkcs11Backend {
     name: String,
-    slot: Slot,
+    /// The token's slot; found again by `token_label` when the token comes back.
+    slot: Mutex<Slot>,
+    /// `token_label` from the config, to find the token again (`None`: configured by slot id).
+    token_label: Option<String>,
+    /// Whether the token is usable, and the recovery schedule when not (`outage.rs`).
+    outage: outage::Outage,
+    /// The library's re-initialisation count ([`library::Lease::generation`]) ...
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// ... and the count our sessions and handles belong to.
+    seen_generation: std::sync::atomic::AtomicU64,
     /// The token's user PIN, kept (zeroized on drop) to log in again after a token reset.
     pin: Option<Secret>,
     pool: Pool,
@@ -88,7 +100,12 @@ impl Pkcs11Backend {
 
     /// The slot id of the token this backend uses.
     pub fn slot_id(&self) -> u64 {
-        self.slot.id()
+        self.slot().id()
+    }
+
+    /// The token's slot now.
+    fn slot(&self) -> Slot {
+        *self.slot.lock()
     }
 
     fn read_key(&self, session: &Session, handle: ObjectHandle) -> CkResult<KeyInfo> {
@@ -147,9 +164,10 @@ impl Backend for Pkcs11Backend {
     }
 
     fn describe(&self) -> CkResult<TokenDescription> {
+        let _guard = self.reading()?;
         let info = self
             .ctx
-            .get_token_info(self.slot)
+            .get_token_info(self.slot())
             .map_err(|e| token_rv(&e))?;
         let hw = info.hardware_version();
         let fw = info.firmware_version();
@@ -166,9 +184,10 @@ impl Backend for Pkcs11Backend {
         let mech = MechanismType::try_from(mechanism).map_err(|_| Rv::MECHANISM_INVALID)?;
         // cryptoki hands C_GetMechanismInfo a zeroed CK_MECHANISM_INFO, so libraries that OR
         // flags into the caller's buffer (SoftHSM2) report exactly their own flags.
+        let _guard = self.reading()?;
         let info = self
             .ctx
-            .get_mechanism_info(self.slot, mech)
+            .get_mechanism_info(self.slot(), mech)
             .map_err(|e| token_rv(&e))?;
         Ok(MechanismInfo {
             min_key_size: info.min_key_size() as u64,
@@ -178,8 +197,8 @@ impl Backend for Pkcs11Backend {
     }
 
     fn list_secret_keys(&self) -> CkResult<Vec<KeyInfo>> {
-        let _guard = self.reading();
-        self.call(Retry::Always, |s| {
+        let _guard = self.reading()?;
+        let keys = self.call(Retry::Always, |s| {
             let handles = s
                 .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
                 .map_err(|e| errors::rv_of(&e))?;
@@ -193,11 +212,17 @@ impl Backend for Pkcs11Backend {
                 }
             }
             Ok(keys)
-        })
+        })?;
+        // An empty listing, or one missing keys we know, counts only if the token itself
+        // still answers (SoftHSM2 lists nothing when its token directory is gone).
+        if keys.is_empty() || keys.len() < self.keys.known_count() {
+            self.confirm_token(&format!("the listing found {} keys", keys.len()))?;
+        }
+        Ok(keys)
     }
 
     fn key_info(&self, key: BackendKey) -> CkResult<KeyInfo> {
-        let _guard = self.reading();
+        let _guard = self.reading()?;
         let info = self.call_key(key, Retry::Always, |s, h| self.read_key(s, h));
         match info {
             // Reported under the key the module asked about, even if the handle changed.
@@ -211,7 +236,7 @@ impl Backend for Pkcs11Backend {
     }
 
     fn generate_aes_key(&self, spec: &NewKey) -> CkResult<KeyInfo> {
-        let _guard = self.writing();
+        let _guard = self.writing()?;
         let template = attributes::generate_template(spec);
         // Generation and the read-back are separate calls so that a fault during the read
         // retries only the read, never the generation (no duplicate keys).
@@ -223,7 +248,7 @@ impl Backend for Pkcs11Backend {
     }
 
     fn set_key_attributes(&self, key: BackendKey, changes: &KeyChanges) -> CkResult<()> {
-        let _guard = self.writing();
+        let _guard = self.writing()?;
         let template = attributes::change_template(changes, &self.quirks)?;
         if template.is_empty() {
             return Ok(());
@@ -239,7 +264,7 @@ impl Backend for Pkcs11Backend {
     }
 
     fn destroy_key(&self, key: BackendKey) -> CkResult<()> {
-        let _guard = self.writing();
+        let _guard = self.writing()?;
         self.call_key(key, Retry::IfNotRun, |s, h| {
             s.destroy_object(h).map_err(|e| errors::rv_of(&e))
         })?;
@@ -260,7 +285,7 @@ impl Backend for Pkcs11Backend {
             });
         }
         check_iv(iv)?;
-        let _guard = self.reading();
+        let _guard = self.reading()?;
         self.caller_iv_encryption(|| {
             self.call_key(key, Retry::Always, |s, handle| {
                 // Without the library's raw table: through cryptoki. GcmParams wants a mutable IV (PKCS#11 may write generated IVs back); ours is
@@ -287,7 +312,7 @@ impl Backend for Pkcs11Backend {
             });
         }
         check_iv(iv)?;
-        let _guard = self.reading();
+        let _guard = self.reading()?;
         self.call_key(key, Retry::Always, |s, handle| {
             // Without the library's raw table: through cryptoki.
             let mut iv = iv.to_vec();
@@ -311,7 +336,7 @@ impl Backend for Pkcs11Backend {
             return crate::backend::copy_out(&self.gcm_encrypt(key, iv, aad, plaintext)?, out);
         };
         check_iv(iv)?;
-        let _guard = self.reading();
+        let _guard = self.reading()?;
         self.caller_iv_encryption(|| {
             self.call_key(key, Retry::Always, |s, handle| {
                 gcm.encrypt_into(&gcm_op(s, handle, iv, aad), plaintext, out)
@@ -335,7 +360,7 @@ impl Backend for Pkcs11Backend {
             );
         };
         check_iv(iv)?;
-        let _guard = self.reading();
+        let _guard = self.reading()?;
         self.call_key(key, Retry::Always, |s, handle| {
             gcm.decrypt_into(&gcm_op(s, handle, iv, aad), ciphertext_and_tag, out)
                 .map_err(|e| self.quirks.gcm_decrypt_error(&e))
@@ -343,6 +368,7 @@ impl Backend for Pkcs11Backend {
     }
 
     fn generate_random(&self, out: &mut [u8]) -> CkResult<()> {
+        let _guard = self.reading()?;
         // The closure may run twice, so it fills a scratch buffer copied out on success.
         let filled = self.call(Retry::Always, |s| {
             let mut buf = Zeroizing::new(vec![0u8; out.len()]);
@@ -369,6 +395,10 @@ impl Backend for Pkcs11Backend {
 
     fn shutdown(&self) {
         self.shutdown_inner();
+    }
+
+    fn member_status(&self) -> Vec<crate::backend::replicas::health::MemberStatus> {
+        vec![self.health()]
     }
 }
 

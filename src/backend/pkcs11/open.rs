@@ -67,11 +67,17 @@ impl Pkcs11Backend {
             quirks.gcm_iv,
             super::iv_mode::offers_message_api(&ctx, slot),
         );
+        let generation = lease.generation_counter();
+        let seen = lease.generation();
         let backend = Pkcs11Backend {
             iv_mode,
             iv_batch: Default::default(),
             name: name.to_string(),
-            slot,
+            slot: Mutex::new(slot),
+            token_label: cfg.token_label.clone(),
+            outage: super::outage::Outage::default(),
+            seen_generation: std::sync::atomic::AtomicU64::new(seen),
+            generation,
             pin,
             pool: Pool::new(max, wait),
             quirks,

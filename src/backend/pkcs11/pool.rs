@@ -18,6 +18,10 @@ struct State {
     total: usize,
     /// After `close_all`: returned sessions are closed, no new ones are handed out.
     closed: bool,
+    /// Bumped by [`Pool::forget_all`] (the library was re-initialised): sessions of an older
+    /// epoch are dropped without `C_CloseSession`, since their handle may now name a new
+    /// session.
+    epoch: u64,
 }
 
 /// Bounded set of sessions. Opening a session is the caller's job ([`Pool::take`] only
@@ -54,6 +58,7 @@ impl Pool {
                 idle: Vec::with_capacity(max),
                 total: 0,
                 closed: false,
+                epoch: 0,
             }),
             returned: Condvar::new(),
             max: max.max(1),
@@ -74,7 +79,7 @@ impl Pool {
             }
             if !fresh_only {
                 if let Some(session) = st.idle.pop() {
-                    return Ok(Take::Idle(Pooled::new(self, session)));
+                    return Ok(Take::Idle(Pooled::new(self, session, st.epoch)));
                 }
             } else if st.total >= self.max {
                 if let Some(stale) = st.idle.pop() {
@@ -90,6 +95,7 @@ impl Pool {
                 return Ok(Take::Open(Reservation {
                     pool: self,
                     filled: false,
+                    epoch: st.epoch,
                 }));
             }
             let until = *deadline.get_or_insert_with(|| Instant::now() + self.wait);
@@ -111,6 +117,18 @@ impl Pool {
         idle.into_iter().for_each(close_quietly);
     }
 
+    /// Forget every session without closing it: the library was finalized and initialised
+    /// again, so every handle we hold is dead and may already name someone else's session.
+    /// Sessions checked out now are forgotten as they come back.
+    pub(crate) fn forget_all(&self) {
+        let mut st = self.state.lock();
+        st.total -= st.idle.len();
+        st.idle.clear();
+        st.epoch += 1;
+        drop(st);
+        self.returned.notify_all();
+    }
+
     /// Refuse further checkouts and close every idle session; sessions in use are closed when
     /// they come back.
     pub(crate) fn close_all(&self) {
@@ -118,8 +136,14 @@ impl Pool {
         self.drain_idle();
     }
 
-    fn give_back(&self, session: Session) {
+    fn give_back(&self, session: Session, epoch: u64) {
         let mut st = self.state.lock();
+        if st.epoch != epoch {
+            st.total -= 1;
+            drop(st);
+            self.returned.notify_one();
+            return;
+        }
         if st.closed {
             st.total -= 1;
             drop(st);
@@ -147,13 +171,14 @@ fn close_quietly(session: Session) {
 pub(crate) struct Reservation<'p> {
     pool: &'p Pool,
     filled: bool,
+    epoch: u64,
 }
 
 impl<'p> Reservation<'p> {
     /// Turn the reservation into a checked-out session.
     pub(crate) fn fill(mut self, session: Session) -> Pooled<'p> {
         self.filled = true;
-        Pooled::new(self.pool, session)
+        Pooled::new(self.pool, session, self.epoch)
     }
 }
 
@@ -169,21 +194,30 @@ impl Drop for Reservation<'_> {
 pub(crate) struct Pooled<'p> {
     pool: &'p Pool,
     session: Option<Session>,
+    epoch: u64,
 }
 
 impl<'p> Pooled<'p> {
-    fn new(pool: &'p Pool, session: Session) -> Self {
+    fn new(pool: &'p Pool, session: Session, epoch: u64) -> Self {
         Pooled {
             pool,
             session: Some(session),
+            epoch,
         }
     }
 
     /// Throw the session away (it failed): close it quietly and free its place in the pool.
     pub(crate) fn discard(mut self) {
         if let Some(session) = self.session.take() {
-            self.pool.forget_one();
-            close_quietly(session);
+            let mut st = self.pool.state.lock();
+            st.total -= 1;
+            // After a re-initialisation the handle is not ours to close any more.
+            let ours = st.epoch == self.epoch;
+            drop(st);
+            self.pool.returned.notify_one();
+            if ours {
+                close_quietly(session);
+            }
         }
     }
 }
@@ -201,7 +235,7 @@ impl Deref for Pooled<'_> {
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
         if let Some(session) = self.session.take() {
-            self.pool.give_back(session);
+            self.pool.give_back(session, self.epoch);
         }
     }
 }

@@ -9,6 +9,7 @@
 //! | `SoftHSM` (SoftHSM2 2.6) | `C_Decrypt` (single part, the step that checks the tag) of `CKM_AES_GCM` | `CKR_GENERAL_ERROR` on a failed tag check (wrong tag, AAD, IV or key) | `CKR_ENCRYPTED_DATA_INVALID` | `tests/backend_pkcs11.rs::gcm_bad_tag_aad_iv_is_encrypted_data_invalid` |
 //! | `SoftHSM` (SoftHSM2 2.6) | `C_GetAttributeValue` of a *private* object that has a non-empty `CKA_START_DATE`/`CKA_END_DATE` | `CKR_GENERAL_ERROR` (dates are stored in clear but decrypted on read: upstream issues softhsm/SoftHSMv2#655, #804, still open) | writing a non-empty date is refused with `CKR_ATTRIBUTE_TYPE_INVALID` (it would make every later read of the key fail); a key already carrying one is read without its dates | `tests/backend_pkcs11.rs::set_attributes_disable_encrypt_and_dates` |
 //! | `SoftHSM` (SoftHSM2 2.6, file object store) | any call on a key while another session runs `C_SetAttributeValue` on it; `C_GenerateKey` while another object is rewritten | `CKR_OBJECT_HANDLE_INVALID` / `CKR_KEY_HANDLE_INVALID` for a valid handle (the object reads as invalid while its file is rewritten and reloaded); now and then `CKR_GENERAL_ERROR` from `C_GenerateKey` | object writes (generate, set attributes, destroy) run alone: a process-wide lock lets reads and crypto run together but never beside a write (`calls.rs`) | `tests/module_concurrent_changes.rs` |
+//! | `SoftHSM` (SoftHSM2 2.6.1, file object store) | every call while its token directory is gone (moved away, unreadable) or the process is out of file descriptors | `C_FindObjects` answers `CKR_OK` with **no objects**; a known key's handle is `CKR_OBJECT_HANDLE_INVALID`; `C_GetTokenInfo` is `CKR_GENERAL_ERROR`; the slot list and `C_GetSlotInfo` do not change (token still "present"). Once the directory is back, the token stays like that (and `C_Login` answers `CKR_GENERAL_ERROR`) until the library is finalized and initialised again | any "no such key" answer (empty or shrunken listing, handle error) is confirmed with `C_GetTokenInfo`; when that fails the backend is out of service with `CKR_DEVICE_ERROR` (for every library: `outage.rs`); recovery re-initialises the library (`reinit_to_recover`, only an initialisation we own), then logs in and finds the keys again | `tests/module_outage.rs` |
 //! | any (SoftHSM2 2.6 seen) | `C_EncryptInit` / `C_DecryptInit` with a handle that names no key | `CKR_OBJECT_HANDLE_INVALID` | `CKR_KEY_HANDLE_INVALID` (what the specification lists for these functions) | `tests/backend_pkcs11.rs::gcm_bad_tag_aad_iv_is_encrypted_data_invalid` |
 //!
 //! GCM IVs for encryption (the `gcm_iv = "auto"` choice, `iv_mode.rs`), one row per vendor:
@@ -41,6 +42,10 @@ pub(crate) struct Quirks {
     pub object_writes_exclusive: bool,
     /// How the vendor's HSM takes GCM encryption IVs (for `gcm_iv = "auto"`).
     pub gcm_iv: VendorIv,
+    /// A token that lost its store comes back only after `C_Finalize` + `C_Initialize` of the
+    /// library. Implies `object_writes_exclusive` (that lock keeps calls out of the library
+    /// while it is re-initialised).
+    pub reinit_to_recover: bool,
 }
 
 /// A vendor row's GCM encryption IV behaviour (see the table above).
@@ -75,6 +80,7 @@ impl Quirks {
                 gcm_tag_failure: Some(Rv::GENERAL_ERROR),
                 private_dates_unreadable: true,
                 object_writes_exclusive: true,
+                reinit_to_recover: true,
                 gcm_iv: VendorIv::Unlisted,
             },
             LUNA_MANUFACTURER => Quirks {
