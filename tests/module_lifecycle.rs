@@ -82,9 +82,9 @@ fn raw_round_trip(f: &CK_FUNCTION_LIST_3_0, slot: CK_SLOT_ID, label: &str) {
 #[test]
 fn initialize_and_finalize() {
     let dir = tempfile::tempdir().unwrap();
-    let softhsm_conf = new_softhsm_token(dir.path(), SOFTHSM_TOKEN);
-    let config = write_config(dir.path(), Options::default());
-    set_env(&softhsm_conf, &config);
+    let backend = new_backend_token(dir.path(), SOFTHSM_TOKEN, PIN);
+    let config = write_config(dir.path(), Options::default(), &backend);
+    set_env(&backend, &config);
     let f = raw::table();
     // SAFETY: NULL where the test says so; every other pointer is a live local.
     unsafe {

@@ -68,6 +68,20 @@ step "cargo test (workspace)" cargo test --workspace
 for script in tests/scripts/pkcs11-tool.sh tests/scripts/python-pkcs11.sh; do
     step "$script" bash "$script" target/debug/libxki_pkcs11.so
 done
+# The module's whole integration suite (every tests/module_*.rs) and the proxy's API tests
+# over other tokens than SoftHSM2 (XKI_ITEST_BACKEND, tests/support/itest_backend.rs): the
+# vendor emulator's caller-IV mode (its own tests run in the workspace step above) and
+# kryoptic, a second independent PKCS#11 implementation. kryoptic is built once per machine
+# (tests/scripts/kryoptic.sh, cached in /var/cache/xki-kryoptic; the first build is about 3.5
+# CPU-minutes, longer in wall time on a loaded machine; then instant); a failed build fails
+# its step, nothing is skipped.
+step "kryoptic build (cached)" bash tests/scripts/kryoptic.sh build
+for backend in kryoptic emu-luna; do
+    step "module suite over $backend" \
+        env XKI_ITEST_BACKEND=$backend cargo test -p xki-pkcs11 --test 'module_*'
+    step "proxy API tests over $backend" \
+        env XKI_ITEST_BACKEND=$backend cargo test -p xki-proxy --test api --test keys --test tls
+done
 # Every marked shell block of README.md and proxy/README.md, as a new user runs them (fresh
 # HOME; builds the release binaries the READMEs use). Lists the blocks it skips and why.
 step "README blocks (tests/readme/run_readme.py)" python3 tests/readme/run_readme.py

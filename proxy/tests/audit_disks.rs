@@ -34,6 +34,8 @@ fn token(module_top: &str, create: bool, store: Option<PathBuf>) -> Token {
     .unwrap();
     Token {
         conf: dir.path().join("no-softhsm.conf"),
+        conf_var: "SOFTHSM2_CONF",
+        direct_module: SOFTHSM.into(),
         module_conf,
         slot: EMBEDDED_SLOT,
         raw: false,

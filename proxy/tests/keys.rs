@@ -204,8 +204,14 @@ fn purge_reports_deletion_protection() {
 /// our module, to prove a refused command changed nothing.
 fn softhsm_objects(tok: &Token) -> String {
     let out = std::process::Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", &tok.conf)
-        .args(["--module", SOFTHSM, "--login", "--pin", PIN])
+        .env(tok.conf_var, &tok.conf)
+        .args([
+            "--module",
+            tok.direct_module.to_str().unwrap(),
+            "--login",
+            "--pin",
+            PIN,
+        ])
         .args([
             "--token-label",
             SOFTHSM_SLOT,
@@ -236,6 +242,12 @@ fn schedule_deletion_refused_cleanly_when_the_token_cannot_keep_dates() {
     let before = softhsm_objects(&tok);
     assert!(before.contains("label:      k"), "{before}");
     let (ok, out, err) = cli(&tok, &["keys", "schedule-deletion", "k", "--days", "7"]);
+    if !backend_kind().is_softhsm_token() {
+        // XKI_ITEST_BACKEND=kryoptic: that token keeps dates on private keys, so the same
+        // command succeeds there.
+        assert!(ok, "{out}{err}");
+        return;
+    }
     assert!(!ok, "{out}");
     assert!(
         err.contains("cannot store a deletion date")

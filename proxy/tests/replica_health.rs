@@ -172,6 +172,8 @@ fn per_member_health_follows_faults_and_recovery() {
     std::env::set_var("XKI_FAULT_CONTROL_mod-b", &ctl_b);
     let tok = Token {
         conf: dir.path().join("no-softhsm.conf"),
+        conf_var: "SOFTHSM2_CONF",
+        direct_module: common::SOFTHSM.into(),
         module_conf,
         slot: "group",
         raw: false,

@@ -2,7 +2,10 @@
 //! the way a real consumer loads it (the `cryptoki` crate, or `dlopen` + `C_GetInterface` for
 //! raw calls), configured with two slots that carry the same user PIN:
 //!
-//! - slot 0 (`softhsm`): a throwaway SoftHSM2 token made by `softhsm/new-token.sh`;
+//! - slot 0 (`softhsm`): a throwaway token of the run's backend kind ([`backend_kind`],
+//!   `XKI_ITEST_BACKEND`: SoftHSM2 by default, the vendor emulator in one of its modes over a
+//!   SoftHSM2 token, or kryoptic; see `tests/support/itest_backend.rs`). Its name and label
+//!   stay `softhsm` / `xki-softhsm` whatever the kind, so every test runs unchanged;
 //! - slot 1 (`embedded`): the module's embedded token, sealed with the same PIN.
 //!
 //! The module is process-global, so each test binary initialises it once ([`fixture`]).
@@ -12,6 +15,11 @@
 
 #[path = "../support/built_module.rs"]
 mod built_module;
+#[path = "../support/itest_backend.rs"]
+mod itest_backend;
+
+#[allow(unused_imports)]
+pub use itest_backend::{backend_kind, new_backend_token, BackendKind, BackendToken};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
@@ -21,17 +29,17 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
-use once_cell::sync::{Lazy, OnceCell};
+use once_cell::sync::OnceCell;
 use pkcs11_sys::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// SoftHSM2 as installed by Debian.
+/// SoftHSM2 as installed by Debian (the reference library of the SoftHSM2-based kinds).
 pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// The test-only user PIN of both slots.
 pub const PIN: &str = "1234";
-/// Label of the throwaway SoftHSM2 token behind slot 0.
+/// Label of the throwaway token behind slot 0 (SoftHSM2's, or kryoptic's).
 pub const SOFTHSM_TOKEN: &str = "xki-itest";
 /// Token labels the module gives its two slots.
 pub const SLOT_LABELS: [&str; 2] = ["xki-softhsm", "xki-embedded"];
@@ -90,12 +98,16 @@ pub struct Fixture {
     pub dir: tempfile::TempDir,
     /// The written module config.
     pub config: PathBuf,
-    /// `SOFTHSM2_CONF` of the throwaway token.
+    /// The token store config of slot 0's token (`SOFTHSM2_CONF`; `KRYOPTIC_CONF` on kryoptic).
     pub softhsm_conf: PathBuf,
+    /// Slot 0's token: its kind, the library the module loads and the reference library.
+    pub backend: BackendToken,
     /// The module, loaded through cryptoki.
     pub ctx: Pkcs11,
-    /// SoftHSM2 loaded directly, when [`Options::direct_softhsm_first`] asked for it.
+    /// The reference library loaded directly, when [`Options::direct_softhsm_first`] asked.
     pub direct: Option<Pkcs11>,
+    /// The reference library loaded directly on first use (see [`Fixture::direct`]).
+    direct_lazy: OnceCell<Pkcs11>,
     /// One logged-in session per slot that lives as long as the process, so that sessions
     /// closing in parallel tests never log the token out under another test.
     keepers: std::sync::Mutex<Vec<Session>>,
@@ -148,10 +160,20 @@ pub fn new_softhsm_token(dir: &Path, label: &str) -> PathBuf {
     store.join("softhsm2.conf")
 }
 
-/// Write the two-slot module config into `dir` (PIN file included); returns its path.
-pub fn write_config(dir: &Path, options: Options) -> PathBuf {
+/// Write the two-slot module config into `dir` (PIN files included), slot 0 on `backend`;
+/// returns its path.
+pub fn write_config(dir: &Path, options: Options, backend: &BackendToken) -> PathBuf {
     let pin_file = dir.join("user.pin");
     std::fs::write(&pin_file, PIN).expect("write pin file");
+    // The backend logs in with its own PIN format (CloudHSM: user:password); callers of the
+    // module keep the slot PIN.
+    let backend_pin_file = dir.join("backend.pin");
+    std::fs::write(&backend_pin_file, &backend.backend_pin).expect("write backend pin file");
+    let slot0_pin = if backend.backend_pin == PIN {
+        String::new()
+    } else {
+        format!("user_pin_file = \"{}\"\n", pin_file.display())
+    };
     let conf = dir.join("pkcs11.toml");
     let text = format!(
         r#"log_level = "warn"
@@ -163,16 +185,16 @@ audit_flush_ms = {flush}
 label = "{s0}"
 backends = ["softhsm"]
 allow_destroy = {destroy}
-
+{slot0_pin}
 [[slot]]
 label = "{s1}"
 backends = ["emb"]
 allow_destroy = {destroy}
 
 [backend.softhsm]
-module = "{SOFTHSM}"
+module = "{module}"
 token_label = "{SOFTHSM_TOKEN}"
-pin_file = "{pin}"
+pin_file = "{backend_pin}"
 
 [backend.emb]
 type = "embedded"
@@ -185,6 +207,8 @@ pin_file = "{pin}"
         destroy = options.allow_destroy,
         flush = options.audit_flush_ms,
         pin = pin_file.display(),
+        module = backend.module.display(),
+        backend_pin = backend_pin_file.display(),
         store = dir.join("embedded.store").display(),
         audit = dir.join("audit.log").display(),
         log = dir.join("module.log").display(),
@@ -193,9 +217,10 @@ pin_file = "{pin}"
     conf
 }
 
-/// Point the process at a config: `SOFTHSM2_CONF`, `XKI_PKCS11_CONF`, cheap Argon2.
-pub fn set_env(softhsm_conf: &Path, config: &Path) {
-    std::env::set_var("SOFTHSM2_CONF", softhsm_conf);
+/// Point the process at a config: the token store (`SOFTHSM2_CONF` / `KRYOPTIC_CONF`),
+/// `XKI_PKCS11_CONF`, cheap Argon2.
+pub fn set_env(backend: &BackendToken, config: &Path) {
+    backend.set_env();
     std::env::set_var("XKI_PKCS11_CONF", config);
     std::env::set_var("XKI_EMBEDDED_TEST_KDF", "fast");
 }
@@ -221,13 +246,13 @@ impl Fixture {
         let so = so_path();
         let dir = tempfile::tempdir().expect("tempdir");
         remove_at_exit(dir.path());
-        let softhsm_conf = new_softhsm_token(dir.path(), SOFTHSM_TOKEN);
-        let config = write_config(dir.path(), options);
-        set_env(&softhsm_conf, &config);
+        let backend = new_backend_token(dir.path(), SOFTHSM_TOKEN, PIN);
+        let config = write_config(dir.path(), options, &backend);
+        set_env(&backend, &config);
         let direct = options.direct_softhsm_first.then(|| {
-            let d = Pkcs11::new(SOFTHSM).expect("load SoftHSM2 directly");
+            let d = Pkcs11::new(&backend.direct).expect("load the reference library directly");
             d.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-                .expect("SoftHSM2 C_Initialize (direct, first)");
+                .expect("reference library C_Initialize (direct, first)");
             d
         });
         let ctx = Pkcs11::new(&so).expect("load the built module through cryptoki");
@@ -248,9 +273,11 @@ impl Fixture {
         Fixture {
             dir,
             config,
-            softhsm_conf,
+            softhsm_conf: backend.conf.clone(),
+            backend,
             ctx,
             direct,
+            direct_lazy: OnceCell::new(),
             keepers: std::sync::Mutex::new(keepers),
             options,
         }
@@ -261,20 +288,23 @@ impl Fixture {
         self.ctx.get_slots_with_token().expect("slot list")
     }
 
-    /// A second cryptoki context on SoftHSM2 itself (same process, same token store).
+    /// A second cryptoki context on the token's own library (same process, same token
+    /// store): SoftHSM2 for the SoftHSM2-based kinds (the emulator's token too), kryoptic on
+    /// kryoptic.
     pub fn direct(&self) -> Pkcs11 {
         if let Some(d) = &self.direct {
             return d.clone();
         }
-        static DIRECT: Lazy<Pkcs11> = Lazy::new(|| {
-            let d = Pkcs11::new(SOFTHSM).expect("load SoftHSM2 directly");
-            init_ctx(&d);
-            d
-        });
-        DIRECT.clone()
+        self.direct_lazy
+            .get_or_init(|| {
+                let d = Pkcs11::new(&self.backend.direct).expect("load the reference library");
+                init_ctx(&d);
+                d
+            })
+            .clone()
     }
 
-    /// A logged-in RW session on the SoftHSM2 token used directly.
+    /// A logged-in RW session on slot 0's token used directly.
     pub fn direct_session(&self) -> Session {
         let d = self.direct();
         let slot = d
@@ -286,7 +316,7 @@ impl Fixture {
                     .map(|t| t.label().trim_end() == SOFTHSM_TOKEN)
                     .unwrap_or(false)
             })
-            .expect("the throwaway token in SoftHSM2");
+            .expect("the throwaway token in the reference library");
         let s = d.open_rw_session(slot).expect("direct session");
         login(&s);
         s
@@ -463,9 +493,9 @@ pub fn bare_module_with(options: Options) -> (tempfile::TempDir, Pkcs11) {
     let so = so_path();
     let dir = tempfile::tempdir().expect("tempdir");
     remove_at_exit(dir.path());
-    let softhsm_conf = new_softhsm_token(dir.path(), SOFTHSM_TOKEN);
-    let config = write_config(dir.path(), options);
-    set_env(&softhsm_conf, &config);
+    let backend = new_backend_token(dir.path(), SOFTHSM_TOKEN, PIN);
+    let config = write_config(dir.path(), options, &backend);
+    set_env(&backend, &config);
     let ctx = Pkcs11::new(&so).expect("load the built module through cryptoki");
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .expect("module C_Initialize");

@@ -17,6 +17,11 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+#[path = "../../../tests/support/itest_backend.rs"]
+mod itest_backend;
+#[allow(unused_imports)]
+pub use itest_backend::{backend_kind, BackendKind};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_xki-proxy");
 pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 pub const PIN: &str = "1234";
@@ -32,8 +37,14 @@ pub const PROTECTED_SLOT: &str = "xki-emb-protected";
 /// config names. With `raw`, the proxy loads SoftHSM2's library itself instead of our module.
 pub struct Token {
     pub dir: tempfile::TempDir,
-    /// SOFTHSM2_CONF.
+    /// The token store config: SOFTHSM2_CONF (`conf_var`), or KRYOPTIC_CONF when
+    /// `XKI_ITEST_BACKEND=kryoptic` puts the module's hardware slot on kryoptic.
     pub conf: PathBuf,
+    /// The environment variable `conf` goes in.
+    pub conf_var: &'static str,
+    /// The hardware token's own library, for tests that act on the token around the module
+    /// (SoftHSM2, or kryoptic; the emulated kinds sit on a SoftHSM2 token).
+    pub direct_module: PathBuf,
     /// XKI_PKCS11_CONF.
     pub module_conf: PathBuf,
     /// Token label in the proxy config.
@@ -64,6 +75,10 @@ impl Token {
     }
 
     fn make(slot: &'static str, raw: bool) -> Token {
+        let kind = backend_kind();
+        if !raw && kind != BackendKind::SoftHsm {
+            return Token::make_on(slot, kind);
+        }
         let dir = tempfile::tempdir().unwrap();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../softhsm/new-token.sh");
         let out = Command::new("bash")
@@ -102,9 +117,53 @@ impl Token {
         Token {
             dir,
             conf,
+            conf_var: "SOFTHSM2_CONF",
+            direct_module: PathBuf::from(SOFTHSM),
             module_conf,
             slot,
             raw,
+        }
+    }
+
+    /// [`Token::make`] with the module's hardware slot on another token kind
+    /// (`XKI_ITEST_BACKEND`, see tests/support/itest_backend.rs); the same slots and labels.
+    fn make_on(slot: &'static str, kind: BackendKind) -> Token {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = itest_backend::new_backend_token(dir.path(), SOFTHSM_SLOT, PIN);
+        assert_eq!(backend.kind, kind);
+        let pin = dir.path().join("user.pin");
+        std::fs::write(&pin, PIN).unwrap();
+        let backend_pin = dir.path().join("backend.pin");
+        std::fs::write(&backend_pin, &backend.backend_pin).unwrap();
+        let q = |p: PathBuf| format!("{:?}", p.display().to_string());
+        let module_conf = dir.path().join("xki-pkcs11.toml");
+        std::fs::write(
+            &module_conf,
+            format!(
+                "log_level = \"warn\"\n\
+                 [[slot]]\nlabel = \"{SOFTHSM_SLOT}\"\nbackends = [\"softhsm\"]\nuser_pin_file = {pin}\n\
+                 [[slot]]\nlabel = \"{EMBEDDED_SLOT}\"\nbackends = [\"emb\"]\nallow_destroy = true\n\
+                 [[slot]]\nlabel = \"{PROTECTED_SLOT}\"\nbackends = [\"emb-protected\"]\n\
+                 [backend.softhsm]\nmodule = {module}\ntoken_label = \"{SOFTHSM_SLOT}\"\npin_file = {bpin}\n\
+                 [backend.emb]\ntype = \"embedded\"\nstore = {emb}\npin_file = {pin}\n\
+                 [backend.emb-protected]\ntype = \"embedded\"\nstore = {embp}\npin_file = {pin}\n",
+                pin = q(pin.clone()),
+                bpin = q(backend_pin),
+                module = q(backend.module.clone()),
+                emb = q(dir.path().join("emb.store")),
+                embp = q(dir.path().join("emb-protected.store")),
+            ),
+        )
+        .unwrap();
+        std::fs::copy(&pin, dir.path().join("pin")).unwrap();
+        Token {
+            dir,
+            conf: backend.conf.clone(),
+            conf_var: backend.conf_var,
+            direct_module: backend.direct.clone(),
+            module_conf,
+            slot,
+            raw: false,
         }
     }
 
@@ -114,7 +173,7 @@ impl Token {
 
     /// The environment a proxy process of this test runs with.
     pub fn env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
-        cmd.env("SOFTHSM2_CONF", &self.conf)
+        cmd.env(self.conf_var, &self.conf)
             .env("XKI_PKCS11_CONF", &self.module_conf)
             .env("XKI_EMBEDDED_TEST_KDF", "fast")
             // The proxy finds the module next to itself (target/*/deps), as `cargo run` does.
@@ -530,10 +589,10 @@ pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) {
 
 pub fn pkcs11_dup_key(tok: &Token, label: &str) {
     let st = Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", &tok.conf)
+        .env(tok.conf_var, &tok.conf)
         .args([
             "--module",
-            SOFTHSM,
+            tok.direct_module.to_str().unwrap(),
             "--login",
             "--pin",
             PIN,

@@ -10,11 +10,26 @@
 //! Only `C_GetFunctionList` is exported: the emulated libraries are PKCS#11 2.40 ones without
 //! the 3.0 message API, which is what makes their IV conventions matter.
 
+/// Call a function of SoftHSM2's table (`CKR_FUNCTION_NOT_SUPPORTED` when it has none), with
+/// the object-store lock the call needs (see `objects.rs`).
+macro_rules! target {
+    ($emu:expr, $f:ident ( $($arg:expr),* )) => {{
+        let _guard = $crate::objects::guard_for(stringify!($f));
+        match $emu.target.$f {
+            Some(f) => f($($arg),*),
+            None => pkcs11_sys::CKR_FUNCTION_NOT_SUPPORTED,
+        }
+    }};
+}
+
 mod appended;
 pub mod gcm;
 pub mod login;
 pub mod mode;
+mod objects;
+mod sessions;
 mod shims;
+mod softhsm_fixes;
 mod target;
 
 use mode::Mode;

@@ -9,19 +9,12 @@ use crate::{emu, Emu};
 use pkcs11_sys::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Call a function of SoftHSM2's table (`CKR_FUNCTION_NOT_SUPPORTED` when it has none).
-macro_rules! target {
-    ($emu:expr, $f:ident ( $($arg:expr),* )) => {
-        match $emu.target.$f {
-            Some(f) => f($($arg),*),
-            None => CKR_FUNCTION_NOT_SUPPORTED,
-        }
-    };
-}
-
 /// The emulator's table for `mode`: SoftHSM2's, with the mode's functions in place.
 pub fn table(mode: Mode, target: &CK_FUNCTION_LIST) -> CK_FUNCTION_LIST {
     let mut t = *target;
+    // First the fixes of SoftHSM2's own deviations (a vendor library has none of them), then
+    // the vendor's conventions on top.
+    crate::softhsm_fixes::install(&mut t);
     t.C_GetFunctionList = Some(crate::C_GetFunctionList);
     t.C_Initialize = Some(c_initialize);
     t.C_Finalize = Some(c_finalize);
@@ -38,7 +31,6 @@ pub fn table(mode: Mode, target: &CK_FUNCTION_LIST) -> CK_FUNCTION_LIST {
             t.C_EncryptInit = Some(c_encrypt_init);
             t.C_Encrypt = Some(c_encrypt_appended);
             t.C_EncryptFinal = Some(c_encrypt_final_appended);
-            t.C_CloseSession = Some(c_close_session);
         }
     }
     t
@@ -164,7 +156,7 @@ unsafe extern "C" fn c_encrypt_init(
         return CKR_GENERAL_ERROR;
     };
     // Any earlier appended-IV operation of the session is over once a new one starts.
-    appended::clear(session);
+    appended::PENDING.clear(session);
     // SAFETY: `mechanism` is NULL or points to a CK_MECHANISM (caller contract).
     let Some(mech) = (unsafe { mechanism.as_ref() }) else {
         // SAFETY: passed through unchanged (same contract).
@@ -238,7 +230,7 @@ unsafe fn generate_and_init(
         return rv;
     }
     match style {
-        GcmIv::Appended => appended::set(session, iv),
+        GcmIv::Appended => appended::PENDING.set(session, iv),
         // SAFETY: the decision checked pIv is non-NULL with ulIvLen == 12 (caller memory
         // PKCS#11 lets the library write the IV into in this convention).
         GcmIv::WrittenBack => unsafe {
@@ -298,18 +290,18 @@ unsafe fn with_appended_iv(
     out_len: CK_ULONG_PTR,
     mut inner: impl FnMut(CK_BYTE_PTR, CK_ULONG_PTR) -> CK_RV,
 ) -> CK_RV {
-    let Some(iv) = appended::get(session) else {
+    let Some(iv) = appended::PENDING.get(session) else {
         return inner(out, out_len);
     };
     if out_len.is_null() {
-        appended::clear(session);
+        appended::PENDING.clear(session);
         return inner(out, out_len);
     }
     // Length of SoftHSM2's own output (the operation stays active after a length query).
     let mut inner_len: CK_ULONG = 0;
     let rv = inner(std::ptr::null_mut(), &mut inner_len);
     if rv != CKR_OK {
-        appended::clear(session);
+        appended::PENDING.clear(session);
         return rv;
     }
     let needed = gcm::appended_len(inner_len);
@@ -326,7 +318,7 @@ unsafe fn with_appended_iv(
     }
     let mut written = inner_len;
     let rv = inner(out, &mut written);
-    appended::clear(session);
+    appended::PENDING.clear(session);
     if rv != CKR_OK {
         return rv;
     }
@@ -336,13 +328,4 @@ unsafe fn with_appended_iv(
         *out_len = gcm::appended_len(written);
     }
     CKR_OK
-}
-
-unsafe extern "C" fn c_close_session(session: CK_SESSION_HANDLE) -> CK_RV {
-    let Some(emu) = emu() else {
-        return CKR_GENERAL_ERROR;
-    };
-    appended::clear(session);
-    // SAFETY: passed through unchanged (same contract).
-    unsafe { target!(emu, C_CloseSession(session)) }
 }

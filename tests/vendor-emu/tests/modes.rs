@@ -276,3 +276,52 @@ fn every_mode_decrypts_with_the_callers_iv() {
         assert_eq!(pt, PLAINTEXT, "{mode}");
     }
 }
+
+#[test]
+fn a_failed_gcm_tag_check_is_encrypted_data_invalid_in_every_mode() {
+    let iv = [0x11; 12];
+    let mut ct = direct_encrypt(&iv);
+    *ct.last_mut().unwrap() ^= 1;
+    // SoftHSM2 itself answers CKR_GENERAL_ERROR (its own deviation, hidden by the emulator).
+    let mut iv_copy = iv;
+    let direct = direct_session().decrypt(&gcm(&mut iv_copy, AAD), fixture().key, &ct);
+    assert_eq!(rv_of(direct), RvError::GeneralError);
+    for (mode, _) in MODES {
+        let mut iv_copy = iv;
+        let r = mode_session(mode).decrypt(&gcm(&mut iv_copy, AAD), fixture().key, &ct);
+        assert_eq!(rv_of(r), RvError::EncryptedDataInvalid, "{mode}");
+    }
+}
+
+#[test]
+fn dates_on_private_keys_are_refused_and_nothing_is_created() {
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    let start = cryptoki::types::Date::new_from_str_slice("2020", "01", "02").unwrap();
+    for (mode, _) in MODES {
+        let s = mode_session(mode);
+        let label = format!("dated-{mode}");
+        let r = s.generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::ValueLen(32.into()),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Label(label.clone().into_bytes()),
+                Attribute::StartDate(start),
+            ],
+        );
+        assert_eq!(rv_of(r), RvError::AttributeTypeInvalid, "{mode}");
+        let found = s
+            .find_objects(&[Attribute::Label(label.into_bytes())])
+            .unwrap();
+        assert!(found.is_empty(), "{mode}: nothing created");
+        let r = s.update_attributes(fixture().key, &[Attribute::EndDate(start)]);
+        assert_eq!(
+            rv_of(r),
+            RvError::AttributeTypeInvalid,
+            "{mode}: set on a private key"
+        );
+    }
+}

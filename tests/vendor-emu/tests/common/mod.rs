@@ -110,10 +110,23 @@ pub struct Fixture {
 // used after construction.
 unsafe impl Sync for Fixture {}
 
+/// The fixture's directory, removed at exit (the fixture lives in a static, never dropped).
+static FIXTURE_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+extern "C" fn remove_fixture_dir() {
+    if let Some(dir) = FIXTURE_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 pub fn fixture() -> &'static Fixture {
     static FX: OnceLock<Fixture> = OnceLock::new();
     FX.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
+        if FIXTURE_DIR.set(dir.path().to_path_buf()).is_ok() {
+            // SAFETY: registers a plain function with no captured state.
+            unsafe { libc::atexit(remove_fixture_dir) };
+        }
         new_token(dir.path());
         let direct = Pkcs11::new(SOFTHSM).expect("load SoftHSM2");
         init(&direct);
