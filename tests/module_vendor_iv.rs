@@ -123,7 +123,10 @@ static VENDORS: Lazy<Vendors> = Lazy::new(|| {
     text += &backend("wrong", &luna, &pin, "gcm_iv = \"write-back\"");
     let config = dir.path().join("pkcs11.toml");
     std::fs::write(&config, &text).unwrap();
-    set_env(&softhsm_conf, &config);
+    // This file always runs over SoftHSM2 behind the emulator (XKI_ITEST_BACKEND is not used).
+    std::env::set_var("SOFTHSM2_CONF", &softhsm_conf);
+    std::env::set_var("XKI_PKCS11_CONF", &config);
+    std::env::set_var("XKI_EMBEDDED_TEST_KDF", "fast");
     let ctx = Pkcs11::new(so_path()).expect("load the module");
     init_ctx(&ctx);
     let slots = ctx.get_slots_with_token().expect("slots");
