@@ -15,13 +15,52 @@
  *                          Anything else: CKR_ARGUMENTS_BAD.
  *
  * Every slot of both tables is filled. Functions the module does not implement (digest,
- * sign/verify, key pairs, token/PIN administration, slot events, the 3.0 message API,
- * C_LoginUser, C_SessionCancel) return CKR_FUNCTION_NOT_SUPPORTED once initialized;
+ * sign/verify, key pairs, token/PIN administration, slot events, the 3.0 message-based
+ * sign/verify, C_LoginUser, C_SessionCancel) return CKR_FUNCTION_NOT_SUPPORTED once initialized;
  * C_GetFunctionStatus/C_CancelFunction return CKR_FUNCTION_NOT_PARALLEL.
  *
  * Key policy: only AES-256 secret keys that are token, sensitive and non-extractable are
  * visible. C_WrapKey, C_DeriveKey, C_DigestKey, C_CopyObject, operation-state export and key
  * import are refused; mechanisms are CKM_AES_GCM (data) and CKM_AES_KEY_GEN.
+ *
+ * AES-GCM encryption IVs. Some HSMs (FIPS-mode AWS CloudHSM, nShield, Luna) generate every
+ * encryption IV themselves and refuse a caller's; the module's backends know how each one
+ * does it ([backend.NAME] gcm_iv, README "HSM vendors"). For callers:
+ *
+ * - PKCS#11 3.0 message-based AES-GCM (3.0 table; CK_MECHANISM_INFO of CKM_AES_GCM has
+ *   CKF_MESSAGE_ENCRYPT | CKF_MESSAGE_DECRYPT on every slot, whatever HSM is behind it):
+ *     C_MessageEncryptInit / C_MessageDecryptInit: CKM_AES_GCM with no parameter or a
+ *       CK_GCM_MESSAGE_PARAMS (ignored there). Other mechanism: CKR_MECHANISM_INVALID; a
+ *       parameter of another size: CKR_MECHANISM_PARAM_INVALID; an active operation on the
+ *       session: CKR_OPERATION_ACTIVE.
+ *     C_EncryptMessage / C_DecryptMessage: pParameter is a CK_GCM_MESSAGE_PARAMS with
+ *       ulTagBits = 128, pTag (16 bytes) and pIv (ulIvLen 12 or 16) non-NULL. Ciphertext and
+ *       plaintext are the same length; the tag travels in pTag (written by an encryption,
+ *       read by a decryption). Output follows the two-call rule (NULL: length, nothing
+ *       consumed; short: CKR_BUFFER_TOO_SMALL with the length).
+ *     ivGenerator (encryption):
+ *       CKG_GENERATE_RANDOM, ulIvLen 12, ulIvFixedBits 0: the IV is generated inside the
+ *         slot's HSM (its own IV generation, or its C_GenerateRandom) and written to pIv.
+ *       CKG_NO_GENERATE: pIv is the caller's IV; CKR_MECHANISM_PARAM_INVALID on a slot whose
+ *         HSM generates IVs.
+ *       CKG_GENERATE, CKG_GENERATE_COUNTER, CKG_GENERATE_COUNTER_XOR, fixed IV bits:
+ *         CKR_MECHANISM_PARAM_INVALID (a counter cannot be kept unique across replicas and
+ *         processes; the log says why).
+ *     Decryption always takes pIv as the IV, whatever ivGenerator says.
+ *     C_EncryptMessageBegin/Next, C_DecryptMessageBegin/Next: the message is buffered (up to
+ *       16 MiB) and run at the *MessageNext with CKF_END_OF_MESSAGE; earlier parts output 0
+ *       bytes (a NULL output there is a length query and buffers nothing). The last part
+ *       outputs the whole message; its pParameter receives the IV and tag (encryption) or
+ *       brings the tag (decryption). No plaintext leaves before the tag verified.
+ *     A failing message ends that message only; C_MessageEncryptFinal /
+ *       C_MessageDecryptFinal end the process. Every message is an audit record.
+ * - Classic C_EncryptInit(CKM_AES_GCM, CK_GCM_PARAMS): on a slot whose HSM takes caller IVs
+ *   the caller's IV is used as given (an all-zero IV too). On a slot whose HSM generates IVs
+ *   a caller IV is CKR_MECHANISM_PARAM_INVALID (logged, pointing at the message API), except
+ *   the zero-IV convention (as AWS CloudHSM's library): pIv = 12 zero bytes, ulIvLen = 12
+ *   means "generate": the IV the HSM used is written into that pIv when C_Encrypt /
+ *   C_EncryptFinal has run, so the pIv buffer must stay valid until then. Decryption always
+ *   takes the caller's IV.
  *
  * Vendor-defined constants live at CKx_VENDOR_DEFINED | XKI_VENDOR_TAG and are defined here:
  * the key-state attributes CKA_XKI_* (below). Return values are standard PKCS#11 only.

@@ -124,6 +124,9 @@ macro_rules! core_fn {
 
 pub use crate::audit::health::AuditStatus;
 pub use crate::backend::replicas::health::{MemberState, MemberStatus};
+use crate::mechanism::{GcmMessageParams, MessageEncryption};
+pub use crate::module::MessageEnd;
+use crate::session::IvWriteBack;
 
 /// `XKI_GetAuditStatus` (vendor interface `XKI Status` 1.1).
 pub fn audit_status() -> AuditStatus {
@@ -204,6 +207,29 @@ core_fn! {
     pub fn encrypt_final(session: u64) -> CkResult<Vec<u8>>;
     /// `C_DecryptInit` (the mechanism is moved in, like `encrypt_init`).
     pub fn decrypt_init(session: u64, mechanism: Mechanism, key: u64) -> CkResult<()>;
+    /// `C_EncryptInit` of AES-GCM with a 12-byte all-zero IV: on a backend whose HSM generates
+    /// IVs, `iv_write_back` receives the IV used once the encryption has run (the zero-IV
+    /// convention); elsewhere the zero IV is used as given.
+    pub fn encrypt_init_zero_iv(session: u64, mechanism: Mechanism, key: u64, iv_write_back: IvWriteBack) -> CkResult<()>;
+    /// `C_MessageEncryptInit` (`encrypt`) / `C_MessageDecryptInit`: `mechanism` is the
+    /// `CKM_*`, `param_len` its `ulParameterLen` (0 or `sizeof(CK_GCM_MESSAGE_PARAMS)`).
+    pub fn message_init(session: u64, mechanism: u64, param_len: u64, key: u64, encrypt: bool) -> CkResult<()>;
+    /// `C_MessageEncryptFinal` / `C_MessageDecryptFinal`.
+    pub fn message_final(session: u64, encrypt: bool) -> CkResult<()>;
+    /// Output length of `C_EncryptMessage`/`C_DecryptMessage` for `input_len` bytes.
+    pub fn message_len(session: u64, encrypt: bool, input_len: usize) -> CkResult<usize>;
+    /// `C_EncryptMessage` proper: ciphertext, the generated IV if any, and the tag.
+    pub fn encrypt_message(session: u64, params: &GcmMessageParams, aad: &[u8], plaintext: &[u8]) -> CkResult<MessageEncryption>;
+    /// `C_DecryptMessage` proper (tag in `params.tag`): the plaintext, or none on failure.
+    pub fn decrypt_message(session: u64, params: &GcmMessageParams, aad: &[u8], ciphertext: &[u8]) -> CkResult<Plaintext>;
+    /// `C_EncryptMessageBegin` / `C_DecryptMessageBegin`.
+    pub fn message_begin(session: u64, encrypt: bool, params: GcmMessageParams, aad: &[u8]) -> CkResult<()>;
+    /// Output length of `C_EncryptMessageNext`/`C_DecryptMessageNext` (`last`: with
+    /// `CKF_END_OF_MESSAGE`).
+    pub fn message_next_len(session: u64, encrypt: bool, part_len: usize, last: bool) -> CkResult<usize>;
+    /// `C_EncryptMessageNext` / `C_DecryptMessageNext` proper; `last_tag` is `Some` at the
+    /// last part (the tag of that call's parameters, for a decryption).
+    pub fn message_next(session: u64, encrypt: bool, part: &[u8], last_tag: Option<[u8; 16]>) -> CkResult<Option<MessageEnd>>;
     /// Output length (upper bound) `C_Decrypt` would produce for `data_len` bytes.
     pub fn decrypt_len(session: u64, data_len: usize) -> CkResult<usize>;
     /// `C_Decrypt` into the caller's buffer `out` (as `encrypt`). On failure `out` holds no

@@ -228,11 +228,49 @@ pub struct BackendConfig {
     /// embedded: a file of 32 random bytes sealing the store instead of a PIN-derived key.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// pkcs11: how the HSM wants the IV of an AES-GCM encryption (default `auto`: chosen from
+    /// the library's manufacturer ID and functions; see README "HSM vendors").
+    #[serde(default)]
+    pub gcm_iv: GcmIvMode,
     /// embedded: create a new, empty store when `store` does not exist (default `false`: a
     /// missing store is an error naming the path, so that a mistyped or unmounted path never
     /// becomes an empty token).
     #[serde(default)]
     pub create: bool,
+}
+
+/// `[backend.NAME] gcm_iv`: how a pkcs11 backend's HSM takes the IV of an AES-GCM encryption.
+/// Decryption always takes the caller's IV.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum GcmIvMode {
+    /// Chosen at start-up from `CK_INFO.manufacturerID` (the vendor rows of the quirk table)
+    /// and whether the library offers the PKCS#11 3.0 message functions; logged.
+    #[default]
+    Auto,
+    /// The caller's IV in `CK_GCM_PARAMS.pIv` (SoftHSM2, Luna outside FIPS mode). IVs the
+    /// module generates come from the HSM's `C_GenerateRandom`.
+    Caller,
+    /// `pIv` = 12 zero bytes; the library writes the IV it generated there (AWS CloudHSM,
+    /// nShield). Any other IV is refused by the HSM.
+    WriteBack,
+    /// `pIv` = NULL, `ulIvLen` = 0; the output is ciphertext || tag || IV (Luna in FIPS mode).
+    Append,
+    /// PKCS#11 3.0 `C_EncryptMessage` with `CKG_GENERATE_RANDOM` (3.0 tokens, e.g. kryoptic).
+    Message,
+}
+
+impl GcmIvMode {
+    /// The value as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GcmIvMode::Auto => "auto",
+            GcmIvMode::Caller => "caller",
+            GcmIvMode::WriteBack => "write-back",
+            GcmIvMode::Append => "append",
+            GcmIvMode::Message => "message",
+        }
+    }
 }
 
 impl BackendConfig {
@@ -430,6 +468,7 @@ impl Config {
                         ("module", b.module.is_some()),
                         ("token_label", b.token_label.is_some()),
                         ("slot_id", b.slot_id.is_some()),
+                        ("gcm_iv", b.gcm_iv != GcmIvMode::Auto),
                     ] {
                         if set {
                             return Err(self.err(

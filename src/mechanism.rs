@@ -47,3 +47,32 @@ pub const GCM_TAG_BITS: u64 = 128;
 pub const GCM_TAG_LEN: usize = 16;
 /// Largest AAD the module accepts (bytes).
 pub const GCM_MAX_AAD: usize = 64 * 1024;
+
+/// The fields of one `CK_GCM_MESSAGE_PARAMS` (PKCS#11 3.0 message-based AES-GCM), copied out of
+/// C memory by the boundary. Where the IV and tag go back to is the boundary's business.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GcmMessageParams {
+    /// `ivGenerator` (`CKG_*`) as given.
+    pub generator: u64,
+    /// `pIv[0..ulIvLen]`: the caller's IV (`CKG_NO_GENERATE`, and every decryption); for a
+    /// generated IV only its length counts.
+    pub iv: Iv,
+    /// `ulIvFixedBits`.
+    pub iv_fixed_bits: u64,
+    /// `ulTagBits`.
+    pub tag_bits: u64,
+    /// `pTag[0..16]` for a decryption (the tag to verify); zeros for an encryption.
+    pub tag: [u8; GCM_TAG_LEN],
+}
+
+/// What one message encryption produced, for the boundary to hand out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageEncryption {
+    /// The ciphertext (as long as the plaintext).
+    pub ciphertext: Vec<u8>,
+    /// The IV used, when it was generated (to be written into `pIv`); `None` for
+    /// `CKG_NO_GENERATE`.
+    pub generated_iv: Option<Iv>,
+    /// The tag (to be written into `pTag`).
+    pub tag: [u8; GCM_TAG_LEN],
+}

@@ -34,6 +34,36 @@ pub struct CryptOp {
     pub params: GcmParams,
     /// Data buffered by `*Update`; `None` until the first update (single-part allowed).
     pub buffered: Option<SecretBytes>,
+    /// Set when the backend generates the IV (the zero-IV convention of `C_EncryptInit` on a
+    /// backend that refuses caller IVs): hands the IV used back to the caller's `pIv`.
+    pub iv_write_back: Option<IvWriteBack>,
+}
+
+/// Writes a generated IV into the caller's `CK_GCM_PARAMS.pIv` (made by the C boundary, which
+/// alone touches caller memory). Called at most once, after a successful encryption.
+pub type IvWriteBack = Box<dyn Fn(&[u8]) -> CkResult<()> + Send + Sync>;
+
+/// A message-based AES-GCM process (`C_MessageEncryptInit` / `C_MessageDecryptInit`, PKCS#11
+/// 3.0 §5.13/§5.15): the key, and the message begun with `*MessageBegin`, if any.
+pub struct MessageOp {
+    /// As in [`CryptOp`].
+    pub key_name: Option<crate::audit::names::NameId>,
+    pub label: KeyLabel,
+    /// The backend key.
+    pub key: BackendKey,
+    /// The message in progress (`*MessageBegin` .. `*MessageNext` with `CKF_END_OF_MESSAGE`).
+    pub pending: Option<PendingMessage>,
+}
+
+/// One message of a multi-part message-based operation, buffered until its last part (no
+/// output before the tag, as for the classic multi-part operations).
+pub struct PendingMessage {
+    /// The parameters given to `*MessageBegin`.
+    pub params: crate::mechanism::GcmMessageParams,
+    /// The associated data given to `*MessageBegin`.
+    pub aad: crate::mechanism::Aad,
+    /// The parts so far.
+    pub data: SecretBytes,
 }
 
 /// The operation a session has in progress.
@@ -48,6 +78,10 @@ pub enum Operation {
     Encrypt(CryptOp),
     /// A decryption.
     Decrypt(CryptOp),
+    /// A message-based encryption process.
+    MessageEncrypt(MessageOp),
+    /// A message-based decryption process.
+    MessageDecrypt(MessageOp),
 }
 
 /// One virtual session.
@@ -262,6 +296,18 @@ impl Session {
     pub fn decrypt_op(&mut self) -> CkResult<&mut CryptOp> {
         match &mut self.op {
             Operation::Decrypt(op) => Ok(op),
+            _ => Err(Rv::OPERATION_NOT_INITIALIZED),
+        }
+    }
+}
+
+impl Session {
+    /// The active message-based process (`encrypt` or decrypt), left in place.
+    pub fn message_op(&mut self, encrypt: bool) -> CkResult<&mut MessageOp> {
+        match (&mut self.op, encrypt) {
+            (Operation::MessageEncrypt(op), true) | (Operation::MessageDecrypt(op), false) => {
+                Ok(op)
+            }
             _ => Err(Rv::OPERATION_NOT_INITIALIZED),
         }
     }

@@ -308,7 +308,7 @@ fn conventions_against_the_embedded_token() {
             CKR_FUNCTION_NOT_SUPPORTED
         );
         assert_eq!(
-            f.C_MessageEncryptFinal.unwrap()(session),
+            f.C_MessageSignFinal.unwrap()(session),
             CKR_FUNCTION_NOT_SUPPORTED
         );
         assert_eq!(

@@ -463,7 +463,10 @@ fn mechanisms_are_exactly_keygen_and_gcm() {
         assert_eq!(list, [CKM_AES_KEY_GEN, CKM_AES_GCM], "slot {i}");
         for (mech, flags) in [
             (CKM_AES_KEY_GEN, CKF_GENERATE),
-            (CKM_AES_GCM, CKF_ENCRYPT | CKF_DECRYPT),
+            (
+                CKM_AES_GCM,
+                CKF_ENCRYPT | CKF_DECRYPT | CKF_MESSAGE_ENCRYPT | CKF_MESSAGE_DECRYPT,
+            ),
         ] {
             // SoftHSM2 ORs flags into the caller's struct: pre-fill it with 0xFF.
             let mut info = CK_MECHANISM_INFO {

@@ -531,3 +531,67 @@ fn answers_about_the_request_never_take_a_member_out() {
     });
     g.shutdown();
 }
+
+/// Generated IVs in a group: the member that serves the encryption generates the IV; a call
+/// that fails on one member is retried on the other, which generates a new one, and the
+/// caller gets the IV of the encryption that answered (it decrypts, on either member).
+#[test]
+fn a_generated_iv_encryption_fails_over_and_returns_the_iv_used() {
+    Lazy_init();
+    shared_key(&["iv-a", "iv-b"], b"iv");
+    let (a, sa) = faulty("iv-a");
+    let (b, sb) = faulty("iv-b");
+    let g = group(vec![a, b], Duration::from_millis(300), settings());
+    let key = key_of(&g, b"iv");
+    let mut seen = std::collections::HashSet::new();
+    let mut made = Vec::new();
+    let mut encrypt = |g: &ReplicaGroup| {
+        let e = g
+            .gcm_encrypt_generated_iv(key, b"aad", b"pt")
+            .expect("encrypt");
+        assert_eq!(e.iv.len(), 12);
+        assert!(seen.insert(e.iv.to_vec()), "a fresh IV every call");
+        made.push(e);
+    };
+    for _ in 0..10 {
+        encrypt(&g);
+    }
+    sa.set(FaultMode::Fail);
+    let b_before = sb.calls();
+    for _ in 0..10 {
+        encrypt(&g);
+    }
+    assert!(sb.calls() > b_before, "b served while a failed");
+    assert!(
+        g.status()[0].failures >= 1,
+        "a call met the failing member and was retried"
+    );
+    sa.set(FaultMode::Ok);
+    wait_for("a back in service", Duration::from_secs(3), || {
+        states(&g)[0] == MemberState::Active
+    });
+    // Every IV returned is the one its ciphertext was made with, on either member's token.
+    let direct_a = real("iv-a");
+    let key_a = direct_a
+        .list_secret_keys()
+        .unwrap()
+        .into_iter()
+        .find(|k| k.id == b"iv")
+        .unwrap()
+        .handle;
+    for e in &made {
+        assert_eq!(
+            &g.gcm_decrypt(key, &e.iv, b"aad", &e.ciphertext_and_tag)
+                .unwrap()[..],
+            b"pt"
+        );
+        assert_eq!(
+            &direct_a
+                .gcm_decrypt(key_a, &e.iv, b"aad", &e.ciphertext_and_tag)
+                .unwrap()[..],
+            b"pt"
+        );
+    }
+    direct_a.shutdown();
+    g.shutdown();
+}

@@ -28,8 +28,8 @@ pub struct Settings {
     /// Thread counts, `XKI_BENCH_THREADS` (comma-separated).
     pub threads: Vec<usize>,
     /// Targets by index (0 module, 1 direct, 2 embedded, 3 one-member slot, 4 group slot,
-    /// 5/6 find-per-operation through the module / directly),
-    /// `XKI_BENCH_TARGETS`.
+    /// 5/6 find-per-operation through the module / directly, 7 module message API, 8 direct
+    /// with RNG IVs), `XKI_BENCH_TARGETS`.
     pub targets: Vec<usize>,
     /// Where audit records go, `XKI_BENCH_AUDIT`.
     pub audit: setup::AuditSink,
@@ -38,7 +38,7 @@ pub struct Settings {
     pub failover_threads: usize,
 }
 
-const TARGET_NAMES: [&str; 7] = [
+const TARGET_NAMES: [&str; 9] = [
     "module",
     "direct",
     "embedded",
@@ -46,6 +46,8 @@ const TARGET_NAMES: [&str; 7] = [
     "group",
     "findmodule",
     "finddirect",
+    "message",
+    "direct-rng",
 ];
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
@@ -79,7 +81,7 @@ impl Settings {
             .iter()
             .map(|t| {
                 TARGET_NAMES.iter().position(|n| n == t).ok_or(format!(
-                    "XKI_BENCH_TARGETS: {t:?}: use module, direct, embedded, single, group, findmodule, finddirect"
+                    "XKI_BENCH_TARGETS: {t:?}: use module, direct, embedded, single, group, findmodule, finddirect, message, direct-rng"
                 ))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -132,7 +134,8 @@ fn bench() -> Result<(), String> {
     let group_sessions = max_threads.max(settings.failover_threads);
     let (single, group, group_slot) = targets::open_group(&ctx, group_sessions)?;
     let (find_m, find_d) = targets::open_find(&ctx, max_threads, [m.key, d.key])?;
-    let mut all = vec![m, d, e, single, group, find_m, find_d];
+    let (msg, direct_rng) = targets::open_message(&ctx, max_threads)?;
+    let mut all = vec![m, d, e, single, group, find_m, find_d, msg, direct_rng];
 
     let cells: Vec<(usize, usize)> = settings
         .payloads
@@ -146,7 +149,8 @@ fn bench() -> Result<(), String> {
 
     // Round trips through the module (both its slots), to check the audit trail against.
     let mut module_ops = 0u64;
-    let through_module = |t: usize| t != 1 && t < 5;
+    // Round trips (two records each): both module slots, the group rows, the message API.
+    let through_module = |t: usize| matches!(t, 0 | 2 | 3 | 4 | 7);
     // Single encrypts through the module (the find rows), one audit record each.
     let mut single_calls = 0u64;
     eprint!("warm-up");

@@ -3,9 +3,9 @@
 //! and call) + C_DecryptInit + C_Decrypt (likewise)) for a fixed wall-clock time; or, for the
 //! find-per-operation rows, a find by label then one `Session::encrypt`.
 
-use crate::targets::Target;
-use cryptoki::mechanism::aead::GcmParams;
-use cryptoki::mechanism::Mechanism;
+use crate::targets::{Api, Target};
+use cryptoki::mechanism::aead::{GcmMessageParams, GcmParams, GeneratorFunction};
+use cryptoki::mechanism::{Mechanism, MessageParam};
 use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use std::sync::Barrier;
@@ -65,6 +65,61 @@ fn find_then_encrypt(
         .map_err(|e| format!("encrypt: {e}"))?;
     if ciphertext.len() != plaintext.len() + 16 {
         return Err("ciphertext of the wrong length".into());
+    }
+    Ok(())
+}
+
+/// One message-API round trip: C_MessageEncryptInit, C_EncryptMessage (CKG_GENERATE_RANDOM:
+/// the token generates the IV), C_MessageEncryptFinal, then the same three for decryption
+/// with the IV and tag it returned. cryptoki adds a length query to each message call, as it
+/// does to C_Encrypt/C_Decrypt on the classic rows.
+fn message_round_trip(s: &Session, key: ObjectHandle, plaintext: &[u8]) -> Result<(), String> {
+    let mut iv = [0u8; 12];
+    let mut tag = [0u8; 16];
+    let ciphertext = {
+        let p = GcmMessageParams::new(
+            &mut iv,
+            0.into(),
+            GeneratorFunction::GenerateRandom,
+            &mut tag,
+        )
+        .map_err(|e| e.to_string())?;
+        s.message_encrypt_init(&Mechanism::AesGcmMessage(p), key)
+            .map_err(|e| format!("message encrypt init: {e}"))?;
+        let ct = s.encrypt_message(&MessageParam::AesGcmMessage(p), AAD, plaintext);
+        s.message_encrypt_final()
+            .map_err(|e| format!("message encrypt final: {e}"))?;
+        ct.map_err(|e| format!("encrypt message: {e}"))?
+    };
+    let p = GcmMessageParams::new(&mut iv, 0.into(), GeneratorFunction::NoGenerate, &mut tag)
+        .map_err(|e| e.to_string())?;
+    s.message_decrypt_init(&Mechanism::AesGcmMessage(p), key)
+        .map_err(|e| format!("message decrypt init: {e}"))?;
+    let back = s.decrypt_message(&MessageParam::AesGcmMessage(p), AAD, &ciphertext);
+    s.message_decrypt_final()
+        .map_err(|e| format!("message decrypt final: {e}"))?;
+    if back.map_err(|e| format!("decrypt message: {e}"))? != plaintext {
+        return Err("decrypt returned different bytes".into());
+    }
+    Ok(())
+}
+
+/// One classic round trip under an IV from the token's C_GenerateRandom.
+fn random_iv_round_trip(s: &Session, key: ObjectHandle, plaintext: &[u8]) -> Result<(), String> {
+    let mut iv = [0u8; 12];
+    s.generate_random_slice(&mut iv)
+        .map_err(|e| format!("generate random: {e}"))?;
+    let ciphertext = {
+        let params = GcmParams::new(&mut iv, AAD, 128.into()).map_err(|e| e.to_string())?;
+        s.encrypt(&Mechanism::AesGcm(params), key, plaintext)
+            .map_err(|e| format!("encrypt: {e}"))?
+    };
+    let params = GcmParams::new(&mut iv, AAD, 128.into()).map_err(|e| e.to_string())?;
+    let back = s
+        .decrypt(&Mechanism::AesGcm(params), key, &ciphertext)
+        .map_err(|e| format!("decrypt: {e}"))?;
+    if back != plaintext {
+        return Err("decrypt returned different bytes".into());
     }
     Ok(())
 }
@@ -134,6 +189,7 @@ pub fn measure(
     let plaintext: Vec<u8> = (0..payload).map(|i| (i * 31 + 7) as u8).collect();
     let key = target.key;
     let find_label = target.find_label.clone();
+    let api = target.api;
     let start = Barrier::new(threads);
     let proc_begin = cpu_secs(libc::CLOCK_PROCESS_CPUTIME_ID);
     let results: Vec<Result<Sample, String>> = std::thread::scope(|scope| {
@@ -153,11 +209,17 @@ pub fn measure(
                     // Distinct IVs per thread and operation (the key is shared).
                     let base = (t as u64) << 48;
                     loop {
-                        match find_label {
-                            Some(label) => {
+                        match (find_label, api) {
+                            (Some(label), _) => {
                                 find_then_encrypt(session, label, key, base + ops, plaintext)?
                             }
-                            None => round_trip(session, key, base + ops, plaintext)?,
+                            (None, Api::Classic) => {
+                                round_trip(session, key, base + ops, plaintext)?
+                            }
+                            (None, Api::Message) => message_round_trip(session, key, plaintext)?,
+                            (None, Api::RandomIvClassic) => {
+                                random_iv_round_trip(session, key, plaintext)?
+                            }
                         }
                         ops += 1;
                         let elapsed = begin.elapsed();

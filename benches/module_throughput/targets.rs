@@ -16,10 +16,26 @@ use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use std::path::Path;
 
+/// How a target encrypts (every target decrypts with the classic call, or the message API for
+/// [`Api::Message`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// C_EncryptInit/C_Encrypt with a caller IV (a counter).
+    Classic,
+    /// PKCS#11 3.0 C_EncryptMessage with CKG_GENERATE_RANDOM (the token generates the IV),
+    /// C_DecryptMessage back.
+    Message,
+    /// What the module's message path does on a caller-IV HSM, done by hand: C_GenerateRandom
+    /// for a 12-byte IV, then the classic calls (the direct baseline of the message rows).
+    RandomIvClassic,
+}
+
 /// One measured path: a key and a logged-in session per thread.
 pub struct Target {
     /// Short name used in the table.
     pub name: &'static str,
+    /// How it encrypts.
+    pub api: Api,
     /// The AES-256 key.
     pub key: ObjectHandle,
     /// One session per benchmark thread (index = thread).
@@ -122,6 +138,7 @@ pub fn open(ctx: &Contexts, threads: usize) -> R<(Target, Target, Target)> {
     let key = generate(&module_sessions[0], &id, HSM_KEY_LABEL)?;
     let module = Target {
         name: "module->SoftHSM2",
+        api: Api::Classic,
         key,
         sessions: module_sessions,
         find_label: None,
@@ -150,6 +167,7 @@ pub fn open(ctx: &Contexts, threads: usize) -> R<(Target, Target, Target)> {
     }
     let direct = Target {
         name: "SoftHSM2 direct",
+        api: Api::Classic,
         key,
         sessions: direct_sessions,
         find_label: None,
@@ -160,6 +178,7 @@ pub fn open(ctx: &Contexts, threads: usize) -> R<(Target, Target, Target)> {
     let key = generate(&emb_sessions[0], &id, "xki-bench-emb")?;
     let embedded = Target {
         name: "module embedded",
+        api: Api::Classic,
         key,
         sessions: emb_sessions,
         find_label: None,
@@ -175,6 +194,7 @@ pub fn open_find(ctx: &Contexts, threads: usize, keys: [ObjectHandle; 2]) -> R<(
     let slot = slot_by_label(&ctx.module, setup::MODULE_HSM_SLOT)?;
     let module = Target {
         name: "find+enc module",
+        api: Api::Classic,
         key: keys[0],
         sessions: sessions(&ctx.module, slot, setup::SOFTHSM_PIN, threads)?,
         find_label: Some(label.clone()),
@@ -182,9 +202,35 @@ pub fn open_find(ctx: &Contexts, threads: usize, keys: [ObjectHandle; 2]) -> R<(
     let slot = slot_by_label(&ctx.direct, setup::SOFTHSM_TOKEN)?;
     let direct = Target {
         name: "find+enc direct",
+        api: Api::Classic,
         key: keys[1],
         sessions: sessions(&ctx.direct, slot, setup::SOFTHSM_PIN, threads)?,
         find_label: Some(label),
+    };
+    Ok((module, direct))
+}
+
+/// The message-API pair on the same SoftHSM2 key, with `threads` sessions each: (module
+/// message API with token-generated IVs, SoftHSM2 direct with an IV from its RNG).
+pub fn open_message(ctx: &Contexts, threads: usize) -> R<(Target, Target)> {
+    let id = b"xki-bench-key-01";
+    let slot = slot_by_label(&ctx.module, setup::MODULE_HSM_SLOT)?;
+    let module_sessions = sessions(&ctx.module, slot, setup::SOFTHSM_PIN, threads)?;
+    let module = Target {
+        name: "module msg API",
+        api: Api::Message,
+        key: find_key(&module_sessions[0], id, setup::MODULE_HSM_SLOT)?,
+        sessions: module_sessions,
+        find_label: None,
+    };
+    let slot = slot_by_label(&ctx.direct, setup::SOFTHSM_TOKEN)?;
+    let direct_sessions = sessions(&ctx.direct, slot, setup::SOFTHSM_PIN, threads)?;
+    let direct = Target {
+        name: "direct RNG IV",
+        api: Api::RandomIvClassic,
+        key: find_key(&direct_sessions[0], id, "SoftHSM2")?,
+        sessions: direct_sessions,
+        find_label: None,
     };
     Ok((module, direct))
 }
@@ -218,6 +264,7 @@ pub fn open_group(ctx: &Contexts, threads: usize) -> R<(Target, Target, u64)> {
     let single_sessions = sessions(&ctx.module, slot, group_setup::GROUP_PIN, threads)?;
     let single = Target {
         name: "one member",
+        api: Api::Classic,
         key: find_key(&single_sessions[0], id, group_setup::SINGLE_SLOT)?,
         sessions: single_sessions,
         find_label: None,
@@ -226,6 +273,7 @@ pub fn open_group(ctx: &Contexts, threads: usize) -> R<(Target, Target, u64)> {
     let group_sessions = sessions(&ctx.module, slot, group_setup::GROUP_PIN, threads)?;
     let group = Target {
         name: "group(2)",
+        api: Api::Classic,
         key: find_key(&group_sessions[0], id, group_setup::GROUP_SLOT)?,
         sessions: group_sessions,
         find_label: None,

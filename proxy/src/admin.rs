@@ -254,7 +254,8 @@ pub fn purge(config: &Path, today: Option<Date>) -> Result<(), String> {
 }
 
 /// `health`: one deep check (the server's own, canary creation rules included), printed as
-/// the GetHealthStatus body: the same shape and member names the KMS sees. The check's
+/// the GetHealthStatus body: the same shape and member names the KMS sees, plus
+/// `encryptIvSource` (token-generated IVs or the HSM's RNG). The check's
 /// latency and any failure go to stderr; the exit status is non-zero when UNAVAILABLE.
 pub fn health(config: &Path) -> Result<(), String> {
     let (cfg, hsm) = open(config)?;
@@ -262,11 +263,17 @@ pub fn health(config: &Path) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
+    let iv_source = hsm.iv_path().describe();
     let health = crate::health::Health::new(hsm, cfg.fleet_size);
     let check = rt.block_on(health.check_now());
+    // The GetHealthStatus body, plus one field of ours: where Encrypt's IVs come from.
+    let mut body = serde_json::to_value(health.report()).unwrap_or_default();
+    if let Some(o) = body.as_object_mut() {
+        o.insert("encryptIvSource".into(), iv_source.into());
+    }
     println!(
         "{}",
-        serde_json::to_string_pretty(&health.report()).unwrap_or_default()
+        serde_json::to_string_pretty(&body).unwrap_or_default()
     );
     eprintln!(
         "health check: {} in {} µs",

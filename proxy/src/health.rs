@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::api::{EkmFleetMember, HealthResponse};
-use crate::hsm::{gcm_decrypt, gcm_encrypt, Hsm, HsmError, Member, MemberState};
+use crate::hsm::{gcm_decrypt, Hsm, HsmError, Member, MemberState};
 
 /// Results older than this count as UNAVAILABLE.
 const MAX_AGE: Duration = Duration::from_secs(60);
@@ -87,7 +87,7 @@ fn round_trip(hsm: &Hsm, s: &cryptoki::session::Session) -> Result<(), HsmError>
     s.generate_random_slice(&mut probe)
         .map_err(|e| HsmError::pkcs11("C_GenerateRandom", e))?;
     let aad = b"xki-proxy health canary";
-    let out = gcm_encrypt(s, h, hsm.next_iv(s)?, aad, &probe)?;
+    let out = hsm.encrypt(s, h, aad, &probe)?;
     let back = gcm_decrypt(s, h, &out.iv, aad, &out.ciphertext, &out.tag)?;
     if back != probe {
         return Err(HsmError::Other(

@@ -3,11 +3,12 @@
 //! owned or borrowed Rust values.
 
 use crate::api::{Attribute, InitArgs};
-use crate::mechanism::{Aad, GcmParams, Iv, Mechanism, GCM_MAX_AAD};
+use crate::mechanism::{Aad, GcmMessageParams, GcmParams, Iv, Mechanism, GCM_MAX_AAD};
 use crate::rv::{CkResult, Rv};
 use pkcs11_sys::{
     CKF_LIBRARY_CANT_CREATE_OS_THREADS, CKF_OS_LOCKING_OK, CKM_AES_GCM, CKM_AES_KEY_GEN,
-    CK_ATTRIBUTE, CK_ATTRIBUTE_TYPE, CK_C_INITIALIZE_ARGS, CK_GCM_PARAMS, CK_MECHANISM, CK_ULONG,
+    CK_ATTRIBUTE, CK_ATTRIBUTE_TYPE, CK_C_INITIALIZE_ARGS, CK_GCM_MESSAGE_PARAMS, CK_GCM_PARAMS,
+    CK_MECHANISM, CK_ULONG,
 };
 use std::ffi::{c_void, CStr};
 use std::mem::size_of;
@@ -151,6 +152,104 @@ pub(crate) unsafe fn mechanism(ptr: *const CK_MECHANISM) -> CkResult<Mechanism> 
             param_len: m.ulParameterLen,
         }),
     }
+}
+
+/// Read only the type and parameter length of a `CK_MECHANISM` (the message-based `*Init`
+/// calls, whose parameter is never followed: a `CK_GCM_MESSAGE_PARAMS` there has the size of a
+/// `CK_GCM_PARAMS` and must not be read as one). NULL is `CKR_ARGUMENTS_BAD`.
+///
+/// # Safety
+/// A non-NULL `ptr` must point to a readable `CK_MECHANISM`.
+pub(crate) unsafe fn mechanism_kind(ptr: *const CK_MECHANISM) -> CkResult<(u64, u64)> {
+    if ptr.is_null() {
+        return Err(Rv::ARGUMENTS_BAD);
+    }
+    // SAFETY: non-NULL and readable (caller contract).
+    let m = unsafe { ptr.read_unaligned() };
+    Ok((m.mechanism, m.ulParameterLen))
+}
+
+/// The caller's `pIv` of an AES-GCM `CK_MECHANISM` whose IV is 12 zero bytes (the zero-IV
+/// convention: the IV a generating HSM used is written back there), else `None`.
+///
+/// # Safety
+/// As [`mechanism`].
+pub(crate) unsafe fn zero_gcm_iv(ptr: *const CK_MECHANISM) -> Option<*mut u8> {
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: non-NULL and readable (caller contract).
+    let m = unsafe { ptr.read_unaligned() };
+    let gcm_sized = usize::try_from(m.ulParameterLen).ok() == Some(size_of::<CK_GCM_PARAMS>());
+    if m.mechanism != CKM_AES_GCM || !gcm_sized || m.pParameter.is_null() {
+        return None;
+    }
+    // SAFETY: `pParameter` is readable for a whole `CK_GCM_PARAMS` (caller contract).
+    let p = unsafe { m.pParameter.cast::<CK_GCM_PARAMS>().read_unaligned() };
+    if p.ulIvLen != crate::backend::GENERATED_IV_LEN as CK_ULONG || p.pIv.is_null() {
+        return None;
+    }
+    // SAFETY: `pIv` is readable for `ulIvLen` bytes (caller contract).
+    let iv = unsafe { std::slice::from_raw_parts(p.pIv, crate::backend::GENERATED_IV_LEN) };
+    iv.iter().all(|b| *b == 0).then_some(p.pIv)
+}
+
+/// A `CK_GCM_MESSAGE_PARAMS` read out of caller memory: its fields for the core, and where
+/// the IV and tag go back to.
+pub(crate) struct MessageParams {
+    pub params: GcmMessageParams,
+    /// `pIv` (writable for `params.iv.len()` bytes).
+    pub iv_out: *mut u8,
+    /// `pTag` (writable for 16 bytes).
+    pub tag_out: *mut u8,
+}
+
+/// Read a `CK_GCM_MESSAGE_PARAMS` (`pParameter`/`ulParameterLen` of a message function).
+/// Anything that is not exactly one, NULL `pIv` or `pTag`, an IV over 16 bytes or a tag that is
+/// not 128 bits is `CKR_MECHANISM_PARAM_INVALID` (nothing is read through such pointers). For
+/// a decryption (`read_tag`) the 16 tag bytes are read from `pTag`.
+///
+/// # Safety
+/// A non-NULL `ptr` must be readable for `len` bytes; the structure's `pIv` must be valid for
+/// `ulIvLen` bytes and its `pTag` for `ulTagBits / 8` bytes (read, and written by an
+/// encryption), for the whole call.
+pub(crate) unsafe fn gcm_message_params(
+    ptr: *const c_void,
+    len: CK_ULONG,
+    read_tag: bool,
+) -> CkResult<MessageParams> {
+    let invalid = Rv::MECHANISM_PARAM_INVALID;
+    if ptr.is_null() || usize::try_from(len).ok() != Some(size_of::<CK_GCM_MESSAGE_PARAMS>()) {
+        return Err(invalid);
+    }
+    // SAFETY: non-NULL and readable for its exact size (caller contract).
+    let p = unsafe { ptr.cast::<CK_GCM_MESSAGE_PARAMS>().read_unaligned() };
+    let iv_len = usize::try_from(p.ulIvLen).map_err(|_| invalid)?;
+    if p.pIv.is_null() || p.pTag.is_null() || iv_len == 0 || iv_len > 16 {
+        return Err(invalid);
+    }
+    if p.ulTagBits != crate::mechanism::GCM_TAG_BITS as CK_ULONG {
+        return Err(invalid);
+    }
+    // SAFETY: `pIv` readable for `ulIvLen` bytes (caller contract), checked non-NULL.
+    let iv = Iv::from_slice(unsafe { std::slice::from_raw_parts(p.pIv, iv_len) });
+    let mut tag = [0u8; crate::mechanism::GCM_TAG_LEN];
+    if read_tag {
+        // SAFETY: `pTag` readable for `ulTagBits / 8` = 16 bytes (caller contract), non-NULL;
+        // `tag` is our own array.
+        unsafe { std::ptr::copy_nonoverlapping(p.pTag, tag.as_mut_ptr(), tag.len()) };
+    }
+    Ok(MessageParams {
+        params: GcmMessageParams {
+            generator: p.ivGenerator,
+            iv,
+            iv_fixed_bits: p.ulIvFixedBits,
+            tag_bits: p.ulTagBits,
+            tag,
+        },
+        iv_out: p.pIv,
+        tag_out: p.pTag,
+    })
 }
 
 /// Follow the pointers of a `CK_GCM_PARAMS`.

@@ -115,7 +115,31 @@ pub(crate) unsafe extern "C" fn C_EncryptInit(
     guard("C_EncryptInit", || {
         // SAFETY: pMechanism points to a readable CK_MECHANISM (PKCS#11 contract).
         let mechanism = unsafe { args::mechanism(pMechanism) }?;
-        api::encrypt_init(hSession, mechanism, hKey)
+        // SAFETY: as above; the mechanism was just read successfully.
+        match unsafe { args::zero_gcm_iv(pMechanism) } {
+            None => api::encrypt_init(hSession, mechanism, hKey),
+            Some(iv) => api::encrypt_init_zero_iv(hSession, mechanism, hKey, write_iv_back_to(iv)),
+        }
+    })
+}
+
+/// The zero-IV convention of `C_EncryptInit` (see `include/xki_pkcs11.h`): the IV a generating
+/// HSM used is written into the caller's 12-byte `pIv` when the encryption (`C_Encrypt` or
+/// `C_EncryptFinal`) has run. The address is kept as a number so the closure is `Send`.
+fn write_iv_back_to(iv: *mut u8) -> crate::session::IvWriteBack {
+    let address = iv as usize;
+    Box::new(move |generated: &[u8]| {
+        if generated.len() != crate::backend::GENERATED_IV_LEN {
+            return Err(Rv::FUNCTION_FAILED);
+        }
+        // SAFETY: the convention's contract (documented in xki_pkcs11.h, as for the AWS
+        // CloudHSM library it mirrors): the caller's `pIv` given to C_EncryptInit stays valid
+        // and writable for its 12 bytes until the encryption has run; `generated` is
+        // Rust-owned, so the ranges do not overlap.
+        unsafe {
+            ptr::copy_nonoverlapping(generated.as_ptr(), address as *mut u8, generated.len())
+        };
+        Ok(())
     })
 }
 

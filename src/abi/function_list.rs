@@ -1,7 +1,7 @@
 //! The static function tables: `CK_FUNCTION_LIST` (version 2.40), `CK_FUNCTION_LIST_3_0`
 //! (version 3.0), and the two `CK_INTERFACE`s that name them. Every slot is filled.
 
-use super::{crypto, exports, general, object, refused, session, slot_token, unsupported};
+use super::{crypto, exports, general, message, object, refused, session, slot_token, unsupported};
 use pkcs11_sys::{CK_CHAR, CK_FUNCTION_LIST, CK_FUNCTION_LIST_3_0, CK_INTERFACE, CK_VERSION};
 use std::ffi::{c_void, CStr};
 use std::ptr;
@@ -100,7 +100,8 @@ macro_rules! table {
 pub(crate) static FUNCTION_LIST_2_40: CK_FUNCTION_LIST = table!(CK_FUNCTION_LIST, VERSION_2_40);
 
 /// The PKCS#11 3.0 table: the 2.40 functions plus the interface, login-user, cancel and
-/// message functions (all but the interface functions unsupported).
+/// message functions (message-based encryption and decryption implemented; login-user,
+/// cancel and message-based signing unsupported).
 pub(crate) static FUNCTION_LIST_3_0: CK_FUNCTION_LIST_3_0 = table!(
     CK_FUNCTION_LIST_3_0,
     VERSION_3_0,
@@ -108,16 +109,16 @@ pub(crate) static FUNCTION_LIST_3_0: CK_FUNCTION_LIST_3_0 = table!(
     C_GetInterface: exports::C_GetInterface,
     C_LoginUser: unsupported::C_LoginUser,
     C_SessionCancel: unsupported::C_SessionCancel,
-    C_MessageEncryptInit: unsupported::C_MessageEncryptInit,
-    C_EncryptMessage: unsupported::C_EncryptMessage,
-    C_EncryptMessageBegin: unsupported::C_EncryptMessageBegin,
-    C_EncryptMessageNext: unsupported::C_EncryptMessageNext,
-    C_MessageEncryptFinal: unsupported::C_MessageEncryptFinal,
-    C_MessageDecryptInit: unsupported::C_MessageDecryptInit,
-    C_DecryptMessage: unsupported::C_DecryptMessage,
-    C_DecryptMessageBegin: unsupported::C_DecryptMessageBegin,
-    C_DecryptMessageNext: unsupported::C_DecryptMessageNext,
-    C_MessageDecryptFinal: unsupported::C_MessageDecryptFinal,
+    C_MessageEncryptInit: message::C_MessageEncryptInit,
+    C_EncryptMessage: message::C_EncryptMessage,
+    C_EncryptMessageBegin: message::C_EncryptMessageBegin,
+    C_EncryptMessageNext: message::C_EncryptMessageNext,
+    C_MessageEncryptFinal: message::C_MessageEncryptFinal,
+    C_MessageDecryptInit: message::C_MessageDecryptInit,
+    C_DecryptMessage: message::C_DecryptMessage,
+    C_DecryptMessageBegin: message::C_DecryptMessageBegin,
+    C_DecryptMessageNext: message::C_DecryptMessageNext,
+    C_MessageDecryptFinal: message::C_MessageDecryptFinal,
     C_MessageSignInit: unsupported::C_MessageSignInit,
     C_SignMessage: unsupported::C_SignMessage,
     C_SignMessageBegin: unsupported::C_SignMessageBegin,

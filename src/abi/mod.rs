@@ -24,6 +24,7 @@ pub(crate) mod function_list;
 pub(crate) mod general;
 pub(crate) mod guard;
 pub(crate) mod info;
+pub(crate) mod message;
 pub(crate) mod object;
 pub(crate) mod refused;
 pub(crate) mod session;

@@ -1,5 +1,5 @@
 //! Entry points the module does not implement (token/PIN administration, digest, sign/verify,
-//! key pairs, dual-function updates, slot events, and the PKCS#11 3.0 message API,
+//! key pairs, dual-function updates, slot events, the PKCS#11 3.0 message-based signing,
 //! `C_LoginUser`, `C_SessionCancel`). They answer `CKR_CRYPTOKI_NOT_INITIALIZED` before
 //! `C_Initialize` and `CKR_FUNCTION_NOT_SUPPORTED` after, both decided by
 //! [`api::not_supported`]. Their arguments are never read.
@@ -54,28 +54,6 @@ not_supported! {
         CK_SESSION_HANDLE, CK_USER_TYPE, CK_UTF8CHAR_PTR, CK_ULONG, CK_UTF8CHAR_PTR, CK_ULONG
     );
     C_SessionCancel(CK_SESSION_HANDLE, CK_FLAGS);
-    C_MessageEncryptInit(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE);
-    C_EncryptMessage(
-        CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG,
-        CK_BYTE_PTR, CK_ULONG_PTR
-    );
-    C_EncryptMessageBegin(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG);
-    C_EncryptMessageNext(
-        CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR,
-        CK_ULONG_PTR, CK_FLAGS
-    );
-    C_MessageEncryptFinal(CK_SESSION_HANDLE);
-    C_MessageDecryptInit(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE);
-    C_DecryptMessage(
-        CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG,
-        CK_BYTE_PTR, CK_ULONG_PTR
-    );
-    C_DecryptMessageBegin(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG);
-    C_DecryptMessageNext(
-        CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR,
-        CK_ULONG_PTR, CK_FLAGS
-    );
-    C_MessageDecryptFinal(CK_SESSION_HANDLE);
     C_MessageSignInit(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE);
     C_SignMessage(
         CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR

@@ -196,6 +196,20 @@ impl Backend for FaultBackend {
         self.gate()?;
         self.inner.generate_random(out)
     }
+
+    fn accepts_caller_iv(&self) -> bool {
+        self.inner.accepts_caller_iv()
+    }
+
+    fn gcm_encrypt_generated_iv(
+        &self,
+        key: BackendKey,
+        aad: &[u8],
+        pt: &[u8],
+    ) -> CkResult<crate::backend::GeneratedIvEncryption> {
+        self.gate()?;
+        self.inner.gcm_encrypt_generated_iv(key, aad, pt)
+    }
     fn shutdown(&self) {
         self.inner.shutdown();
     }

@@ -225,6 +225,36 @@ pub fn copy_out(data: &[u8], out: &mut [u8]) -> CkResult<usize> {
     Ok(data.len())
 }
 
+/// Length of the GCM IVs generated for the module's callers: 96 bits, the length NIST SP
+/// 800-38D §8.2.2 recommends for random IVs.
+pub const GENERATED_IV_LEN: usize = 12;
+
+/// An AES-GCM encryption under an IV generated inside the token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GeneratedIvEncryption {
+    /// The IV the token used (12 bytes; 16 from a Luna that appends 128-bit IVs).
+    pub iv: crate::mechanism::Iv,
+    /// `ciphertext || tag`.
+    pub ciphertext_and_tag: Vec<u8>,
+}
+
+/// The default of [`Backend::gcm_encrypt_generated_iv`]: an IV from the token's own random
+/// number generator, then an encryption with it as the caller's IV.
+pub fn encrypt_with_random_iv(
+    backend: &(impl Backend + ?Sized),
+    key: BackendKey,
+    aad: &[u8],
+    plaintext: &[u8],
+) -> CkResult<GeneratedIvEncryption> {
+    let mut iv = crate::mechanism::Iv::from_elem(0, GENERATED_IV_LEN);
+    backend.generate_random(&mut iv)?;
+    let ciphertext_and_tag = backend.gcm_encrypt(key, &iv, aad, plaintext)?;
+    Ok(GeneratedIvEncryption {
+        iv,
+        ciphertext_and_tag,
+    })
+}
+
 /// One real token. See the module docs for the contract.
 pub trait Backend: Send + Sync {
     /// The backend's name from the config (`[backend.NAME]`), for logs and health.
@@ -327,6 +357,25 @@ pub trait Backend: Send + Sync {
 
     /// Fill `out` from the token's random number generator.
     fn generate_random(&self, out: &mut [u8]) -> CkResult<()>;
+
+    /// Whether the token takes a caller's IV for AES-GCM encryption. `false` for HSMs that
+    /// generate every encryption IV themselves (FIPS-mode CloudHSM, nShield, Luna): there
+    /// only [`Backend::gcm_encrypt_generated_iv`] encrypts. Decryption always takes one.
+    fn accepts_caller_iv(&self) -> bool {
+        true
+    }
+
+    /// AES-GCM encrypt (128-bit tag) under a fresh IV generated inside the token, however that
+    /// token does it (its own IV generation, or its random number generator); returns the IV
+    /// used with the output. Each call generates a new IV, also when it is retried.
+    fn gcm_encrypt_generated_iv(
+        &self,
+        key: BackendKey,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> CkResult<GeneratedIvEncryption> {
+        encrypt_with_random_iv(self, key, aad, plaintext)
+    }
 
     /// Release backend sessions and, if this backend initialised the library itself,
     /// finalize it. Called once from `C_Finalize`; the backend is not used afterwards.

@@ -228,7 +228,7 @@ pub(super) fn supported_mechanisms(
                 MechanismInfo {
                     min_key_size: policy::KEY_LEN,
                     max_key_size: policy::KEY_LEN,
-                    flags,
+                    flags: flags | policy::module_mechanism_flags(m),
                 },
             ))
         })

@@ -2,18 +2,25 @@
 
 use super::*;
 use crate::secret::SecretBytes;
-use crate::session::KeyLabel;
+use crate::session::{IvWriteBack, KeyLabel};
 
 /// Set up an encryption or decryption.
 ///
 /// One session lock for the whole check-and-install (the key lookup runs inside it: the
 /// object table never takes a session lock, so the order session -> objects cannot deadlock),
 /// under the state's read lock: this runs twice per round trip and calls no backend.
+///
+/// An encryption on a backend whose HSM generates IVs (`accepts_caller_iv` false) takes no
+/// caller IV: only the zero-IV convention (`iv_write_back`, made by the boundary for a 12-byte
+/// all-zero IV) is accepted, and the IV the token generates is written back into the
+/// caller's `pIv` when the encryption has run. Elsewhere `iv_write_back` is ignored and the
+/// caller's IV (zeros included) is used as given.
 pub(super) fn crypt_init(
     session: u64,
     mechanism: Mechanism,
     key: u64,
     encrypt: bool,
+    iv_write_back: Option<IvWriteBack>,
 ) -> CkResult<()> {
     with_module(|m| {
         m.sessions.with(session, |sess| {
@@ -35,12 +42,25 @@ pub(super) fn crypt_init(
             let Mechanism::AesGcm(params) = mechanism else {
                 return Err(Rv::MECHANISM_INVALID);
             };
+            let slot = &m.slots[index].slot;
+            let iv_write_back = match iv_write_back {
+                _ if !encrypt || slot.backend.accepts_caller_iv() => None,
+                Some(write_back) => Some(write_back),
+                None => {
+                    log::warn!(
+                        "slot {:?}: C_EncryptInit(CKM_AES_GCM) with a caller IV refused: this slot's HSM generates encryption IVs itself. Use C_MessageEncryptInit/C_EncryptMessage with ivGenerator = CKG_GENERATE_RANDOM, or pass a 12-byte all-zero IV to get the generated IV written back into pIv",
+                        slot.label
+                    );
+                    return Err(Rv::MECHANISM_PARAM_INVALID);
+                }
+            };
             let op = CryptOp {
                 key_name,
                 label,
                 key,
                 params,
                 buffered: None,
+                iv_write_back,
             };
             sess.op = if encrypt {
                 Operation::Encrypt(op)
@@ -53,11 +73,20 @@ pub(super) fn crypt_init(
 }
 
 pub fn encrypt_init(session: u64, mechanism: Mechanism, key: u64) -> CkResult<()> {
-    crypt_init(session, mechanism, key, true)
+    crypt_init(session, mechanism, key, true, None)
+}
+
+pub fn encrypt_init_zero_iv(
+    session: u64,
+    mechanism: Mechanism,
+    key: u64,
+    iv_write_back: IvWriteBack,
+) -> CkResult<()> {
+    crypt_init(session, mechanism, key, true, Some(iv_write_back))
 }
 
 pub fn decrypt_init(session: u64, mechanism: Mechanism, key: u64) -> CkResult<()> {
-    crypt_init(session, mechanism, key, false)
+    crypt_init(session, mechanism, key, false, None)
 }
 
 /// Run `f` on the session's active operation; an error ends the operation, as PKCS#11 says
@@ -216,9 +245,27 @@ fn encrypt_into(s: &SlotState, op: &CryptOp, data: &[u8], out: &mut [u8]) -> CkR
     let out = out
         .get_mut(..data.len() + GCM_TAG_LEN)
         .ok_or(Rv::GENERAL_ERROR)?;
-    s.slot
+    let Some(write_back) = &op.iv_write_back else {
+        return s
+            .slot
+            .backend
+            .gcm_encrypt_into(op.key, &op.params.iv, &op.params.aad, data, out);
+    };
+    let generated = s
+        .slot
         .backend
-        .gcm_encrypt_into(op.key, &op.params.iv, &op.params.aad, data, out)
+        .gcm_encrypt_generated_iv(op.key, &op.params.aad, data)?;
+    if generated.iv.len() != op.params.iv.len() {
+        log::error!(
+            "slot {:?}: the token generated a {}-byte IV for a {}-byte pIv",
+            s.slot.label,
+            generated.iv.len(),
+            op.params.iv.len()
+        );
+        return Err(Rv::FUNCTION_FAILED);
+    }
+    write_back(&generated.iv)?;
+    crate::backend::copy_out(&generated.ciphertext_and_tag, out)
 }
 
 /// Plaintexts up to this long are decrypted into a scratch buffer on the stack when the

@@ -229,3 +229,105 @@ fn gcm_parameters_are_checked() {
         Err(Rv::MECHANISM_INVALID)
     );
 }
+
+#[test]
+fn message_params_allow_random_and_caller_ivs_only() {
+    use crate::mechanism::{GcmMessageParams, Iv};
+    let p = |generator, iv_len: usize, fixed, tag_bits| GcmMessageParams {
+        generator,
+        iv: Iv::from_elem(0, iv_len),
+        iv_fixed_bits: fixed,
+        tag_bits,
+        tag: [0; 16],
+    };
+    let ok = |r: Result<MessageIv, (Rv, &str)>| r.map_err(|(rv, _)| rv);
+    let invalid = Err(Rv::MECHANISM_PARAM_INVALID);
+    assert_eq!(
+        ok(gcm_message_params(
+            &p(CKG_GENERATE_RANDOM, 12, 0, 128),
+            true,
+            true
+        )),
+        Ok(MessageIv::Generated)
+    );
+    assert_eq!(
+        ok(gcm_message_params(
+            &p(CKG_GENERATE_RANDOM, 12, 0, 128),
+            true,
+            false
+        )),
+        Ok(MessageIv::Generated)
+    );
+    assert_eq!(
+        ok(gcm_message_params(
+            &p(CKG_NO_GENERATE, 12, 0, 128),
+            true,
+            true
+        )),
+        Ok(MessageIv::Caller)
+    );
+    assert_eq!(
+        ok(gcm_message_params(
+            &p(CKG_NO_GENERATE, 16, 0, 128),
+            true,
+            true
+        )),
+        Ok(MessageIv::Caller)
+    );
+    assert_eq!(
+        ok(gcm_message_params(
+            &p(CKG_NO_GENERATE, 12, 0, 128),
+            true,
+            false
+        )),
+        invalid
+    );
+    assert_eq!(
+        ok(gcm_message_params(
+            &p(CKG_GENERATE_RANDOM, 12, 32, 128),
+            true,
+            true
+        )),
+        invalid
+    );
+    assert_eq!(
+        ok(gcm_message_params(
+            &p(CKG_GENERATE_RANDOM, 16, 0, 128),
+            true,
+            true
+        )),
+        invalid
+    );
+    for g in [
+        CKG_GENERATE,
+        CKG_GENERATE_COUNTER,
+        CKG_GENERATE_COUNTER_XOR,
+        99,
+    ] {
+        assert_eq!(
+            ok(gcm_message_params(&p(g, 12, 0, 128), true, true)),
+            invalid
+        );
+        // Decryption takes the caller's IV whatever the generator says.
+        assert_eq!(
+            ok(gcm_message_params(&p(g, 12, 0, 128), false, false)),
+            Ok(MessageIv::Caller)
+        );
+    }
+    assert_eq!(
+        ok(gcm_message_params(
+            &p(CKG_GENERATE_RANDOM, 12, 0, 96),
+            true,
+            true
+        )),
+        invalid
+    );
+    assert_eq!(
+        ok(gcm_message_params(
+            &p(CKG_NO_GENERATE, 8, 0, 128),
+            false,
+            true
+        )),
+        invalid
+    );
+}

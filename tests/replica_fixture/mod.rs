@@ -24,7 +24,7 @@ use xki_pkcs11::backend::Backend;
 /// Every token label any test of the binary uses (SoftHSM2 reads its config once).
 pub const TOKENS: &[&str] = &[
     "tr-a", "tr-b", "ad-a", "ad-b", "mm-a", "mm-b", "gen-a", "gen-b", "rep-a", "ch-a", "ch-b",
-    "tp-a", "tp-b", "mod-a", "mod-b", "late-a", "late-b", "ce-a", "ce-b",
+    "tp-a", "tp-b", "mod-a", "mod-b", "late-a", "late-b", "ce-a", "ce-b", "iv-a", "iv-b",
 ];
 
 /// The test process initialises SoftHSM2 itself (the backends then share that

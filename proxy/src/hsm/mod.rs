@@ -19,7 +19,8 @@ mod status;
 
 pub use date::Date;
 pub use error::HsmError;
-pub use gcm::{gcm_decrypt, gcm_encrypt, GcmOutput, IV_LEN, TAG_LEN};
+pub use gcm::{gcm_decrypt, gcm_encrypt, gcm_encrypt_token_iv, GcmOutput, IV_LEN, TAG_LEN};
+pub use ivs::IvPath;
 pub use lifecycle::{KeyInfo, Usage};
 pub use pool::PoolStats;
 pub use state::{KeyState, KeyStatus, UsageFlags};
@@ -59,6 +60,8 @@ pub struct Hsm {
     pool: pool::Pool,
     keys: keys::KeyCache,
     ivs: ivs::IvPool,
+    /// Where Encrypt IVs come from (decided once at open).
+    iv_path: IvPath,
     /// HSM worker threads, started by the first [`Hsm::run`] (CLI commands never start them).
     exec: std::sync::OnceLock<Arc<exec::Exec>>,
     exec_start: parking_lot::Mutex<()>,
@@ -96,7 +99,14 @@ impl Hsm {
             model: info.model().trim().to_string(),
             serial: info.serial_number().trim().to_string(),
         };
+        let iv_path = IvPath::of(&ctx, slot);
+        tracing::info!(
+            module = %module.display(),
+            iv_source = iv_path.describe(),
+            "GCM encryption IVs"
+        );
         let hsm = Arc::new(Hsm {
+            iv_path,
             ctx,
             slot,
             pin: AuthPin::new(pin.as_str().into()),
@@ -196,6 +206,26 @@ impl Hsm {
             _ => self.pool.put_back(s),
         }
         r
+    }
+
+    /// Where Encrypt IVs come from.
+    pub fn iv_path(&self) -> IvPath {
+        self.iv_path
+    }
+
+    /// Encrypt under a fresh IV by this module's path: generated inside the token (message
+    /// API) when offered, else from the token's RNG ([`Hsm::next_iv`]).
+    pub fn encrypt(
+        &self,
+        s: &Session,
+        key: cryptoki::object::ObjectHandle,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<GcmOutput, HsmError> {
+        match self.iv_path {
+            IvPath::TokenGenerated => gcm_encrypt_token_iv(s, key, aad, plaintext),
+            IvPath::HsmRandom => gcm_encrypt(s, key, self.next_iv(s)?, aad, plaintext),
+        }
     }
 
     /// A fresh GCM IV from the token's RNG (fetched in bulk, each handed out once).

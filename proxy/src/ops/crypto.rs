@@ -10,7 +10,7 @@ use super::{b64, b64_required, check_algorithm, map_hsm, MAX_AAD, MAX_DATA, MAX_
 use crate::api::{
     ApiError, DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, ErrorKind,
 };
-use crate::hsm::{gcm_decrypt, gcm_encrypt, HsmError, TAG_LEN};
+use crate::hsm::{gcm_decrypt, HsmError, TAG_LEN};
 use crate::state::App;
 
 fn too_big(field: &str, max: usize) -> ApiError {
@@ -66,8 +66,10 @@ pub fn validate_encrypt(req: &EncryptRequest) -> Result<EncryptInput, ApiError> 
     })
 }
 
-/// Encrypt under `key`. With a CDIV algorithm, the CDIV is computed from the output first,
-/// then that exact output is decrypted once to prove it round-trips (retried once with a
+/// Encrypt under `key`, with the IV the token generates where the module offers the PKCS#11
+/// 3.0 message API ([`crate::hsm::IvPath`]). With a CDIV algorithm, the CDIV is computed from
+/// the output first (with the IV the HSM returned), then that exact output is decrypted once
+/// to prove it round-trips (retried once with a
 /// fresh IV, then InternalException). A CDIV on a key without DECRYPT usage is
 /// InvalidKeyUsageException and returns no ciphertext.
 pub async fn encrypt(
@@ -85,12 +87,13 @@ pub async fn encrypt(
         .hsm
         .run(app.deadline(), move |hsm, s| {
             let full_aad = hsm_aad(&aad, &METADATA_V1);
-            // One hop to an HSM worker thread for the whole HSM part: IV (from the bulk pool), encrypt
+            // One hop to an HSM worker thread for the whole HSM part: IV (token-generated, or
+            // from the bulk pool), encrypt
             // and the verifying decrypt. The token enforces CKA_ENCRYPT/CKA_DECRYPT itself
             // (see `Hsm::with_key_enforced`).
             hsm.with_key_enforced(s, &label, |h| {
                 for _attempt in 0..2 {
-                    let out = gcm_encrypt(s, h, hsm.next_iv(s)?, &full_aad, &plaintext)?;
+                    let out = hsm.encrypt(s, h, &full_aad, &plaintext)?;
                     if !want_cdiv {
                         return Ok((out, None));
                     }

@@ -28,6 +28,8 @@ mod companion;
 mod errors;
 mod find;
 mod handles;
+mod iv_batch;
+mod iv_mode;
 mod library;
 mod open;
 mod outage;
@@ -85,6 +87,10 @@ pub struct Pkcs11Backend {
     /// The library's own `C_GetAttributeValue`, for one-call key reads in finds (`find.rs`).
     /// `None`: cryptoki's reads are used.
     attribute_calls: Option<find::AttributeCalls>,
+    /// How the HSM takes GCM encryption IVs (`gcm_iv`, see `iv_mode.rs`).
+    iv_mode: iv_mode::IvModeState,
+    /// `caller` mode: generated IVs from the HSM's RNG, in batches.
+    iv_batch: iv_batch::IvBatch,
 }
 
 impl Pkcs11Backend {
@@ -126,6 +132,19 @@ fn check_iv(iv: &[u8]) -> CkResult<()> {
         return Err(Rv::MECHANISM_PARAM_INVALID);
     }
     Ok(())
+}
+
+impl Pkcs11Backend {
+    /// An encryption with a caller's IV: refused at once in a mode where the HSM generates
+    /// IVs; a refusal from the HSM may teach `auto` that it does (Luna in FIPS mode).
+    fn caller_iv_encryption<T>(&self, run: impl FnOnce() -> CkResult<T>) -> CkResult<T> {
+        if !self.iv_mode.accepts_caller_iv() {
+            return Err(Rv::MECHANISM_PARAM_INVALID);
+        }
+        run().inspect_err(|rv| {
+            self.iv_mode.learn_from_caller_iv_refusal(&self.name, *rv);
+        })
+    }
 }
 
 /// The raw-call description of one GCM operation on `session` with key `handle`.
@@ -310,14 +329,16 @@ impl Backend for Pkcs11Backend {
         }
         check_iv(iv)?;
         let _guard = self.reading()?;
-        self.call_key(key, Retry::Always, |s, handle| {
-            // Without the library's raw table: through cryptoki. GcmParams wants a mutable IV (PKCS#11 may write generated IVs back); ours is
-            // caller-supplied, so hand it a copy.
-            let mut iv = iv.to_vec();
-            let params = GcmParams::new(&mut iv, aad, Ulong::from(GCM_TAG_BITS))
-                .map_err(|e| errors::rv_of(&e))?;
-            s.encrypt(&Mechanism::AesGcm(params), handle, plaintext)
-                .map_err(|e| self.quirks.gcm_encrypt_error(&e))
+        self.caller_iv_encryption(|| {
+            self.call_key(key, Retry::Always, |s, handle| {
+                // Without the library's raw table: through cryptoki. GcmParams wants a mutable IV (PKCS#11 may write generated IVs back); ours is
+                // caller-supplied, so hand it a copy.
+                let mut iv = iv.to_vec();
+                let params = GcmParams::new(&mut iv, aad, Ulong::from(GCM_TAG_BITS))
+                    .map_err(|e| errors::rv_of(&e))?;
+                s.encrypt(&Mechanism::AesGcm(params), handle, plaintext)
+                    .map_err(|e| self.quirks.gcm_encrypt_error(&e))
+            })
         })
     }
 
@@ -359,9 +380,11 @@ impl Backend for Pkcs11Backend {
         };
         check_iv(iv)?;
         let _guard = self.reading()?;
-        self.call_key(key, Retry::Always, |s, handle| {
-            gcm.encrypt_into(&gcm_op(s, handle, iv, aad), plaintext, out)
-                .map_err(|e| self.quirks.gcm_encrypt_error(&e))
+        self.caller_iv_encryption(|| {
+            self.call_key(key, Retry::Always, |s, handle| {
+                gcm.encrypt_into(&gcm_op(s, handle, iv, aad), plaintext, out)
+                    .map_err(|e| self.quirks.gcm_encrypt_error(&e))
+            })
         })
     }
 
@@ -398,6 +421,19 @@ impl Backend for Pkcs11Backend {
         })?;
         out.copy_from_slice(&filled);
         Ok(())
+    }
+
+    fn accepts_caller_iv(&self) -> bool {
+        self.iv_mode.accepts_caller_iv()
+    }
+
+    fn gcm_encrypt_generated_iv(
+        &self,
+        key: BackendKey,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> CkResult<crate::backend::GeneratedIvEncryption> {
+        self.encrypt_generated_iv(key, aad, plaintext)
     }
 
     fn shutdown(&self) {

@@ -64,9 +64,17 @@ impl Pkcs11Backend {
         let max = cfg
             .max_sessions
             .unwrap_or(BackendConfig::DEFAULT_MAX_SESSIONS);
+        let iv_mode = super::iv_mode::IvModeState::choose(
+            name,
+            cfg.gcm_iv,
+            quirks.gcm_iv,
+            super::iv_mode::offers_message_api(&ctx, slot),
+        );
         let generation = lease.generation_counter();
         let seen = lease.generation();
         let backend = Pkcs11Backend {
+            iv_mode,
+            iv_batch: Default::default(),
             name: name.to_string(),
             slot: Mutex::new(slot),
             token_label: cfg.token_label.clone(),

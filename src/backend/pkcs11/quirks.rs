@@ -13,6 +13,15 @@
 //! | `SoftHSM` (SoftHSM2 2.6) | `C_SetAttributeValue` of `CKA_VALUE` on an existing `CKO_DATA` object (a key's state record) | `CKR_ATTRIBUTE_READ_ONLY` | any library answering so gets the record replaced: new object created first, old destroyed after; the record's generation picks the newer if a crash leaves both (`companion.rs`, `keystate::newest`) | `tests/module_keystate.rs::status_and_usage_are_independent_and_enforced_by_the_hsm`, `proxy/tests/keystate.rs::crash_at_every_step_softhsm2` |
 //! | any (SoftHSM2 2.6 seen) | `C_EncryptInit` / `C_DecryptInit` with a handle that names no key | `CKR_OBJECT_HANDLE_INVALID` | `CKR_KEY_HANDLE_INVALID` (what the specification lists for these functions) | `tests/backend_pkcs11.rs::gcm_bad_tag_aad_iv_is_encrypted_data_invalid` |
 //!
+//! GCM IVs for encryption (the `gcm_iv = "auto"` choice, `iv_mode.rs`), one row per vendor:
+//!
+//! | Library (manufacturerID) | What the HSM wants for a GCM encryption IV | `auto` picks | Source | Evidence |
+//! |---|---|---|---|---|
+//! | `SafeNet, Inc.` (Thales Luna 7) | outside FIPS mode: the caller's IV; in FIPS mode (HSM policy 12) the IV is generated in the HSM and appended to the output, a caller IV is refused | `caller`, switching to `append` on the first caller IV refused with `CKR_MECHANISM_PARAM_INVALID` (FIPS mode is not visible through PKCS#11) | Thales Luna 7 SDK reference, CKM_AES_GCM: <https://thalesdocs.com/gphsm/luna/7/docs/network/Content/sdk/mechanisms/CKM_AES_GCM.htm> | emulated (`luna`, `luna-fips`): `tests/module_vendor_iv.rs` |
+//! | `Marvell Semiconductors, Inc.` (AWS CloudHSM) | the HSM generates the IV and writes it into `CK_GCM_PARAMS.pIv` (12 zero bytes in); any other IV is refused | `write-back` | AWS CloudHSM user guide, supported PKCS#11 mechanisms, AES-GCM note: <https://docs.aws.amazon.com/cloudhsm/latest/userguide/pkcs11-mechanisms.html> | emulated (`cloudhsm`): `tests/module_vendor_iv.rs` |
+//! | `nCipher Corp. Ltd` (Entrust nShield, FIPS 140 Level 3 Security World) | as CloudHSM: the module generates the IV and the library writes it into `pIv` | `write-back` | nShield Security World PKCS#11 developer guide, mechanisms: <https://nshielddocs.entrust.com/security-world-docs/v12.80/api-generic/pkcs11.html> | emulated (`nshield`): `tests/module_vendor_iv.rs` |
+//! | any other | a caller IV, or the PKCS#11 3.0 message API when the library offers it for `CKM_AES_GCM` | `message` if offered, else `caller` | PKCS#11 3.0 §5.13 (message-based encryption) | SoftHSM2 (caller), kryoptic (message) |
+//!
 //! Other libraries are assumed to follow the specification (`CKR_ENCRYPTED_DATA_INVALID`) until
 //! a test against them shows otherwise; add a row here (and a test) when one does not.
 
@@ -32,11 +41,32 @@ pub(crate) struct Quirks {
     /// While one session writes an object, calls in other sessions fail spuriously (valid
     /// handles read as invalid, generation fails): writes must run alone.
     pub object_writes_exclusive: bool,
+    /// How the vendor's HSM takes GCM encryption IVs (for `gcm_iv = "auto"`).
+    pub gcm_iv: VendorIv,
     /// A token that lost its store comes back only after `C_Finalize` + `C_Initialize` of the
     /// library. Implies `object_writes_exclusive` (that lock keeps calls out of the library
     /// while it is re-initialised).
     pub reinit_to_recover: bool,
 }
+
+/// A vendor row's GCM encryption IV behaviour (see the table above).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum VendorIv {
+    /// No row: the library's functions decide.
+    #[default]
+    Unlisted,
+    /// The HSM writes the IV it generated into `pIv` (CloudHSM, nShield).
+    WriteBack,
+    /// Caller IVs, unless the HSM is in FIPS mode and appends its own (Luna).
+    CallerOrAppend,
+}
+
+/// `CK_INFO.manufacturerID` of the Thales (SafeNet) Luna library.
+const LUNA_MANUFACTURER: &str = "SafeNet, Inc.";
+/// `CK_INFO.manufacturerID` of the AWS CloudHSM library.
+const CLOUDHSM_MANUFACTURER: &str = "Marvell Semiconductors, Inc.";
+/// `CK_INFO.manufacturerID` of the nShield library.
+const NSHIELD_MANUFACTURER: &str = "nCipher Corp. Ltd";
 
 /// The manufacturer ID SoftHSM2 reports in `CK_INFO` (space padded; compared trimmed).
 const SOFTHSM_MANUFACTURER: &str = "SoftHSM";
@@ -52,6 +82,15 @@ impl Quirks {
                 private_dates_unreadable: true,
                 object_writes_exclusive: true,
                 reinit_to_recover: true,
+                gcm_iv: VendorIv::Unlisted,
+            },
+            LUNA_MANUFACTURER => Quirks {
+                gcm_iv: VendorIv::CallerOrAppend,
+                ..Quirks::default()
+            },
+            CLOUDHSM_MANUFACTURER | NSHIELD_MANUFACTURER => Quirks {
+                gcm_iv: VendorIv::WriteBack,
+                ..Quirks::default()
             },
             _ => Quirks::default(),
         }
@@ -107,6 +146,21 @@ mod tests {
         assert_eq!(q.gcm_decrypt_error(&key), Rv::KEY_HANDLE_INVALID);
         let key = Error::Pkcs11(RvError::ObjectHandleInvalid, Function::EncryptInit);
         assert_eq!(q.gcm_encrypt_error(&key), Rv::KEY_HANDLE_INVALID);
+    }
+
+    #[test]
+    fn vendor_iv_rows() {
+        let padded = |m: &str| format!("{m:<32}");
+        assert_eq!(
+            Quirks::for_library(&padded("SafeNet, Inc.")).gcm_iv,
+            VendorIv::CallerOrAppend
+        );
+        for m in ["Marvell Semiconductors, Inc.", "nCipher Corp. Ltd"] {
+            assert_eq!(Quirks::for_library(&padded(m)).gcm_iv, VendorIv::WriteBack);
+        }
+        for m in ["SoftHSM", "Kryoptic Project", "Acme HSM"] {
+            assert_eq!(Quirks::for_library(&padded(m)).gcm_iv, VendorIv::Unlisted);
+        }
     }
 
     #[test]

@@ -51,6 +51,14 @@ impl std::fmt::Debug for GcmCalls {
     }
 }
 
+/// The IV fields of one `CK_GCM_PARAMS`: NULL with length 0, or a buffer valid for `len`
+/// bytes for the whole operation.
+struct IvArg {
+    ptr: CK_BYTE_PTR,
+    len: CK_ULONG,
+    bits: CK_ULONG,
+}
+
 /// One GCM operation's parameters, borrowed for the duration of the call.
 pub(crate) struct Gcm<'a> {
     pub session: CK_SESSION_HANDLE,
@@ -142,15 +150,88 @@ impl GcmCalls {
         )
     }
 
+    /// GCM encryption under an IV the HSM generates and writes into `iv` (AWS CloudHSM,
+    /// nShield): `iv` goes in as zeros and holds the IV used afterwards. `op.iv` is ignored.
+    pub(crate) fn encrypt_iv_written_back(
+        &self,
+        op: &Gcm<'_>,
+        iv: &mut [u8],
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, Error> {
+        let iv_len = CK_ULONG::try_from(iv.len())?;
+        // `iv` is borrowed mutably for this whole function, so the library may write it during
+        // C_EncryptInit (CloudHSM) or C_Encrypt alike.
+        let iv_arg = IvArg {
+            ptr: iv.as_mut_ptr(),
+            len: iv_len,
+            bits: iv_len.saturating_mul(8),
+        };
+        self.init_with(self.encrypt_init, Function::EncryptInit, op, iv_arg)?;
+        let mut spill = Vec::new();
+        self.run_into(
+            self.encrypt,
+            Function::Encrypt,
+            op,
+            plaintext,
+            out,
+            &mut spill,
+        )
+    }
+
+    /// GCM encryption under an IV the HSM generates and appends to its output (Luna in FIPS
+    /// mode): `pIv` = NULL, `ulIvLen` = 0, `ulIvBits` = 96 (the 96-bit IV Luna firmware 7.9.3
+    /// and later generate for that; older firmware appends 16 bytes). `out` holds plaintext +
+    /// tag + 16; the result is ciphertext || tag || IV. `op.iv` is ignored.
+    pub(crate) fn encrypt_iv_appended(
+        &self,
+        op: &Gcm<'_>,
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, Error> {
+        let iv_arg = IvArg {
+            ptr: std::ptr::null_mut(),
+            len: 0,
+            bits: 96,
+        };
+        self.init_with(self.encrypt_init, Function::EncryptInit, op, iv_arg)?;
+        let mut spill = Vec::new();
+        self.run_into(
+            self.encrypt,
+            Function::Encrypt,
+            op,
+            plaintext,
+            out,
+            &mut spill,
+        )
+    }
+
     fn init(&self, f: InitFn, function: Function, op: &Gcm<'_>) -> Result<(), Error> {
         let iv_len = CK_ULONG::try_from(op.iv.len())?;
+        // The library only reads a caller-supplied IV (GCM never writes it back then), so
+        // lending our immutable slice as `*mut` is sound.
+        let iv_arg = IvArg {
+            ptr: op.iv.as_ptr() as CK_BYTE_PTR,
+            len: iv_len,
+            bits: iv_len.saturating_mul(8),
+        };
+        self.init_with(f, function, op, iv_arg)
+    }
+
+    fn init_with(
+        &self,
+        f: InitFn,
+        function: Function,
+        op: &Gcm<'_>,
+        iv: IvArg,
+    ) -> Result<(), Error> {
         let aad_len = CK_ULONG::try_from(op.aad.len())?;
         let mut params = CK_GCM_PARAMS {
-            // The library only reads the IV and AAD (GCM with a caller-supplied IV never
-            // writes it back), so lending our immutable slices as `*mut` is sound.
-            pIv: op.iv.as_ptr() as CK_BYTE_PTR,
-            ulIvLen: iv_len,
-            ulIvBits: iv_len.saturating_mul(8),
+            // The library only reads the AAD, so lending our immutable slice as `*mut` is
+            // sound; the IV pointer is as the caller of `init_with` describes it.
+            pIv: iv.ptr,
+            ulIvLen: iv.len,
+            ulIvBits: iv.bits,
             pAAD: if op.aad.is_empty() {
                 std::ptr::null_mut()
             } else {
@@ -165,9 +246,11 @@ impl GcmCalls {
             ulParameterLen: std::mem::size_of::<CK_GCM_PARAMS>() as CK_ULONG,
         };
         // SAFETY: `mechanism` and the `params` it points to live on this stack frame for the
-        // whole call; `params` points into `op.iv`/`op.aad`, borrowed for the call, with their
-        // exact lengths. The library copies what it needs during C_*Init (PKCS#11 §5.2: the
-        // mechanism is not referenced after the call returns).
+        // whole call; `params` points into `op.aad` and the IV buffer of `iv` (NULL with length
+        // 0, or valid for `iv.len` bytes and writable where the library may write it), both
+        // borrowed for the call, with their exact lengths. The library copies what it needs
+        // during C_*Init (PKCS#11 §5.2); a write-back library may write the IV buffer up to the
+        // end of the operation, which `encrypt_iv_written_back` keeps borrowed until then.
         let rv = unsafe { f(op.session, &mut mechanism, op.key) };
         check(rv, function)
     }
