@@ -184,19 +184,26 @@ pub fn print(i: &Inputs<'_>) {
     print_message(i);
 }
 
-/// The find-per-operation rows: find by label + one encrypt per operation, through the module
-/// over SoftHSM2 and directly on SoftHSM2 (same token, same key), same interleaved rounds.
-fn print_find(i: &Inputs<'_>) {
+/// A pair of targets compared row by row against the module target (>= 95 % of direct):
+/// `pair` = (module side, direct side) target indices, same interleaved rounds.
+struct PairRows<'a> {
+    title: &'a str,
+    pair: [usize; 2],
+    ratio_name: &'a str,
+    target_name: &'a str,
+}
+
+fn print_pair(i: &Inputs<'_>, p: &PairRows<'_>) {
     println!();
-    println!("Find per operation: C_FindObjectsInit(class, label) + C_FindObjects + C_FindObjectsFinal + Session::encrypt");
+    println!("{}", p.title);
     println!(
         "{:>7} {:>3} | {:>25} | {:>25} | {:>30}",
-        "payload", "thr", i.names[5], i.names[6], "module/direct"
+        "payload", "thr", i.names[p.pair[0]], i.names[p.pair[1]], p.ratio_name
     );
     println!("{}", "-".repeat(100));
     let mut worst: Option<(f64, f64, String)> = None;
     for (c, &(payload, threads)) in i.cells.iter().enumerate() {
-        let [m, d] = [5, 6].map(|t| &i.samples[c][t][..]);
+        let [m, d] = p.pair.map(|t| &i.samples[c][t][..]);
         let md = ratio(m, d);
         if let Some((r, _, _, cpu)) = md {
             if worst.as_ref().is_none_or(|(w, _, _)| r < *w) {
@@ -215,15 +222,45 @@ fn print_find(i: &Inputs<'_>) {
     }
     match worst {
         Some((r, cpu, at)) => println!(
-            "target find+encrypt through the module >= {:.0}% of direct: {} (worst wall-clock {:.1}% at {at}; CPU-cost ratio there {:.1}%, {})",
+            "target {} >= {:.0}% of direct: {} (worst wall-clock {:.1}% at {at}; CPU-cost ratio there {:.1}%, {})",
+            p.target_name,
             MODULE_TARGET * 100.0,
             verdict(r >= MODULE_TARGET),
             r * 100.0,
             cpu * 100.0,
             verdict(cpu >= MODULE_TARGET)
         ),
-        None => println!("target find+encrypt >= 95% of direct: not measured"),
+        None => println!("target {} >= 95% of direct: not measured", p.target_name),
     }
+}
+
+/// The find-per-operation rows: find by label + one encrypt per operation, through the module
+/// over SoftHSM2 and directly on SoftHSM2 (same token, same key), same interleaved rounds.
+fn print_find(i: &Inputs<'_>) {
+    print_pair(
+        i,
+        &PairRows {
+            title: "Find per operation: C_FindObjectsInit(class, label) + C_FindObjects + C_FindObjectsFinal + Session::encrypt",
+            pair: [5, 6],
+            ratio_name: "module/direct",
+            target_name: "find+encrypt through the module",
+        },
+    );
+}
+
+/// The message-API rows: the module's PKCS#11 3.0 message API with token-generated IVs
+/// (CKG_GENERATE_RANDOM; on SoftHSM2 the module takes the IV from its C_GenerateRandom) vs
+/// SoftHSM2 directly doing the same by hand (C_GenerateRandom, then the classic calls).
+fn print_message(i: &Inputs<'_>) {
+    print_pair(
+        i,
+        &PairRows {
+            title: "Message API: module C_EncryptMessage/C_DecryptMessage (token-generated IV) vs SoftHSM2 direct (C_GenerateRandom IV + classic calls)",
+            pair: [7, 8],
+            ratio_name: "msg/direct",
+            target_name: "message API",
+        },
+    );
 }
 
 /// The replica-group rows: a two-member group slot against a one-member slot over one of
@@ -318,47 +355,4 @@ pub fn machine_load() -> String {
         "loadavg {} (1/5/15 min) on {cpus} CPUs; {busy} cargo/rustc/cc/ld processes running",
         load.join(" ")
     )
-}
-
-/// The message-API rows: the module's PKCS#11 3.0 message API with token-generated IVs
-/// (CKG_GENERATE_RANDOM; on SoftHSM2 the module takes the IV from its C_GenerateRandom) vs
-/// SoftHSM2 directly doing the same by hand (C_GenerateRandom, then the classic calls).
-fn print_message(i: &Inputs<'_>) {
-    println!();
-    println!("Message API: module C_EncryptMessage/C_DecryptMessage (token-generated IV) vs SoftHSM2 direct (C_GenerateRandom IV + classic calls)");
-    println!(
-        "{:>7} {:>3} | {:>25} | {:>25} | {:>30}",
-        "payload", "thr", i.names[7], i.names[8], "msg/direct"
-    );
-    println!("{}", "-".repeat(100));
-    let mut worst: Option<(f64, f64, String)> = None;
-    for (c, &(payload, threads)) in i.cells.iter().enumerate() {
-        let [msg, direct] = [7, 8].map(|t| &i.samples[c][t][..]);
-        let r = ratio(msg, direct);
-        if let Some((w, _, _, cpu)) = r {
-            if worst.as_ref().is_none_or(|(x, _, _)| w < *x) {
-                worst = Some((w, cpu, format!("{} x{threads}", size(payload))));
-            }
-        }
-        println!(
-            "{:>7} {:>3} | {:>25} | {:>25} | {:>30}",
-            size(payload),
-            threads,
-            rate_cell(msg),
-            rate_cell(direct),
-            r.map(|(r, lo, hi, cpu)| format!("{r:.3} [{lo:.2}-{hi:.2}] cpu {cpu:.3}"))
-                .unwrap_or("-".into()),
-        );
-    }
-    match worst {
-        Some((r, cpu, at)) => println!(
-            "target message API >= {:.0}% of direct: {} (worst wall-clock {:.1}% at {at}; CPU-cost ratio there {:.1}%, {})",
-            MODULE_TARGET * 100.0,
-            verdict(r >= MODULE_TARGET),
-            r * 100.0,
-            cpu * 100.0,
-            verdict(cpu >= MODULE_TARGET)
-        ),
-        None => println!("target message API >= 95% of direct: not measured"),
-    }
 }
