@@ -118,13 +118,17 @@ fn keys_created_and_destroyed_elsewhere_are_seen_by_the_next_find() {
         "found by ID too"
     );
 
-    // Destroyed by ANOTHER PROCESS (pkcs11-tool directly on SoftHSM2, same token store).
+    // Destroyed by ANOTHER PROCESS (pkcs11-tool directly on the token, same token store).
     for _ in 0..2 {
         assert_eq!(by_label(&s, "ff-born"), found);
     }
     let out = Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", &fx.softhsm_conf)
-        .args(["--module", SOFTHSM, "--token-label", SOFTHSM_TOKEN])
+        // The run's token through its own library (SoftHSM2, or kryoptic under
+        // XKI_ITEST_BACKEND=kryoptic; the emulated vendors sit on a SoftHSM2 token).
+        .env(fx.backend.conf_var, &fx.backend.conf)
+        .arg("--module")
+        .arg(&fx.backend.direct)
+        .args(["--token-label", SOFTHSM_TOKEN])
         .args([
             "--login",
             "--pin",
