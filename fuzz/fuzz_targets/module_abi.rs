@@ -71,7 +71,7 @@ impl Harness {
                  audit_flush_ms = 0\n\
                  [[slot]]\nlabel = \"fuzz\"\nbackends = [\"emb\"]\nallow_destroy = true\n\
                  max_pin_attempts = 0\nuser_pin_file = {:?}\n\
-                 [backend.emb]\ntype = \"embedded\"\nstore = {:?}\nkey_file = {:?}\n",
+                 [backend.emb]\ntype = \"embedded\"\ncreate = true\nstore = {:?}\nkey_file = {:?}\n",
                 dir.join("user.pin").display().to_string(),
                 store.display().to_string(),
                 key.display().to_string()
