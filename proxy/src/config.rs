@@ -63,8 +63,9 @@ pub struct Config {
     /// Largest accepted request body in bytes (checked before the body is read).
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
-    /// Async worker threads for HTTP, TLS, SigV4 and JSON; 0 = one per CPU. HSM calls never
-    /// run on them (they have their own threads, one per `[hsm] sessions`).
+    /// Async worker threads for HTTP, TLS, SigV4 and JSON; 0 = chosen at start-up
+    /// ([`crate::tuning`]). HSM calls never run on them (they have their own threads, one per
+    /// `[hsm] sessions`).
     #[serde(default)]
     pub async_workers: usize,
     /// TLS; absent means plain HTTP (only for tests or behind a TLS-terminating balancer).
@@ -127,9 +128,10 @@ pub struct HsmConfig {
     /// Environment variable holding the user PIN.
     #[serde(default)]
     pub pin_env: Option<String>,
-    /// Logged-in sessions kept open; also the number of concurrent HSM calls.
-    #[serde(default = "default_sessions")]
-    pub sessions: usize,
+    /// Logged-in sessions kept open; also the number of concurrent HSM calls. Absent = chosen
+    /// at start-up from where HSM calls spend their time ([`crate::tuning`]).
+    #[serde(default)]
+    pub sessions: Option<usize>,
     /// Per-request HSM deadline (queue wait + call) in ms -> DependencyTimeoutException.
     #[serde(default = "default_deadline")]
     pub deadline_ms: u64,
@@ -147,9 +149,6 @@ pub struct HsmConfig {
     pub health_interval_ms: u64,
 }
 
-fn default_sessions() -> usize {
-    8
-}
 fn default_deadline() -> u64 {
     200
 }
@@ -316,7 +315,10 @@ impl Config {
             return Err(err("max_body_bytes", "must be at least 16384"));
         }
         if self.async_workers > 1024 {
-            return Err(err("async_workers", "must be 0 (one per CPU) or 1..=1024"));
+            return Err(err(
+                "async_workers",
+                "must be 0 (chosen at start-up) or 1..=1024",
+            ));
         }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return Err(err("log_level", "must be error|warn|info|debug|trace"));
@@ -352,7 +354,7 @@ impl Config {
         if h.pin_file.is_some() == h.pin_env.is_some() {
             return Err(err("hsm", "set exactly one of pin_file or pin_env"));
         }
-        if h.sessions == 0 || h.sessions > 1024 {
+        if h.sessions.is_some_and(|n| n == 0 || n > 1024) {
             return Err(err("hsm.sessions", "must be 1..=1024"));
         }
         if h.deadline_ms == 0 {
@@ -530,7 +532,7 @@ pin_env = "PIN"
     #[test]
     fn minimal_ok() {
         let c = parse(BASE).unwrap();
-        assert_eq!(c.hsm.sessions, 8);
+        assert_eq!(c.hsm.sessions, None);
         assert!(c.prefix.is_empty());
     }
 

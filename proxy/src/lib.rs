@@ -21,3 +21,4 @@ pub mod server;
 pub mod state;
 pub mod tenants;
 pub mod test_pki;
+pub mod tuning;

@@ -107,6 +107,30 @@ fn descriptor_budget(cfg: &Config) -> Result<usize, String> {
     Ok(cap)
 }
 
+/// Thread and session counts for this run ([`crate::tuning`]): explicit settings as set, the
+/// rest chosen from a short probe of the HSM (up to 200 small calls, at most ~0.3 s); logged
+/// either way.
+fn tune(cfg: &Config, hsm: &Hsm) -> Result<crate::tuning::Tuning, String> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let probe = if cfg.hsm.sessions.is_some() && cfg.async_workers > 0 {
+        None
+    } else {
+        // The first calls warm caches and lazy set-up; time the rest.
+        let budget = Duration::from_millis(250);
+        hsm.probe(20, budget / 5).map_err(|e| format!("hsm: {e}"))?;
+        Some(hsm.probe(200, budget).map_err(|e| format!("hsm: {e}"))?)
+    };
+    let t = crate::tuning::choose(cpus, cfg.hsm.sessions, cfg.async_workers, probe);
+    hsm.set_sessions(t.sessions)?;
+    tracing::info!(
+        sessions = t.sessions,
+        async_workers = t.async_workers,
+        "threads: {}",
+        t.reason
+    );
+    Ok(t)
+}
+
 /// How `serve` was asked to run.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServeOptions {
@@ -159,13 +183,12 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
         tracing::info!(key = crate::demo::DEMO_KEY, "generated the demo key");
     }
 
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if cfg.async_workers > 0 {
-        builder.worker_threads(cfg.async_workers);
-    }
-    let rt = builder
+    let tuning = tune(&cfg, &hsm)?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(tuning.async_workers)
         .enable_all()
-        .max_blocking_threads(cfg.hsm.sessions + 8)
+        .max_blocking_threads(tuning.sessions + 8)
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
     rt.block_on(async move {

@@ -4,6 +4,8 @@
 //!
 //! The mode is set through a [`FaultSwitch`], or read from a control file holding one word
 //! (`ok`, `fail` or `hang`; missing or unreadable file = `ok`), re-read at most every 10 ms.
+//! The control file may also say `delay MICROS`: pass every call through after sleeping that
+//! long, the way a network HSM's round trip waits without using this machine's CPU.
 
 use crate::backend::*;
 use crate::rv::{CkResult, Rv};
@@ -56,6 +58,8 @@ pub struct FaultBackend {
     switch: FaultSwitch,
     control_file: Option<PathBuf>,
     last_read: Mutex<Option<Instant>>,
+    /// Sleep before each passed call, µs (`delay N` in the control file; 0 = none).
+    delay_us: AtomicU64,
 }
 
 impl FaultBackend {
@@ -69,6 +73,7 @@ impl FaultBackend {
                 switch: switch.clone(),
                 control_file: None,
                 last_read: Mutex::new(None),
+                delay_us: AtomicU64::new(0),
             },
             switch,
         )
@@ -87,6 +92,12 @@ impl FaultBackend {
             if last.is_none_or(|t| t.elapsed() >= Duration::from_millis(10)) {
                 *last = Some(Instant::now());
                 let word = std::fs::read_to_string(path).unwrap_or_default();
+                let delay = word
+                    .trim()
+                    .strip_prefix("delay ")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+                self.delay_us.store(delay, Ordering::SeqCst);
                 self.switch.set(match word.trim() {
                     "fail" => FaultMode::Fail,
                     "hang" => FaultMode::Hang,
@@ -102,6 +113,10 @@ impl FaultBackend {
         loop {
             match self.mode() {
                 FaultMode::Ok => {
+                    let delay = self.delay_us.load(Ordering::SeqCst);
+                    if delay > 0 {
+                        std::thread::sleep(Duration::from_micros(delay));
+                    }
                     self.switch.1.fetch_add(1, Ordering::SeqCst);
                     return Ok(());
                 }

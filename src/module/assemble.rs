@@ -120,7 +120,8 @@ pub(super) fn log_open_error(config: &Config, name: &str, e: &backend::OpenError
 }
 
 /// TEST-ONLY (feature `fault-injection`): wrap backend `name` in the fault injector when the
-/// environment variable `XKI_FAULT_CONTROL_<name>` names a control file (`ok`/`fail`/`hang`).
+/// environment variable `XKI_FAULT_CONTROL_<name>` names a control file (`ok`/`fail`/`hang`/
+/// `delay MICROS`).
 #[cfg(feature = "fault-injection")]
 pub(super) fn fault_wrapped(name: &str, b: Arc<dyn Backend>) -> Arc<dyn Backend> {
     match std::env::var_os(format!("XKI_FAULT_CONTROL_{name}")) {

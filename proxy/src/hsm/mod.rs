@@ -110,7 +110,7 @@ impl Hsm {
             ctx,
             slot,
             pin: AuthPin::new(pin.as_str().into()),
-            pool: pool::Pool::new(cfg.sessions, cfg.queue_depth),
+            pool: pool::Pool::new(cfg.sessions.unwrap_or(1), cfg.queue_depth),
             keys: keys::KeyCache::new(Duration::from_millis(cfg.key_cache_ms)),
             ivs: ivs::IvPool::default(),
             exec: std::sync::OnceLock::new(),
@@ -206,6 +206,31 @@ impl Hsm {
             _ => self.pool.put_back(s),
         }
         r
+    }
+
+    /// Set the number of sessions (= HSM worker threads) before serving; an error once the
+    /// workers run (they are sized once, by the first [`Hsm::run`]).
+    pub fn set_sessions(&self, n: usize) -> Result<(), String> {
+        let _g = self.exec_start.lock();
+        if self.exec.get().is_some() {
+            return Err("the HSM workers already run; sessions can no longer change".into());
+        }
+        self.pool.set_size(n.max(1));
+        Ok(())
+    }
+
+    /// Time up to `calls` small HSM calls (`C_GenerateRandom` of 12 bytes; at most `budget`
+    /// of them) on this thread with a pooled session: where the token's work runs
+    /// ([`crate::tuning`]).
+    pub fn probe(&self, calls: u32, budget: Duration) -> Result<crate::tuning::Probe, HsmError> {
+        self.with_session(|s| {
+            let mut buf = [0u8; IV_LEN];
+            crate::tuning::Probe::measure(calls, budget, || {
+                s.generate_random_slice(&mut buf)
+                    .map_err(|e| format!("C_GenerateRandom: {e}"))
+            })
+            .map_err(HsmError::Other)
+        })
     }
 
     /// Where Encrypt IVs come from.

@@ -21,7 +21,8 @@ pub(super) struct Pool {
     idle: Mutex<Vec<Session>>,
     in_use: AtomicUsize,
     closed: AtomicBool,
-    size: usize,
+    /// Set at open, may be changed once by [`Pool::set_size`] before the workers start.
+    size: AtomicUsize,
     queue_depth: usize,
 }
 
@@ -40,14 +41,20 @@ impl Pool {
             idle: Mutex::new(Vec::with_capacity(size)),
             in_use: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
-            size,
+            size: AtomicUsize::new(size),
             queue_depth,
         }
     }
 
     /// Pool size (= HSM worker threads).
     pub(super) fn size(&self) -> usize {
-        self.size
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Change the size; only meaningful before the worker threads start (they are sized
+    /// from it once).
+    pub(super) fn set_size(&self, size: usize) {
+        self.size.store(size, Ordering::Relaxed);
     }
 
     /// Requests allowed to wait for a session.
@@ -73,7 +80,7 @@ impl Pool {
 
     pub(super) fn stats(&self, waiting: usize) -> PoolStats {
         PoolStats {
-            size: self.size,
+            size: self.size(),
             in_use: self.in_use.load(Ordering::Relaxed),
             waiting,
         }
