@@ -137,8 +137,9 @@ step "fleet behind HAProxy (proxy/tests/fleet.rs)" \
 # because this rebuilds target/debug/deps/libxki_pkcs11.so with the feature.
 step "replica groups (fault injection)" \
     cargo test -p xki-pkcs11 --features fault-injection --test replica_group --test replica_module
-step "proxy health per replica member (fault injection)" \
-    cargo test -p xki-proxy --features fault-injection --test replica_health
+# ... and the start-up tuning over a backend delayed like a network HSM (tests/tuning.rs).
+step "proxy health per replica member, tuning for a network HSM (fault injection)" \
+    cargo test -p xki-proxy --features fault-injection --test replica_health --test tuning
 # Key state: crash at every write step (XKI_FAULT_ABORT_AFTER_STATE_STEP), purge with a
 # test-only "today" (--as-of), both compiled only with the feature (about 20 s).
 step "key state crashes and purge (fault injection)" \
