@@ -6,11 +6,10 @@
 # Usage: proxy/scripts/bench-setup.sh DIR [PROXY_BIN]
 # Then:  source DIR/env.sh; "$PROXY" -c DIR/proxy-http.toml serve   (see README: Performance)
 #
-# Threads: both tokens here run inside the proxy process on the same 2 CPUs as the load
-# client, so the configs use one async worker and one HSM session (fewer threads competing for
-# the CPUs; SoftHSM2 also serialises concurrent calls on its internal locks, so a second
-# session costs more than it gives). A network HSM wants the defaults (one async worker per
-# CPU, 8+ sessions). Override: XKI_BENCH_ASYNC_WORKERS=N XKI_BENCH_SESSIONS=N.
+# Threads: the configs leave async_workers and [hsm] sessions to the proxy, which chooses them
+# at start-up (both tokens here run inside the proxy process: half the CPUs each, 1 + 1 on 2
+# CPUs; README: Performance). Set them explicitly: XKI_BENCH_ASYNC_WORKERS=N
+# XKI_BENCH_SESSIONS=N (e.g. 2 and 8 on 2 CPUs: the defaults before start-up tuning existed).
 set -euo pipefail
 dir=$1
 bin=${2:-$(cd "$(dirname "$0")/../.." && pwd)/target/release/xki-proxy}
@@ -50,6 +49,10 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localho
 printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$dir/leaf.ext"
 openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
     -CAcreateserial -days 2 -extfile "$dir/leaf.ext" -out "$dir/server.pem" 2>/dev/null
+# Thread and session counts: the proxy's defaults (chosen at start-up) unless
+# XKI_BENCH_ASYNC_WORKERS / XKI_BENCH_SESSIONS set them.
+workers=${XKI_BENCH_ASYNC_WORKERS:+async_workers = $XKI_BENCH_ASYNC_WORKERS}
+sessions=${XKI_BENCH_SESSIONS:+sessions = $XKI_BENCH_SESSIONS}
 for slot in bench-hsm bench-emb; do
   for mode in http https; do
     port=$([ $mode = http ] && echo 18080 || echo 18443)
@@ -58,10 +61,10 @@ for slot in bench-hsm bench-emb; do
     cat >"$dir/proxy-$slot-$mode.toml" <<CONF
 listen = "127.0.0.1:$port"
 admin_listen = "127.0.0.1:$((port + 1))"
-async_workers = ${XKI_BENCH_ASYNC_WORKERS:-1}
+$workers
 $tls
 [hsm]
-sessions = ${XKI_BENCH_SESSIONS:-1}
+$sessions
 token_label = "$slot"
 pin_file = "$dir/user.pin"
 [[prefix]]
