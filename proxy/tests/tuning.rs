@@ -62,17 +62,25 @@ fn serve_one_round_trip(tok: &Token, srv: &Server, cred: &Cred) {
     assert_eq!(unb64(&dec["plaintext"]), b"tuned");
 }
 
-fn prefix(cred: &Cred) -> String {
-    format!("[[prefix]]\npath = \"/t\"\nkeys = \"all\"\n{}", cred.toml())
+/// A SoftHSM2 token through the module, a proxy config with `extra_top` / `extra_hsm`, the
+/// server started (with `adjust` applied to its command) and its tuning log line.
+fn serve(
+    extra_top: &str,
+    extra_hsm: &str,
+    adjust: impl FnOnce(&Token, &mut std::process::Command),
+) -> (Token, Cred, Server, String) {
+    let tok = Token::new();
+    let cred = Cred::new(&tok, 0);
+    let prefix = format!("[[prefix]]\npath = \"/t\"\nkeys = \"all\"\n{}", cred.toml());
+    config(&tok, extra_top, extra_hsm, &prefix);
+    let srv = Server::start_with(&tok, |cmd| adjust(&tok, cmd));
+    let line = tuning_line(&srv);
+    (tok, cred, srv, line)
 }
 
 #[test]
 fn defaults_over_an_in_process_token_split_the_cpus() {
-    let tok = Token::new();
-    let cred = Cred::new(&tok, 0);
-    config(&tok, "", "", &prefix(&cred));
-    let srv = Server::start(&tok);
-    let line = tuning_line(&srv);
+    let (tok, cred, srv, line) = serve("", "", |_, _| {});
     let sessions = (cpus() / 2).max(1);
     let workers = (cpus() - sessions).max(1);
     assert!(line.contains("HSM calls run in this process"), "{line}");
@@ -88,11 +96,7 @@ fn defaults_over_an_in_process_token_split_the_cpus() {
 
 #[test]
 fn explicit_settings_are_kept() {
-    let tok = Token::new();
-    let cred = Cred::new(&tok, 0);
-    config(&tok, "async_workers = 3", "sessions = 5", &prefix(&cred));
-    let srv = Server::start(&tok);
-    let line = tuning_line(&srv);
+    let (tok, cred, srv, line) = serve("async_workers = 3", "sessions = 5", |_, _| {});
     assert!(
         line.contains("sessions = 5 (set in [hsm]), async_workers = 3 (set in the config)"),
         "{line}"
@@ -104,11 +108,7 @@ fn explicit_settings_are_kept() {
 
 #[test]
 fn one_explicit_setting_leaves_the_other_to_the_probe() {
-    let tok = Token::new();
-    let cred = Cred::new(&tok, 0);
-    config(&tok, "", "sessions = 2", &prefix(&cred));
-    let srv = Server::start(&tok);
-    let line = tuning_line(&srv);
+    let (_tok, _cred, srv, line) = serve("", "sessions = 2", |_, _| {});
     let workers = (cpus() - (cpus() / 2).max(1)).max(1);
     assert!(line.contains("HSM calls run in this process"), "{line}");
     assert!(
@@ -125,20 +125,16 @@ fn one_explicit_setting_leaves_the_other_to_the_probe() {
 #[cfg(feature = "fault-injection")]
 #[test]
 fn a_network_hsm_keeps_many_sessions() {
-    let tok = Token::new();
-    let cred = Cred::new(&tok, 0);
-    config(&tok, "", "", &prefix(&cred));
-    let ctl = tok.path("fault-softhsm");
-    std::fs::write(&ctl, "delay 1000").unwrap();
-    let srv = Server::start_with(&tok, |cmd| {
-        cmd.env("XKI_FAULT_CONTROL_softhsm", &ctl);
+    let (tok, cred, srv, line) = serve("", "", |tok, cmd| {
+        let ctl = tok.path("fault-softhsm");
+        std::fs::write(&ctl, "delay 1000").unwrap();
+        cmd.env("XKI_FAULT_CONTROL_softhsm", ctl);
     });
     assert!(
         srv.log().contains("fault injection enabled"),
         "the module was not built with its fault injector: {}",
         srv.log()
     );
-    let line = tuning_line(&srv);
     let sessions = (2 * cpus()).max(8);
     assert!(
         line.contains("HSM calls wait outside this process"),
