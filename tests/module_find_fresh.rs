@@ -21,6 +21,16 @@ fn by_label(s: &Session, label: &str) -> Vec<cryptoki::object::ObjectHandle> {
     )
 }
 
+/// The tests of this file run one at a time: they change the token from another process
+/// (pkcs11-tool), and kryoptic, one of the tokens this suite runs over, does not take writes
+/// from two processes at once (its SQLite store answers `CKR_GENERAL_ERROR` or
+/// `CKR_DEVICE_MEMORY` to the loser, and its own process may keep listing an object the other
+/// process deleted meanwhile, seen with kryoptic used directly too).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The SoftHSM2 object with this label, found directly.
 fn direct_key(d: &Session, label: &str) -> cryptoki::object::ObjectHandle {
     let found = by_label(d, label);
@@ -30,6 +40,7 @@ fn direct_key(d: &Session, label: &str) -> cryptoki::object::ObjectHandle {
 
 #[test]
 fn renames_and_disabling_on_the_token_are_seen_by_the_next_find() {
+    let _serial = serial();
     let fx = fixture();
     let t_slot = fx.slots()[0];
     let s = fx.ctx.open_rw_session(t_slot).unwrap();
@@ -100,6 +111,7 @@ fn renames_and_disabling_on_the_token_are_seen_by_the_next_find() {
 
 #[test]
 fn keys_created_and_destroyed_elsewhere_are_seen_by_the_next_find() {
+    let _serial = serial();
     let fx = fixture();
     let s = fx.ctx.open_rw_session(fx.slots()[0]).unwrap();
     login(&s);
@@ -148,13 +160,16 @@ fn keys_created_and_destroyed_elsewhere_are_seen_by_the_next_find() {
     );
     assert!(
         by_label(&s, "ff-born").is_empty(),
-        "a key destroyed by another process is not found any more"
+        "a key destroyed by another process is not found any more (the token used directly \
+         lists {:?})",
+        by_label(&d, "ff-born")
     );
     assert!(find(&s, &[Attribute::Id(b"ff-born-id".to_vec())]).is_empty());
 }
 
 #[test]
 fn a_new_object_taking_a_known_keys_identity_is_never_switched_to() {
+    let _serial = serial();
     let fx = fixture();
     let s = fx.ctx.open_rw_session(fx.slots()[0]).unwrap();
     login(&s);
