@@ -102,6 +102,14 @@ def run_file(path, steps, scratch):
         "CARGO_HOME": os.environ.get("CARGO_HOME", str(Path.home() / ".cargo")),
         "RUSTUP_HOME": os.environ.get("RUSTUP_HOME", str(Path.home() / ".rustup")),
         "CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR", str(REPO / "target")),
+        # The READMEs' `cargo build --release` as written, but without whole-program (fat) LTO
+        # and debug info: the test checks the commands, not speed, and the fat-LTO build costs
+        # CI ~5-10 minutes. XKI_README_FULL_RELEASE=1 builds the real release profile.
+        **({} if os.environ.get("XKI_README_FULL_RELEASE") else {
+            "CARGO_PROFILE_RELEASE_LTO": "off",
+            "CARGO_PROFILE_RELEASE_CODEGEN_UNITS": "16",
+            "CARGO_PROFILE_RELEASE_DEBUG": "0",
+        }),
         # A package installed on this machine (/etc/xki) must not stand in for the READMEs'
         # "no config at all" first run.
         "XKI_SYSCONF_DIR": str(scratch / "etc"),
