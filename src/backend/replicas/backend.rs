@@ -31,7 +31,7 @@ impl Backend for ReplicaGroup {
         // What every member in service supports: the narrowest range and the common flags.
         let mut combined: Option<MechanismInfo> = None;
         for m in self.inner.members.iter().filter(|m| m.is_up()) {
-            match m.attempt(move |b| b.mechanism_info(mechanism)) {
+            match m.attempt_read(move |b| b.mechanism_info(mechanism)) {
                 Outcome::Answer(Ok(info)) => {
                     let c = combined.get_or_insert(info);
                     c.min_key_size = c.min_key_size.max(info.min_key_size);
@@ -153,7 +153,7 @@ impl Backend for ReplicaGroup {
         }
         let mut answers: Vec<(usize, Option<Vec<u8>>)> = Vec::new();
         for (i, mk) in inner.holders(key.0) {
-            match inner.members[i].attempt(move |b| b.key_state(mk)) {
+            match inner.members[i].attempt_read(move |b| b.key_state(mk)) {
                 Outcome::Answer(Ok(r)) => answers.push((i, r)),
                 Outcome::Answer(Err(rv)) if answers.is_empty() => return Err(rv),
                 Outcome::Answer(Err(_)) | Outcome::Failed(_) => {}

@@ -1,13 +1,25 @@
 //! One member of a replica group: its backend, worker pool, deadline and health counters.
+//!
+//! Two ways to run a call. [`Member::attempt`] hands it to one of the member's workers and
+//! waits at most the deadline: a library that hangs costs the caller one deadline, and the
+//! call is abandoned on the worker. [`Member::attempt_read`] (reads and crypto) does the same
+//! unless the member runs such calls inline: then the call runs on the caller's thread, with
+//! no hand-off (two thread switches per call), and cannot be abandoned. Inline is for backends whose reads cannot hang
+//! ([`Backend::reads_cannot_hang`]: the embedded token) or whose config says
+//! `inline_calls = true`. An inline call that answers after the deadline is treated like one
+//! that timed out on a worker (member out of service, answer dropped, call retried on the
+//! next member); only the caller has waited for it. Changes (generation, attribute
+//! and state changes, destruction) and opening always go to a worker.
 
 use super::health::{is_member_failure, MemberState, MemberStatus};
 use super::worker::Workers;
 use crate::backend::Backend;
 use crate::rv::{CkResult, Rv};
 use parking_lot::{Mutex, RwLock};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How one attempt on a member ended.
 pub enum Outcome<T> {
@@ -32,6 +44,8 @@ pub struct Member {
     opener: Option<Opener>,
     workers: Workers,
     deadline: Duration,
+    /// `inline_calls` from the config; `None`: as the backend says.
+    inline: Option<bool>,
     up: AtomicBool,
     in_flight: AtomicU64,
     failures: AtomicU64,
@@ -42,12 +56,14 @@ pub struct Member {
 impl Member {
     /// A member named `name` with at most `max_threads` worker threads: in service on
     /// `backend`, or (with `None`) out of service until `opener` succeeds in the probe.
+    /// `inline` overrides whether reads run on the caller's thread (see the module docs).
     pub fn new(
         name: &str,
         backend: Option<Arc<dyn Backend>>,
         opener: Option<Opener>,
         deadline: Duration,
         max_threads: usize,
+        inline: Option<bool>,
     ) -> Self {
         let up = backend.is_some();
         Member {
@@ -56,6 +72,7 @@ impl Member {
             backend: RwLock::new(backend),
             opener,
             deadline,
+            inline,
             up: AtomicBool::new(up),
             in_flight: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -113,8 +130,13 @@ impl Member {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Run `f` on the member within its deadline. A member-class failure or a timeout takes
-    /// the member out of service.
+    /// Whether reads and crypto on `backend` run on the caller's thread.
+    fn runs_inline(&self, backend: &dyn Backend) -> bool {
+        self.inline.unwrap_or_else(|| backend.reads_cannot_hang())
+    }
+
+    /// Run `f` on a worker within the member's deadline. A member-class failure or a timeout
+    /// takes the member out of service. For changes; reads use [`Member::attempt_read`].
     pub fn attempt<T, F>(&self, f: F) -> Outcome<T>
     where
         T: Send + 'static,
@@ -123,6 +145,61 @@ impl Member {
         let Some(backend) = self.backend() else {
             return Outcome::Failed(Rv::DEVICE_ERROR);
         };
+        self.on_worker(backend, f)
+    }
+
+    /// Run the read or crypto call `f`: on the caller's thread when the member runs reads
+    /// inline, else like [`Member::attempt`]. `f` must not change anything on the token.
+    pub fn attempt_read<T, F>(&self, f: F) -> Outcome<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Backend) -> CkResult<T> + Send + 'static,
+    {
+        let Some(backend) = self.backend() else {
+            return Outcome::Failed(Rv::DEVICE_ERROR);
+        };
+        if !self.runs_inline(backend.as_ref()) {
+            return self.on_worker(backend, f);
+        }
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let start = Instant::now();
+        // A panicking backend is a failed member, as on a worker (whose caller then sees
+        // no answer); the caller's thread is not unwound through the group.
+        let answer = catch_unwind(AssertUnwindSafe(|| f(backend.as_ref())));
+        let took = start.elapsed();
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let Ok(answer) = answer else {
+            self.mark_down(Rv::DEVICE_ERROR, "panicked in a call".into());
+            return Outcome::Failed(Rv::DEVICE_ERROR);
+        };
+        if let Err(rv) = answer {
+            if is_member_failure(rv) {
+                self.mark_down(rv, format!("answered {rv}"));
+                return Outcome::Failed(rv);
+            }
+        }
+        if took > self.deadline {
+            // Late counts as no answer, as on a worker: the answer is dropped (plaintext is
+            // wiped with it), the call goes to the next member, and a late probe keeps the
+            // member out of service.
+            self.mark_down(
+                Rv::DEVICE_ERROR,
+                format!(
+                    "answered after {} ms, past its {} ms deadline",
+                    took.as_millis(),
+                    self.deadline.as_millis()
+                ),
+            );
+            return Outcome::Failed(Rv::DEVICE_ERROR);
+        }
+        Outcome::Answer(answer)
+    }
+
+    fn on_worker<T, F>(&self, backend: Arc<dyn Backend>, f: F) -> Outcome<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Backend) -> CkResult<T> + Send + 'static,
+    {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let answer = self
             .workers

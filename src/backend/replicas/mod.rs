@@ -8,7 +8,9 @@
 //! - Failover: a member that fails (see [`health::is_member_failure`]) or does not answer
 //!   within its `timeout_ms` leaves service and the call is retried on the next member. Calls
 //!   run on per-member worker threads ([`worker`]) so a hung vendor library never holds the
-//!   caller beyond the deadline. Every verb retried this way is safe to repeat (GCM with the
+//!   caller beyond the deadline; reads and crypto on a member whose backend cannot hang (the
+//!   embedded token, or `inline_calls = true`) run on the caller's thread instead
+//!   ([`member`]). Every verb retried this way is safe to repeat (GCM with the
 //!   caller's IV, GCM with a generated IV: each attempt has its member generate a new one,
 //!   and the caller gets the IV of the attempt that answered; decrypt, reads, random); key
 //!   generation is never retried.
@@ -44,7 +46,8 @@
 //! - Members that cannot be reached when the module starts ([`open_later`]) start out of
 //!   service and the probe opens them; at least one member must answer at start.
 //! - Threads: per member at most `max_sessions` workers (default 32), which bounds how many
-//!   threads a hung vendor library can hold; one probe thread per group. An application that
+//!   threads a hung vendor library can hold; one probe thread per group. Inline members start
+//!   workers only for changes and opening. An application that
 //!   forbids thread creation (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`) cannot have groups:
 //!   `C_Initialize` then fails with `CKR_NEED_TO_CREATE_THREADS`.
 
@@ -103,6 +106,9 @@ pub struct MemberSpec {
     pub deadline: Duration,
     /// Most worker threads (and so most calls stuck in a hung library) for this member.
     pub max_threads: usize,
+    /// Run reads and crypto on the caller's thread (`inline_calls`); `None`: as the backend
+    /// says ([`Backend::reads_cannot_hang`]).
+    pub inline: Option<bool>,
 }
 
 impl MemberSpec {
@@ -114,6 +120,7 @@ impl MemberSpec {
             reopen: None,
             deadline,
             max_threads,
+            inline: None,
         }
     }
 }
@@ -163,7 +170,16 @@ impl ReplicaGroup {
             name: name.to_string(),
             members: members
                 .into_iter()
-                .map(|m| Member::new(&m.name, m.backend, m.reopen, m.deadline, m.max_threads))
+                .map(|m| {
+                    Member::new(
+                        &m.name,
+                        m.backend,
+                        m.reopen,
+                        m.deadline,
+                        m.max_threads,
+                        m.inline,
+                    )
+                })
                 .collect(),
             keys: RwLock::new(KeyMap::new(count)),
             settings,
@@ -213,7 +229,7 @@ impl Inner {
     /// Returns the listing, or `None` when the member failed (it is then out of service).
     fn refresh_member(&self, i: usize) -> Option<Vec<KeyInfo>> {
         let m = &self.members[i];
-        let listed = match m.attempt(|b| b.list_secret_keys()) {
+        let listed = match m.attempt_read(|b| b.list_secret_keys()) {
             Outcome::Answer(Ok(l)) => l,
             Outcome::Answer(Err(rv)) => {
                 m.mark_down(rv, format!("cannot list keys: {rv}"));
@@ -261,7 +277,8 @@ impl Inner {
         best.map(|(i, mk, _)| (i, mk))
     }
 
-    /// Run `op` on the least busy member that can, failing over until one answers.
+    /// Run `op` on the least busy member that can, failing over until one answers. `op` is a
+    /// read or crypto call: it may run on the caller's thread ([`Member::attempt_read`]).
     fn run<T, F>(&self, key: Option<u64>, op: F) -> CkResult<T>
     where
         T: Send + 'static,
@@ -278,7 +295,7 @@ impl Inner {
         while let Some((i, mk)) = self.pick(key, &tried) {
             tried[i] = true;
             let op = op.clone();
-            match self.members[i].attempt(move |b| op(b, mk)) {
+            match self.members[i].attempt_read(move |b| op(b, mk)) {
                 Outcome::Answer(Err(rv)) if key.is_some() && is_gone(rv) => {
                     // The map says the member holds the key, the member says it does not:
                     // it was destroyed there behind our back. Serve from the others.
