@@ -243,6 +243,37 @@ mod groups {
         matches!(g.gcm_decrypt(key, &iv(n), b"aad", &ct), Ok(back) if back[..] == pt[..])
     }
 
+    /// The group's `gcm_*_into` (the module's path) give what `member` gives: the same
+    /// ciphertext into the caller's buffer, the plaintext back.
+    fn assert_into_same(
+        g: &ReplicaGroup,
+        key: BackendKey,
+        member: &dyn Backend,
+        n: u64,
+        pt: &[u8],
+    ) {
+        let mut out = vec![0u8; pt.len() + 16];
+        let len = g
+            .gcm_encrypt_into(key, &iv(n), b"ad", pt, &mut out)
+            .unwrap();
+        assert_eq!(len, pt.len() + 16);
+        let own = member
+            .gcm_encrypt(BackendKey(1), &iv(n), b"ad", pt)
+            .unwrap();
+        assert_eq!(out, own);
+        let mut back = vec![0u8; out.len()];
+        let len = g
+            .gcm_decrypt_into(key, &iv(n), b"ad", &out, &mut back)
+            .unwrap();
+        assert_eq!(&back[..len], pt);
+        out[3] ^= 1;
+        assert_eq!(
+            g.gcm_decrypt_into(key, &iv(n), b"ad", &out, &mut back)
+                .err(),
+            Some(Rv::ENCRYPTED_DATA_INVALID)
+        );
+    }
+
     fn states(g: &ReplicaGroup) -> Vec<MemberState> {
         g.status().iter().map(|s| s.state).collect()
     }
@@ -286,6 +317,7 @@ mod groups {
                 &g.gcm_decrypt(key, &iv(n), b"aad", &ct).unwrap()[..],
                 &pt[..]
             );
+            assert_into_same(&g, key, a.as_ref(), n, &pt);
             // A request error is the caller's answer, and takes no member out.
             let mut bad = ct.clone();
             bad[0] ^= 1;
@@ -334,8 +366,10 @@ mod groups {
             spec(rb.clone(), 300, None),
         ]);
         let key = the_key(&g);
+        let a = embedded(dir.path(), "a2");
         for n in 0..40 {
             assert!(round_trip(&g, key, n));
+            assert_into_same(&g, key, a.as_ref(), n, &[n as u8; 33]);
         }
         for r in [&ra, &rb] {
             let threads = r.threads_of("crypto");

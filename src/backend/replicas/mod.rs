@@ -65,6 +65,7 @@ use health::MemberStatus;
 use keys::KeyMap;
 use member::{Member, Outcome};
 use parking_lot::{Condvar, Mutex, RwLock};
+use smallvec::SmallVec;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -149,6 +150,13 @@ pub(crate) struct Inner {
     turn: AtomicUsize,
     stop: Mutex<bool>,
     wake: Condvar,
+}
+
+/// Which call of [`Inner::run_read`] answered: the one run on the caller's thread, or the
+/// owned one a worker ran.
+enum Served<H, W> {
+    Here(H),
+    Worker(W),
 }
 
 /// A replica group. See the module docs.
@@ -250,9 +258,18 @@ impl Inner {
         Some(listed)
     }
 
-    /// Candidates for a call on `key` (any member for `None`), least busy first.
+    /// The least busy member in service not yet `tried` that can serve a call on `key` (any
+    /// member for `None`), with its handle for the key.
     fn pick(&self, key: Option<u64>, tried: &[bool]) -> Option<(usize, BackendKey)> {
-        let keys = self.keys.read();
+        self.pick_in(&self.keys.read(), key, tried)
+    }
+
+    fn pick_in(
+        &self,
+        keys: &KeyMap,
+        key: Option<u64>,
+        tried: &[bool],
+    ) -> Option<(usize, BackendKey)> {
         let n = self.members.len();
         let start = self.turn.fetch_add(1, Ordering::Relaxed);
         let mut best: Option<(usize, BackendKey, u64)> = None;
@@ -278,24 +295,71 @@ impl Inner {
     }
 
     /// Run `op` on the least busy member that can, failing over until one answers. `op` is a
-    /// read or crypto call: it may run on the caller's thread ([`Member::attempt_read`]).
+    /// read or crypto call (it may run on the caller's thread); see [`Inner::run_read`].
     fn run<T, F>(&self, key: Option<u64>, op: F) -> CkResult<T>
     where
         T: Send + 'static,
         F: Fn(&dyn Backend, BackendKey) -> CkResult<T> + Send + Sync + 'static,
     {
-        if let Some(k) = key {
-            if !self.keys.read().contains(k) {
-                return Err(Rv::KEY_HANDLE_INVALID);
-            }
-        }
         let op = Arc::new(op);
-        let mut tried = vec![false; self.members.len()];
+        let here = op.clone();
+        Ok(
+            match self.run_read(
+                key,
+                |b, mk| here(b, mk),
+                move || move |b: &dyn Backend, mk| op(b, mk),
+            )? {
+                Served::Here(v) | Served::Worker(v) => v,
+            },
+        )
+    }
+
+    /// Run a read or crypto call on the least busy member that can, failing over until one
+    /// answers. On a member that runs reads inline the call is `here`, which may borrow the
+    /// caller's buffers; on the others it is the owned call `owned()` makes (at most once, on
+    /// the first such member), which a worker can keep running after the caller left.
+    fn run_read<H, W, FH, FW, O>(
+        &self,
+        key: Option<u64>,
+        mut here: FH,
+        owned: O,
+    ) -> CkResult<Served<H, W>>
+    where
+        W: Send + 'static,
+        FH: FnMut(&dyn Backend, BackendKey) -> CkResult<H>,
+        FW: Fn(&dyn Backend, BackendKey) -> CkResult<W> + Send + Sync + 'static,
+        O: FnOnce() -> FW,
+    {
+        let mut tried: SmallVec<[bool; 8]> = smallvec::smallvec![false; self.members.len()];
+        let mut next = {
+            let keys = self.keys.read();
+            if let Some(k) = key {
+                if !keys.contains(k) {
+                    return Err(Rv::KEY_HANDLE_INVALID);
+                }
+            }
+            self.pick_in(&keys, key, &tried)
+        };
+        let mut owned = Some(owned);
+        let mut shared: Option<Arc<FW>> = None;
         let mut last = Rv::DEVICE_ERROR;
-        while let Some((i, mk)) = self.pick(key, &tried) {
+        while let Some((i, mk)) = next {
             tried[i] = true;
-            let op = op.clone();
-            match self.members[i].attempt_read(move |b| op(b, mk)) {
+            let m = &self.members[i];
+            let outcome = match m.inline_backend() {
+                Some(b) => m.attempt_here(|| here(b, mk)).map(Served::Here),
+                None => {
+                    let op = match &shared {
+                        Some(op) => op.clone(),
+                        None => {
+                            let make = owned.take().ok_or(Rv::GENERAL_ERROR)?;
+                            shared.insert(Arc::new(make())).clone()
+                        }
+                    };
+                    m.attempt_read(move |b| op(b, mk)).map(Served::Worker)
+                }
+            };
+            match outcome {
                 Outcome::Answer(Err(rv)) if key.is_some() && is_gone(rv) => {
                     // The map says the member holds the key, the member says it does not:
                     // it was destroyed there behind our back. Serve from the others.
@@ -316,6 +380,7 @@ impl Inner {
                     self.wake.notify_all();
                 }
             }
+            next = self.pick(key, &tried);
         }
         if tried.iter().all(|t| !t) {
             log::error!(
