@@ -62,7 +62,7 @@ use crate::backend::{Backend, BackendKey, KeyInfo};
 use crate::config::Replication;
 use crate::rv::{CkResult, Rv};
 use health::MemberStatus;
-use keys::KeyMap;
+use keys::{Holding, KeyMap};
 use member::{Member, Outcome};
 use parking_lot::{Condvar, Mutex, RwLock};
 use smallvec::SmallVec;
@@ -261,15 +261,15 @@ impl Inner {
     /// The least busy member in service not yet `tried` that can serve a call on `key` (any
     /// member for `None`), with its handle for the key.
     fn pick(&self, key: Option<u64>, tried: &[bool]) -> Option<(usize, BackendKey)> {
-        self.pick_in(&self.keys.read(), key, tried)
+        let keys = self.keys.read();
+        match key {
+            Some(k) => self.pick_in(Some(keys.holdings(k)?), tried),
+            None => self.pick_in(None, tried),
+        }
     }
 
-    fn pick_in(
-        &self,
-        keys: &KeyMap,
-        key: Option<u64>,
-        tried: &[bool],
-    ) -> Option<(usize, BackendKey)> {
+    /// [`Inner::pick`] for a key held as `holdings` (`None`: no key).
+    fn pick_in(&self, holdings: Option<&[Holding]>, tried: &[bool]) -> Option<(usize, BackendKey)> {
         let n = self.members.len();
         let start = self.turn.fetch_add(1, Ordering::Relaxed);
         let mut best: Option<(usize, BackendKey, u64)> = None;
@@ -279,8 +279,8 @@ impl Inner {
             if tried[i] || !m.is_up() {
                 continue;
             }
-            let mk = match key {
-                Some(k) => match keys.member_key(k, i) {
+            let mk = match holdings {
+                Some(h) => match keys::held(h, i) {
                     Some(mk) => mk,
                     None => continue,
                 },
@@ -333,12 +333,13 @@ impl Inner {
         let mut tried: SmallVec<[bool; 8]> = smallvec::smallvec![false; self.members.len()];
         let mut next = {
             let keys = self.keys.read();
-            if let Some(k) = key {
-                if !keys.contains(k) {
-                    return Err(Rv::KEY_HANDLE_INVALID);
+            match key {
+                Some(k) => {
+                    let holdings = keys.holdings(k).ok_or(Rv::KEY_HANDLE_INVALID)?;
+                    self.pick_in(Some(holdings), &tried)
                 }
+                None => self.pick_in(None, &tried),
             }
-            self.pick_in(&keys, key, &tried)
         };
         let mut owned = Some(owned);
         let mut shared: Option<Arc<FW>> = None;
