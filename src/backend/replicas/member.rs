@@ -4,12 +4,13 @@
 //! waits at most the deadline: a library that hangs costs the caller one deadline, and the
 //! call is abandoned on the worker. [`Member::attempt_read`] (reads and crypto) does the same
 //! unless the member runs such calls inline: then the call runs on the caller's thread, with
-//! no hand-off (two thread switches per call), and cannot be abandoned. Inline is for backends whose reads cannot hang
-//! ([`Backend::reads_cannot_hang`]: the embedded token) or whose config says
-//! `inline_calls = true`. An inline call that answers after the deadline is treated like one
-//! that timed out on a worker (member out of service, answer dropped, call retried on the
-//! next member); only the caller has waited for it. Changes (generation, attribute
-//! and state changes, destruction) and opening always go to a worker.
+//! no hand-off (two thread switches per call), and cannot be abandoned. Inline is for
+//! backends whose reads cannot hang ([`Backend::reads_cannot_hang`]: the embedded token) or
+//! whose config says `inline_calls = true`. An inline call that answers after the deadline
+//! (by the coarse monotonic clock, to a few ms) is treated like one that timed out on a
+//! worker (member out of service, answer dropped, call retried on the next member); only the
+//! caller has waited for it. Changes (generation, attribute and state changes, destruction)
+//! and opening always go to a worker.
 
 use super::health::{is_member_failure, MemberState, MemberStatus};
 use super::worker::Workers;
