@@ -222,6 +222,12 @@ pub struct BackendConfig {
     /// Per-call deadline in milliseconds for health and failover decisions (default 2000).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Replica group member: run reads and crypto on the caller's thread instead of handing
+    /// them to a worker that `timeout_ms` can abandon (default: `true` for embedded, `false`
+    /// for pkcs11). Only for members of a group: a single-backend slot calls its backend
+    /// directly anyway.
+    #[serde(default)]
+    pub inline_calls: Option<bool>,
     /// embedded: the key-store file.
     #[serde(default)]
     pub store: Option<PathBuf>,
@@ -429,6 +435,16 @@ impl Config {
             }
             if b.timeout_ms == Some(0) {
                 return Err(self.err(format!("{key}.timeout_ms"), "must be at least 1"));
+            }
+            let in_group = self
+                .slots
+                .iter()
+                .any(|s| s.backends.len() > 1 && s.backends.contains(name));
+            if b.inline_calls.is_some() && !in_group {
+                return Err(self.err(
+                    format!("{key}.inline_calls"),
+                    "only valid for a member of a replica group (a [[slot]] naming several backends); a slot over one backend calls it directly",
+                ));
             }
             match b.kind {
                 BackendKind::Pkcs11 => {

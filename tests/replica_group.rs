@@ -457,6 +457,7 @@ fn a_member_unreachable_at_start_is_opened_by_the_probe() {
         })),
         deadline: Duration::from_secs(2),
         max_threads: 4,
+        inline: None,
     };
     let g = ReplicaGroup::new(
         "late",

@@ -136,7 +136,8 @@ step "fleet behind HAProxy (proxy/tests/fleet.rs)" \
 # Replica-group failover tests need the test-only fault injector compiled in. They run last
 # because this rebuilds target/debug/deps/libxki_pkcs11.so with the feature.
 step "replica groups (fault injection)" \
-    cargo test -p xki-pkcs11 --features fault-injection --test replica_group --test replica_module
+    cargo test -p xki-pkcs11 --features fault-injection --test replica_group --test replica_module \
+        --test replica_inline
 # ... and the start-up tuning over a backend delayed like a network HSM (tests/tuning.rs).
 step "proxy health per replica member, tuning for a network HSM (fault injection)" \
     cargo test -p xki-proxy --features fault-injection --test replica_health --test tuning

@@ -53,10 +53,18 @@ probe_interval_ms = {PROBE_INTERVAL_MS}
         b = MEMBERS[1],
         pin = pin.display().to_string(),
     );
+    // `XKI_BENCH_GROUP_INLINE=true|false` sets both members' `inline_calls` (`false`: every
+    // call through a worker, as for a vendor library); unset: the module's default (inline
+    // for embedded members) and no key written, so a module built before the key still loads.
+    let inline = match std::env::var("XKI_BENCH_GROUP_INLINE") {
+        Ok(v) if v == "true" || v == "false" => format!("inline_calls = {v}\n"),
+        Ok(v) => return Err(format!("XKI_BENCH_GROUP_INLINE={v:?}: use true or false")),
+        Err(_) => String::new(),
+    };
     for name in MEMBERS {
         let (store, key_file) = store(&root.join(name), &value)?;
         text.push_str(&format!(
-            "\n[backend.{name}]\ntype = \"embedded\"\ncreate = true\nstore = {:?}\nkey_file = {:?}\ntimeout_ms = {MEMBER_TIMEOUT_MS}\n",
+            "\n[backend.{name}]\ntype = \"embedded\"\ncreate = true\nstore = {:?}\nkey_file = {:?}\ntimeout_ms = {MEMBER_TIMEOUT_MS}\n{inline}",
             store.display().to_string(),
             key_file.display().to_string(),
         ));

@@ -271,7 +271,7 @@ fn print_group(i: &Inputs<'_>) {
         "Replica group: slot over 2 embedded members holding the same key (same CKA_ID) vs a slot over one of them"
     );
     println!(
-        "CPU here = process CPU µs per round trip: includes the group's member worker threads"
+        "CPU here = process CPU µs per round trip: includes member worker threads (calls on members whose reads run inline have none)"
     );
     println!(
         "{:>7} {:>3} | {:>25} | {:>25} | {:>30}",
@@ -292,8 +292,8 @@ fn print_group(i: &Inputs<'_>) {
         );
     }
     println!("note: on this 2-CPU machine with in-process software tokens two members cannot double throughput:");
-    println!("      the members share the caller's CPUs, so the row shows what the group costs (each call is handed");
-    println!("      to a member's worker thread and back, with a deadline); the line below shows the spreading.");
+    println!("      the members share the caller's CPUs, so the row shows what the group costs (routing, and for a");
+    println!("      member behind workers the hand-off to a worker thread and back); the line below shows the spreading.");
 }
 
 fn verdict(ok: bool) -> &'static str {

@@ -377,6 +377,16 @@ pub trait Backend: Send + Sync {
         encrypt_with_random_iv(self, key, aad, plaintext)
     }
 
+    /// Whether this backend's reads and crypto (`describe`, `mechanism_info`, listing,
+    /// `key_info`, `key_state`, the `gcm_*` verbs, `generate_random`) run only this process's
+    /// own code and local-file reads: no network peer, no device, no lock another process can
+    /// hold. A replica group then runs those calls on the caller's thread instead of handing
+    /// them to a worker it could abandon (see `replicas::member`), unless the backend's config
+    /// says otherwise (`inline_calls`). Default `false`: vendor libraries can hang.
+    fn reads_cannot_hang(&self) -> bool {
+        false
+    }
+
     /// Release backend sessions and, if this backend initialised the library itself,
     /// finalize it. Called once from `C_Finalize`; the backend is not used afterwards.
     fn shutdown(&self);

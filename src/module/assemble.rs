@@ -162,6 +162,7 @@ pub(super) fn replica_group(
             max_threads: b
                 .max_sessions
                 .unwrap_or(BackendConfig::DEFAULT_MAX_SESSIONS),
+            inline: b.inline_calls,
         };
         match open_backend(config, name, opened) {
             Ok(backend) => spec.backend = Some(backend),

@@ -269,6 +269,14 @@ impl Backend for EmbeddedBackend {
         getrandom::getrandom(out).map_err(|_| Rv::DEVICE_ERROR)
     }
 
+    /// Reads and crypto are this process's code over the in-memory image, plus a `stat` (and
+    /// on a change, a read) of the store file; they never take the store's inter-process lock,
+    /// which only changes (`mutate`) wait for. A store on a network file system that can stall
+    /// should set `inline_calls = false`.
+    fn reads_cannot_hang(&self) -> bool {
+        true
+    }
+
     fn shutdown(&self) {
         // Dropping the entries wipes key bytes (Zeroizing) and cipher state (zeroize features).
         let mut state = self.state.write();

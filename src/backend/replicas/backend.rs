@@ -2,7 +2,7 @@
 //! key mapping live in `mod.rs`).
 
 use super::member::Outcome;
-use super::{MemberStatus, ReplicaGroup};
+use super::{MemberStatus, ReplicaGroup, Served};
 use crate::backend::{
     Backend, BackendKey, KeyChanges, KeyInfo, MechanismInfo, NewKey, TokenDescription,
 };
@@ -31,7 +31,7 @@ impl Backend for ReplicaGroup {
         // What every member in service supports: the narrowest range and the common flags.
         let mut combined: Option<MechanismInfo> = None;
         for m in self.inner.members.iter().filter(|m| m.is_up()) {
-            match m.attempt(move |b| b.mechanism_info(mechanism)) {
+            match m.attempt_read(move |b| b.mechanism_info(mechanism)) {
                 Outcome::Answer(Ok(info)) => {
                     let c = combined.get_or_insert(info);
                     c.min_key_size = c.min_key_size.max(info.min_key_size);
@@ -153,7 +153,7 @@ impl Backend for ReplicaGroup {
         }
         let mut answers: Vec<(usize, Option<Vec<u8>>)> = Vec::new();
         for (i, mk) in inner.holders(key.0) {
-            match inner.members[i].attempt(move |b| b.key_state(mk)) {
+            match inner.members[i].attempt_read(move |b| b.key_state(mk)) {
                 Outcome::Answer(Ok(r)) => answers.push((i, r)),
                 Outcome::Answer(Err(rv)) if answers.is_empty() => return Err(rv),
                 Outcome::Answer(Err(_)) | Outcome::Failed(_) => {}
@@ -213,11 +213,18 @@ impl Backend for ReplicaGroup {
         aad: &[u8],
         plaintext: &[u8],
     ) -> CkResult<Vec<u8>> {
-        let iv = iv.to_vec();
-        let aad = aad.to_vec();
-        let pt = SecretBytes::new(plaintext.to_vec());
-        self.inner
-            .run(Some(key.0), move |b, mk| b.gcm_encrypt(mk, &iv, &aad, &pt))
+        let served = self.inner.run_read(
+            Some(key.0),
+            |b, mk| b.gcm_encrypt(mk, iv, aad, plaintext),
+            || {
+                let (iv, aad) = (iv.to_vec(), aad.to_vec());
+                let pt = SecretBytes::new(plaintext.to_vec());
+                move |b: &dyn Backend, mk| b.gcm_encrypt(mk, &iv, &aad, &pt)
+            },
+        )?;
+        Ok(match served {
+            Served::Here(ct) | Served::Worker(ct) => ct,
+        })
     }
 
     fn gcm_decrypt(
@@ -227,11 +234,66 @@ impl Backend for ReplicaGroup {
         aad: &[u8],
         ciphertext_and_tag: &[u8],
     ) -> CkResult<SecretBytes> {
-        let iv = iv.to_vec();
-        let aad = aad.to_vec();
-        let ct = ciphertext_and_tag.to_vec();
-        self.inner
-            .run(Some(key.0), move |b, mk| b.gcm_decrypt(mk, &iv, &aad, &ct))
+        let served = self.inner.run_read(
+            Some(key.0),
+            |b, mk| b.gcm_decrypt(mk, iv, aad, ciphertext_and_tag),
+            || {
+                let (iv, aad, ct) = (iv.to_vec(), aad.to_vec(), ciphertext_and_tag.to_vec());
+                move |b: &dyn Backend, mk| b.gcm_decrypt(mk, &iv, &aad, &ct)
+            },
+        )?;
+        Ok(match served {
+            Served::Here(pt) | Served::Worker(pt) => pt,
+        })
+    }
+
+    /// Straight into the caller's buffer on an inline member (no copy); copied from a
+    /// worker's answer otherwise.
+    fn gcm_encrypt_into(
+        &self,
+        key: BackendKey,
+        iv: &[u8],
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> CkResult<usize> {
+        let served = self.inner.run_read(
+            Some(key.0),
+            |b, mk| b.gcm_encrypt_into(mk, iv, aad, plaintext, out),
+            || {
+                let (iv, aad) = (iv.to_vec(), aad.to_vec());
+                let pt = SecretBytes::new(plaintext.to_vec());
+                move |b: &dyn Backend, mk| b.gcm_encrypt(mk, &iv, &aad, &pt)
+            },
+        )?;
+        match served {
+            Served::Here(n) => Ok(n),
+            Served::Worker(ct) => crate::backend::copy_out(&ct, out),
+        }
+    }
+
+    /// As [`Backend::gcm_encrypt_into`] above. A member that fails after writing part of
+    /// `out` leaves it to be overwritten by the next member, or wiped by the caller.
+    fn gcm_decrypt_into(
+        &self,
+        key: BackendKey,
+        iv: &[u8],
+        aad: &[u8],
+        ciphertext_and_tag: &[u8],
+        out: &mut [u8],
+    ) -> CkResult<usize> {
+        let served = self.inner.run_read(
+            Some(key.0),
+            |b, mk| b.gcm_decrypt_into(mk, iv, aad, ciphertext_and_tag, out),
+            || {
+                let (iv, aad, ct) = (iv.to_vec(), aad.to_vec(), ciphertext_and_tag.to_vec());
+                move |b: &dyn Backend, mk| b.gcm_decrypt(mk, &iv, &aad, &ct)
+            },
+        )?;
+        match served {
+            Served::Here(n) => Ok(n),
+            Served::Worker(pt) => crate::backend::copy_out(&pt, out),
+        }
     }
 
     /// A group takes caller IVs only if every member it has opened does (members of one group
@@ -252,21 +314,36 @@ impl Backend for ReplicaGroup {
         aad: &[u8],
         plaintext: &[u8],
     ) -> CkResult<crate::backend::GeneratedIvEncryption> {
-        let aad = aad.to_vec();
-        let pt = SecretBytes::new(plaintext.to_vec());
-        self.inner.run(Some(key.0), move |b, mk| {
-            b.gcm_encrypt_generated_iv(mk, &aad, &pt)
+        let served = self.inner.run_read(
+            Some(key.0),
+            |b, mk| b.gcm_encrypt_generated_iv(mk, aad, plaintext),
+            || {
+                let aad = aad.to_vec();
+                let pt = SecretBytes::new(plaintext.to_vec());
+                move |b: &dyn Backend, mk| b.gcm_encrypt_generated_iv(mk, &aad, &pt)
+            },
+        )?;
+        Ok(match served {
+            Served::Here(e) | Served::Worker(e) => e,
         })
     }
 
     fn generate_random(&self, out: &mut [u8]) -> CkResult<()> {
         let len = out.len();
-        let bytes = self.inner.run(None, move |b, _| {
-            let mut buf = Zeroizing::new(vec![0u8; len]);
-            b.generate_random(&mut buf)?;
-            Ok(buf)
-        })?;
-        out.copy_from_slice(&bytes);
+        let served = self.inner.run_read(
+            None,
+            |b, _| b.generate_random(out),
+            || {
+                move |b: &dyn Backend, _| {
+                    let mut buf = Zeroizing::new(vec![0u8; len]);
+                    b.generate_random(&mut buf)?;
+                    Ok(buf)
+                }
+            },
+        )?;
+        if let Served::Worker(bytes) = served {
+            out.copy_from_slice(&bytes);
+        }
         Ok(())
     }
 

@@ -14,6 +14,7 @@
 
 use crate::backend::{BackendKey, KeyInfo};
 use crate::object::identity;
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeSet, HashMap};
 
 /// How a member holds one group key.
@@ -39,7 +40,9 @@ struct GroupKey {
 pub struct KeyMap {
     members: usize,
     by_identity: HashMap<Vec<u8>, u64>,
-    keys: HashMap<u64, GroupKey>,
+    /// By group key number: numbers the group hands out itself (sequential), looked up on
+    /// every call, so a fast hash without flood resistance.
+    keys: FxHashMap<u64, GroupKey>,
     next: u64,
     /// (group key, member) pairs already logged as a mismatch, so the log is not flooded.
     reported: BTreeSet<(u64, usize)>,
@@ -62,7 +65,7 @@ impl KeyMap {
         KeyMap {
             members,
             by_identity: HashMap::new(),
-            keys: HashMap::new(),
+            keys: FxHashMap::default(),
             next: 0,
             reported: BTreeSet::new(),
         }
@@ -133,10 +136,12 @@ impl KeyMap {
 
     /// Member `member`'s handle for group key `key`, when it holds exactly one copy.
     pub fn member_key(&self, key: u64, member: usize) -> Option<BackendKey> {
-        match self.keys.get(&key)?.holdings.get(member)? {
-            Holding::One(h) => Some(*h),
-            _ => None,
-        }
+        held(self.holdings(key)?, member)
+    }
+
+    /// How each member holds `key` (by member index); `None` for a key the group does not know.
+    pub fn holdings(&self, key: u64) -> Option<&[Holding]> {
+        self.keys.get(&key).map(|k| &k.holdings[..])
     }
 
     /// Whether the group key exists at all.
@@ -181,6 +186,14 @@ impl KeyMap {
 }
 
 /// An identity for logs: the ID in hex, or the label (both are public attributes).
+/// The member's handle for a key it holds exactly once.
+pub fn held(holdings: &[Holding], member: usize) -> Option<BackendKey> {
+    match holdings.get(member)? {
+        Holding::One(h) => Some(*h),
+        _ => None,
+    }
+}
+
 fn printable(ident: &[u8]) -> String {
     match ident.split_first() {
         Some((b'i', id)) => format!(

@@ -8,7 +8,9 @@
 //! - Failover: a member that fails (see [`health::is_member_failure`]) or does not answer
 //!   within its `timeout_ms` leaves service and the call is retried on the next member. Calls
 //!   run on per-member worker threads ([`worker`]) so a hung vendor library never holds the
-//!   caller beyond the deadline. Every verb retried this way is safe to repeat (GCM with the
+//!   caller beyond the deadline; reads and crypto on a member whose backend cannot hang (the
+//!   embedded token, or `inline_calls = true`) run on the caller's thread instead
+//!   ([`member`]). Every verb retried this way is safe to repeat (GCM with the
 //!   caller's IV, GCM with a generated IV: each attempt has its member generate a new one,
 //!   and the caller gets the IV of the attempt that answered; decrypt, reads, random); key
 //!   generation is never retried.
@@ -44,7 +46,8 @@
 //! - Members that cannot be reached when the module starts ([`open_later`]) start out of
 //!   service and the probe opens them; at least one member must answer at start.
 //! - Threads: per member at most `max_sessions` workers (default 32), which bounds how many
-//!   threads a hung vendor library can hold; one probe thread per group. An application that
+//!   threads a hung vendor library can hold; one probe thread per group. Inline members start
+//!   workers only for changes and opening. An application that
 //!   forbids thread creation (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`) cannot have groups:
 //!   `C_Initialize` then fails with `CKR_NEED_TO_CREATE_THREADS`.
 
@@ -59,9 +62,10 @@ use crate::backend::{Backend, BackendKey, KeyInfo};
 use crate::config::Replication;
 use crate::rv::{CkResult, Rv};
 use health::MemberStatus;
-use keys::KeyMap;
+use keys::{Holding, KeyMap};
 use member::{Member, Outcome};
 use parking_lot::{Condvar, Mutex, RwLock};
+use smallvec::SmallVec;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -103,6 +107,9 @@ pub struct MemberSpec {
     pub deadline: Duration,
     /// Most worker threads (and so most calls stuck in a hung library) for this member.
     pub max_threads: usize,
+    /// Run reads and crypto on the caller's thread (`inline_calls`); `None`: as the backend
+    /// says ([`Backend::reads_cannot_hang`]).
+    pub inline: Option<bool>,
 }
 
 impl MemberSpec {
@@ -114,6 +121,7 @@ impl MemberSpec {
             reopen: None,
             deadline,
             max_threads,
+            inline: None,
         }
     }
 }
@@ -144,6 +152,13 @@ pub(crate) struct Inner {
     wake: Condvar,
 }
 
+/// Which call of [`Inner::run_read`] answered: the one run on the caller's thread, or the
+/// owned one a worker ran.
+enum Served<H, W> {
+    Here(H),
+    Worker(W),
+}
+
 /// A replica group. See the module docs.
 pub struct ReplicaGroup {
     inner: Arc<Inner>,
@@ -163,7 +178,16 @@ impl ReplicaGroup {
             name: name.to_string(),
             members: members
                 .into_iter()
-                .map(|m| Member::new(&m.name, m.backend, m.reopen, m.deadline, m.max_threads))
+                .map(|m| {
+                    Member::new(
+                        &m.name,
+                        m.backend,
+                        m.reopen,
+                        m.deadline,
+                        m.max_threads,
+                        m.inline,
+                    )
+                })
                 .collect(),
             keys: RwLock::new(KeyMap::new(count)),
             settings,
@@ -213,7 +237,7 @@ impl Inner {
     /// Returns the listing, or `None` when the member failed (it is then out of service).
     fn refresh_member(&self, i: usize) -> Option<Vec<KeyInfo>> {
         let m = &self.members[i];
-        let listed = match m.attempt(|b| b.list_secret_keys()) {
+        let listed = match m.attempt_read(|b| b.list_secret_keys()) {
             Outcome::Answer(Ok(l)) => l,
             Outcome::Answer(Err(rv)) => {
                 m.mark_down(rv, format!("cannot list keys: {rv}"));
@@ -234,9 +258,18 @@ impl Inner {
         Some(listed)
     }
 
-    /// Candidates for a call on `key` (any member for `None`), least busy first.
+    /// The least busy member in service not yet `tried` that can serve a call on `key` (any
+    /// member for `None`), with its handle for the key.
     fn pick(&self, key: Option<u64>, tried: &[bool]) -> Option<(usize, BackendKey)> {
         let keys = self.keys.read();
+        match key {
+            Some(k) => self.pick_in(Some(keys.holdings(k)?), tried),
+            None => self.pick_in(None, tried),
+        }
+    }
+
+    /// [`Inner::pick`] for a key held as `holdings` (`None`: no key).
+    fn pick_in(&self, holdings: Option<&[Holding]>, tried: &[bool]) -> Option<(usize, BackendKey)> {
         let n = self.members.len();
         let start = self.turn.fetch_add(1, Ordering::Relaxed);
         let mut best: Option<(usize, BackendKey, u64)> = None;
@@ -246,8 +279,8 @@ impl Inner {
             if tried[i] || !m.is_up() {
                 continue;
             }
-            let mk = match key {
-                Some(k) => match keys.member_key(k, i) {
+            let mk = match holdings {
+                Some(h) => match keys::held(h, i) {
                     Some(mk) => mk,
                     None => continue,
                 },
@@ -261,24 +294,73 @@ impl Inner {
         best.map(|(i, mk, _)| (i, mk))
     }
 
-    /// Run `op` on the least busy member that can, failing over until one answers.
+    /// Run `op` on the least busy member that can, failing over until one answers. `op` is a
+    /// read or crypto call (it may run on the caller's thread); see [`Inner::run_read`].
     fn run<T, F>(&self, key: Option<u64>, op: F) -> CkResult<T>
     where
         T: Send + 'static,
         F: Fn(&dyn Backend, BackendKey) -> CkResult<T> + Send + Sync + 'static,
     {
-        if let Some(k) = key {
-            if !self.keys.read().contains(k) {
-                return Err(Rv::KEY_HANDLE_INVALID);
-            }
-        }
         let op = Arc::new(op);
-        let mut tried = vec![false; self.members.len()];
+        let here = op.clone();
+        Ok(
+            match self.run_read(
+                key,
+                |b, mk| here(b, mk),
+                move || move |b: &dyn Backend, mk| op(b, mk),
+            )? {
+                Served::Here(v) | Served::Worker(v) => v,
+            },
+        )
+    }
+
+    /// Run a read or crypto call on the least busy member that can, failing over until one
+    /// answers. On a member that runs reads inline the call is `here`, which may borrow the
+    /// caller's buffers; on the others it is the owned call `owned()` makes (at most once, on
+    /// the first such member), which a worker can keep running after the caller left.
+    fn run_read<H, W, FH, FW, O>(
+        &self,
+        key: Option<u64>,
+        mut here: FH,
+        owned: O,
+    ) -> CkResult<Served<H, W>>
+    where
+        W: Send + 'static,
+        FH: FnMut(&dyn Backend, BackendKey) -> CkResult<H>,
+        FW: Fn(&dyn Backend, BackendKey) -> CkResult<W> + Send + Sync + 'static,
+        O: FnOnce() -> FW,
+    {
+        let mut tried: SmallVec<[bool; 8]> = smallvec::smallvec![false; self.members.len()];
+        let mut next = {
+            let keys = self.keys.read();
+            match key {
+                Some(k) => {
+                    let holdings = keys.holdings(k).ok_or(Rv::KEY_HANDLE_INVALID)?;
+                    self.pick_in(Some(holdings), &tried)
+                }
+                None => self.pick_in(None, &tried),
+            }
+        };
+        let mut owned = Some(owned);
+        let mut shared: Option<Arc<FW>> = None;
         let mut last = Rv::DEVICE_ERROR;
-        while let Some((i, mk)) = self.pick(key, &tried) {
+        while let Some((i, mk)) = next {
             tried[i] = true;
-            let op = op.clone();
-            match self.members[i].attempt(move |b| op(b, mk)) {
+            let m = &self.members[i];
+            let outcome = match m.inline_backend() {
+                Some(b) => m.attempt_here(|| here(b, mk)).map(Served::Here),
+                None => {
+                    let op = match &shared {
+                        Some(op) => op.clone(),
+                        None => {
+                            let make = owned.take().ok_or(Rv::GENERAL_ERROR)?;
+                            shared.insert(Arc::new(make())).clone()
+                        }
+                    };
+                    m.attempt_read(move |b| op(b, mk)).map(Served::Worker)
+                }
+            };
+            match outcome {
                 Outcome::Answer(Err(rv)) if key.is_some() && is_gone(rv) => {
                     // The map says the member holds the key, the member says it does not:
                     // it was destroyed there behind our back. Serve from the others.
@@ -299,6 +381,7 @@ impl Inner {
                     self.wake.notify_all();
                 }
             }
+            next = self.pick(key, &tried);
         }
         if tried.iter().all(|t| !t) {
             log::error!(

@@ -58,7 +58,7 @@ fn probe(inner: &Inner, i: usize) -> bool {
     }
     let m = &inner.members[i];
     let block = [0x5au8; 16];
-    let out = m.attempt(move |b| {
+    let out = m.attempt_read(move |b| {
         let ct = b.gcm_encrypt(key, &iv, b"xki-probe", &block)?;
         let pt = b.gcm_decrypt(key, &iv, b"xki-probe", &ct)?;
         if pt[..] != block[..] {
