@@ -21,6 +21,16 @@ mod itest_backend;
 #[allow(unused_imports)]
 pub use itest_backend::{backend_kind, new_backend_token, BackendKind, BackendToken};
 
+/// The run's reference library (what [`Fixture::direct`] loads), for tests that load it
+/// themselves: SoftHSM2 for the SoftHSM2-based kinds (the emulator's token too), kryoptic on
+/// kryoptic.
+pub fn reference_library() -> PathBuf {
+    match backend_kind() {
+        BackendKind::Kryoptic => itest_backend::kryoptic_lib(),
+        _ => PathBuf::from(SOFTHSM),
+    }
+}
+
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::aead::GcmParams;
