@@ -11,6 +11,16 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use cryptoki::session::Session;
 use std::process::Command;
 
+/// SoftHSM2 2.6 fails (CKR_GENERAL_ERROR) when one session writes token objects while another
+/// does the same. The module serialises its own writes on a SoftHSM2 token, but not on the
+/// emulated vendors' (their manufacturer IDs are the vendors'), and these tests also write to
+/// the token directly and from another process, past the module: they take turns.
+static TURNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_writer() -> std::sync::MutexGuard<'static, ()> {
+    TURNS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn by_label(s: &Session, label: &str) -> Vec<cryptoki::object::ObjectHandle> {
     find(
         s,
@@ -30,6 +40,7 @@ fn direct_key(d: &Session, label: &str) -> cryptoki::object::ObjectHandle {
 
 #[test]
 fn renames_and_disabling_on_the_token_are_seen_by_the_next_find() {
+    let _turn = one_writer();
     let fx = fixture();
     let t_slot = fx.slots()[0];
     let s = fx.ctx.open_rw_session(t_slot).unwrap();
@@ -104,6 +115,7 @@ fn renames_and_disabling_on_the_token_are_seen_by_the_next_find() {
 
 #[test]
 fn keys_created_and_destroyed_elsewhere_are_seen_by_the_next_find() {
+    let _turn = one_writer();
     let fx = fixture();
     let s = fx.ctx.open_rw_session(fx.slots()[0]).unwrap();
     login(&s);
@@ -159,6 +171,7 @@ fn keys_created_and_destroyed_elsewhere_are_seen_by_the_next_find() {
 
 #[test]
 fn a_new_object_taking_a_known_keys_identity_is_never_switched_to() {
+    let _turn = one_writer();
     let fx = fixture();
     let s = fx.ctx.open_rw_session(fx.slots()[0]).unwrap();
     login(&s);
