@@ -90,14 +90,15 @@ step "cargo test (workspace)" cargo test --workspace
 for script in tests/scripts/pkcs11-tool.sh tests/scripts/python-pkcs11.sh; do
     step "$script" bash "$script" target/debug/libxki_pkcs11.so
 done
-# The module's whole integration suite (every tests/module_*.rs) and the proxy's API tests
+# The module's integration suite (tests/module_*.rs) and the proxy's API tests
 # over other tokens than SoftHSM2 (XKI_ITEST_BACKEND, tests/support/itest_backend.rs):
 # kryoptic, a second independent PKCS#11 implementation, and the vendor emulator (its own
 # tests run in the workspace step above) in every mode: Luna's caller IVs, and the HSMs that
 # generate every encryption IV themselves (Luna in FIPS mode, CloudHSM, nShield), where slot 0
 # encrypts under the zero-IV convention (EncryptIv in tests/common_module/mod.rs: a caller IV
 # is refused, the IV the HSM wrote back is checked and decrypted with) and the proxy through
-# the message API. kryoptic is built once per machine (tests/scripts/kryoptic.sh, cached in
+# the message API. About 30-45 s + 20 s per backend once built (2 cores, another build
+# running). kryoptic is built once per machine (tests/scripts/kryoptic.sh, cached in
 # /var/cache/xki-kryoptic; the first build is about 3.5 CPU-minutes, longer in wall time on a
 # loaded machine; then instant); a failed build fails its step, nothing is skipped.
 # Three tests never use the slot these runs change and run in the workspace step already, so
