@@ -24,7 +24,7 @@ fn buffered_records_are_written_once_in_time_and_at_finalize() {
     });
     let audit = dir.path().join("audit.log");
     let slots = ctx.get_slots_with_token().unwrap();
-    for slot in slots {
+    for (index, slot) in slots.into_iter().enumerate() {
         let session = ctx.open_rw_session(slot).unwrap();
         login(&session);
         let key = session
@@ -34,7 +34,7 @@ fn buffered_records_are_written_once_in_time_and_at_finalize() {
             )
             .unwrap();
         // Keep going until the key's records are in the file.
-        round_trips(&session, key, 10, b"buffered");
+        round_trips(&session, EncryptIv::of_slot(index), key, 10, b"buffered");
     }
     let total = 2 * 10;
     // Within a few flush intervals every record is in the file, each once.
@@ -51,7 +51,7 @@ fn buffered_records_are_written_once_in_time_and_at_finalize() {
     let session = ctx.open_rw_session(slot).unwrap();
     login(&session);
     let key = find_label(&session, "audit-buffer");
-    round_trips(&session, key, 25, b"buffered");
+    round_trips(&session, EncryptIv::of_slot(1), key, 25, b"buffered");
     // SAFETY: the child only calls `exit`, which runs the registered exit handlers.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork");

@@ -27,12 +27,12 @@ fn buffered_records_keep_the_label_of_their_time() {
                 &secure_template(&before),
             )
             .unwrap();
-        round_trips(&session, key, 3, b"named");
+        round_trips(&session, EncryptIv::of_slot(i), key, 3, b"named");
         let after = format!("after \"rename\" {i}");
         session
             .update_attributes(key, &[Attribute::Label(after.as_bytes().to_vec())])
             .unwrap();
-        round_trips(&session, key, 2, b"named");
+        round_trips(&session, EncryptIv::of_slot(i), key, 2, b"named");
     }
     // Nothing written yet (one-minute interval, a few hundred bytes buffered): C_Finalize
     // writes it all.

@@ -90,13 +90,13 @@ fn a_key_stays_usable_while_another_attribute_is_toggled() {
                     std::thread::sleep(std::time::Duration::from_millis(2));
                 }
             });
+            let mode = t.iv_mode();
             let users: Vec<_> = (0..3)
                 .map(|u| {
                     let s = t.open();
                     scope.spawn(move || {
                         for i in 0..300 {
-                            let mut iv = [u as u8; 12];
-                            s.encrypt(&gcm(&mut iv, b""), key, b"busy")
+                            encrypt_gcm(&s, mode, key, u as u8, b"", b"busy")
                                 .unwrap_or_else(|e| panic!("user {u} encrypt {i}: {e}"));
                             s.get_attributes(key, &[AttributeType::Encrypt])
                                 .unwrap_or_else(|e| panic!("user {u} attrs {i}: {e}"));

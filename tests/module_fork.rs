@@ -10,11 +10,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 
 fn round_trip(t: &TokenCtx, key: cryptoki::object::ObjectHandle, what: &str) {
-    let mut iv = [6u8; 12];
-    let ct = t
-        .session
-        .encrypt(&gcm(&mut iv, what.as_bytes()), key, what.as_bytes())
-        .unwrap();
+    let (ct, mut iv) = t.encrypt(key, 6, what.as_bytes(), what.as_bytes()).unwrap();
     let pt = t
         .session
         .decrypt(&gcm(&mut iv, what.as_bytes()), key, &ct)

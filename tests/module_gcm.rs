@@ -1,6 +1,12 @@
 //! AES-GCM through the built module, on both slots: round trips (single- and multi-part, 12-
 //! and 16-byte IVs, AAD up to 64 KiB), authentication failures, parameter checks, the
 //! two-call length convention, and many threads at once.
+//!
+//! Where slot 0's HSM generates encryption IVs ([`EncryptIv::Generated`]), encryptions there
+//! use the zero-IV convention and decrypt under the IV written back; what is specific to caller
+//! IVs is checked in its generating-mode form (a caller IV is refused, 16-byte IVs are checked
+//! on decryption of SoftHSM2's ciphertext, and "same IV, same bytes" against SoftHSM2 used
+//! directly under the generated IV).
 
 mod common_module;
 
@@ -14,9 +20,12 @@ use cryptoki::session::Session;
 use pkcs11_sys::*;
 use std::ptr;
 
-fn encrypt(s: &Session, key: ObjectHandle, iv: &[u8], aad: &[u8], pt: &[u8]) -> Vec<u8> {
+/// `C_Encrypt`; returns the output and `pIv` afterwards (the IV written back where the slot's
+/// HSM generated it).
+fn encrypt(s: &Session, key: ObjectHandle, iv: &[u8], aad: &[u8], pt: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let mut iv = iv.to_vec();
-    s.encrypt(&gcm(&mut iv, aad), key, pt).expect("C_Encrypt")
+    let ct = s.encrypt(&gcm(&mut iv, aad), key, pt).expect("C_Encrypt");
+    (ct, iv)
 }
 
 fn decrypt(
@@ -31,6 +40,7 @@ fn decrypt(
 }
 
 /// Multi-part encryption in `chunk`-sized parts; Update returns nothing, Final everything.
+/// Returns the output and `pIv` afterwards, as [`encrypt`].
 fn encrypt_parts(
     s: &Session,
     key: ObjectHandle,
@@ -38,7 +48,7 @@ fn encrypt_parts(
     aad: &[u8],
     pt: &[u8],
     chunk: usize,
-) -> Vec<u8> {
+) -> (Vec<u8>, Vec<u8>) {
     let mut iv = iv.to_vec();
     s.encrypt_init(&gcm(&mut iv, aad), key)
         .expect("C_EncryptInit");
@@ -47,7 +57,7 @@ fn encrypt_parts(
         out.extend(s.encrypt_update(part).expect("C_EncryptUpdate"));
     }
     out.extend(s.encrypt_final().expect("C_EncryptFinal"));
-    out
+    (out, iv)
 }
 
 /// Multi-part decryption; asserts that no Update returns plaintext.
@@ -75,26 +85,81 @@ fn decrypt_parts(
 #[test]
 fn gcm_round_trips_single_and_multi_part() {
     for_each_token(|t| {
-        let key = t.keygen(&t.label("gcm-rt"), &[]);
+        let label = t.label("gcm-rt");
+        let key = t.keygen(&label, &[]);
         let s = &t.session;
+        let generated = t.generates_iv();
+        // Where the slot's HSM generates IVs: the same key used directly (SoftHSM2 under the
+        // emulated vendors), to check the module's output against.
+        let direct = generated.then(|| {
+            let d = t.fx.direct_session();
+            let k = find_label(&d, &label);
+            (d, k)
+        });
         for iv_len in [12usize, 16] {
             let iv = test_bytes(iv_len, iv_len as u64);
+            if generated {
+                // A caller IV is refused for encryption; the zero-IV convention is 12 bytes.
+                let mut caller = iv.clone();
+                expect_rv(
+                    s.encrypt(&gcm(&mut caller, b""), key, b"x"),
+                    RvError::MechanismParamInvalid,
+                );
+                let mut zeros = vec![0u8; iv_len];
+                if iv_len != 12 {
+                    expect_rv(
+                        s.encrypt(&gcm(&mut zeros, b""), key, b"x"),
+                        RvError::MechanismParamInvalid,
+                    );
+                }
+            }
             for aad_len in [0usize, 1, 20, 4096, 64 * 1024] {
                 let aad = test_bytes(aad_len, 7 + aad_len as u64);
                 for pt_len in [0usize, 1, 15, 16, 17, 1000] {
                     let pt = test_bytes(pt_len, pt_len as u64);
                     let what = format!("iv {iv_len}, aad {aad_len}, pt {pt_len}");
-                    let ct = encrypt(s, key, &iv, &aad, &pt);
+                    if let (Some((d, dk)), 16) = (&direct, iv_len) {
+                        // Decryption takes a caller's 16-byte IV on every slot: SoftHSM2
+                        // encrypts, the slot decrypts, single- and multi-part.
+                        let mut div = iv.clone();
+                        let ct = d.encrypt(&gcm(&mut div, &aad), *dk, &pt).unwrap();
+                        assert_eq!(decrypt(s, key, &iv, &aad, &ct).unwrap(), pt, "{what}");
+                        let back = decrypt_parts(s, key, &iv, &aad, &ct, 5).unwrap();
+                        assert_eq!(back, pt, "{what}: multi-part decrypt");
+                        continue;
+                    }
+                    let iv_in = if generated { vec![0u8; 12] } else { iv.clone() };
+                    let (ct, ct_iv) = encrypt(s, key, &iv_in, &aad, &pt);
+                    if generated {
+                        assert_ne!(ct_iv, iv_in, "{what}: generated IV written back");
+                    } else {
+                        assert_eq!(ct_iv, iv, "{what}: the caller's IV is left as given");
+                    }
                     assert_eq!(ct.len(), pt_len + 16, "{what}: ciphertext || 16-byte tag");
                     if pt_len > 0 {
                         assert_ne!(&ct[..pt_len], &pt[..], "{what}: not encrypted");
                     }
-                    assert_eq!(decrypt(s, key, &iv, &aad, &ct).unwrap(), pt, "{what}");
-                    // GCM is deterministic for one (key, IV, AAD): multi-part gives the same
-                    // bytes, and each form decrypts the other.
-                    let ct_parts = encrypt_parts(s, key, &iv, &aad, &pt, 7);
-                    assert_eq!(ct_parts, ct, "{what}: multi-part ciphertext");
-                    let back = decrypt_parts(s, key, &iv, &aad, &ct, 5).unwrap();
+                    assert_eq!(decrypt(s, key, &ct_iv, &aad, &ct).unwrap(), pt, "{what}");
+                    let (ct_parts, parts_iv) = encrypt_parts(s, key, &iv_in, &aad, &pt, 7);
+                    match &direct {
+                        // GCM is deterministic for one (key, IV, AAD): multi-part gives the
+                        // same bytes, and each form decrypts the other.
+                        None => assert_eq!(ct_parts, ct, "{what}: multi-part ciphertext"),
+                        // A fresh IV per encryption: the multi-part output decrypts under its
+                        // own IV, and is the bytes SoftHSM2 used directly makes under that IV.
+                        Some((d, dk)) => {
+                            assert!(
+                                parts_iv != iv_in && parts_iv != ct_iv,
+                                "{what}: a fresh generated IV written back: {parts_iv:?}"
+                            );
+                            let back = decrypt(s, key, &parts_iv, &aad, &ct_parts).unwrap();
+                            assert_eq!(back, pt, "{what}: multi-part ciphertext");
+                            let mut div = parts_iv.clone();
+                            let theirs = d.encrypt(&gcm(&mut div, &aad), *dk, &pt).unwrap();
+                            assert_eq!(theirs, ct_parts, "{what}: same bytes as SoftHSM2");
+                        }
+                    }
+                    let back = decrypt_parts(s, key, &ct_iv, &aad, &ct, 5).unwrap();
                     assert_eq!(back, pt, "{what}: multi-part decrypt");
                 }
             }
@@ -107,10 +172,12 @@ fn gcm_authentication_failures_are_encrypted_data_invalid() {
     for_each_token(|t| {
         let key = t.keygen(&t.label("gcm-auth"), &[]);
         let s = &t.session;
-        let iv = [3u8; 12];
         let aad = b"header".to_vec();
         let pt = test_bytes(100, 1);
-        let ct = encrypt(s, key, &iv, &aad, &pt);
+        let (ct, iv) = encrypt(s, key, &t.encrypt_iv(3), &aad, &pt);
+        t.iv_mode().check_after(3, &iv);
+        let mut wrong_iv = iv.clone();
+        wrong_iv[0] ^= 1;
 
         let mut bad_tag = ct.clone();
         *bad_tag.last_mut().unwrap() ^= 1;
@@ -121,7 +188,7 @@ fn gcm_authentication_failures_are_encrypted_data_invalid() {
         let cases: [Case; 5] = [
             ("wrong AAD", &iv, b"headex", &ct),
             ("missing AAD", &iv, b"", &ct),
-            ("wrong IV", &[4u8; 12], &aad, &ct),
+            ("wrong IV", &wrong_iv, &aad, &ct),
             ("wrong tag", &iv, &aad, &bad_tag),
             ("modified ciphertext", &iv, &aad, &bad_body),
         ];
@@ -241,7 +308,7 @@ fn gcm_parameters_outside_the_profile_are_refused() {
             ),
         ];
         for (what, tweak, want) in tweaks {
-            let (mut iv, mut aad) = ([1u8; 12], [0u8; 4]);
+            let (mut iv, mut aad) = (t.encrypt_iv(1), [0u8; 4]);
             let mut params = gcm_params(&mut iv, &mut aad, 128);
             tweak(&mut params);
             let mut mech = gcm_mechanism(&mut params);
@@ -256,6 +323,7 @@ fn gcm_parameters_outside_the_profile_are_refused() {
                     let rv =
                         f.C_Encrypt.unwrap()(h, data.as_mut_ptr(), 5, out.as_mut_ptr(), &mut len);
                     assert_eq!((rv, len), (CKR_OK, 21), "{what}");
+                    t.iv_mode().check_after(1, &iv);
                 }
             }
         }
@@ -280,9 +348,11 @@ fn expect_rv_named<T: std::fmt::Debug>(
 fn two_call_length_convention_for_encrypt_and_decrypt() {
     let f = raw::table();
     for_each_token(|t| {
-        let key = t.keygen(&t.label("gcm-len"), &[]).handle();
+        let key_object = t.keygen(&t.label("gcm-len"), &[]);
+        let key = key_object.handle();
         let h = t.raw_session();
-        let (mut iv, mut aad) = ([9u8; 12], *b"aad");
+        let mode = t.iv_mode();
+        let (mut iv, mut aad) = (mode.iv(9), *b"aad");
         let mut params = gcm_params(&mut iv, &mut aad, 128);
         let mut mech = gcm_mechanism(&mut params);
         let mut pt = test_bytes(40, 2);
@@ -307,6 +377,9 @@ fn two_call_length_convention_for_encrypt_and_decrypt() {
             let mut roomy: CK_ULONG = 128;
             let rv = f.C_Encrypt.unwrap()(h, pt.as_mut_ptr(), n, ct.as_mut_ptr(), &mut roomy);
             assert_eq!((rv, roomy), (CKR_OK, n + 16), "C_Encrypt");
+            mode.check_after(9, &iv);
+            // The IV to decrypt `ct` with: the caller's, or the one written back.
+            let ct_iv = iv;
             let ct_len = roomy;
             let rv = f.C_Encrypt.unwrap()(h, pt.as_mut_ptr(), n, ct.as_mut_ptr(), &mut roomy);
             assert_eq!(rv, CKR_OPERATION_NOT_INITIALIZED, "operation ended");
@@ -326,7 +399,9 @@ fn two_call_length_convention_for_encrypt_and_decrypt() {
             assert_eq!((rv, roomy), (CKR_OK, n), "C_Decrypt");
             assert_eq!(&out[..n as usize], &pt[..]);
 
-            // C_EncryptFinal
+            // C_EncryptFinal (a new encryption: the zero-IV convention again where the HSM
+            // generates IVs).
+            std::slice::from_raw_parts_mut(params.pIv, 12).copy_from_slice(&mode.iv(9));
             assert_eq!(f.C_EncryptInit.unwrap()(h, &mut mech, key), CKR_OK);
             let mut upd: CK_ULONG = 128;
             let rv = f.C_EncryptUpdate.unwrap()(h, pt.as_mut_ptr(), n, out.as_mut_ptr(), &mut upd);
@@ -348,7 +423,26 @@ fn two_call_length_convention_for_encrypt_and_decrypt() {
             let mut roomy: CK_ULONG = 128;
             let rv = f.C_EncryptFinal.unwrap()(h, out.as_mut_ptr(), &mut roomy);
             assert_eq!((rv, roomy), (CKR_OK, n + 16), "C_EncryptFinal");
-            assert_eq!(&out[..roomy as usize], &ct[..ct_len as usize]);
+            mode.check_after(9, &iv);
+            if mode.generated() {
+                // A fresh IV: the output decrypts under it.
+                assert_ne!(iv, ct_iv, "a fresh generated IV");
+                let mut final_iv = iv;
+                let back = t
+                    .session
+                    .decrypt(
+                        &gcm(&mut final_iv, b"aad"),
+                        key_object,
+                        &out[..n as usize + 16],
+                    )
+                    .unwrap();
+                assert_eq!(back, pt);
+            } else {
+                // Same key, same caller IV: the bytes of C_Encrypt.
+                assert_eq!(&out[..roomy as usize], &ct[..ct_len as usize]);
+            }
+            // Back to the IV of `ct` for the decryptions below.
+            std::slice::from_raw_parts_mut(params.pIv, 12).copy_from_slice(&ct_iv);
 
             // C_DecryptFinal
             assert_eq!(f.C_DecryptInit.unwrap()(h, &mut mech, key), CKR_OK);
@@ -409,6 +503,7 @@ fn two_call_length_convention_for_encrypt_and_decrypt() {
 fn eight_threads_of_round_trips() {
     for_each_token(|t| {
         let key = t.keygen(&t.label("gcm-threads"), &[]);
+        let generated = t.generates_iv();
         std::thread::scope(|scope| {
             for thread in 0..8u64 {
                 let session = t.open();
@@ -417,9 +512,17 @@ fn eight_threads_of_round_trips() {
                         let seed = thread * 1000 + i;
                         let len = (test_bytes(2, seed)[0] as usize) * 8 + (i as usize % 7);
                         let pt = test_bytes(len, seed);
-                        let mut iv = test_bytes(12, seed ^ 0xFFFF);
+                        // A caller IV, or the zero-IV convention where the HSM generates it.
+                        let iv_in = if generated {
+                            vec![0u8; 12]
+                        } else {
+                            test_bytes(12, seed ^ 0xFFFF)
+                        };
                         let aad = seed.to_be_bytes();
-                        let ct = encrypt(&session, key, &iv, &aad, &pt);
+                        let (ct, mut iv) = encrypt(&session, key, &iv_in, &aad, &pt);
+                        if generated {
+                            assert_ne!(iv, iv_in, "thread {thread} op {i}: IV written back");
+                        }
                         assert_eq!(ct.len(), len + 16);
                         let back = decrypt(&session, key, &iv, &aad, &ct)
                             .unwrap_or_else(|e| panic!("thread {thread} op {i}: {e}"));

@@ -4,6 +4,10 @@
 //!
 //! SoftHSM2 is loaded a second time in this process (a second cryptoki context), so this also
 //! exercises the module sharing a library initialisation with its host.
+//!
+//! Where slot 0's HSM generates encryption IVs ([`EncryptIv::Generated`]), the module encrypts
+//! under the zero-IV convention and SoftHSM2 decrypts under the IV written back (and makes the
+//! same bytes under it); a caller IV is refused there.
 
 mod common_module;
 
@@ -47,15 +51,48 @@ fn ciphertext_crosses_between_module_and_softhsm2() {
         )
         .unwrap();
     let key_d = find_id(&direct, &id);
+    let generated = EncryptIv::of_slot(0).generated();
 
     for (iv_len, aad_len, pt_len) in [(12, 0, 0), (12, 13, 100), (16, 4096, 5000), (16, 0, 1)] {
-        let iv = test_bytes(iv_len, 1);
+        let caller_iv = test_bytes(iv_len, 1);
         let aad = test_bytes(aad_len, 2);
         let pt = test_bytes(pt_len, 3);
         let what = format!("iv {iv_len} aad {aad_len} pt {pt_len}");
 
-        let mut iv1 = iv.clone();
-        let ct_m = module.encrypt(&gcm(&mut iv1, &aad), key_m, &pt).unwrap();
+        // A generating HSM refuses the caller's IV; the 12-byte zero-IV convention gets the
+        // IV it generated written back, and everything below runs under that IV.
+        let mut iv1 = caller_iv.clone();
+        if generated {
+            expect_rv(
+                module.encrypt(&gcm(&mut iv1, &aad), key_m, &pt),
+                cryptoki::error::RvError::MechanismParamInvalid,
+            );
+            iv1 = vec![0u8; iv_len];
+        }
+        let ct_m = match module.encrypt(&gcm(&mut iv1, &aad), key_m, &pt) {
+            Err(e) if generated && iv_len != 12 => {
+                // 16 zero bytes are no zero-IV convention: a caller IV, refused. SoftHSM2's
+                // ciphertext under the caller's 16-byte IV still decrypts through the module.
+                assert_eq!(
+                    rv(e),
+                    cryptoki::error::RvError::MechanismParamInvalid,
+                    "{what}"
+                );
+                let mut iv3 = caller_iv.clone();
+                let ct_d = direct.encrypt(&gcm(&mut iv3, &aad), key_d, &pt).unwrap();
+                let mut iv4 = caller_iv.clone();
+                let back = module
+                    .decrypt(&gcm(&mut iv4, &aad), key_m, &ct_d)
+                    .unwrap_or_else(|e| panic!("{what}: module decrypting SoftHSM2's output: {e}"));
+                assert_eq!(back, pt, "{what}");
+                continue;
+            }
+            other => other.unwrap(),
+        };
+        if generated {
+            assert_ne!(iv1, vec![0u8; 12], "{what}: generated IV written back");
+        }
+        let iv = iv1.clone();
         let mut iv2 = iv.clone();
         let back = direct
             .decrypt(&gcm(&mut iv2, &aad), key_d, &ct_m)
@@ -202,9 +239,8 @@ fn changes_made_directly_on_the_hsm_show_through() {
     direct
         .update_attributes(key_d, &[Attribute::Encrypt(false)])
         .unwrap();
-    let mut iv = [1u8; 12];
     expect_rv(
-        module.encrypt(&gcm(&mut iv, b""), key_m, b"x"),
+        encrypt_gcm(&module, EncryptIv::of_slot(0), key_m, 1, b"", b"x"),
         cryptoki::error::RvError::KeyFunctionNotPermitted,
     );
     assert_eq!(
@@ -237,6 +273,7 @@ fn changes_made_directly_on_the_hsm_show_through() {
         module.get_attributes(key_m, &[cryptoki::object::AttributeType::Label]),
         cryptoki::error::RvError::ObjectHandleInvalid,
     );
+    let mut iv = [1u8; 12];
     expect_rv(
         module.decrypt(&gcm(&mut iv, b""), key_m, &[0u8; 32]),
         cryptoki::error::RvError::KeyHandleInvalid,
@@ -270,10 +307,8 @@ fn keys_sharing_a_cka_id_are_never_confused() {
             // Each handle drives its own key, whatever was found last.
             for (h, direct_key) in [(ha, keys[0]), (hb, keys[1]), (ha, keys[0])] {
                 let _ = by_label("dup-id-b");
-                let mut iv = [3u8; 12];
-                let ct = module
-                    .encrypt(&gcm(&mut iv, b""), *h, b"which key?")
-                    .unwrap();
+                let (ct, mut iv) =
+                    encrypt_gcm(&module, EncryptIv::of_slot(0), *h, 3, b"", b"which key?").unwrap();
                 let pt = direct.decrypt(&gcm(&mut iv, b""), direct_key, &ct);
                 assert_eq!(pt.ok().as_deref(), Some(&b"which key?"[..]), "handle {h}");
             }
@@ -321,8 +356,7 @@ fn renamed_id_less_key_keeps_its_handle() {
     assert_eq!(find_label(&module, "noid-y"), h1);
     // Each handle still drives its own key.
     for (h, k) in [(h1, k1_direct), (h2, k2_direct), (h1, k1_direct)] {
-        let mut iv = [9u8; 12];
-        let ct = module.encrypt(&gcm(&mut iv, b""), h, b"mine").unwrap();
+        let (ct, mut iv) = encrypt_gcm(&module, EncryptIv::of_slot(0), h, 9, b"", b"mine").unwrap();
         assert_eq!(
             direct.decrypt(&gcm(&mut iv, b""), k, &ct).ok().as_deref(),
             Some(&b"mine"[..]),

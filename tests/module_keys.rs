@@ -97,8 +97,7 @@ fn secure_generation_and_attributes_read_back() {
             other => panic!("{other:?}"),
         }
         // The key works.
-        let mut iv = [1u8; 12];
-        let ct = s.encrypt(&gcm(&mut iv, b""), key, b"hi").unwrap();
+        let (ct, mut iv) = t.encrypt(key, 1, b"", b"hi").unwrap();
         assert_eq!(s.decrypt(&gcm(&mut iv, b""), key, &ct).unwrap(), b"hi");
     });
 }
@@ -244,15 +243,14 @@ fn disabling_and_enabling_a_key() {
         let s = &t.session;
         let id = format!("toggle-{}", t.name).into_bytes();
         let key = t.keygen(&t.label("keys-toggle"), &[Attribute::Id(id.clone())]);
-        let mut iv = [5u8; 12];
-        let ct = s.encrypt(&gcm(&mut iv, b""), key, b"data").unwrap();
+        let (ct, mut iv) = t.encrypt(key, 5, b"", b"data").unwrap();
 
         s.update_attributes(key, &[Attribute::Encrypt(false)])
             .unwrap();
         assert!(!read_bool(t, key, AttributeType::Encrypt));
         assert!(read_bool(t, key, AttributeType::Decrypt));
         expect_rv(
-            s.encrypt(&gcm(&mut iv, b""), key, b"data"),
+            t.encrypt(key, 5, b"", b"data"),
             RvError::KeyFunctionNotPermitted,
         );
         assert_eq!(s.decrypt(&gcm(&mut iv, b""), key, &ct).unwrap(), b"data");
@@ -281,8 +279,24 @@ fn disabling_and_enabling_a_key() {
             .unwrap();
         assert!(read_bool(t, key, AttributeType::Encrypt));
         assert!(read_bool(t, key, AttributeType::Decrypt));
-        let ct2 = s.encrypt(&gcm(&mut iv, b""), key, b"data").unwrap();
-        assert_eq!(ct2, ct);
+        // The same key as before: with the same caller IV, the same ciphertext. Where the HSM
+        // generates IVs, a new one: what it encrypts decrypts, and the HSM used directly
+        // encrypts under the first IV to the first ciphertext.
+        let (ct2, mut iv2) = t.encrypt(key, 5, b"", b"data").unwrap();
+        if t.generates_iv() {
+            assert_ne!(iv2, iv, "a fresh IV for each encryption");
+            assert_eq!(s.decrypt(&gcm(&mut iv2, b""), key, &ct2).unwrap(), b"data");
+            let d = t.fx.direct_session();
+            let found = find(&d, &[Attribute::Id(id.clone())]);
+            let mut first = iv;
+            assert_eq!(
+                d.encrypt(&gcm(&mut first, b""), found[0], b"data").unwrap(),
+                ct,
+                "the HSM used directly, under the first IV"
+            );
+        } else {
+            assert_eq!(ct2, ct);
+        }
         assert_eq!(s.decrypt(&gcm(&mut iv, b""), key, &ct).unwrap(), b"data");
         if t.index == 0 {
             let d = t.fx.direct_session();
@@ -408,8 +422,7 @@ fn never_export_refusals() {
         // Deletion protection (default config).
         expect_rv(s.destroy_object(key), RvError::ActionProhibited);
         assert_eq!(find_label(s, &label), key);
-        let mut iv = [0u8; 12];
-        s.encrypt(&gcm(&mut iv, b""), key, b"still there").unwrap();
+        t.encrypt(key, 0, b"", b"still there").unwrap();
     });
 }
 
@@ -726,11 +739,7 @@ fn audit_records_and_logs_hold_no_secrets() {
     for_each_token(|t| {
         let label = t.label("keys-audit");
         let key = t.keygen(&label, &[]);
-        let mut iv = [4u8; 12];
-        let ct = t
-            .session
-            .encrypt(&gcm(&mut iv, marker_aad), key, marker_pt)
-            .unwrap();
+        let (ct, mut iv) = t.encrypt(key, 4, marker_aad, marker_pt).unwrap();
         t.session
             .decrypt(&gcm(&mut iv, marker_aad), key, &ct)
             .unwrap();

@@ -78,9 +78,8 @@ fn status_and_usage_are_independent_and_enforced_by_the_hsm() {
             state(s, key),
             (XKI_KEY_DISABLED, CKF_ENCRYPT, vec![], false, false)
         );
-        let mut iv = [1u8; 12];
         expect_rv(
-            s.encrypt(&gcm(&mut iv, b""), key, b"x"),
+            t.encrypt(key, 1, b"", b"x"),
             RvError::KeyFunctionNotPermitted,
         );
         // Usage may change while DISABLED; the HSM still refuses.
@@ -114,7 +113,7 @@ fn status_and_usage_are_independent_and_enforced_by_the_hsm() {
                 true
             )
         );
-        round_trips(s, key, 1, b"back");
+        round_trips(s, t.iv_mode(), key, 1, b"back");
 
         // The record is no object a caller can find, list or open.
         let data = find(s, &[Attribute::Class(ObjectClass::DATA)]);

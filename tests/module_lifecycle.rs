@@ -33,7 +33,8 @@ fn init_args(callbacks: usize, flags: CK_FLAGS, reserved: bool) -> CK_C_INITIALI
 }
 
 /// GCM round trip on slot `slot` through the raw table (open, login, generate, encrypt,
-/// decrypt, close).
+/// decrypt, close). The module's slot ids are its slot indexes; where the slot's HSM generates
+/// the IV, it is written back into `pIv` and the decryption takes it from there.
 fn raw_round_trip(f: &CK_FUNCTION_LIST_3_0, slot: CK_SLOT_ID, label: &str) {
     // SAFETY: every pointer is a live local of the right size.
     unsafe {
@@ -63,7 +64,8 @@ fn raw_round_trip(f: &CK_FUNCTION_LIST_3_0, slot: CK_SLOT_ID, label: &str) {
         let mut key: CK_OBJECT_HANDLE = 0;
         let rv = f.C_GenerateKey.unwrap()(h, &mut gen, tpl.as_mut_ptr(), 3, &mut key);
         assert_eq!(rv, CKR_OK, "generate on slot {slot}");
-        let (mut iv, mut aad) = ([1u8; 12], [2u8; 3]);
+        let mode = EncryptIv::of_slot(slot as usize);
+        let (mut iv, mut aad) = (mode.iv(1), [2u8; 3]);
         let mut params = gcm_params(&mut iv, &mut aad, 128);
         let mut mech = gcm_mechanism(&mut params);
         let mut pt = *b"lifecycle";
@@ -72,6 +74,7 @@ fn raw_round_trip(f: &CK_FUNCTION_LIST_3_0, slot: CK_SLOT_ID, label: &str) {
         assert_eq!(f.C_EncryptInit.unwrap()(h, &mut mech, key), CKR_OK);
         let rv = f.C_Encrypt.unwrap()(h, pt.as_mut_ptr(), 9, ct.as_mut_ptr(), &mut ct_len);
         assert_eq!((rv, ct_len), (CKR_OK, 25));
+        mode.check_after(1, &iv);
         let mut out = [0u8; 64];
         let mut out_len: CK_ULONG = 64;
         assert_eq!(f.C_DecryptInit.unwrap()(h, &mut mech, key), CKR_OK);

@@ -47,8 +47,7 @@ fn nothing_before_login() {
             .generate_key(&Mechanism::AesKeyGen, &secure_template(&label))
             .unwrap();
         assert_eq!(find_label(&s, &label), key);
-        let mut iv = [0u8; 12];
-        let ct = s.encrypt(&gcm(&mut iv, b""), key, b"x").unwrap();
+        let (ct, mut iv) = encrypt_gcm(&s, EncryptIv::of_slot(i), key, 0, b"", b"x").unwrap();
 
         // Logged out: the key is invisible and its handle unusable.
         s.logout().unwrap();

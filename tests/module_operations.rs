@@ -17,13 +17,29 @@ use std::ptr;
 fn one_operation_at_a_time_and_buffers_of_exact_size() {
     let f = raw::table();
     for_each_token(|t| {
-        let key = t.keygen(&t.label("ops-exact"), &[]).handle();
+        let key_object = t.keygen(&t.label("ops-exact"), &[]);
+        let key = key_object.handle();
         let h = t.raw_session();
-        let (mut iv, mut aad) = ([2u8; 16], *b"aad");
-        let mut params = gcm_params(&mut iv, &mut aad, 128);
-        let mut mech = gcm_mechanism(&mut params);
         let pt = test_bytes(33, 9);
         let n = pt.len();
+        // A 16-byte caller IV; where the slot's HSM generates IVs it refuses that, and the
+        // operations below run under the zero-IV convention (12 zero bytes, the generated IV
+        // written back into the same buffer).
+        let generated = t.generates_iv();
+        let mut iv = if generated {
+            let mut caller = [2u8; 16];
+            expect_rv(
+                t.session
+                    .encrypt(&gcm(&mut caller, b"aad"), key_object, &pt),
+                RvError::MechanismParamInvalid,
+            );
+            vec![0u8; 12]
+        } else {
+            vec![2u8; 16]
+        };
+        let mut aad = *b"aad";
+        let mut params = gcm_params(&mut iv, &mut aad, 128);
+        let mut mech = gcm_mechanism(&mut params);
         // SAFETY: every pointer is a live local of the stated size.
         unsafe {
             // Encrypt in place, into a buffer of exactly n + 16 bytes.
@@ -48,6 +64,10 @@ fn one_operation_at_a_time_and_buffers_of_exact_size() {
             let rv = f.C_Encrypt.unwrap()(h, p, n as CK_ULONG, p, &mut len);
             assert_eq!((rv, len), (CKR_OK, (n + 16) as CK_ULONG), "in place");
             let ct = buf.clone();
+            let ct_iv = iv.clone();
+            if generated {
+                assert_ne!(ct_iv, [0u8; 12], "the generated IV is written back");
+            }
 
             // Decrypt in place into exactly n bytes of room.
             assert_eq!(f.C_DecryptInit.unwrap()(h, &mut mech, key), CKR_OK);
@@ -98,6 +118,10 @@ fn one_operation_at_a_time_and_buffers_of_exact_size() {
             );
 
             // An encrypt operation, then a decrypt one, on one session: independent.
+            if generated {
+                // A new encryption under the zero-IV convention.
+                iv.fill(0);
+            }
             assert_eq!(f.C_EncryptInit.unwrap()(h, &mut mech, key), CKR_OK);
             let mut part = pt.clone();
             let mut upd: CK_ULONG = 0;
@@ -116,7 +140,18 @@ fn one_operation_at_a_time_and_buffers_of_exact_size() {
                 (CKR_OK, (n + 16) as CK_ULONG),
                 "exact EncryptFinal"
             );
-            assert_eq!(&out[..n + 16], &ct[..]);
+            if generated {
+                // A fresh IV, written back; the output decrypts under it.
+                assert!(iv != [0u8; 12] && iv != ct_iv, "a fresh IV: {iv:?}");
+                let back = t
+                    .session
+                    .decrypt(&gcm(&mut iv.clone(), b"aad"), key_object, &out[..n + 16])
+                    .unwrap();
+                assert_eq!(back, pt);
+            } else {
+                // Same key, same caller IV: the same ciphertext.
+                assert_eq!(&out[..n + 16], &ct[..]);
+            }
         }
     });
 }
@@ -223,8 +258,7 @@ fn generation_choices_are_kept() {
             attr(s, key, AttributeType::Decrypt),
             Attribute::Decrypt(false)
         );
-        let mut iv = [0u8; 12];
-        let ct = s.encrypt(&gcm(&mut iv, b""), key, b"one way").unwrap();
+        let (ct, mut iv) = t.encrypt(key, 0, b"", b"one way").unwrap();
         expect_rv(
             s.decrypt(&gcm(&mut iv, b""), key, &ct),
             RvError::KeyFunctionNotPermitted,

@@ -34,8 +34,7 @@ fn a_racing_close_never_logs_out_an_open_session() {
                             Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
                             Err(e) => panic!("{name}: login: {e}"),
                         }
-                        let mut iv = [0u8; 12];
-                        match s.encrypt(&gcm(&mut iv, b""), key, b"x") {
+                        match encrypt_gcm(&s, EncryptIv::of_slot(i), key, 0, b"", b"x") {
                             Ok(_) => {}
                             Err(Error::Pkcs11(RvError::UserNotLoggedIn, _)) => {
                                 failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

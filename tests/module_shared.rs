@@ -30,11 +30,7 @@ fn module_shares_softhsm2_with_its_host_and_finalize_leaves_it_alone() {
     // The module works on the shared initialisation (both slots).
     for_each_token_of(fx, |t| {
         let key = t.keygen(&t.label("shared"), &[]);
-        let mut iv = [2u8; 12];
-        let c = t
-            .session
-            .encrypt(&gcm(&mut iv, b""), key, b"module")
-            .unwrap();
+        let (c, mut iv) = t.encrypt(key, 2, b"", b"module").unwrap();
         assert_eq!(
             t.session.decrypt(&gcm(&mut iv, b""), key, &c).unwrap(),
             b"module"

@@ -30,7 +30,17 @@ const CLOUDHSM: &str = "v-cloudhsm";
 const NSHIELD: &str = "v-nshield";
 const GROUP: &str = "v-group";
 const WRONG: &str = "v-wrong";
-const SLOTS: [&str; 6] = [LUNA, LUNA_FIPS, CLOUDHSM, NSHIELD, GROUP, WRONG];
+/// A second Luna FIPS slot whose first encryption is a classic zero-IV one.
+const LUNA_FIPS_FRESH: &str = "v-luna-fips-fresh";
+const SLOTS: [&str; 7] = [
+    LUNA,
+    LUNA_FIPS,
+    CLOUDHSM,
+    NSHIELD,
+    GROUP,
+    WRONG,
+    LUNA_FIPS_FRESH,
+];
 
 /// The emulated slots run on one SoftHSM2 token without SoftHSM2's object-write quirk
 /// handling (their manufacturer IDs are the vendors'): the tests here run one at a time.
@@ -113,8 +123,10 @@ static VENDORS: Lazy<Vendors> = Lazy::new(|| {
         "replication = \"hsm\"",
     );
     text += &slot(WRONG, "\"wrong\"", "");
+    text += &slot(LUNA_FIPS_FRESH, "\"lunafipsfresh\"", "");
     text += &backend("luna", &luna, &pin, "");
     text += &backend("lunafips", &fips, &pin, "");
+    text += &backend("lunafipsfresh", &fips, &pin, "");
     text += &backend("cloudhsm", &cloudhsm, &cu_pin, "");
     text += &backend("nshield", &nshield, &pin, "");
     text += &backend("cloudhsm2", &cloudhsm, &cu_pin, "");
@@ -410,5 +422,32 @@ fn a_configured_mode_the_library_does_not_follow_fails_loudly_and_stays() {
     assert!(
         !log.contains("backend wrong: GCM IV mode caller"),
         "never swapped"
+    );
+}
+
+/// The first encryption an `auto` Luna in FIPS mode sees is a classic zero-IV one: the HSM
+/// refuses the zero IV as a caller IV, which teaches the backend `append`, and that same call
+/// then succeeds under the zero-IV convention (the first call is not the one that fails).
+#[test]
+fn a_first_zero_iv_encryption_on_a_luna_in_fips_mode_succeeds() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let v = &*VENDORS;
+    let s = v.session(LUNA_FIPS_FRESH);
+    let key = keygen(&s, "fips-fresh-key");
+    let pt = b"first encryption on this slot";
+    let (out, iv_after) = classic_encrypt(&s, key, &[0; 12], pt)
+        .expect("the slot's first encryption, with the zero-IV convention");
+    assert_ne!(iv_after, vec![0u8; 12], "generated IV written back");
+    assert_eq!(direct_decrypt(v, "fips-fresh-key", &iv_after, &out), pt);
+    assert_eq!(classic_decrypt(&s, key, &iv_after, &out).unwrap(), pt);
+    let log = v.log();
+    assert!(
+        log.contains("backend lunafipsfresh: the HSM refused a caller GCM IV"),
+        "the slot learnt append from that call:\n{log}"
+    );
+    // From now on a caller IV is refused before it reaches the HSM.
+    expect_rv(
+        classic_encrypt(&s, key, &[3; 12], pt),
+        RvError::MechanismParamInvalid,
     );
 }

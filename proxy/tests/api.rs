@@ -586,7 +586,7 @@ fn health_follows_the_hsm_and_shutdown_is_graceful() {
     // Graceful shutdown on SIGTERM: exits 0 and closes.
     e.srv.signal(libc::SIGTERM);
     let st = e.srv.child.wait().unwrap();
-    assert!(st.success(), "{st:?}");
+    assert!(st.success(), "{st:?}; server log:\n{}", e.srv.log());
     assert!(e.srv.log().contains("stopped"));
 }
 

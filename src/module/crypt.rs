@@ -13,8 +13,9 @@ use crate::session::{IvWriteBack, KeyLabel};
 /// An encryption on a backend whose HSM generates IVs (`accepts_caller_iv` false) takes no
 /// caller IV: only the zero-IV convention (`iv_write_back`, made by the boundary for a 12-byte
 /// all-zero IV) is accepted, and the IV the token generates is written back into the
-/// caller's `pIv` when the encryption has run. Elsewhere `iv_write_back` is ignored and the
-/// caller's IV (zeros included) is used as given.
+/// caller's `pIv` when the encryption has run. Elsewhere the caller's IV (zeros included) is
+/// used as given; `iv_write_back` is kept for the case [`encrypt_into`] describes (a backend
+/// that turns out to generate IVs when the encryption runs).
 pub(super) fn crypt_init(
     session: u64,
     mechanism: Mechanism,
@@ -44,8 +45,9 @@ pub(super) fn crypt_init(
             };
             let slot = &m.slots[index].slot;
             let iv_write_back = match iv_write_back {
-                _ if !encrypt || slot.backend.accepts_caller_iv() => None,
+                _ if !encrypt => None,
                 Some(write_back) => Some(write_back),
+                None if slot.backend.accepts_caller_iv() => None,
                 None => {
                     log::warn!(
                         "slot {:?}: C_EncryptInit(CKM_AES_GCM) with a caller IV refused: this slot's HSM generates encryption IVs itself. Use C_MessageEncryptInit/C_EncryptMessage with ivGenerator = CKG_GENERATE_RANDOM, or pass a 12-byte all-zero IV to get the generated IV written back into pIv",
@@ -238,6 +240,12 @@ pub fn encrypt(session: u64, data: &[u8], out: &mut [u8]) -> CkResult<SinglePart
 
 /// Single-part encryption straight into the caller's buffer (`out` holds at least
 /// `data.len() + 16` bytes: `finish` checked the needed length first).
+///
+/// A zero IV (`iv_write_back` set) on a backend that takes caller IVs is used as given; if the
+/// HSM refuses it with `CKR_MECHANISM_PARAM_INVALID` and that refusal taught the backend that
+/// it generates IVs (`auto` on a Luna in FIPS mode, `iv_mode.rs`), nothing was encrypted and
+/// the same call runs under the zero-IV convention, as every later one will: the caller's
+/// first zero-IV encryption is not the one that fails.
 fn encrypt_into(s: &SlotState, op: &CryptOp, data: &[u8], out: &mut [u8]) -> CkResult<usize> {
     if data.len() > MAX_MULTIPART {
         return Err(Rv::DATA_LEN_RANGE);
@@ -245,16 +253,22 @@ fn encrypt_into(s: &SlotState, op: &CryptOp, data: &[u8], out: &mut [u8]) -> CkR
     let out = out
         .get_mut(..data.len() + GCM_TAG_LEN)
         .ok_or(Rv::GENERAL_ERROR)?;
-    let Some(write_back) = &op.iv_write_back else {
-        return s
-            .slot
-            .backend
-            .gcm_encrypt_into(op.key, &op.params.iv, &op.params.aad, data, out);
+    let backend = &s.slot.backend;
+    let write_back = match &op.iv_write_back {
+        Some(write_back) if !backend.accepts_caller_iv() => write_back,
+        zero_iv => {
+            let result = backend.gcm_encrypt_into(op.key, &op.params.iv, &op.params.aad, data, out);
+            match (result, zero_iv) {
+                (Err(Rv::MECHANISM_PARAM_INVALID), Some(write_back))
+                    if !backend.accepts_caller_iv() =>
+                {
+                    write_back
+                }
+                (result, _) => return result,
+            }
+        }
     };
-    let generated = s
-        .slot
-        .backend
-        .gcm_encrypt_generated_iv(op.key, &op.params.aad, data)?;
+    let generated = backend.gcm_encrypt_generated_iv(op.key, &op.params.aad, data)?;
     if generated.iv.len() != op.params.iv.len() {
         log::error!(
             "slot {:?}: the token generated a {}-byte IV for a {}-byte pIv",

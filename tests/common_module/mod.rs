@@ -21,6 +21,16 @@ mod itest_backend;
 #[allow(unused_imports)]
 pub use itest_backend::{backend_kind, new_backend_token, BackendKind, BackendToken};
 
+/// The run's reference library (what [`Fixture::direct`] loads), for tests that load it
+/// themselves: SoftHSM2 for the SoftHSM2-based kinds (the emulator's token too), kryoptic on
+/// kryoptic.
+pub fn reference_library() -> PathBuf {
+    match backend_kind() {
+        BackendKind::Kryoptic => itest_backend::kryoptic_lib(),
+        _ => PathBuf::from(SOFTHSM),
+    }
+}
+
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::aead::GcmParams;
@@ -328,6 +338,77 @@ impl Fixture {
     }
 }
 
+/// How a slot of the module takes the IV of a classic GCM encryption
+/// (`C_EncryptInit(CKM_AES_GCM)`; README "Classic C_EncryptInit(CKM_AES_GCM) and IVs").
+/// Decryption takes the caller's IV on every slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncryptIv {
+    /// The caller's IV is used as given: SoftHSM2, `emu-luna`, kryoptic, the embedded slot.
+    Caller,
+    /// The slot's HSM generates the IV (slot 0 over `emu-luna-fips`, `emu-cloudhsm`,
+    /// `emu-nshield`): a caller's IV is `CKR_MECHANISM_PARAM_INVALID`; 12 zero bytes in `pIv`
+    /// (the zero-IV convention) get the generated IV written back there by
+    /// `C_Encrypt`/`C_EncryptFinal`.
+    Generated,
+}
+
+impl EncryptIv {
+    /// Slot `index` of the module in this run (0 = the run's backend, 1 = embedded).
+    pub fn of_slot(index: usize) -> EncryptIv {
+        if index == 0 && !backend_kind().takes_caller_iv() {
+            EncryptIv::Generated
+        } else {
+            EncryptIv::Caller
+        }
+    }
+
+    /// Whether the HSM generates the IV.
+    pub fn generated(self) -> bool {
+        self == EncryptIv::Generated
+    }
+
+    /// The `pIv` to encrypt with: the caller IV `[seed; 12]` where the slot takes one, 12 zero
+    /// bytes (the zero-IV convention) where its HSM generates the IV.
+    pub fn iv(self, seed: u8) -> [u8; 12] {
+        match self {
+            EncryptIv::Caller => [seed; 12],
+            EncryptIv::Generated => [0; 12],
+        }
+    }
+
+    /// Check `iv`, the `pIv` of an encryption that started as [`EncryptIv::iv`]`(seed)`, after
+    /// the encryption ran: a caller IV is left as given; a generated one was written back and
+    /// is not zero (a zero IV must never come back).
+    #[track_caller]
+    pub fn check_after(self, seed: u8, iv: &[u8]) {
+        match self {
+            EncryptIv::Caller => assert_eq!(iv, [seed; 12], "the caller's IV is left as given"),
+            EncryptIv::Generated => assert_ne!(
+                iv, [0u8; 12],
+                "the IV the HSM generated is written back into pIv"
+            ),
+        }
+    }
+}
+
+/// Encrypt `pt` on `session` (a slot taking IVs as `mode` says) with the `pIv` of
+/// [`EncryptIv::iv`]`(seed)`, check the IV afterwards ([`EncryptIv::check_after`]) and return
+/// the ciphertext with the IV to decrypt it with. Errors of the encryption are returned as they
+/// are.
+pub fn encrypt_gcm(
+    session: &Session,
+    mode: EncryptIv,
+    key: ObjectHandle,
+    seed: u8,
+    aad: &[u8],
+    pt: &[u8],
+) -> cryptoki::error::Result<(Vec<u8>, [u8; 12])> {
+    let mut iv = mode.iv(seed);
+    let ct = session.encrypt(&gcm(&mut iv, aad), key, pt)?;
+    mode.check_after(seed, &iv);
+    Ok((ct, iv))
+}
+
 /// One slot of the module with an open, logged-in RW session.
 pub struct TokenCtx {
     /// `softhsm` or `embedded`.
@@ -352,6 +433,34 @@ impl TokenCtx {
         self.session
             .generate_key(&Mechanism::AesKeyGen, &t)
             .unwrap_or_else(|e| panic!("generate {label}: {e}"))
+    }
+
+    /// How this slot takes GCM encryption IVs.
+    pub fn iv_mode(&self) -> EncryptIv {
+        EncryptIv::of_slot(self.index)
+    }
+
+    /// Whether this slot's HSM generates GCM encryption IVs itself.
+    pub fn generates_iv(&self) -> bool {
+        self.iv_mode().generated()
+    }
+
+    /// The `pIv` of an encryption on this slot ([`EncryptIv::iv`]): `[seed; 12]`, or 12 zero
+    /// bytes where the HSM generates the IV. Works for raw function-table calls too: check the
+    /// buffer afterwards with [`EncryptIv::check_after`].
+    pub fn encrypt_iv(&self, seed: u8) -> [u8; 12] {
+        self.iv_mode().iv(seed)
+    }
+
+    /// [`encrypt_gcm`] on this slot's session.
+    pub fn encrypt(
+        &self,
+        key: ObjectHandle,
+        seed: u8,
+        aad: &[u8],
+        pt: &[u8],
+    ) -> cryptoki::error::Result<(Vec<u8>, [u8; 12])> {
+        encrypt_gcm(&self.session, self.iv_mode(), key, seed, aad, pt)
     }
 
     /// A raw session handle for calls through the function table.
@@ -438,14 +547,18 @@ pub fn gcm<'a>(iv: &'a mut [u8], aad: &'a [u8]) -> Mechanism<'a> {
     Mechanism::AesGcm(GcmParams::new(iv, aad, 128.into()).expect("gcm params"))
 }
 
-/// `n` encrypt + decrypt round trips of `plaintext` (AAD `aad`, a different IV each), each
+/// `n` encrypt + decrypt round trips of `plaintext` (AAD `aad`, a different IV each: caller
+/// IVs `[i; 12]`, or generated ones where the slot's HSM makes them, see [`EncryptIv`]), each
 /// checked to give the plaintext back.
-pub fn round_trips(session: &Session, key: ObjectHandle, n: usize, plaintext: &[u8]) {
+pub fn round_trips(
+    session: &Session,
+    mode: EncryptIv,
+    key: ObjectHandle,
+    n: usize,
+    plaintext: &[u8],
+) {
     for i in 0..n {
-        let mut iv = [i as u8; 12];
-        let ct = session
-            .encrypt(&gcm(&mut iv, b"aad"), key, plaintext)
-            .unwrap();
+        let (ct, mut iv) = encrypt_gcm(session, mode, key, i as u8, b"aad", plaintext).unwrap();
         let pt = session.decrypt(&gcm(&mut iv, b"aad"), key, &ct).unwrap();
         assert_eq!(pt, plaintext);
     }

@@ -39,6 +39,9 @@ use zeroize::Zeroizing;
 
 use crate::config::HsmConfig;
 
+/// How long [`Hsm::close`] waits for the calls already in the HSM.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 /// Description of the token, for health reports and logs.
 #[derive(Debug, Clone)]
 pub struct TokenDesc {
@@ -298,10 +301,19 @@ impl Hsm {
         self.pool.stats(self.exec.get().map_or(0, |e| e.waiting()))
     }
 
-    /// Stop handing out sessions and close the idle ones (graceful shutdown).
+    /// Stop handing out sessions, wait (up to [`CLOSE_WAIT`]) for the calls already in the
+    /// HSM, and close the idle sessions (graceful shutdown: the process exits after this, and
+    /// must not while a worker is inside the PKCS#11 library).
     pub fn close(&self) {
         if let Some(e) = self.exec.get() {
-            e.close();
+            let running = e.close(CLOSE_WAIT);
+            if running > 0 {
+                tracing::warn!(
+                    running,
+                    wait_ms = CLOSE_WAIT.as_millis() as u64,
+                    "HSM calls still running at shutdown (hung module?); exiting anyway"
+                );
+            }
         }
         self.pool.close();
     }
