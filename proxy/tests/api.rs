@@ -30,7 +30,10 @@ fn setup() -> Env {
         b.toml(),
         c.toml()
     );
-    config(&tok, "", "", &rest);
+    // A generous HSM deadline: on a loaded test machine (debug build, the vendor emulator) a
+    // call can exceed the default 200 ms, and these tests are not about timeouts (the queue
+    // test below sets its own).
+    config(&tok, "", "deadline_ms = 5000", &rest);
     cli_ok(&tok, &["keys", "create", "--label", "k1"]);
     cli_ok(
         &tok,
@@ -126,15 +129,24 @@ fn operations_succeed_and_round_trip() {
     .expect_ok();
     assert_eq!(unb64(&dec3["plaintext"]), b"x");
 
-    let h = post(
-        addr,
-        Some(&s),
-        "/t1/kms/xks/v1/health",
-        &json!({"requestMetadata": {"kmsRequestId": "h1", "kmsOperation": "GetHealthStatus"}}),
-    )
-    .expect_ok();
+    let health = || {
+        post(
+            addr,
+            Some(&s),
+            "/t1/kms/xks/v1/health",
+            &json!({"requestMetadata": {"kmsRequestId": "h1", "kmsOperation": "GetHealthStatus"}}),
+        )
+        .expect_ok()
+    };
+    // A canary check slower than 100 ms reads DEGRADED (a loaded test machine can do that
+    // once); the next checks, every 200 ms here, must bring it back to ACTIVE.
+    let mut h = health();
+    wait_until(10, || {
+        h = health();
+        h["ekmFleetDetails"][0]["healthStatus"] == "ACTIVE"
+    });
     assert_eq!(h["xksProxyFleetSize"], 1);
-    assert_eq!(h["ekmFleetDetails"][0]["healthStatus"], "ACTIVE");
+    assert_eq!(h["ekmFleetDetails"][0]["healthStatus"], "ACTIVE", "{h}");
     assert!(h["xksProxyModel"]
         .as_str()
         .unwrap()
