@@ -68,8 +68,7 @@ akid=$(sed -n 's/^access_key_id = "\(.*\)"$/\1/p' "$dir/cred.txt")
 cat >"$dir/proxy.toml" <<CONF
 listen = "127.0.0.1:0"
 fleet_size = 2
-# In-process token on a 2-CPU box: few threads (see proxy/README.md, Performance).
-async_workers = 1
+# Thread and session counts: the defaults, chosen at start-up (proxy/README.md, Performance).
 [tls]
 cert_file = "$dir/server.pem"
 key_file = "$dir/server.key"
@@ -78,7 +77,6 @@ client_names = ["xki-lb"]
 [hsm]
 token_label = "soak-hsm"
 pin_file = "$dir/user.pin"
-sessions = 2
 [[prefix]]
 path = "/soak"
 keys = "all"
