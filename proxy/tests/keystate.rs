@@ -272,6 +272,64 @@ fn softhsm(tok: &Token, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// The label of the one key-state record on the SoftHSM2 token (listed with SoftHSM2's tool).
+fn record_label(tok: &Token) -> String {
+    let (ok, objects) = softhsm(tok, &["--list-objects", "--type", "data"]);
+    assert!(ok, "{objects}");
+    let labels: Vec<String> = objects
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("label:"))
+        .map(|l| l.trim().trim_matches('\'').to_string())
+        .collect();
+    // Keys that were only ever created carry no record; the one disabled key does.
+    assert_eq!(labels.len(), 1, "exactly one record: {objects}");
+    assert!(labels[0].starts_with("xki-key-state:"), "{objects}");
+    labels[0].clone()
+}
+
+/// A key an older version disabled (both HSM flags cleared, no key-state record: made here by
+/// disabling and then deleting the record with SoftHSM2's tool) is ENABLED with no usage:
+/// every operation is `InvalidKeyUsageException` (not "disabled"), GetKeyMetadata says so, and
+/// `keys enable --usage both` gives the usage back.
+#[test]
+fn enabled_key_with_no_usage_is_invalid_key_usage() {
+    let tok = Token::new();
+    let a = setup(&tok);
+    cli_ok(&tok, &["keys", "create", "--label", "k"]);
+    cli_ok(&tok, &["keys", "create", "--label", "legacy"]);
+    let srv = Server::start(&tok);
+    let s = Signer::new(&a);
+    let good = encrypt(&srv, &s, "k", false).expect_ok();
+    cli_ok(&tok, &["keys", "disable", "legacy"]);
+    let label = record_label(&tok);
+    let (ok, out) = softhsm(
+        &tok,
+        &["--delete-object", "--type", "data", "--label", &label],
+    );
+    assert!(ok, "{out}");
+
+    let m = meta(&srv, &s, "legacy");
+    assert_eq!(
+        (&m["keyStatus"], &m["keyUsage"]),
+        (&json!("ENABLED"), &json!([])),
+        "{m}"
+    );
+    let l = listed(&tok, "legacy").unwrap();
+    assert_eq!(
+        (&l["keyStatus"], &l["keyUsage"]),
+        (&json!("ENABLED"), &json!([]))
+    );
+    check_operations(&srv, &s, "legacy", &good, Some((false, false)));
+
+    cli_ok(&tok, &["keys", "enable", "legacy", "--usage", "both"]);
+    let m = meta(&srv, &s, "legacy");
+    assert_eq!(
+        (&m["keyStatus"], &m["keyUsage"]),
+        (&json!("ENABLED"), &names(true, true))
+    );
+    encrypt(&srv, &s, "legacy", true).expect_ok();
+}
+
 /// A damaged key-state record (here: garbage written in place of the companion object, with
 /// SoftHSM2's own tool) is reported, fails safe (DISABLED; the HSM still refuses the key) and
 /// loses nothing: the key stays, and enabling with an explicit usage rewrites the record.
@@ -281,14 +339,7 @@ fn damaged_companion_is_reported_and_fails_safe() {
     let a = setup(&tok);
     cli_ok(&tok, &["keys", "create", "--label", "dmg"]);
     cli_ok(&tok, &["keys", "disable", "dmg"]);
-    let (ok, objects) = softhsm(&tok, &["--list-objects", "--type", "data"]);
-    assert!(ok, "{objects}");
-    let label = objects
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("label:"))
-        .map(|l| l.trim().trim_matches('\'').to_string())
-        .expect("companion object listed");
-    assert!(label.starts_with("xki-key-state:"), "{objects}");
+    let label = record_label(&tok);
     let (ok, out) = softhsm(
         &tok,
         &["--delete-object", "--type", "data", "--label", &label],
