@@ -6,42 +6,11 @@
 //! Run with: `cargo test --features fault-injection --test replica_inline` (the config checks
 //! also run without the feature).
 
-use std::path::{Path, PathBuf};
-use xki_pkcs11::backend::embedded::format::{self, Identity};
-use xki_pkcs11::backend::embedded::kdf::{KdfKind, KdfParams};
-use xki_pkcs11::backend::embedded::records::{Contents, KeyRecord};
+use std::path::Path;
+#[path = "support/group_store.rs"]
+mod group_store;
+use group_store::embedded_store;
 use xki_pkcs11::config::Config;
-use zeroize::Zeroizing;
-
-/// An embedded store in `dir` holding one AES-256 key (id and label "grp", test-only value
-/// 0x42..), sealed by a key file. Returns (store, key file).
-fn embedded_store(dir: &Path) -> (PathBuf, PathBuf) {
-    std::fs::create_dir_all(dir).unwrap();
-    let kek = Zeroizing::new([0x24u8; 32]);
-    let key_file = dir.join("k.key");
-    std::fs::write(&key_file, *kek).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let contents = Contents {
-        next_record: 2,
-        keys: vec![KeyRecord {
-            record: 1,
-            id: b"grp".to_vec(),
-            label: b"grp".to_vec(),
-            value: Zeroizing::new(vec![0x42; 32]),
-            encrypt: true,
-            decrypt: true,
-            start_date: Vec::new(),
-            end_date: Vec::new(),
-            state: Vec::new(),
-        }],
-    };
-    let identity = Identity::generate(KdfKind::KeyFile, KdfParams::NONE).unwrap();
-    let file = format::seal(&identity, &kek, &contents.encode()).unwrap();
-    let store = dir.join("t.store");
-    std::fs::write(&store, file).unwrap();
-    (store, key_file)
-}
 
 fn config_text(dir: &Path, group: bool, inline: &str) -> String {
     let (store_a, kf_a) = embedded_store(&dir.join("a"));
