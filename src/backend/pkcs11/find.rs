@@ -28,8 +28,6 @@ use cryptoki::session::Session;
 use parking_lot::RwLock;
 use pkcs11_sys::*;
 use std::collections::HashMap;
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 type GetAttributeValueFn =
@@ -74,33 +72,7 @@ impl AttributeCalls {
     /// `C_GetAttributeValue` of the library at `path`, which must already be loaded (by
     /// cryptoki). `None` (the caller keeps cryptoki's reads) if anything is missing.
     pub(crate) fn of_loaded(path: &Path) -> Option<AttributeCalls> {
-        let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
-        // SAFETY: `c_path` is a valid NUL-terminated string that outlives the call.
-        // RTLD_NOLOAD never loads anything: it only returns (and references) a library already
-        // mapped in this process, so no initialiser of the vendor library runs here.
-        let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
-        if handle.is_null() {
-            return None;
-        }
-        // Deliberately never dlclose'd: the table below must stay valid for the process life.
-        // SAFETY: `handle` is a live dlopen handle and the symbol name is NUL-terminated.
-        let sym = unsafe { libc::dlsym(handle, c"C_GetFunctionList".as_ptr()) };
-        if sym.is_null() {
-            return None;
-        }
-        // SAFETY: PKCS#11 defines `C_GetFunctionList` with exactly this C signature.
-        let get_list: unsafe extern "C" fn(CK_FUNCTION_LIST_PTR_PTR) -> CK_RV =
-            unsafe { std::mem::transmute::<*mut libc::c_void, _>(sym) };
-        let mut list: CK_FUNCTION_LIST_PTR = std::ptr::null_mut();
-        // SAFETY: `list` is a valid out-pointer; C_GetFunctionList may be called before
-        // C_Initialize and only writes the table's address there.
-        let rv = unsafe { get_list(&mut list) };
-        if rv != CKR_OK || list.is_null() {
-            return None;
-        }
-        // SAFETY: on CKR_OK the library returned a pointer to its own static table, valid
-        // while the library stays loaded (forever, see above); only the 2.x layout is read.
-        let table = unsafe { &*list };
+        let table = super::raw::loaded_function_list(path)?;
         Some(AttributeCalls {
             get_attribute_value: table.C_GetAttributeValue?,
         })

@@ -72,34 +72,7 @@ impl GcmCalls {
     /// The entry points of the library at `path`, which must already be loaded by cryptoki.
     /// `None` (and the caller keeps using cryptoki's calls) if anything is missing.
     pub(crate) fn of_loaded(path: &Path) -> Option<GcmCalls> {
-        let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
-        // SAFETY: `c_path` is a valid NUL-terminated string that outlives the call.
-        // RTLD_NOLOAD never loads anything: it only returns (and references) a library already
-        // mapped in this process, so no initialiser of the vendor library runs here.
-        let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
-        if handle.is_null() {
-            return None;
-        }
-        // Deliberately never dlclose'd: the table below must stay valid for the process life.
-        // SAFETY: `handle` is a live dlopen handle and the symbol name is NUL-terminated.
-        let sym = unsafe { libc::dlsym(handle, c"C_GetFunctionList".as_ptr()) };
-        if sym.is_null() {
-            return None;
-        }
-        // SAFETY: PKCS#11 defines `C_GetFunctionList` with exactly this C signature.
-        let get_list: unsafe extern "C" fn(CK_FUNCTION_LIST_PTR_PTR) -> CK_RV =
-            unsafe { std::mem::transmute::<*mut libc::c_void, _>(sym) };
-        let mut list: CK_FUNCTION_LIST_PTR = std::ptr::null_mut();
-        // SAFETY: `list` is a valid out-pointer; C_GetFunctionList may be called before
-        // C_Initialize and only writes the table's address there.
-        let rv = unsafe { get_list(&mut list) };
-        if rv != CKR_OK || list.is_null() {
-            return None;
-        }
-        // SAFETY: on CKR_OK the library returned a pointer to its own static, read-only table,
-        // valid while the library stays loaded (forever, see above). Only the 2.x layout is
-        // read, which every version of the table starts with.
-        let table = unsafe { &*list };
+        let table = loaded_function_list(path)?;
         Some(GcmCalls {
             encrypt_init: table.C_EncryptInit?,
             encrypt: table.C_Encrypt?,
@@ -372,4 +345,38 @@ fn check(rv: CK_RV, function: Function) -> Result<(), Error> {
 /// `CKR_BUFFER_TOO_SMALL` that was never satisfied) instead of returning it to the pool.
 fn broken_library(function: Function) -> Error {
     Error::Pkcs11(cryptoki::error::RvError::DeviceError, function)
+}
+
+/// The function table of the library at `path`, which must already be loaded (by cryptoki):
+/// `None` if it is not loaded or has no usable `C_GetFunctionList`. The library is never
+/// loaded, initialised or unloaded here, so the table stays valid for the process's life.
+pub(crate) fn loaded_function_list(path: &Path) -> Option<&'static CK_FUNCTION_LIST> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `c_path` is a valid NUL-terminated string that outlives the call.
+    // RTLD_NOLOAD never loads anything: it only returns (and references) a library already
+    // mapped in this process, so no initialiser of the vendor library runs here.
+    let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
+    if handle.is_null() {
+        return None;
+    }
+    // Deliberately never dlclose'd: the table below must stay valid for the process life.
+    // SAFETY: `handle` is a live dlopen handle and the symbol name is NUL-terminated.
+    let sym = unsafe { libc::dlsym(handle, c"C_GetFunctionList".as_ptr()) };
+    if sym.is_null() {
+        return None;
+    }
+    // SAFETY: PKCS#11 defines `C_GetFunctionList` with exactly this C signature.
+    let get_list: unsafe extern "C" fn(CK_FUNCTION_LIST_PTR_PTR) -> CK_RV =
+        unsafe { std::mem::transmute::<*mut libc::c_void, _>(sym) };
+    let mut list: CK_FUNCTION_LIST_PTR = std::ptr::null_mut();
+    // SAFETY: `list` is a valid out-pointer; C_GetFunctionList may be called before
+    // C_Initialize and only writes the table's address there.
+    let rv = unsafe { get_list(&mut list) };
+    if rv != CKR_OK || list.is_null() {
+        return None;
+    }
+    // SAFETY: on CKR_OK the library returned a pointer to its own static, read-only table,
+    // valid while the library stays loaded (forever, see above). Only the 2.x layout is
+    // read, which every version of the table starts with.
+    Some(unsafe { &*list })
 }
