@@ -191,7 +191,8 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
         .max_blocking_threads(tuning.sessions + 8)
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
-    rt.block_on(async move {
+    let hsm_at_exit = hsm.clone();
+    let served = rt.block_on(async move {
         let health = Health::new(hsm.clone(), cfg.fleet_size);
         let app = Arc::new(App {
             hsm: hsm.clone(),
@@ -289,7 +290,12 @@ pub fn serve(config_path: &Path, opts: ServeOptions) -> Result<(), String> {
         }
         tracing::info!("stopped");
         Ok::<(), String>(())
-    })?;
+    });
+    // On every way out, a start-up error too (a port already taken): wait for the HSM calls
+    // already running (the key-count and health tasks start before the listeners bind). The
+    // process must not exit under a worker inside the PKCS#11 library: SoftHSM2's OpenSSL
+    // frees its locks in an exit handler, and the worker then crashes the process.
+    hsm_at_exit.close();
     rt.shutdown_timeout(Duration::from_secs(2));
-    Ok(())
+    served
 }
