@@ -3,6 +3,10 @@
 //! Request fields are all `Option` so a missing field becomes a ValidationException naming it
 //! (not a serde message); unknown fields are ignored as the spec requires.
 
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
 /// The error names of the spec, with their HTTP status.
@@ -156,18 +160,60 @@ pub struct MetadataOnlyRequest {
     pub request_metadata: Option<RequestMetadata>,
 }
 
+/// A JSON string field borrowed from the request body when it has no escapes (the large base64
+/// fields: no copy of up to ~90 KB per request), owned when it has (`"\/"` is valid JSON, and
+/// some encoders write it).
+#[derive(Debug, Default)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl Text<'_> {
+    /// The string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// `Option<Text>` as `Option<&str>`.
+pub fn text<'s>(v: &'s Option<Text<'_>>) -> Option<&'s str> {
+    v.as_ref().map(Text::as_str)
+}
+
 /// Encrypt body.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct EncryptRequest {
+pub struct EncryptRequest<'a> {
     /// requestMetadata.
     pub request_metadata: Option<RequestMetadata>,
     /// base64 plaintext.
-    pub plaintext: Option<String>,
+    #[serde(borrow)]
+    pub plaintext: Option<Text<'a>>,
     /// Must be AES_GCM.
     pub encryption_algorithm: Option<String>,
     /// base64 AAD.
-    pub additional_authenticated_data: Option<String>,
+    #[serde(borrow)]
+    pub additional_authenticated_data: Option<Text<'a>>,
     /// SHA_256 when a CDIV is wanted.
     pub ciphertext_data_integrity_value_algorithm: Option<String>,
 }
@@ -175,11 +221,12 @@ pub struct EncryptRequest {
 /// Decrypt body.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DecryptRequest {
+pub struct DecryptRequest<'a> {
     /// requestMetadata.
     pub request_metadata: Option<RequestMetadata>,
     /// base64 ciphertext.
-    pub ciphertext: Option<String>,
+    #[serde(borrow)]
+    pub ciphertext: Option<Text<'a>>,
     /// base64 IV (12 or 16 bytes).
     pub initialization_vector: Option<String>,
     /// base64 tag (16 bytes).
@@ -187,7 +234,8 @@ pub struct DecryptRequest {
     /// Must be AES_GCM.
     pub encryption_algorithm: Option<String>,
     /// base64 AAD.
-    pub additional_authenticated_data: Option<String>,
+    #[serde(borrow)]
+    pub additional_authenticated_data: Option<Text<'a>>,
     /// base64 metadata (<= 20 bytes).
     pub ciphertext_metadata: Option<String>,
 }
@@ -204,29 +252,77 @@ pub struct KeyMetadataResponse {
     pub key_status: &'static str,
 }
 
-/// Encrypt response (all byte fields base64).
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EncryptResponse {
+/// Encrypt response: bytes, written as base64 JSON by [`EncryptResponse::to_json`].
+#[derive(Debug)]
+pub struct EncryptResponse<'a> {
     /// 16-byte tag.
-    pub authentication_tag: String,
+    pub authentication_tag: &'a [u8],
     /// Ciphertext.
-    pub ciphertext: String,
+    pub ciphertext: &'a [u8],
     /// CDIV when requested.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ciphertext_data_integrity_value: Option<String>,
+    pub ciphertext_data_integrity_value: Option<[u8; 32]>,
     /// Proxy metadata bound into the tag.
-    pub ciphertext_metadata: String,
+    pub ciphertext_metadata: &'a [u8],
     /// IV.
-    pub initialization_vector: String,
+    pub initialization_vector: &'a [u8],
+}
+
+impl EncryptResponse<'_> {
+    /// The JSON body (fields in the order serde wrote them before: alphabetical).
+    pub fn to_json(&self) -> Vec<u8> {
+        let cdiv = self.ciphertext_data_integrity_value;
+        let fields: [(&str, Option<&[u8]>); 5] = [
+            ("authenticationTag", Some(self.authentication_tag)),
+            ("ciphertext", Some(self.ciphertext)),
+            (
+                "ciphertextDataIntegrityValue",
+                cdiv.as_ref().map(|d| &d[..]),
+            ),
+            ("ciphertextMetadata", Some(self.ciphertext_metadata)),
+            ("initializationVector", Some(self.initialization_vector)),
+        ];
+        base64_object(&fields)
+    }
 }
 
 /// Decrypt response.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DecryptResponse {
-    /// base64 plaintext.
-    pub plaintext: String,
+#[derive(Debug)]
+pub struct DecryptResponse<'a> {
+    /// Plaintext (written as base64).
+    pub plaintext: &'a [u8],
+}
+
+impl DecryptResponse<'_> {
+    /// The JSON body.
+    pub fn to_json(&self) -> Vec<u8> {
+        base64_object(&[("plaintext", Some(self.plaintext))])
+    }
+}
+
+/// A JSON object of base64 string values (`None` fields left out), written straight into one
+/// buffer of the exact size: the Encrypt/Decrypt responses, on every request, without
+/// serde_json's per-character escape scan (names are static ASCII, base64 needs no escaping).
+fn base64_object(fields: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
+    let b64 = base64_simd::STANDARD;
+    let present = || fields.iter().filter_map(|(n, v)| Some((*n, (*v)?)));
+    // `{` `}`, and per field `"name":"value"` plus a comma.
+    let len = 2 + present()
+        .map(|(n, v)| n.len() + b64.encoded_length(v.len()) + 6)
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(len);
+    out.push(b'{');
+    for (i, (name, value)) in present().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":\"");
+        b64.encode_append(value, &mut out);
+        out.push(b'"');
+    }
+    out.push(b'}');
+    out
 }
 
 /// One HSM behind the proxy, in the health response.
@@ -255,4 +351,68 @@ pub struct HealthResponse {
     pub ekm_vendor: String,
     /// 1..10 backends.
     pub ekm_fleet_details: Vec<EkmFleetMember>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    const REF: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+    /// The hand-written bodies are the JSON serde_json wrote before (same fields, same order),
+    /// for every length class of base64 (padding 0, 1, 2) and with and without the CDIV.
+    #[test]
+    fn responses_are_the_json_serde_wrote() {
+        for n in [0usize, 1, 2, 3, 4, 4096, 4097, 4098] {
+            let ct: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
+            for cdiv in [None, Some([0xabu8; 32])] {
+                let r = EncryptResponse {
+                    authentication_tag: &[9u8; 16],
+                    ciphertext: &ct,
+                    ciphertext_data_integrity_value: cdiv,
+                    ciphertext_metadata: &[1],
+                    initialization_vector: &[7u8; 12],
+                };
+                let mut want = serde_json::json!({
+                    "authenticationTag": REF.encode([9u8; 16]),
+                    "ciphertext": REF.encode(&ct),
+                    "ciphertextMetadata": REF.encode([1]),
+                    "initializationVector": REF.encode([7u8; 12]),
+                });
+                if let Some(d) = cdiv {
+                    want["ciphertextDataIntegrityValue"] = REF.encode(d).into();
+                }
+                // serde_json's map keeps keys sorted: the order the derive wrote them in.
+                assert_eq!(r.to_json(), serde_json::to_vec(&want).unwrap(), "n={n}");
+                let body = DecryptResponse { plaintext: &ct }.to_json();
+                let want = serde_json::json!({ "plaintext": REF.encode(&ct) });
+                assert_eq!(body, serde_json::to_vec(&want).unwrap(), "n={n}");
+            }
+        }
+    }
+
+    /// Large fields are borrowed from the body when they can be, and read correctly when they
+    /// cannot (escapes), or are absent, or are not strings.
+    #[test]
+    fn text_fields_borrow_or_own() {
+        let body = br#"{"plaintext":"QUJD","additionalAuthenticatedData":"YW\/h"}"#;
+        let r: EncryptRequest = serde_json::from_slice(body).unwrap();
+        assert!(matches!(
+            r.plaintext.as_ref().unwrap().0,
+            Cow::Borrowed("QUJD")
+        ));
+        let aad = r.additional_authenticated_data.as_ref().unwrap();
+        assert!(matches!(aad.0, Cow::Owned(_)));
+        assert_eq!(text(&r.additional_authenticated_data), Some("YW/h"));
+
+        let r: DecryptRequest = serde_json::from_slice(b"{}").unwrap();
+        assert!(r.ciphertext.is_none() && r.additional_authenticated_data.is_none());
+        let r: DecryptRequest = serde_json::from_slice(br#"{"ciphertext":null}"#).unwrap();
+        assert!(r.ciphertext.is_none());
+        for bad in [&br#"{"ciphertext":5}"#[..], br#"{"ciphertext":["a"]}"#] {
+            let e = serde_json::from_slice::<DecryptRequest>(bad).unwrap_err();
+            assert!(e.to_string().contains("expected a string"), "{e}");
+        }
+    }
 }

@@ -278,8 +278,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
 }
 
 async fn run_async(args: BenchArgs) -> Result<(), String> {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD;
+    let b64 = base64_simd::STANDARD;
     let (https, host, prefix) = parse_url(&args.url)?;
     let secret = std::fs::read_to_string(&args.secret_file)
         .map_err(|e| format!("{}: {e}", args.secret_file.display()))?
@@ -301,9 +300,9 @@ async fn run_async(args: BenchArgs) -> Result<(), String> {
     let enc_path = format!("{prefix}/kms/xks/v1/keys/{}/encrypt", args.key);
     let enc_body = serde_json::to_vec(&json!({
         "requestMetadata": md("Encrypt"),
-        "plaintext": b64.encode(&plaintext),
+        "plaintext": b64.encode_to_string(&plaintext),
         "encryptionAlgorithm": "AES_GCM",
-        "additionalAuthenticatedData": b64.encode(&aad),
+        "additionalAuthenticatedData": b64.encode_to_string(&aad),
         "ciphertextDataIntegrityValueAlgorithm": "SHA_256",
     }))
     .map_err(|e| e.to_string())?;
@@ -334,7 +333,7 @@ async fn run_async(args: BenchArgs) -> Result<(), String> {
                 "requestMetadata": md("Decrypt"),
                 "ciphertext": e["ciphertext"], "initializationVector": e["initializationVector"],
                 "authenticationTag": e["authenticationTag"], "ciphertextMetadata": e["ciphertextMetadata"],
-                "additionalAuthenticatedData": b64.encode(&aad),
+                "additionalAuthenticatedData": b64.encode_to_string(&aad),
                 "encryptionAlgorithm": "AES_GCM",
             }))
             .map_err(|e| e.to_string())?);

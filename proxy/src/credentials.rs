@@ -7,7 +7,6 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -30,7 +29,7 @@ pub fn generate() -> Result<NewCredential, String> {
         .iter()
         .map(|b| BASE32[(b % 32) as usize] as char)
         .collect();
-    let secret = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&raw[24..]));
+    let secret = Zeroizing::new(base64_simd::STANDARD.encode_to_string(&raw[24..]));
     Ok(NewCredential {
         access_key_id,
         secret,

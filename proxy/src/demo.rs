@@ -13,7 +13,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
 use xki_pkcs11::config::{create_private_dir, user_data_dir, write_private_file};
 
 use crate::config::Config;
@@ -133,7 +132,7 @@ pub fn instructions(cfg: &Config, addr: SocketAddr) -> String {
             op.to_ascii_lowercase()
         )
     };
-    let pt = base64::engine::general_purpose::STANDARD.encode(DEMO_PLAINTEXT);
+    let pt = base64_simd::STANDARD.encode_to_string(DEMO_PLAINTEXT);
     let encrypt = format!(
         "{curl}-d '{{{},\"plaintext\":\"{pt}\",\"encryptionAlgorithm\":\"AES_GCM\"}}' \\\n  \
          {base}/encrypt | tee {DEMO_OUTPUT}",

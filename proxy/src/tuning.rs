@@ -241,12 +241,24 @@ mod tests {
         .unwrap();
         assert!(p.in_process(), "{p:?}");
         assert_eq!(p.calls, 200);
-        let p = Probe::measure(50, Duration::from_millis(30), || {
-            std::thread::sleep(Duration::from_millis(5));
-            Ok(())
-        })
-        .unwrap();
-        assert!(!p.in_process(), "{p:?}");
-        assert!(p.calls < 50, "the budget stops the probe early: {p:?}");
+        // Calls that sleep: not in-process. The CPU share is the whole process's, and other
+        // unit tests run beside this one in it: they can only add CPU, so some try of up to
+        // 30 (<= ~1 s) runs once they are done or quiet enough.
+        let sleeping = || {
+            Probe::measure(50, Duration::from_millis(30), || {
+                std::thread::sleep(Duration::from_millis(5));
+                Ok(())
+            })
+            .unwrap()
+        };
+        let mut tries = vec![sleeping()];
+        while tries.last().unwrap().in_process() && tries.len() < 30 {
+            tries.push(sleeping());
+        }
+        assert!(!tries.last().unwrap().in_process(), "{tries:?}");
+        assert!(
+            tries.iter().all(|p| p.calls < 50),
+            "the budget stops the probe early: {tries:?}"
+        );
     }
 }

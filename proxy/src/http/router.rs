@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use crate::api::{
     ApiError, DecryptRequest, EncryptRequest, ErrorKind, MetadataOnlyRequest, RequestMetadata,
@@ -159,7 +159,7 @@ pub async fn handle(
     Ok(resp)
 }
 
-fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::validation(format!(
             "request body is not valid JSON for this operation: {e}"
@@ -298,14 +298,14 @@ async fn process(
             note_metadata(log, r.request_metadata.as_ref());
             let md = validate_metadata(r.request_metadata.as_ref(), api.op)?;
             authorize(md, log)?;
-            serde_json::to_vec(&ops::crypto::encrypt(app, key, r).await?)
+            Ok(ops::crypto::encrypt(app, key, r).await?)
         }
         Op::Decrypt => {
             let r: DecryptRequest = parse_json(&body)?;
             note_metadata(log, r.request_metadata.as_ref());
             let md = validate_metadata(r.request_metadata.as_ref(), api.op)?;
             authorize(md, log)?;
-            serde_json::to_vec(&ops::crypto::decrypt(app, key, r).await?)
+            Ok(ops::crypto::decrypt(app, key, r).await?)
         }
         Op::Health => unreachable!("handled above"),
     };

@@ -1,14 +1,12 @@
 //! Encrypt and Decrypt: validate every size first, then one pooled HSM call.
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
 use cryptoki::error::RvError;
 use zeroize::Zeroizing;
 
 use super::format::{cdiv, hsm_aad, METADATA_V1};
 use super::{b64, b64_required, check_algorithm, map_hsm, MAX_AAD, MAX_DATA, MAX_METADATA};
 use crate::api::{
-    ApiError, DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, ErrorKind,
+    text, ApiError, DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, ErrorKind,
 };
 use crate::hsm::{gcm_decrypt, HsmError, TAG_LEN};
 use crate::state::App;
@@ -54,11 +52,11 @@ pub fn validate_encrypt(req: &EncryptRequest) -> Result<EncryptInput, ApiError> 
             ))
         }
     };
-    let plaintext = Zeroizing::new(b64_required("plaintext", req.plaintext.as_deref())?);
+    let plaintext = Zeroizing::new(b64_required("plaintext", text(&req.plaintext))?);
     if plaintext.len() > MAX_DATA {
         return Err(too_big("plaintext", MAX_DATA));
     }
-    let aad = optional_aad(req.additional_authenticated_data.as_deref())?;
+    let aad = optional_aad(text(&req.additional_authenticated_data))?;
     Ok(EncryptInput {
         want_cdiv,
         plaintext,
@@ -66,17 +64,13 @@ pub fn validate_encrypt(req: &EncryptRequest) -> Result<EncryptInput, ApiError> 
     })
 }
 
-/// Encrypt under `key`, with the IV the token generates where the module offers the PKCS#11
+/// Encrypt under `key` (the response body), with the IV the token generates where the module offers the PKCS#11
 /// 3.0 message API ([`crate::hsm::IvPath`]). With a CDIV algorithm, the CDIV is computed from
 /// the output first (with the IV the HSM returned), then that exact output is decrypted once
 /// to prove it round-trips (retried once with a
 /// fresh IV, then InternalException). A CDIV on a key without DECRYPT usage is
 /// InvalidKeyUsageException and returns no ciphertext.
-pub async fn encrypt(
-    app: &App,
-    key: &str,
-    req: EncryptRequest,
-) -> Result<EncryptResponse, ApiError> {
+pub async fn encrypt(app: &App, key: &str, req: EncryptRequest<'_>) -> Result<Vec<u8>, ApiError> {
     let EncryptInput {
         want_cdiv,
         plaintext,
@@ -121,12 +115,13 @@ pub async fn encrypt(
         .await
         .map_err(map_hsm)?;
     Ok(EncryptResponse {
-        authentication_tag: B64.encode(&out.tag),
-        ciphertext: B64.encode(&out.ciphertext),
-        ciphertext_data_integrity_value: digest.map(|d| B64.encode(d)),
-        ciphertext_metadata: B64.encode(METADATA_V1),
-        initialization_vector: B64.encode(&out.iv),
-    })
+        authentication_tag: &out.tag,
+        ciphertext: &out.ciphertext,
+        ciphertext_data_integrity_value: digest,
+        ciphertext_metadata: &METADATA_V1,
+        initialization_vector: &out.iv,
+    }
+    .to_json())
 }
 
 /// A Decrypt request after validation.
@@ -146,7 +141,7 @@ pub struct DecryptInput {
 /// Validate a Decrypt body (everything but `requestMetadata`) without touching the HSM.
 pub fn validate_decrypt(req: &DecryptRequest) -> Result<DecryptInput, ApiError> {
     check_algorithm(req.encryption_algorithm.as_deref())?;
-    let ciphertext = b64_required("ciphertext", req.ciphertext.as_deref())?;
+    let ciphertext = b64_required("ciphertext", text(&req.ciphertext))?;
     if ciphertext.len() > MAX_DATA {
         return Err(too_big("ciphertext", MAX_DATA));
     }
@@ -169,7 +164,7 @@ pub fn validate_decrypt(req: &DecryptRequest) -> Result<DecryptInput, ApiError> 
             "ciphertextMetadata must be at most 20 bytes",
         ));
     }
-    let aad = optional_aad(req.additional_authenticated_data.as_deref())?;
+    let aad = optional_aad(text(&req.additional_authenticated_data))?;
     Ok(DecryptInput {
         ciphertext,
         iv,
@@ -179,12 +174,8 @@ pub fn validate_decrypt(req: &DecryptRequest) -> Result<DecryptInput, ApiError> 
     })
 }
 
-/// Decrypt under `key`. All lengths are checked before the HSM is asked.
-pub async fn decrypt(
-    app: &App,
-    key: &str,
-    req: DecryptRequest,
-) -> Result<DecryptResponse, ApiError> {
+/// Decrypt under `key` (the response body). All lengths are checked before the HSM is asked.
+pub async fn decrypt(app: &App, key: &str, req: DecryptRequest<'_>) -> Result<Vec<u8>, ApiError> {
     let DecryptInput {
         ciphertext,
         iv,
@@ -204,6 +195,7 @@ pub async fn decrypt(
         .await
         .map_err(map_hsm)?;
     Ok(DecryptResponse {
-        plaintext: B64.encode(plaintext.as_slice()),
-    })
+        plaintext: plaintext.as_slice(),
+    }
+    .to_json())
 }

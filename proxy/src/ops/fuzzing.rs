@@ -5,7 +5,7 @@ use super::crypto::{validate_decrypt, validate_encrypt};
 use super::{validate_metadata, Op, MAX_AAD, MAX_DATA, MAX_METADATA};
 use crate::api::{ApiError, DecryptRequest, EncryptRequest, MetadataOnlyRequest};
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+fn parse<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::validation(format!("{e}")))
 }
 

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Proxy CPU per request against the HSM's own work, side by side (issue #15, README:
+# Performance). Each round runs, one after the other on the same box:
+#   1. SoftHSM2's own work: `cargo bench --bench module_throughput`, SoftHSM2 used directly
+#      (no module, no proxy), 4 KiB AES-GCM encrypt + decrypt round trip, one thread: CPU µs
+#      per round trip (the target's yardstick: W1 is one encrypt and one verifying decrypt);
+#   2. the proxy serving W1 (4 KiB Encrypt + 32 B AAD + CDIV) over SoftHSM2 through the module,
+#      plain HTTP, default thread counts, client on the same box: server CPU per request, split
+#      by thread (HSM workers, async workers, log writer, rest) from /proc/PID/task/*/stat.
+# Prints one line per measurement and the ratio proxy / HSM per round.
+#
+# Usage: proxy/scripts/bench-cpu.sh DIR [ROUNDS] [SECONDS] [CONCURRENCY]
+#   DIR: prepared by bench-setup.sh. Build first: cargo build --release -p xki-proxy -p xki-pkcs11
+set -euo pipefail
+dir=$(cd "$1" && pwd)
+rounds=${2:-3}
+secs=${3:-6}
+conc=${4:-64}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck disable=SC1091
+source "$dir/env.sh"
+
+# Ticks (10 ms) of every thread of PID whose name starts with $2 ("" = all).
+ticks() {
+    local sum=0 f rest
+    for f in /proc/"$1"/task/*/stat; do
+        rest=$(cat "$f" 2>/dev/null) || continue
+        local name=${rest#*(}
+        name=${name%%)*}
+        [[ -n $2 && $name != "$2"* ]] && continue
+        # Fields 3.. of stat after the name: utime is field 14, stime 15.
+        # shellcheck disable=SC2086
+        set -- "$1" "$2" ${rest##*) }
+        sum=$((sum + ${14} + ${15}))
+        set -- "$1" "$2"
+    done
+    echo "$sum"
+}
+snapshot() { echo "$(ticks "$1" "") $(ticks "$1" xki-hsm) $(ticks "$1" tokio-rt) $(ticks "$1" xki-log)"; }
+
+hsm_work() {
+    (cd "$root" && XKI_BENCH_TARGETS=direct XKI_BENCH_PAYLOADS=4096 XKI_BENCH_THREADS=1 \
+        XKI_BENCH_SECS="$secs" cargo bench -q --bench module_throughput 2>/dev/null) |
+        awk '/^  4 KiB   1 \|/ { for (i = 1; i <= NF; i++) if ($i ~ /µs$/) { sub(/µs/, "", $i); print $i; exit } }'
+}
+
+for round in $(seq "$rounds"); do
+    hsm=$(hsm_work)
+    "$PROXY" -c "$dir/proxy-bench-hsm-http.toml" serve >/dev/null 2>"$dir/server-cpu.log" &
+    pid=$!
+    for _ in $(seq 100); do
+        curl -sf http://127.0.0.1:18081/ping >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    read -r t0 h0 a0 l0 <<<"$(snapshot $pid)"
+    out=$("$PROXY" bench --url http://127.0.0.1:18080 --key bench-key --access-key-id "$AKID" \
+        --secret-file "$dir/secret" --size 4096 --aad-size 32 --concurrency "$conc" \
+        --duration "$secs" --warmup 1 --threads 1 2>/dev/null)
+    read -r t1 h1 a1 l1 <<<"$(snapshot $pid)"
+    rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$pid/status")
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    n=$(echo "$out" | awk '/^ok=/ {split($1, a, "="); n += a[2]} /^warm-up:/ {n += $2} END {print n}')
+    per() { echo "$1 $n" | awk '{printf "%.0f", $1 * 10000 / $2}'; }
+    total=$(per $((t1 - t0)))
+    tput=$(echo "$out" | grep -oE 'throughput=[0-9]+' | cut -d= -f2)
+    p99=$(echo "$out" | grep -oE 'p99=[0-9.]+' | cut -d= -f2)
+    echo "round $round: HSM own work (SoftHSM2 direct 4 KiB enc+dec) ${hsm} µs;" \
+        "proxy W1 c=$conc ${tput} req/s p99 ${p99} ms: CPU/req ${total} µs" \
+        "(HSM threads $(per $((h1 - h0))), async $(per $((a1 - a0))), log $(per $((l1 - l0))))," \
+        "RSS ${rss} MB; ratio $(echo "$total $hsm" | awk '{printf "%.2f", $1 / $2}')"
+done
