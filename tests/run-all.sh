@@ -140,9 +140,10 @@ step "fleet behind HAProxy (proxy/tests/fleet.rs)" \
 step "replica groups (fault injection)" \
     cargo test -p xki-pkcs11 --features fault-injection --test replica_group --test replica_module \
         --test replica_inline
-# ... and the start-up tuning over a backend delayed like a network HSM (tests/tuning.rs).
-step "proxy health per replica member, tuning for a network HSM (fault injection)" \
-    cargo test -p xki-proxy --features fault-injection --test replica_health --test tuning
+# ... the start-up tuning over a backend delayed like a network HSM (tests/tuning.rs), and
+# queueing behind one slow HSM session (tests/api.rs overload_gives_throttling_...).
+step "proxy health per replica member, tuning for a network HSM, overload (fault injection)" \
+    cargo test -p xki-proxy --features fault-injection --test replica_health --test tuning --test api
 # Key state: crash at every write step (XKI_FAULT_ABORT_AFTER_STATE_STEP), purge with a
 # test-only "today" (--as-of), both compiled only with the feature (about 20 s).
 step "key state crashes and purge (fault injection)" \

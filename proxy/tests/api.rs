@@ -602,6 +602,12 @@ fn health_follows_the_hsm_and_shutdown_is_graceful() {
     assert!(e.srv.log().contains("stopped"));
 }
 
+/// Every backend call sleeps 1 ms (the module's test-only fault injector, `delay`), so calls
+/// queue behind the one HSM session whatever the relative speed of this machine's async side
+/// and HSM side (a debug build hashes and parses slower than SoftHSM2 encrypts: without the
+/// delay, whether requests ever queue depends on the build). Runs in run-all's fault-injection
+/// step.
+#[cfg(feature = "fault-injection")]
 #[test]
 fn overload_gives_throttling_and_dependency_timeout() {
     let tok = Token::new();
@@ -609,12 +615,21 @@ fn overload_gives_throttling_and_dependency_timeout() {
     let prefixes = format!("[[prefix]]\npath = \"\"\nkeys = \"all\"\n{}", a.toml());
     config(&tok, "", "", &prefixes);
     cli_ok(&tok, &["keys", "create", "--label", "k"]);
-    let pt = vec![1u8; 60 * 1024];
-    let body = encrypt_body(&pt, Some(&vec![2u8; 8192]));
+    let ctl = tok.path("fault-control");
+    std::fs::write(&ctl, "delay 1000").unwrap();
+    let pt = vec![1u8; 4096];
+    let body = encrypt_body(&pt, Some(&[2u8; 32]));
     // 24 clients at once against one HSM session, under the given pool settings.
     let load = |hsm: &str| {
         config(&tok, "", hsm, &prefixes);
-        let srv = Server::start(&tok);
+        let srv = Server::start_with(&tok, |cmd| {
+            cmd.env("XKI_FAULT_CONTROL_softhsm", &ctl);
+        });
+        assert!(
+            srv.log().contains("fault injection enabled"),
+            "the module was not built with its fault injector: {}",
+            srv.log()
+        );
         let seen = std::sync::Mutex::new(Vec::new());
         std::thread::scope(|sc| {
             for _ in 0..24 {
@@ -647,8 +662,9 @@ fn overload_gives_throttling_and_dependency_timeout() {
         "{seen:?}"
     );
     assert!(!seen.iter().any(|(s, _)| *s == 503), "{seen:?}");
-    // A long queue and a 3 ms deadline: waiters time out with 503 instead of piling up.
-    let seen = load("sessions = 1\nqueue_depth = 256\ndeadline_ms = 3\n");
+    // A long queue and a 20 ms deadline (a request takes 2-3 ms of delayed backend calls):
+    // waiters time out with 503 instead of piling up.
+    let seen = load("sessions = 1\nqueue_depth = 256\ndeadline_ms = 20\n");
     assert!(
         seen.contains(&(503, "DependencyTimeoutException".into())),
         "{seen:?}"

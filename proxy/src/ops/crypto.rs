@@ -64,12 +64,13 @@ pub fn validate_encrypt(req: &EncryptRequest) -> Result<EncryptInput, ApiError> 
     })
 }
 
-/// Encrypt under `key` (the response body), with the IV the token generates where the module offers the PKCS#11
-/// 3.0 message API ([`crate::hsm::IvPath`]). With a CDIV algorithm, the CDIV is computed from
-/// the output first (with the IV the HSM returned), then that exact output is decrypted once
-/// to prove it round-trips (retried once with a
-/// fresh IV, then InternalException). A CDIV on a key without DECRYPT usage is
-/// InvalidKeyUsageException and returns no ciphertext.
+/// Encrypt under `key` (the response body), with the IV the token generates where the module
+/// offers the PKCS#11 3.0 message API ([`crate::hsm::IvPath`]). With a CDIV algorithm, the
+/// output is first decrypted once in the HSM to prove it round-trips (retried once with a
+/// fresh IV, then InternalException), and the CDIV is computed from that exact output (with the
+/// IV the HSM returned) back on the async side, so the HSM worker, the bottleneck under load,
+/// does not hash. A CDIV on a key without DECRYPT usage is InvalidKeyUsageException and
+/// returns no ciphertext.
 pub async fn encrypt(app: &App, key: &str, req: EncryptRequest<'_>) -> Result<Vec<u8>, ApiError> {
     let EncryptInput {
         want_cdiv,
@@ -77,25 +78,23 @@ pub async fn encrypt(app: &App, key: &str, req: EncryptRequest<'_>) -> Result<Ve
         aad,
     } = validate_encrypt(&req)?;
     let label = key.to_string();
-    let (out, digest) = app
+    let (out, aad) = app
         .hsm
         .run(app.deadline(), move |hsm, s| {
             let full_aad = hsm_aad(&aad, &METADATA_V1);
             // One hop to an HSM worker thread for the whole HSM part: IV (token-generated, or
-            // from the bulk pool), encrypt
-            // and the verifying decrypt. The token enforces CKA_ENCRYPT/CKA_DECRYPT itself
-            // (see `Hsm::with_key_enforced`).
-            hsm.with_key_enforced(s, &label, |h| {
+            // from the bulk pool), encrypt and the verifying decrypt. The token enforces
+            // CKA_ENCRYPT/CKA_DECRYPT itself (see `Hsm::with_key_enforced`).
+            let out = hsm.with_key_enforced(s, &label, |h| {
                 for _attempt in 0..2 {
                     let out = hsm.encrypt(s, h, &full_aad, &plaintext)?;
                     if !want_cdiv {
-                        return Ok((out, None));
+                        return Ok(out);
                     }
-                    let d = cdiv(&aad, &METADATA_V1, &out.iv, &out.ciphertext, &out.tag);
-                    match gcm_decrypt(s, h, &out.iv, &full_aad, &out.ciphertext, &out.tag) {
-                        Ok(back) if back.as_slice() == plaintext.as_slice() => {
-                            return Ok((out, Some(d)))
-                        }
+                    let back = gcm_decrypt(s, h, &out.iv, &full_aad, &out.ciphertext, &out.tag)
+                        .map(Zeroizing::new);
+                    match back {
+                        Ok(back) if back.as_slice() == plaintext.as_slice() => return Ok(out),
                         // A CDIV promises that Decrypt of this output succeeds; on a key
                         // without DECRYPT it would not: no ciphertext, and the refusal is
                         // named from the key's state (InvalidKeyUsage, or InvalidState if
@@ -110,10 +109,12 @@ pub async fn encrypt(app: &App, key: &str, req: EncryptRequest<'_>) -> Result<Ve
                     }
                 }
                 Err(HsmError::Other("encrypt output failed its round-trip check twice".into()))
-            })
+            })?;
+            Ok((out, aad))
         })
         .await
         .map_err(map_hsm)?;
+    let digest = want_cdiv.then(|| cdiv(&aad, &METADATA_V1, &out.iv, &out.ciphertext, &out.tag));
     Ok(EncryptResponse {
         authentication_tag: &out.tag,
         ciphertext: &out.ciphertext,
