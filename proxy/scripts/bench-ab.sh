@@ -6,8 +6,9 @@
 # run (build, load, throughput, p99, server CPU per request), then per load the mean of each
 # build and the median of the per-round ratios B/A.
 #
-# Usage: proxy/scripts/bench-ab.sh DIR_A DIR_B [ROUNDS] [SECONDS]
+# Usage: [LOADS="c64 held"] proxy/scripts/bench-ab.sh DIR_A DIR_B [ROUNDS] [SECONDS]
 #   DIR_A, DIR_B: each prepared by its own build's bench-setup.sh (its env.sh names $PROXY).
+#   LOADS: which loads to run (default both).
 set -euo pipefail
 dir_a=$(cd "$1" && pwd)
 dir_b=$(cd "$2" && pwd)
@@ -47,8 +48,9 @@ one() { # label dir load
     ) | tee -a "$out"
 }
 
+loads=${LOADS:-c64 held}
 for r in $(seq "$rounds"); do
-    for load in c64 held; do
+    for load in $loads; do
         if ((r % 2)); then
             one A "$dir_a" $load
             one B "$dir_b" $load
@@ -65,7 +67,7 @@ median_ratio() {
         END { for (k = 1; k <= n["A"] && k <= n["B"]; k++) print v["B", k] / v["A", k] }' "$out" |
         sort -g | awk '{ r[NR] = $1 } END { print (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }'
 }
-for load in c64 held; do
+for load in $loads; do
     awk -v load=$load -v mt="$(median_ratio 3 $load)" -v mp="$(median_ratio 4 $load)" -v mc="$(median_ratio 5 $load)" '
         $2 == load { i = ++n[$1]; t[$1, i] = $3; p[$1, i] = $4; c[$1, i] = $5 }
         function mean(a, b,   s, k) { s = 0; for (k = 1; k <= n[b]; k++) s += a[b, k]; return s / n[b] }
