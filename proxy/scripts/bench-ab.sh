@@ -14,6 +14,8 @@ dir_a=$(cd "$1" && pwd)
 dir_b=$(cd "$2" && pwd)
 rounds=${3:-6}
 secs=${4:-5}
+# shellcheck source=bench-lib.sh
+source "$(dirname "$0")/bench-lib.sh"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 
@@ -22,26 +24,19 @@ one() { # label dir load
     (
         # shellcheck disable=SC1091
         source "$d/env.sh"
-        "$PROXY" -c "$d/proxy-bench-hsm-http.toml" serve >/dev/null 2>"$d/server-ab.log" &
-        pid=$!
-        for _ in $(seq 100); do
-            curl -sf http://127.0.0.1:18081/ping >/dev/null 2>&1 && break
-            sleep 0.1
-        done
+        start_server "$d/proxy-bench-hsm-http.toml" "$d/server-ab.log"
+        pid=$SERVER_PID
         rate=()
         conc=64
         if [[ $load == held ]]; then
             rate=(--rate 1800)
             conc=32
         fi
-        t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-        res=$("$PROXY" bench --url http://127.0.0.1:18080 --key bench-key --access-key-id "$AKID" \
-            --secret-file "$d/secret" --size 4096 --aad-size 32 --duration "$secs" --warmup 1 \
-            --threads 1 --concurrency "$conc" "${rate[@]}" 2>/dev/null)
-        t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-        kill "$pid"
-        wait "$pid" 2>/dev/null || true
-        n=$(echo "$res" | awk '/^ok=/ {split($1, a, "="); n += a[2]} /^warm-up:/ {n += $2} END {print n}')
+        t0=$(cpu_ticks "$pid")
+        res=$(run_bench "$d" --size 4096 --duration "$secs" --concurrency "$conc" "${rate[@]}")
+        t1=$(cpu_ticks "$pid")
+        stop_server
+        n=$(echo "$res" | bench_requests)
         tput=$(echo "$res" | grep -oE 'throughput=[0-9]+' | cut -d= -f2)
         p99=$(echo "$res" | grep -oE 'p99=[0-9.]+' | cut -d= -f2)
         echo "$label $load $tput $p99 $(((t1 - t0) * 10000 / n))"

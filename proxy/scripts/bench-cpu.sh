@@ -19,6 +19,8 @@ conc=${4:-64}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck disable=SC1091
 source "$dir/env.sh"
+# shellcheck source=bench-lib.sh
+source "$(dirname "$0")/bench-lib.sh"
 
 # Ticks (10 ms) of every thread of PID whose name starts with $2 ("" = all).
 ticks() {
@@ -46,21 +48,14 @@ hsm_work() {
 
 for round in $(seq "$rounds"); do
     hsm=$(hsm_work)
-    "$PROXY" -c "$dir/proxy-bench-hsm-http.toml" serve >/dev/null 2>"$dir/server-cpu.log" &
-    pid=$!
-    for _ in $(seq 100); do
-        curl -sf http://127.0.0.1:18081/ping >/dev/null 2>&1 && break
-        sleep 0.1
-    done
+    start_server "$dir/proxy-bench-hsm-http.toml" "$dir/server-cpu.log"
+    pid=$SERVER_PID
     read -r t0 h0 a0 l0 <<<"$(snapshot $pid)"
-    out=$("$PROXY" bench --url http://127.0.0.1:18080 --key bench-key --access-key-id "$AKID" \
-        --secret-file "$dir/secret" --size 4096 --aad-size 32 --concurrency "$conc" \
-        --duration "$secs" --warmup 1 --threads 1 2>/dev/null)
+    out=$(run_bench "$dir" --size 4096 --concurrency "$conc" --duration "$secs")
     read -r t1 h1 a1 l1 <<<"$(snapshot $pid)"
     rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$pid/status")
-    kill "$pid"
-    wait "$pid" 2>/dev/null || true
-    n=$(echo "$out" | awk '/^ok=/ {split($1, a, "="); n += a[2]} /^warm-up:/ {n += $2} END {print n}')
+    stop_server
+    n=$(echo "$out" | bench_requests)
     per() { echo "$1 $n" | awk '{printf "%.0f", $1 * 10000 / $2}'; }
     total=$(per $((t1 - t0)))
     tput=$(echo "$out" | grep -oE 'throughput=[0-9]+' | cut -d= -f2)

@@ -16,6 +16,8 @@ rounds=${2:-2}
 secs=${3:-6}
 # shellcheck disable=SC1091
 source "$dir/env.sh"
+# shellcheck source=bench-lib.sh
+source "$(dirname "$0")/bench-lib.sh"
 cpus=$(nproc)
 base="$dir/proxy-bench-hsm-http.toml"
 make_config() { # name async sessions
@@ -33,34 +35,24 @@ declare -A configs=(
     [1+1]=$(make_config one-one 1 1)
 )
 order=(defaults old-defaults 1+1)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for round in $(seq "$rounds"); do
     for name in "${order[@]}"; do
-        "$PROXY" -c "${configs[$name]}" serve >/dev/null 2>"$dir/server-$name.log" &
-        pid=$!
-        for _ in $(seq 100); do
-            curl -sf http://127.0.0.1:18081/ping >/dev/null 2>&1 && break
-            sleep 0.1
-        done
+        start_server "${configs[$name]}" "$dir/server-$name.log"
+        pid=$SERVER_PID
         choice=$(grep -o 'threads: [^"]*' "$dir/server-$name.log" | head -1 | sed 's/.*CPUs -> //; s/; set.*//')
         for load in "4096 64" "4096 16" "4096 1" "32 64"; do
             read -r size conc <<<"$load"
             before=$(cpu_ticks $pid)
-            out=$("$PROXY" bench --url http://127.0.0.1:18080 --key bench-key --access-key-id "$AKID" \
-                --secret-file "$dir/secret" --size "$size" --aad-size 32 --concurrency "$conc" \
-                --duration "$secs" --warmup 1 --threads 1 2>/dev/null)
+            out=$(run_bench "$dir" --size "$size" --concurrency "$conc" --duration "$secs")
             after=$(cpu_ticks $pid)
             rss=$(awk '/VmRSS/ {printf "%.1f MB", $2/1024}' "/proc/$pid/status")
             # Server CPU per request: clock ticks (10 ms) over every request of the run,
             # the warm-up's included.
-            cpu_us=$(echo "$out" | awk -v t=$((after - before)) '
-                /^ok=/ {split($1, a, "="); n += a[2]}
-                /^warm-up:/ {n += $2}
-                END {if (n > 0) printf "%.0f", t * 10000 / n}')
+            n=$(echo "$out" | bench_requests)
+            cpu_us=$(awk -v t=$((after - before)) -v n="$n" 'BEGIN {if (n > 0) printf "%.0f", t * 10000 / n}')
             summary=$(echo "$out" | grep -E '^(ok=|latency|errors)' | sed 's/latency ms: //' | tr '\n' ' ')
             echo "round $round | $name ($choice) | ${size} B c=$conc | $summary| server CPU ${cpu_us} us/req | RSS $rss"
         done
-        kill $pid
-        wait $pid 2>/dev/null || true
+        stop_server
     done
 done
