@@ -22,6 +22,30 @@ pub struct Tenant {
     keys: Option<HashSet<String>>,
     quota: Option<Quota>,
     rules: Vec<RuleConfig>,
+    signing_keys: SigningKeys,
+}
+
+/// SigV4 signing keys derived from this prefix's secrets, one per (access key id, day,
+/// region) that signed a verified request: four HMACs per request saved (~1.5 µs). At most
+/// [`SIGNING_KEYS`] (the oldest goes first), wiped when dropped; a reload (credential
+/// rotation) builds new tenants, so a rotated secret's keys go with its tenant.
+#[derive(Default)]
+struct SigningKeys(Mutex<Vec<SigningKey>>);
+
+struct SigningKey {
+    access_key_id: String,
+    date: String,
+    region: String,
+    key: zeroize::Zeroizing<[u8; 32]>,
+}
+
+/// Cached signing keys per tenant: a credential or two, today and yesterday around midnight.
+const SIGNING_KEYS: usize = 8;
+
+impl std::fmt::Debug for SigningKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKeys({} cached)", self.0.lock().len())
+    }
 }
 
 /// All tenants by prefix.
@@ -50,6 +74,7 @@ impl Tenants {
                 keys,
                 quota: p.quota_rps.map(Quota::new),
                 rules: p.rule.clone(),
+                signing_keys: SigningKeys::default(),
             };
             by_path.insert(p.path.clone(), Arc::new(t));
         }
@@ -73,6 +98,55 @@ impl Tenants {
 }
 
 impl Tenant {
+    /// A tenant with these credentials and nothing else configured (unit tests).
+    #[cfg(test)]
+    pub(crate) fn with_credentials(creds: Vec<Credential>) -> Tenant {
+        Tenant {
+            path: String::new(),
+            creds,
+            regions: None,
+            keys: None,
+            quota: None,
+            rules: vec![],
+            signing_keys: SigningKeys::default(),
+        }
+    }
+
+    /// The SigV4 signing key of `access_key_id` for `date` (YYYYMMDD) and `region`, if one was
+    /// kept ([`Tenant::keep_signing_key`]).
+    pub fn signing_key(
+        &self,
+        access_key_id: &str,
+        date: &str,
+        region: &str,
+    ) -> Option<zeroize::Zeroizing<[u8; 32]>> {
+        let keys = self.signing_keys.0.lock();
+        keys.iter()
+            .find(|k| k.access_key_id == access_key_id && k.date == date && k.region == region)
+            .map(|k| k.key.clone())
+    }
+
+    /// Keep a signing key that just verified a request's signature (only then: a request
+    /// without the secret cannot fill the cache).
+    pub fn keep_signing_key(&self, access_key_id: &str, date: &str, region: &str, key: &[u8; 32]) {
+        let mut keys = self.signing_keys.0.lock();
+        if keys
+            .iter()
+            .any(|k| k.access_key_id == access_key_id && k.date == date && k.region == region)
+        {
+            return;
+        }
+        if keys.len() >= SIGNING_KEYS {
+            keys.remove(0);
+        }
+        keys.push(SigningKey {
+            access_key_id: access_key_id.to_string(),
+            date: date.to_string(),
+            region: region.to_string(),
+            key: zeroize::Zeroizing::new(*key),
+        });
+    }
+
     /// Secret for an access key id accepted on this prefix.
     pub fn credential(&self, access_key_id: &str) -> Option<&Credential> {
         self.creds.iter().find(|c| c.access_key_id == access_key_id)
@@ -197,6 +271,7 @@ mod tests {
             regions: None,
             keys: None,
             quota: None,
+            signing_keys: SigningKeys::default(),
             rules: vec![
                 rule(
                     "no-bob",

@@ -40,6 +40,18 @@ fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     m.finalize().into_bytes().into()
 }
 
+/// The SigV4 signing key: HMAC chain over the secret, the day, the region, the service and
+/// `aws4_request` (every intermediate wiped).
+fn signing_key(secret: &str, date: &str, region: &str) -> zeroize::Zeroizing<[u8; 32]> {
+    let mut k_secret = zeroize::Zeroizing::new(Vec::with_capacity(4 + secret.len()));
+    k_secret.extend_from_slice(b"AWS4");
+    k_secret.extend_from_slice(secret.as_bytes());
+    let k_date = zeroize::Zeroizing::new(hmac(&k_secret, date.as_bytes()));
+    let k_region = zeroize::Zeroizing::new(hmac(&*k_date, region.as_bytes()));
+    let k_service = zeroize::Zeroizing::new(hmac(&*k_region, SERVICE.as_bytes()));
+    zeroize::Zeroizing::new(hmac(&*k_service, b"aws4_request"))
+}
+
 /// `YYYYMMDDTHHMMSSZ` -> seconds since the epoch.
 pub fn parse_amz_date(s: &str) -> Option<i64> {
     let b = s.as_bytes();
@@ -246,17 +258,18 @@ pub fn verify(
         "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
         hex::encode(Sha256::digest(canonical.as_bytes()))
     );
-    let mut k_secret = zeroize::Zeroizing::new(Vec::with_capacity(4 + cred.secret.len()));
-    k_secret.extend_from_slice(b"AWS4");
-    k_secret.extend_from_slice(cred.secret.as_bytes());
-    let k_date = zeroize::Zeroizing::new(hmac(&k_secret, a.date.as_bytes()));
-    let k_region = zeroize::Zeroizing::new(hmac(&*k_date, a.region.as_bytes()));
-    let k_service = zeroize::Zeroizing::new(hmac(&*k_region, SERVICE.as_bytes()));
-    let k_signing = zeroize::Zeroizing::new(hmac(&*k_service, b"aws4_request"));
+    let cached = tenant.signing_key(a.access_key_id, a.date, a.region);
+    let k_signing = match &cached {
+        Some(k) => k.clone(),
+        None => signing_key(&cred.secret, a.date, a.region),
+    };
     let expected = hmac(&*k_signing, string_to_sign.as_bytes());
     let given = hex::decode(a.signature).map_err(|_| "Signature is not hex")?;
     if given.len() != expected.len() || !bool::from(given.ct_eq(&expected)) {
         return Err("signature mismatch".into());
+    }
+    if cached.is_none() {
+        tenant.keep_signing_key(a.access_key_id, a.date, a.region, &k_signing);
     }
     Ok(Verified {
         access_key_id: a.access_key_id.to_string(),
@@ -300,11 +313,8 @@ pub fn sign(
         "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
         hex::encode(Sha256::digest(canonical.as_bytes()))
     );
-    let k = hmac(format!("AWS4{secret}").as_bytes(), day.as_bytes());
-    let k = hmac(&k, region.as_bytes());
-    let k = hmac(&k, SERVICE.as_bytes());
-    let k = hmac(&k, b"aws4_request");
-    let sig = hex::encode(hmac(&k, sts.as_bytes()));
+    let k = signing_key(secret, day, region);
+    let sig = hex::encode(hmac(&*k, sts.as_bytes()));
     let auth = format!(
         "AWS4-HMAC-SHA256 Credential={access_key_id}/{scope}, SignedHeaders=host;x-amz-date, Signature={sig}"
     );
@@ -367,5 +377,51 @@ mod tests {
             hex::encode(k),
             "c4afb1cc5771d871763a393e44b703571b55cc28424d1a5e86da6ed3c154a4b9"
         );
+    }
+
+    /// A verified request's signing key is kept per tenant and reused; a wrong signature is
+    /// refused whether or not a key is kept, and never fills the cache; another tenant (a
+    /// reload with a rotated secret) starts without it.
+    #[test]
+    fn signing_keys_are_kept_only_after_a_verified_signature() {
+        use crate::config::Credential;
+        let tenant = |secret: &str| {
+            Tenant::with_credentials(vec![Credential {
+                access_key_id: "AKIDAAAAAAAAAAAAAAAA".into(),
+                secret: zeroize::Zeroizing::new(secret.into()),
+            }])
+        };
+        let now = SystemTime::now();
+        let request = |secret: &str| {
+            let body = b"{}";
+            let (date, auth) = sign("h", "/p", body, "AKIDAAAAAAAAAAAAAAAA", secret, "r1", now);
+            let mut h = HeaderMap::new();
+            h.insert("host", "h".parse().unwrap());
+            h.insert("x-amz-date", date.parse().unwrap());
+            h.insert("authorization", auth.parse().unwrap());
+            (h, date[..8].to_string())
+        };
+        let verify_with = |t: &Tenant, h: &HeaderMap| verify("POST", "/p", "", h, b"{}", now, t);
+
+        let t = tenant("right");
+        let (wrong, day) = request("wrong");
+        assert_eq!(verify_with(&t, &wrong).unwrap_err(), "signature mismatch");
+        assert!(t.signing_key("AKIDAAAAAAAAAAAAAAAA", &day, "r1").is_none());
+
+        let (good, _) = request("right");
+        verify_with(&t, &good).unwrap();
+        let kept = t.signing_key("AKIDAAAAAAAAAAAAAAAA", &day, "r1").unwrap();
+        assert_eq!(*kept, *signing_key("right", &day, "r1"));
+        verify_with(&t, &good).unwrap();
+        assert_eq!(verify_with(&t, &wrong).unwrap_err(), "signature mismatch");
+
+        let rotated = tenant("rotated");
+        assert_eq!(
+            verify_with(&rotated, &good).unwrap_err(),
+            "signature mismatch"
+        );
+        assert!(rotated
+            .signing_key("AKIDAAAAAAAAAAAAAAAA", &day, "r1")
+            .is_none());
     }
 }
