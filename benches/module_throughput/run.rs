@@ -73,6 +73,7 @@ fn find_then_encrypt(
 /// the token generates the IV), C_MessageEncryptFinal, then the same three for decryption
 /// with the IV and tag it returned. cryptoki adds a length query to each message call, as it
 /// does to C_Encrypt/C_Decrypt on the classic rows.
+#[inline(never)] // a frame of its own for callgrind (benches/README.md)
 fn message_round_trip(s: &Session, key: ObjectHandle, plaintext: &[u8]) -> Result<(), String> {
     let mut iv = [0u8; 12];
     let mut tag = [0u8; 16];
@@ -105,6 +106,7 @@ fn message_round_trip(s: &Session, key: ObjectHandle, plaintext: &[u8]) -> Resul
 }
 
 /// One classic round trip under an IV from the token's C_GenerateRandom.
+#[inline(never)] // a frame of its own for callgrind (benches/README.md)
 fn random_iv_round_trip(s: &Session, key: ObjectHandle, plaintext: &[u8]) -> Result<(), String> {
     let mut iv = [0u8; 12];
     s.generate_random_slice(&mut iv)
