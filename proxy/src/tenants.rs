@@ -39,6 +39,12 @@ struct SigningKey {
     key: zeroize::Zeroizing<[u8; 32]>,
 }
 
+impl SigningKey {
+    fn is_for(&self, access_key_id: &str, date: &str, region: &str) -> bool {
+        self.access_key_id == access_key_id && self.date == date && self.region == region
+    }
+}
+
 /// Cached signing keys per tenant: a credential or two, today and yesterday around midnight.
 const SIGNING_KEYS: usize = 8;
 
@@ -122,7 +128,7 @@ impl Tenant {
     ) -> Option<zeroize::Zeroizing<[u8; 32]>> {
         let keys = self.signing_keys.0.lock();
         keys.iter()
-            .find(|k| k.access_key_id == access_key_id && k.date == date && k.region == region)
+            .find(|k| k.is_for(access_key_id, date, region))
             .map(|k| k.key.clone())
     }
 
@@ -130,10 +136,7 @@ impl Tenant {
     /// without the secret cannot fill the cache).
     pub fn keep_signing_key(&self, access_key_id: &str, date: &str, region: &str, key: &[u8; 32]) {
         let mut keys = self.signing_keys.0.lock();
-        if keys
-            .iter()
-            .any(|k| k.access_key_id == access_key_id && k.date == date && k.region == region)
-        {
+        if keys.iter().any(|k| k.is_for(access_key_id, date, region)) {
             return;
         }
         if keys.len() >= SIGNING_KEYS {
