@@ -1,10 +1,13 @@
 //! Log setup: text or JSON lines on stderr via tracing. Request lines use the target
 //! `xki_proxy::request`; nothing logged anywhere carries plaintext, AAD, PINs or secrets.
 //!
-//! Lines are handed to a dedicated writer thread (`tracing-appender`, lossless: a caller
-//! waits rather than a line being dropped when 128k lines are queued) that writes them in
-//! batches, so the async workers never block on stderr's file or pipe. The returned guard
-//! writes out what is queued when dropped: hold it until the server stops.
+//! Lines are handed to a dedicated writer thread ([`batch`]: lossless, a caller waits rather
+//! than a line being dropped when 8 MiB are queued) that writes them in batches, so the async
+//! workers never block on stderr's file or pipe and a busy server wakes it at most once per
+//! 20 ms. The returned guard writes out what is queued when dropped: hold it until the server
+//! stops.
+
+mod batch;
 
 use tracing::level_filters::LevelFilter;
 
@@ -27,7 +30,7 @@ pub fn module_format_env(format: LogFormat) {
 
 /// Install the global subscriber (once; later calls are ignored). Keep the guard alive
 /// while serving; dropping it flushes the queued lines.
-pub fn init(format: LogFormat, level: &str) -> tracing_appender::non_blocking::WorkerGuard {
+pub fn init(format: LogFormat, level: &str) -> batch::Flusher {
     let level = match level {
         "error" => LevelFilter::ERROR,
         "warn" => LevelFilter::WARN,
@@ -35,12 +38,9 @@ pub fn init(format: LogFormat, level: &str) -> tracing_appender::non_blocking::W
         "trace" => LevelFilter::TRACE,
         _ => LevelFilter::INFO,
     };
-    // Buffered: the writer thread flushes whenever its queue runs empty, so a quiet server
-    // still writes each line at once, and a busy one writes many lines per write(2).
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("xki-log-writer")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
+    // A quiet server still writes each line at once; a busy one writes an interval's lines
+    // with one write(2).
+    let (writer, guard) = batch::start(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(writer)
