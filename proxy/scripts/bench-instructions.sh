@@ -26,6 +26,11 @@ if [[ -z ${2:-} ]]; then
 fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
+# KEEP_CALLGRIND=1: keep the profile for callgrind_annotate (its path is printed).
+if [[ -n ${KEEP_CALLGRIND:-} ]]; then
+    trap - EXIT
+    echo "callgrind profile: $out/cg" >&2
+fi
 
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out/cg" \
     "$PROXY" -c "$cfg" serve >/dev/null 2>"$dir/server-instructions.log" &
