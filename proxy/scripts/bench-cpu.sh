@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Proxy CPU per request against the HSM's own work, side by side (issue #15, README:
 # Performance). Each round runs, one after the other on the same box:
-#   1. SoftHSM2's own work: `cargo bench --bench module_throughput`, SoftHSM2 used directly
+#   1. SoftHSM2's own work, before and after step 2 (the mean of the two is the yardstick, so a
+#      drift of the machine's speed during the round falls on both sides):
+#      `cargo bench --bench module_throughput`, SoftHSM2 used directly
 #      (no module, no proxy), 4 KiB AES-GCM encrypt + decrypt round trip, one thread: CPU µs
 #      per round trip (the target's yardstick: W1 is one encrypt and one verifying decrypt);
 #   2. the proxy serving W1 (4 KiB Encrypt + 32 B AAD + CDIV) over SoftHSM2 through the module,
 #      plain HTTP, default thread counts, client on the same box: server CPU per request, split
 #      by thread (HSM workers, async workers, log writer, rest) from /proc/PID/task/*/stat.
-# Prints one line per measurement and the ratio proxy / HSM per round.
+# Prints one line per round (the ratio proxy / HSM) and at the end the median of the ratios.
 #
 # Usage: proxy/scripts/bench-cpu.sh DIR [ROUNDS] [SECONDS] [CONCURRENCY]
 #   DIR: prepared by bench-setup.sh. Build first: cargo build --release -p xki-proxy -p xki-pkcs11
@@ -46,8 +48,9 @@ hsm_work() {
         awk '/^  4 KiB   1 \|/ { for (i = 1; i <= NF; i++) if ($i ~ /µs$/) { sub(/µs/, "", $i); print $i; exit } }'
 }
 
+ratios=()
 for round in $(seq "$rounds"); do
-    hsm=$(hsm_work)
+    hsm_before=$(hsm_work)
     start_server "$dir/proxy-bench-hsm-http.toml" "$dir/server-cpu.log"
     pid=$SERVER_PID
     read -r t0 h0 a0 l0 <<<"$(snapshot $pid)"
@@ -55,13 +58,21 @@ for round in $(seq "$rounds"); do
     read -r t1 h1 a1 l1 <<<"$(snapshot $pid)"
     rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$pid/status")
     stop_server
+    hsm_after=$(hsm_work)
+    hsm=$(echo "$hsm_before $hsm_after" | awk '{printf "%.1f", ($1 + $2) / 2}')
     n=$(echo "$out" | bench_requests)
     per() { echo "$1 $n" | awk '{printf "%.0f", $1 * 10000 / $2}'; }
     total=$(per $((t1 - t0)))
     tput=$(echo "$out" | grep -oE 'throughput=[0-9]+' | cut -d= -f2)
     p99=$(echo "$out" | grep -oE 'p99=[0-9.]+' | cut -d= -f2)
-    echo "round $round: HSM own work (SoftHSM2 direct 4 KiB enc+dec) ${hsm} µs;" \
+    ratio=$(echo "$total $hsm" | awk '{printf "%.2f", $1 / $2}')
+    ratios+=("$ratio")
+    echo "round $round: HSM own work (SoftHSM2 direct 4 KiB enc+dec) ${hsm} µs" \
+        "(${hsm_before} before, ${hsm_after} after);" \
         "proxy W1 c=$conc ${tput} req/s p99 ${p99} ms: CPU/req ${total} µs" \
         "(HSM threads $(per $((h1 - h0))), async $(per $((a1 - a0))), log $(per $((l1 - l0))))," \
-        "RSS ${rss} MB; ratio $(echo "$total $hsm" | awk '{printf "%.2f", $1 / $2}')"
+        "RSS ${rss} MB; ratio $ratio"
 done
+printf '%s\n' "${ratios[@]}" | sort -n |
+    awk '{r[NR] = $1} END {m = (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2;
+        printf "ratios %s-%s, median %.2f of %d rounds\n", r[1], r[NR], m, NR}'

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of thread/session configs (issue #15, README: Performance): for each
-# round, each config in turn serves W1 (4 KiB Encrypt + 32 B AAD + CDIV) at c=1, c=16, c=64
-# and 32 B Encrypt at c=64 over SoftHSM2 through the module, plain HTTP, client on the same box
+# round, each config in turn serves W1 (4 KiB Encrypt + 32 B AAD + CDIV) and 32 B Encrypt, each
+# at c=64, c=16 and c=1, over SoftHSM2 through the module, plain HTTP, client on the same box
 # (`xki-proxy bench --threads 1`). Prints one line per run: config, load, the bench summary,
 # server CPU per request and the server's peak resident memory.
 #
@@ -40,7 +40,7 @@ for round in $(seq "$rounds"); do
         start_server "${configs[$name]}" "$dir/server-$name.log"
         pid=$SERVER_PID
         choice=$(grep -o 'threads: [^"]*' "$dir/server-$name.log" | head -1 | sed 's/.*CPUs -> //; s/; set.*//')
-        for load in "4096 64" "4096 16" "4096 1" "32 64"; do
+        for load in "4096 64" "4096 16" "4096 1" "32 64" "32 16" "32 1"; do
             read -r size conc <<<"$load"
             before=$(cpu_ticks $pid)
             out=$(run_bench "$dir" --size "$size" --concurrency "$conc" --duration "$secs")

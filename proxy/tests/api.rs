@@ -19,6 +19,12 @@ struct Env {
 /// Prefix /t1: creds a+b, all keys, regions us-east-1/eu-west-1, a deny rule for mallory.
 /// Prefix /t2: cred c, only key k2only, quota 2 rps.
 fn setup() -> Env {
+    setup_with(|_| {})
+}
+
+/// [`setup`], with `before_start` run on the token after the keys are made and before the
+/// proxy starts.
+fn setup_with(before_start: impl FnOnce(&Token)) -> Env {
     let tok = Token::new();
     let (a, b, c) = (Cred::new(&tok, 0), Cred::new(&tok, 1), Cred::new(&tok, 2));
     let rest = format!(
@@ -46,6 +52,7 @@ fn setup() -> Env {
     cli_ok(&tok, &["keys", "create", "--label", "kdis"]);
     cli_ok(&tok, &["keys", "disable", "kdis"]);
     cli_ok(&tok, &["keys", "create", "--label", "k2only"]);
+    before_start(&tok);
     let srv = Server::start(&tok);
     Env { tok, a, b, c, srv }
 }
@@ -211,7 +218,18 @@ fn large_plaintext_and_aad() {
 
 #[test]
 fn validation_and_crypto_error_rows() {
-    let e = setup();
+    // Two keys sharing a label, made by another process (pkcs11-tool) BEFORE the proxy
+    // starts: SoftHSM2 2.6 can lose, inside a running process, an object that another process
+    // writes while this one reads it (the writer truncates and rewrites the object file; a
+    // reader that sees it half-written marks the object invalid and never reads it again),
+    // and the proxy's background key count reads every key every 200 ms here. Measured with a
+    // stress loop (top-level README: "Behaviour callers can rely
+    // on", SoftHSM2's own limit): 1-5 of every 30-100 same-label pairs made while the proxy
+    // ran left it seeing only one key. This row tests the proxy's refusal, not that race.
+    let e = setup_with(|tok| {
+        pkcs11_dup_key(tok, "dup");
+        pkcs11_dup_key(tok, "dup");
+    });
     let s = Signer::new(&e.a);
     let addr = &e.srv.addr;
     let enc_p = key_path("/t1", "k1", "encrypt");
@@ -374,8 +392,6 @@ fn validation_and_crypto_error_rows() {
     wait_until(5, || e.srv.log().contains("denied by rule no-mallory"));
 
     // InternalException (500): two keys share a label -> the proxy refuses to guess.
-    pkcs11_dup_key(&e.tok, "dup");
-    pkcs11_dup_key(&e.tok, "dup");
     post(
         &key_path("/t1", "dup", "encrypt"),
         &encrypt_body(b"hi", None),
