@@ -468,8 +468,12 @@ fn replica_group_members_all_hold_the_state() {
     encrypt(&srv, &s, "grp-key", false).expect_err(400, "InvalidStateException");
     cli_ok(&tok, &["keys", "enable", "grp-key"]);
     // The embedded members notice another process's change to their store within their
-    // re-read interval (20 ms); a busy machine may take a little longer.
-    wait_until(5, || encrypt(&srv, &s, "grp-key", false).status == 200);
+    // re-read interval (20 ms) each, not at the same moment, and a busy machine may take a
+    // little longer: wait until a run of requests (spread over both members) all succeed, not
+    // just the first one (CI once saw the second member still answer from before the change).
+    wait_until(5, || {
+        (0..8).all(|_| encrypt(&srv, &s, "grp-key", false).status == 200)
+    });
     // Load is spread over both members: every request must agree.
     for _ in 0..6 {
         encrypt(&srv, &s, "grp-key", false).expect_ok();
