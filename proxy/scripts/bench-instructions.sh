@@ -35,10 +35,7 @@ fi
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out/cg" \
     "$PROXY" -c "$cfg" serve >/dev/null 2>"$dir/server-instructions.log" &
 pid=$!
-for _ in $(seq 600); do
-    curl -sf http://127.0.0.1:18081/ping >/dev/null 2>&1 && break
-    sleep 0.2
-done
+wait_ready 120 # everything is slow under valgrind
 w1() { run_bench "$dir" --size 4096 --concurrency 4 --duration "$1"; }
 w1 5 >/dev/null
 callgrind_control -i on "$pid" >/dev/null 2>&1

@@ -1,16 +1,22 @@
-# Shared by the proxy benchmark scripts (bench-ab.sh, bench-cpu.sh, bench-defaults.sh):
-# source it after the bench directory's env.sh ($PROXY, $AKID).
+# Shared by the proxy benchmark and diagnostic scripts in this directory: source it after the
+# bench directory's env.sh ($PROXY, $AKID).
 
-# Start "$PROXY -c CONFIG serve" with stderr to LOG, in the background; sets SERVER_PID and
-# waits (up to 10 s) until its admin listener (127.0.0.1:18081, as bench-setup.sh writes it)
-# answers /ping.
-start_server() {
-    "$PROXY" -c "$1" serve >/dev/null 2>"$2" &
-    SERVER_PID=$!
-    for _ in $(seq 100); do
+# Wait up to $1 seconds (default 10) until the server's admin listener (127.0.0.1:18081, as
+# bench-setup.sh writes it) answers /ping.
+wait_ready() {
+    local tries=$((${1:-10} * 10))
+    for _ in $(seq "$tries"); do
         curl -sf http://127.0.0.1:18081/ping >/dev/null 2>&1 && return 0
         sleep 0.1
     done
+}
+
+# Start "$PROXY -c CONFIG serve" with stderr to LOG, in the background; sets SERVER_PID and
+# waits until it answers (wait_ready).
+start_server() {
+    "$PROXY" -c "$1" serve >/dev/null 2>"$2" &
+    SERVER_PID=$!
+    wait_ready
 }
 
 # Stop the server start_server started.
