@@ -131,6 +131,12 @@ impl BatchWriter {
             shared.to_writer.notify_one();
             shared.drained.wait(&mut q);
         }
+        if q.closed {
+            // The writer thread is gone (the server stopped): nobody would write this line,
+            // and keeping it would only grow the buffer (tracing-appender dropped such lines
+            // too).
+            return;
+        }
         q.lines.extend_from_slice(line);
         let wake = q.writer_idle || q.lines.len() >= WAKE_EARLY;
         if wake {
@@ -242,6 +248,17 @@ mod tests {
         let want: String = (0..100).map(|i| format!("line {i}\n")).collect();
         assert_eq!(sink.text(), want);
         assert_eq!(sink.writes(), 2, "the 99 gathered lines in one write");
+    }
+
+    #[test]
+    fn lines_after_the_flusher_is_dropped_are_not_kept() {
+        let sink = Recorder::default();
+        let (mut w, flusher) = start_with(sink.clone(), Duration::from_secs(3600), MAX_QUEUED);
+        w.write_all(b"before\n").unwrap();
+        drop(flusher);
+        w.write_all(b"after\n").unwrap();
+        assert_eq!(sink.text(), "before\n");
+        assert!(w.shared.queue.lock().lines.is_empty());
     }
 
     #[test]
