@@ -76,6 +76,21 @@ if [[ "$(printf '%s\n7.75.0\n' "$curl_version" | sort -V | head -1)" != "7.75.0"
     exit 1
 fi
 
+# --- disk -------------------------------------------------------------------------------
+# A one-shot build has no use for incremental caches (about 3 GB of target/debug otherwise);
+# CARGO_INCREMENTAL=1 in the environment keeps them for local iteration.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+# The whole run writes about XKI_DISK_NEED_GB of build output (target/, the fuzz cache, temp
+# tokens). Say so up front rather than fail steps one by one with ENOSPC halfway through.
+need_gb=${XKI_DISK_NEED_GB:-10}
+for dir in . "${TMPDIR:-/tmp}" /var/cache; do
+    free_gb=$(df -Pk "$dir" | awk 'NR == 2 {print int($4 / 1048576)}')
+    if [[ $free_gb -lt $need_gb ]]; then
+        echo "ERROR: $free_gb GB free on the file system of $dir; the test command needs about $need_gb GB (target/, /var/cache/xki-fuzz, temp tokens). Free some space (or set XKI_DISK_NEED_GB) and run again." >&2
+        exit 1
+    fi
+done
+
 # --- build --------------------------------------------------------------------------------
 cargo build --workspace --all-targets
 
@@ -150,6 +165,7 @@ step "key state crashes and purge (fault injection)" \
     cargo test -p xki-proxy --features fault-injection --test keystate --test keys
 
 echo
+echo "disk: target/ $(du -sh target | cut -f1), fuzz cache $(du -sh "${XKI_FUZZ_TARGET_DIR:-/var/cache/xki-fuzz/target}" 2>/dev/null | cut -f1), $(df -Ph . | awk 'NR == 2 {print $4}') left"
 if [[ $failed -gt 0 ]]; then
     echo "failed steps: ${failures[*]}"
 fi
