@@ -152,6 +152,24 @@ pub struct RequestMetadata {
     pub kms_via_service: Option<String>,
 }
 
+/// Every request body carries `requestMetadata`: the router parses, logs and checks it the same
+/// way for each operation.
+pub trait HasRequestMetadata {
+    /// The body's requestMetadata, if it has one.
+    fn request_metadata(&self) -> Option<&RequestMetadata>;
+}
+
+macro_rules! has_request_metadata {
+    ($($ty:ty),*) => {$(
+        impl HasRequestMetadata for $ty {
+            fn request_metadata(&self) -> Option<&RequestMetadata> {
+                self.request_metadata.as_ref()
+            }
+        }
+    )*};
+}
+has_request_metadata!(MetadataOnlyRequest, EncryptRequest<'_>, DecryptRequest<'_>);
+
 /// GetKeyMetadata and GetHealthStatus bodies.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]

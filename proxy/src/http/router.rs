@@ -12,7 +12,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 
 use crate::api::{
-    ApiError, DecryptRequest, EncryptRequest, ErrorKind, MetadataOnlyRequest, RequestMetadata,
+    ApiError, DecryptRequest, EncryptRequest, ErrorKind, HasRequestMetadata, MetadataOnlyRequest,
+    RequestMetadata,
 };
 use crate::config::valid_key_id;
 use crate::ops::{self, validate_metadata, Op};
@@ -167,6 +168,25 @@ fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     })
 }
 
+/// The steps every operation's body goes through, in order: parse it as `R`, note its
+/// metadata in the request's log line (so even a refused request is traceable), check the
+/// metadata fields `op` requires, then `authorize` (allow-list and secondary authorization).
+fn admit<'b, R>(
+    body: &'b [u8],
+    op: Op,
+    log: &mut RequestLog,
+    authorize: impl FnOnce(&RequestMetadata, &mut RequestLog) -> Result<(), ApiError>,
+) -> Result<R, ApiError>
+where
+    R: Deserialize<'b> + HasRequestMetadata,
+{
+    let r: R = parse_json(body)?;
+    note_metadata(log, r.request_metadata());
+    let md = validate_metadata(r.request_metadata(), op)?;
+    authorize(md, log)?;
+    Ok(r)
+}
+
 fn note_metadata(log: &mut RequestLog, md: Option<&RequestMetadata>) {
     if let Some(md) = md {
         log.request_id.clone_from(&md.kms_request_id);
@@ -265,10 +285,8 @@ async fn process(
     }
 
     if api.op == Op::Health {
-        let r: MetadataOnlyRequest = parse_json(&body)?;
-        note_metadata(log, r.request_metadata.as_ref());
-        validate_metadata(r.request_metadata.as_ref(), Op::Health)?;
         // Never subject to secondary authorization.
+        admit::<MetadataOnlyRequest>(&body, api.op, log, |_, _| Ok(()))?;
         return Ok(serde_json::to_vec(&app.health.report()).unwrap_or_default());
     }
 
@@ -287,24 +305,15 @@ async fn process(
     };
     let out = match api.op {
         Op::Metadata => {
-            let r: MetadataOnlyRequest = parse_json(&body)?;
-            note_metadata(log, r.request_metadata.as_ref());
-            let md = validate_metadata(r.request_metadata.as_ref(), api.op)?;
-            authorize(md, log)?;
+            admit::<MetadataOnlyRequest>(&body, api.op, log, authorize)?;
             serde_json::to_vec(&ops::key_metadata(app, key).await?)
         }
         Op::Encrypt => {
-            let r: EncryptRequest = parse_json(&body)?;
-            note_metadata(log, r.request_metadata.as_ref());
-            let md = validate_metadata(r.request_metadata.as_ref(), api.op)?;
-            authorize(md, log)?;
+            let r: EncryptRequest = admit(&body, api.op, log, authorize)?;
             Ok(ops::crypto::encrypt(app, key, r).await?)
         }
         Op::Decrypt => {
-            let r: DecryptRequest = parse_json(&body)?;
-            note_metadata(log, r.request_metadata.as_ref());
-            let md = validate_metadata(r.request_metadata.as_ref(), api.op)?;
-            authorize(md, log)?;
+            let r: DecryptRequest = admit(&body, api.op, log, authorize)?;
             Ok(ops::crypto::decrypt(app, key, r).await?)
         }
         Op::Health => unreachable!("handled above"),

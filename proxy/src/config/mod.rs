@@ -3,14 +3,22 @@
 //! Secrets (HSM PIN, SigV4 secrets) are never inline: `pin_file`/`pin_env` and `secret_file`.
 //! Everything under `[[prefix]]` and `[tls]` is re-read on reload (SIGHUP); the listeners, the
 //! HSM settings and switching TLS on or off need a restart.
+//!
+//! The schema lives here; `validate.rs` checks it, `secrets.rs` reads the PIN and SigV4
+//! secrets, `ids.rs` holds the identifier charsets the request path checks too.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use zeroize::Zeroizing;
+
+mod ids;
+mod secrets;
+mod validate;
+
+pub use ids::{valid_access_key_id, valid_key_id, valid_secret, validate_prefix_path};
 
 /// A configuration problem, naming the file, the key and what is wrong.
 #[derive(Debug)]
@@ -305,210 +313,6 @@ impl Config {
             .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
         Ok(cfg)
     }
-
-    /// Structural checks that need no file access beyond what is named.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.fleet_size == 0 {
-            return Err(err("fleet_size", "must be > 0"));
-        }
-        if self.max_body_bytes < 16 * 1024 {
-            return Err(err("max_body_bytes", "must be at least 16384"));
-        }
-        if self.async_workers > 1024 {
-            return Err(err(
-                "async_workers",
-                "must be 0 (chosen at start-up) or 1..=1024",
-            ));
-        }
-        if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
-            return Err(err("log_level", "must be error|warn|info|debug|trace"));
-        }
-        if let Some(tls) = &self.tls {
-            if tls.client_ca_file.is_some() && tls.client_names.is_empty() {
-                return Err(err(
-                    "tls.client_names",
-                    "required (at least one CN/SAN) when tls.client_ca_file is set",
-                ));
-            }
-            if tls.client_ca_file.is_none() && !tls.client_names.is_empty() {
-                return Err(err(
-                    "tls.client_ca_file",
-                    "required when tls.client_names is set",
-                ));
-            }
-        }
-        let c = &self.clients;
-        if !(100..=600_000).contains(&c.request_read_timeout_ms) {
-            return Err(err(
-                "clients.request_read_timeout_ms",
-                "must be 100..=600000",
-            ));
-        }
-        if !(64..=1_000_000).contains(&c.fd_reserve) {
-            return Err(err("clients.fd_reserve", "must be 64..=1000000"));
-        }
-        let h = &self.hsm;
-        if h.token_label.is_none() && h.slot.is_none() {
-            return Err(err("hsm", "set token_label or slot"));
-        }
-        if h.pin_file.is_some() == h.pin_env.is_some() {
-            return Err(err("hsm", "set exactly one of pin_file or pin_env"));
-        }
-        if h.sessions.is_some_and(|n| n == 0 || n > 1024) {
-            return Err(err("hsm.sessions", "must be 1..=1024"));
-        }
-        if h.deadline_ms == 0 {
-            return Err(err("hsm.deadline_ms", "must be > 0"));
-        }
-        if h.health_interval_ms == 0 || h.health_interval_ms > 30_000 {
-            return Err(err("hsm.health_interval_ms", "must be 1..=30000"));
-        }
-        if !valid_key_id(&h.canary_label) {
-            return Err(err(
-                "hsm.canary_label",
-                "must be 1-128 chars of [A-Za-z0-9._-]",
-            ));
-        }
-        let mut seen = HashSet::new();
-        for (i, p) in self.prefix.iter().enumerate() {
-            let k = format!("prefix[{i}]");
-            validate_prefix_path(&p.path).map_err(|m| err(&format!("{k}.path"), m))?;
-            if !seen.insert(p.path.clone()) {
-                return Err(err(
-                    &format!("{k}.path"),
-                    format!("duplicate prefix {:?}", p.path),
-                ));
-            }
-            if p.credential.is_empty() {
-                return Err(err(
-                    &format!("{k}.credential"),
-                    "at least one credential is required",
-                ));
-            }
-            let mut ids = HashSet::new();
-            for (j, c) in p.credential.iter().enumerate() {
-                let ck = format!("{k}.credential[{j}].access_key_id");
-                if !valid_access_key_id(&c.access_key_id) {
-                    return Err(err(&ck, "must be 20-30 chars of A-Z2-7"));
-                }
-                if !ids.insert(c.access_key_id.clone()) {
-                    return Err(err(&ck, "duplicate access key id on this prefix"));
-                }
-            }
-            match &p.keys {
-                KeyAllowList::All(s) if s != "all" => {
-                    return Err(err(
-                        &format!("{k}.keys"),
-                        "must be \"all\" or a list of key ids",
-                    ))
-                }
-                KeyAllowList::List(l) => {
-                    if let Some(bad) = l.iter().find(|id| !valid_key_id(id)) {
-                        return Err(err(&format!("{k}.keys"), format!("invalid key id {bad:?}")));
-                    }
-                }
-                _ => {}
-            }
-            if p.quota_rps == Some(0) {
-                return Err(err(
-                    &format!("{k}.quota_rps"),
-                    "must be > 0 (omit for unlimited)",
-                ));
-            }
-            if let Some(r) = &p.regions {
-                if r.is_empty() {
-                    return Err(err(&format!("{k}.regions"), "empty list (omit for any)"));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Read the HSM user PIN from `pin_file` or `pin_env`.
-    pub fn read_pin(&self) -> Result<Zeroizing<String>, ConfigError> {
-        if let Some(f) = &self.hsm.pin_file {
-            let s =
-                Zeroizing::new(std::fs::read_to_string(f).map_err(|e| {
-                    err("hsm.pin_file", format!("cannot read {}: {e}", f.display()))
-                })?);
-            return Ok(Zeroizing::new(s.trim().to_string()));
-        }
-        let var = self.hsm.pin_env.as_deref().unwrap_or_default();
-        std::env::var(var)
-            .map(|v| Zeroizing::new(v.trim().to_string()))
-            .map_err(|_| {
-                err(
-                    "hsm.pin_env",
-                    format!("environment variable {var} is not set"),
-                )
-            })
-    }
-}
-
-impl CredentialConfig {
-    /// Load and check the secret named by `secret_file`.
-    pub fn load(&self, key: &str) -> Result<Credential, ConfigError> {
-        let raw = Zeroizing::new(std::fs::read_to_string(&self.secret_file).map_err(|e| {
-            err(
-                &format!("{key}.secret_file"),
-                format!("cannot read {}: {e}", self.secret_file.display()),
-            )
-        })?);
-        let secret = Zeroizing::new(raw.trim().to_string());
-        if !valid_secret(&secret) {
-            return Err(err(
-                &format!("{key}.secret_file"),
-                "secret must be 43-64 chars of [A-Za-z0-9+/=]",
-            ));
-        }
-        Ok(Credential {
-            access_key_id: self.access_key_id.clone(),
-            secret,
-        })
-    }
-}
-
-/// `[A-Za-z0-9._-]{1,128}`: the external key id charset of the spec.
-pub fn valid_key_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// 20-30 chars of the base32 alphabet A-Z2-7.
-pub fn valid_access_key_id(s: &str) -> bool {
-    (20..=30).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
-}
-
-/// 43-64 chars of `[A-Za-z0-9+/=]`.
-pub fn valid_secret(s: &str) -> bool {
-    (43..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
-}
-
-/// A prefix is empty or `/seg[/seg...]` of `[A-Za-z0-9_-]`, no trailing slash, <= 64 chars
-/// (the whole URI path must stay within 128 chars).
-pub fn validate_prefix_path(p: &str) -> Result<(), &'static str> {
-    if p.is_empty() {
-        return Ok(());
-    }
-    if !p.starts_with('/') || p.ends_with('/') || p.contains("//") {
-        return Err("must be empty or start with '/', without trailing or double '/'");
-    }
-    if p.len() > 64 {
-        return Err("must be at most 64 characters");
-    }
-    if !p
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-'))
-    {
-        return Err("only [A-Za-z0-9/_-] allowed");
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -598,20 +402,9 @@ secret_file = "/x"
 
     #[test]
     fn example_file_is_valid() {
-        let text = include_str!("../proxy.example.toml");
+        let text = include_str!("../../proxy.example.toml");
         let c: Config = toml::from_str(text).unwrap();
         c.validate().unwrap();
         assert_eq!(c.prefix[0].credential.len(), 2);
-    }
-
-    #[test]
-    fn charsets() {
-        assert!(valid_key_id("a.b_c-D9"));
-        assert!(!valid_key_id("a/b"));
-        assert!(!valid_key_id(""));
-        assert!(valid_access_key_id("ABCDEFGHIJKLMNOPQRS2"));
-        assert!(!valid_access_key_id("ABCDEFGHIJKLMNOPQRS1"));
-        assert!(valid_secret(&"A".repeat(43)));
-        assert!(!valid_secret(&"A".repeat(42)));
     }
 }
