@@ -3,7 +3,6 @@
 
 pub mod admin;
 pub mod api;
-pub mod bench;
 pub mod check;
 pub mod config;
 pub mod credentials;

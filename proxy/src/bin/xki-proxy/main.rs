@@ -24,6 +24,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod bench;
+
 use clap::{Args, Parser, Subcommand};
 use xki_proxy::discover::{self, Found};
 #[cfg(feature = "fault-injection")]
@@ -84,7 +86,7 @@ enum Cmd {
     Reload,
     /// Load-test a running proxy with signed requests.
     // Boxed: its many options would make every `Cmd` as large as it.
-    Bench(Box<xki_proxy::bench::BenchArgs>),
+    Bench(Box<bench::BenchArgs>),
     /// The module's user-PIN attempt limit (`max_pin_attempts`).
     #[command(subcommand)]
     Pin(PinCmd),
@@ -252,7 +254,7 @@ fn main() -> ExitCode {
         Cmd::Credentials(CredCmd::New { prefix, out }) => {
             credentials::run_new(&prefix, out.as_deref())
         }
-        Cmd::Bench(args) => xki_proxy::bench::run(*args),
+        Cmd::Bench(args) => bench::run(*args),
         Cmd::Tls(TlsCmd::SelfSigned {
             dir,
             names,

@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 use tokio::net::TcpStream;
 
-use crate::http::sigv4;
+use xki_proxy::http::sigv4;
 
 /// Bench options.
 #[derive(clap::Args, Debug, Clone)]
