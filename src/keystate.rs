@@ -39,8 +39,8 @@
 //! `CKA_VALUE` of a data object is read-only) replace it by creating the new object before
 //! destroying the old one: if a crash leaves both, the newer one is the record ([`newest`]).
 
-use crate::api::{Attribute, AttributeAnswer};
 use crate::rv::{CkResult, Rv};
+use crate::types::{Attribute, AttributeAnswer};
 use pkcs11_sys::{CKA_VENDOR_DEFINED, CKF_DECRYPT, CKF_ENCRYPT, CK_ULONG};
 
 /// The tag of XKI vendor-defined values (`XKI_VENDOR_TAG`, "XKI\0").

@@ -28,3 +28,4 @@ pub mod secret;
 pub mod session;
 pub mod slot;
 pub mod timefmt;
+pub mod types;

@@ -28,19 +28,6 @@ pub struct ObjectEntry {
     pub audit_name: Option<NameId>,
 }
 
-/// The identity of a key within its slot: its `CKA_ID`, or its label when it has no ID.
-pub fn identity(key: &KeyInfo) -> Vec<u8> {
-    let mut out = Vec::with_capacity(key.id.len().max(key.label.len()) + 1);
-    if key.id.is_empty() {
-        out.push(b'l');
-        out.extend_from_slice(&key.label);
-    } else {
-        out.push(b'i');
-        out.extend_from_slice(&key.id);
-    }
-    out
-}
-
 #[derive(Default)]
 struct Tables {
     by_handle: FxHashMap<u64, ObjectEntry>,
@@ -57,7 +44,7 @@ pub struct ObjectTable {
 impl ObjectTable {
     /// The handle for `key` in `slot`, allocating one the first time the key is seen.
     pub fn handle_for(&self, slot: usize, key: &KeyInfo) -> u64 {
-        let ident = (slot, identity(key));
+        let ident = (slot, key.identity());
         let known = self.tables.read().by_identity.get(&ident).copied();
         if let Some(h) = known {
             self.refresh(h, key);
@@ -87,7 +74,7 @@ impl ObjectTable {
     pub fn knows(&self, slot: usize, key: &KeyInfo) -> bool {
         let t = self.tables.read();
         t.by_identity
-            .get(&(slot, identity(key)))
+            .get(&(slot, key.identity()))
             .and_then(|h| t.by_handle.get(h))
             .is_some_and(|e| e.key == key.handle)
     }
@@ -98,7 +85,7 @@ impl ObjectTable {
     /// old one, so a different key that later takes the old identity gets its own handle
     /// instead of this one.
     pub fn refresh(&self, handle: u64, key: &KeyInfo) {
-        let ident = identity(key);
+        let ident = key.identity();
         let stale = {
             let t = self.tables.read();
             t.by_handle.get(&handle).is_some_and(|e| {

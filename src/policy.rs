@@ -15,10 +15,10 @@
 //! Every function here is pure: it looks only at its arguments, so the rule is unit-testable
 //! without a token.
 
-use crate::api::{Attribute, AttributeAnswer};
 use crate::backend::{KeyChanges, KeyInfo};
 use crate::mechanism::{GcmParams, Mechanism, GCM_IV_LENS, GCM_MAX_AAD, GCM_TAG_BITS};
 use crate::rv::{CkResult, Rv};
+use crate::types::{Attribute, AttributeAnswer};
 use pkcs11_sys::*;
 
 /// The only key length the module admits (AES-256).

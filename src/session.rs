@@ -6,11 +6,11 @@
 //! backend as one operation at `*Final`, which is how a decrypt can promise to release no
 //! plaintext before the tag has verified.
 
-use crate::api::Plaintext;
 use crate::backend::BackendKey;
 use crate::mechanism::GcmParams;
 use crate::rv::{CkResult, Rv};
 use crate::secret::SecretBytes;
+use crate::types::Plaintext;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

@@ -121,11 +121,11 @@ impl Slot {
         let keys: Vec<KeyInfo> = keys.into_iter().filter(|k| self.admits(k)).collect();
         let mut seen = std::collections::HashMap::new();
         for k in &keys {
-            *seen.entry(crate::object::identity(k)).or_insert(0usize) += 1;
+            *seen.entry(k.identity()).or_insert(0usize) += 1;
         }
         keys.into_iter()
             .filter(|k| {
-                let unique = seen[&crate::object::identity(k)] == 1;
+                let unique = seen[&k.identity()] == 1;
                 if !unique {
                     log::warn!(
                         "slot {}: key {:?} is hidden: another key of backend {} has the same CKA_ID (or label)",

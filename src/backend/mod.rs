@@ -84,6 +84,21 @@ pub struct KeyInfo {
 }
 
 impl KeyInfo {
+    /// The identity of the key within its slot: its `CKA_ID`, or its label when it has no ID
+    /// (tagged, so an ID never equals a label). Virtual handles, replica groups' key maps and
+    /// duplicate detection all key on it.
+    pub fn identity(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.id.len().max(self.label.len()) + 1);
+        if self.id.is_empty() {
+            out.push(b'l');
+            out.extend_from_slice(&self.label);
+        } else {
+            out.push(b'i');
+            out.extend_from_slice(&self.id);
+        }
+        out
+    }
+
     /// A key as a token generates it for this module: a local AES token key of `value_len`
     /// bytes that is private, sensitive, always sensitive, never extractable, modifiable, and
     /// only encrypts and decrypts, with no dates. Backends and tests adjust fields from here.

@@ -7,10 +7,6 @@
 //! hold the read lock for their short run instead (`with_module`: fewer atomic operations).
 //! No lock of this file is ever held across a backend call.
 
-use crate::api::{
-    Attribute, AttributeAnswer, InitArgs, ModuleInfo, Plaintext, SessionInfo, SinglePart, SlotInfo,
-    TokenInfo,
-};
 use crate::audit::{self, Record};
 use crate::backend::{self, Backend, MechanismInfo, NewKey, TokenDescription};
 use crate::config::Config;
@@ -21,6 +17,10 @@ use crate::policy;
 use crate::rv::{CkResult, Rv};
 use crate::session::{no_plaintext, CryptOp, Operation, SessionTable, MAX_MULTIPART};
 use crate::slot::Slot;
+use crate::types::{
+    Attribute, AttributeAnswer, InitArgs, ModuleInfo, Plaintext, SessionInfo, SinglePart, SlotInfo,
+    TokenInfo,
+};
 use parking_lot::{Mutex, RwLock};
 use pkcs11_sys::*;
 use std::collections::HashMap;

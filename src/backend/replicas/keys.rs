@@ -2,7 +2,7 @@
 //!
 //! The members are separate HSMs holding the same keys under different object handles. A key
 //! is the same key on every member when it has the same identity there: its `CKA_ID`, or its
-//! `CKA_LABEL` when the ID is empty ([`crate::object::identity`]). The group hands the module
+//! `CKA_LABEL` when the ID is empty ([`crate::backend::KeyInfo::identity`]). The group hands the module
 //! its own stable `BackendKey` per identity and maps it to each member's handle.
 //!
 //! Mismatches: a key missing on a member that listed its keys, or present there more than once
@@ -13,7 +13,6 @@
 //! key could not answer for it anyway.
 
 use crate::backend::{BackendKey, KeyInfo};
-use crate::object::identity;
 use rustc_hash::FxHashMap;
 use std::collections::{BTreeSet, HashMap};
 
@@ -93,7 +92,7 @@ impl KeyMap {
     pub fn merge_listing(&mut self, member: usize, listed: &[KeyInfo]) -> Vec<Mismatch> {
         let mut seen: HashMap<Vec<u8>, Vec<BackendKey>> = HashMap::new();
         for k in listed {
-            seen.entry(identity(k)).or_default().push(k.handle);
+            seen.entry(k.identity()).or_default().push(k.handle);
         }
         for ident in seen.keys() {
             self.group_key(ident);
@@ -131,7 +130,7 @@ impl KeyMap {
 
     /// The group key of a member's listed key, if known.
     pub fn group_key_of(&self, info: &KeyInfo) -> Option<u64> {
-        self.by_identity.get(&identity(info)).copied()
+        self.by_identity.get(&info.identity()).copied()
     }
 
     /// Member `member`'s handle for group key `key`, when it holds exactly one copy.
