@@ -31,6 +31,7 @@ pub fn audit_status() -> AuditStatus {
 /// `XKI_ReopenLogs` (vendor interface `XKI Status` 1.1).
 pub fn reopen_logs() {
     crate::logging::reopen();
+    crate::audit::file::reopen();
 }
 
 core_fn! {

@@ -1,20 +1,19 @@
-//! The module's logger: operational logs and the audit trail, each to its own sink.
+//! The module's logger: operational logs to stderr or the `log_file`.
 //!
 //! A PKCS#11 module cannot rely on its host to set up logging, so it installs its own `log`
 //! backend (the cdylib has its own copy of the `log` crate, separate from the host's).
 //! Level: `RUST_LOG` if it is a plain level, else the config's `log_level`, else `warn`.
 //! Format: text or JSON lines (`lineformat.rs`: `XKI_LOG_FORMAT`, else `log_format`).
-//! The audit target (`xki_audit`) is always on and goes to `audit::file` or, without an
-//! `audit_file`, to the log sink.
+//! Audit records are not `log` records: `audit` writes them to its own file, or, without an
+//! `audit_file`, hands the formatted line to [`write_line`] whatever the level.
 //!
 //! A `log_file` is reopened when it was moved away or replaced (checked at most once a
 //! second, when a line is written) and on [`reopen`] (`XKI_ReopenLogs`), for log rotation.
 
-use crate::audit;
 use crate::lineformat;
 use crate::timefmt::utc_timestamp;
 use parking_lot::Mutex;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -35,7 +34,7 @@ struct LogFile {
 
 impl LogFile {
     fn open(path: &Path) -> std::io::Result<LogFile> {
-        let file = open_append(path)?;
+        let file = crate::config::open_private_append(path)?;
         Ok(LogFile {
             identity: identity_of(&file),
             file,
@@ -62,7 +61,7 @@ impl LogFile {
                 Err(e) => e.kind() == std::io::ErrorKind::NotFound,
             };
         if moved {
-            if let Ok(file) = open_append(&self.path) {
+            if let Ok(file) = crate::config::open_private_append(&self.path) {
                 self.identity = identity_of(&file);
                 self.file = file;
             }
@@ -99,16 +98,6 @@ impl Sink {
             }
         };
     }
-}
-
-/// Open (or create, mode 0600) a file for appending lines.
-pub(crate) fn open_append(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
 }
 
 struct Sinks {
@@ -161,8 +150,7 @@ fn format_line(level: log::Level, target: &str, message: &str) -> Vec<u8> {
 
 impl log::Log for Logger {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.target() == audit::TARGET
-            || metadata.level() <= level_from(self.level.load(Ordering::Relaxed))
+        metadata.level() <= level_from(self.level.load(Ordering::Relaxed))
     }
 
     fn log(&self, record: &log::Record<'_>) {
@@ -170,9 +158,6 @@ impl log::Log for Logger {
             return;
         }
         let line = format_line(record.level(), record.target(), &record.args().to_string());
-        if record.target() == audit::TARGET && audit::file::append_line(&line) {
-            return;
-        }
         self.sinks.lock().log.write_line(&line);
     }
 
@@ -202,10 +187,9 @@ fn env_level() -> Option<log::LevelFilter> {
     std::env::var("RUST_LOG").ok()?.trim().parse().ok()
 }
 
-/// Apply the config's logging and audit settings. Errors name the file that could not be
-/// opened. `threads_allowed`: see `audit/file.rs` (buffered audit writes need a thread,
-/// which `CKF_LIBRARY_CANT_CREATE_OS_THREADS` forbids).
-pub fn configure(config: &crate::config::Config, threads_allowed: bool) -> Result<(), String> {
+/// Apply the config's logging settings (the audit file's are `audit::file::configure`'s).
+/// Errors name the file that could not be opened.
+pub fn configure(config: &crate::config::Config) -> Result<(), String> {
     let level = env_level()
         .or_else(|| config.log_level.as_deref().and_then(|l| l.parse().ok()))
         .unwrap_or(log::LevelFilter::Warn);
@@ -216,32 +200,16 @@ pub fn configure(config: &crate::config::Config, threads_allowed: bool) -> Resul
             log_file.unwrap_or(Path::new("")).display()
         )
     })?;
-    let audit = config
-        .audit_file
-        .as_deref()
-        .map(|p| {
-            audit::file::open(p)
-                .map(|f| (p.to_path_buf(), f))
-                .map_err(|e| format!("audit_file: cannot open {}: {e}", p.display()))
-        })
-        .transpose()?;
     lineformat::set(config.log_format.as_deref());
     *LOGGER.sinks.lock() = Sinks { log };
-    audit::file::install(
-        audit,
-        config.audit_flush_ms,
-        threads_allowed,
-        config.audit_on_failure,
-    );
     LOGGER.level.store(level as usize, Ordering::Relaxed);
     Ok(())
 }
 
-/// Open the log and audit files again (log rotation: `XKI_ReopenLogs`, which the proxy calls
-/// on SIGHUP). Files that cannot be opened keep writing to the old ones (logged).
+/// Open the log file again (log rotation: `XKI_ReopenLogs`, which the proxy calls on
+/// SIGHUP). A file that cannot be opened keeps writing to the old one (logged).
 pub fn reopen() {
     if let Sink::File(f) = &mut LOGGER.sinks.lock().log {
         f.check_rotation(true);
     }
-    audit::file::reopen();
 }

@@ -290,7 +290,8 @@ pub fn operator_unlock(config: &crate::config::Config, label: &str) -> Result<u3
         audit_flush_ms: 0,
         ..config.clone()
     };
-    crate::logging::configure(&synchronous, false)?;
+    crate::logging::configure(&synchronous)?;
+    crate::audit::file::configure(&synchronous, false)?;
     let record = crate::audit::Record {
         op: "pin-unlock",
         slot: label,

@@ -274,13 +274,29 @@ pub(crate) fn with_current<R>(f: impl FnOnce(Option<&AuditFile>) -> R) -> R {
 
 /// Open (or create, mode 0600) the audit file for appending.
 pub(crate) fn open(path: &Path) -> std::io::Result<File> {
-    crate::logging::open_append(path)
+    crate::config::open_private_append(path)
 }
 
-/// Append a line the logger formatted (`log` records on the audit target). `false` (nothing
-/// written) when there is no audit file: the logger writes it to the log sink instead.
-pub(crate) fn append_line(line: &[u8]) -> bool {
-    with_current(|sink| sink.map(|s| s.append(line)).is_some())
+/// Apply the config's audit settings: open its `audit_file` (the error names it) and install
+/// it, replacing and closing the previous one. `threads_allowed`: buffered writes need the
+/// flusher thread, which `CKF_LIBRARY_CANT_CREATE_OS_THREADS` forbids.
+pub fn configure(config: &crate::config::Config, threads_allowed: bool) -> Result<(), String> {
+    let file = config
+        .audit_file
+        .as_deref()
+        .map(|p| {
+            open(p)
+                .map(|f| (p.to_path_buf(), f))
+                .map_err(|e| format!("audit_file: cannot open {}: {e}", p.display()))
+        })
+        .transpose()?;
+    install(
+        file,
+        config.audit_flush_ms,
+        threads_allowed,
+        config.audit_on_failure,
+    );
+    Ok(())
 }
 
 /// Write one audit record (outcome `rv`: `CKR_OK` or the error's code) to the audit file, if

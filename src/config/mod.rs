@@ -16,7 +16,8 @@ mod secrets;
 mod validate;
 
 pub use paths::{
-    create_private_dir, system_config_dir, user_config_path, user_data_dir, write_private_file,
+    create_private_dir, open_private_append, system_config_dir, user_config_path, user_data_dir,
+    write_private_file,
 };
 
 /// A secret (PIN or key-file contents) that is wiped from memory when dropped.

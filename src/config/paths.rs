@@ -95,6 +95,16 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// Open (or create, mode 0600) a file for appending lines: the log and audit files.
+pub fn open_private_append(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
 /// The system-wide config directory: `/etc/xki`, or `$XKI_SYSCONF_DIR` when set (for
 /// relocated installs, and for tests that must not pick up an installed package's config).
 pub fn system_config_dir() -> PathBuf {

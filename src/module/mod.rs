@@ -151,7 +151,10 @@ pub fn initialize(args: Option<InitArgs>) -> CkResult<()> {
         Ok(None) => Config::embedded_default().map_err(config_failed)?,
         Err(e) => return Err(config_failed(e)),
     };
-    if let Err(e) = crate::logging::configure(&config, !args.is_some_and(|a| a.no_os_threads)) {
+    let threads_allowed = !args.is_some_and(|a| a.no_os_threads);
+    if let Err(e) = crate::logging::configure(&config)
+        .and_then(|()| crate::audit::file::configure(&config, threads_allowed))
+    {
         log::error!("{}: {e}", config.source);
         return Err(Rv::FUNCTION_FAILED);
     }
