@@ -54,6 +54,12 @@ impl HsmError {
         }
     }
 
+    /// True when the HSM refused the key for this operation (`CKR_KEY_FUNCTION_NOT_PERMITTED`:
+    /// its usage or state does not allow it), as opposed to any failure of the HSM itself.
+    pub fn key_use_refused(&self) -> bool {
+        self.rv() == Some(RvError::KeyFunctionNotPermitted)
+    }
+
     /// True when the session can no longer be used and must be replaced.
     pub fn session_broken(&self) -> bool {
         matches!(self, HsmError::Unavailable(_))

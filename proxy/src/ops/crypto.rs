@@ -1,6 +1,5 @@
 //! Encrypt and Decrypt: validate every size first, then one pooled HSM call.
 
-use cryptoki::error::RvError;
 // Wiped with explicit_bzero (memset speed), not zeroize's byte-at-a-time volatile loop, which
 // for two 4 KiB plaintexts per W1 request was ~1.2 % of server CPU on the HSM worker.
 use xki_pkcs11::secret::SecretBytes;
@@ -101,7 +100,7 @@ pub async fn encrypt(app: &App, key: &str, req: EncryptRequest<'_>) -> Result<Ve
                         // without DECRYPT it would not: no ciphertext, and the refusal is
                         // named from the key's state (InvalidKeyUsage, or InvalidState if
                         // the key was disabled meanwhile) by `with_key_enforced`.
-                        Err(e) if e.rv() == Some(RvError::KeyFunctionNotPermitted) => {
+                        Err(e) if e.key_use_refused() => {
                             return Err(e)
                         }
                         Ok(_) | Err(HsmError::InvalidCiphertext) => {

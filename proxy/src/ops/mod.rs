@@ -5,8 +5,6 @@ pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 
-use cryptoki::error::RvError;
-
 use crate::api::{ApiError, ErrorKind, KeyMetadataResponse, RequestMetadata};
 use crate::hsm::{HsmError, KeyStatus};
 use crate::state::App;
@@ -169,7 +167,7 @@ pub fn map_hsm(e: HsmError) -> ApiError {
             log_unavailable(&e);
             ApiError::new(ErrorKind::Internal, "HSM unavailable")
         }
-        e if e.rv() == Some(RvError::KeyFunctionNotPermitted) => ApiError::new(
+        e if e.key_use_refused() => ApiError::new(
             ErrorKind::InvalidKeyUsage,
             "key usage does not permit this operation",
         ),
