@@ -1,10 +1,10 @@
 //! `Pkcs11Backend` against a real SoftHSM2 token (one token per test, one store per binary).
 
-mod common;
+mod support;
 
-use common::{config, pin, tokens, MODULE, PIN};
 use pkcs11_sys::*;
 use std::sync::Arc;
+use support::softhsm_tokens::{config, pin, tokens, MODULE, PIN};
 use xki_pkcs11::backend::pkcs11::Pkcs11Backend;
 use xki_pkcs11::backend::{Backend, BackendKey, KeyChanges, NewKey};
 use xki_pkcs11::rv::Rv;

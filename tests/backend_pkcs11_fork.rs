@@ -3,9 +3,9 @@
 //! C_Initialize answers CKR_OK (or CKR_CRYPTOKI_ALREADY_INITIALIZED on libraries that do not),
 //! and the child sees the parent's token keys.
 
-mod common;
+mod support;
 
-use common::{config, pin, tokens};
+use support::softhsm_tokens::{config, pin, tokens};
 use xki_pkcs11::backend::pkcs11::Pkcs11Backend;
 use xki_pkcs11::backend::{Backend, NewKey};
 

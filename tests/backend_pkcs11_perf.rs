@@ -2,9 +2,8 @@
 //! same key, same thread count). Ignored by default; run with
 //! `cargo test --release --test backend_pkcs11_perf -- --ignored --nocapture`.
 
-mod common;
+mod support;
 
-use common::{config, pin, tokens, MODULE, PIN};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectHandle;
@@ -12,6 +11,7 @@ use cryptoki::session::UserType;
 use cryptoki::types::RawAuthPin;
 use std::sync::Arc;
 use std::time::Instant;
+use support::softhsm_tokens::{config, pin, tokens, MODULE, PIN};
 use xki_pkcs11::backend::pkcs11::Pkcs11Backend;
 use xki_pkcs11::backend::{Backend, NewKey};
 

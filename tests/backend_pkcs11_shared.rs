@@ -2,12 +2,12 @@
 //! the backend shares that initialisation and never finalizes it. Its own binary, because the
 //! library state is process-wide.
 
-mod common;
+mod support;
 
-use common::{config, pin, tokens, MODULE, PIN};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::session::UserType;
 use cryptoki::types::RawAuthPin;
+use support::softhsm_tokens::{config, pin, tokens, MODULE, PIN};
 use xki_pkcs11::backend::pkcs11::Pkcs11Backend;
 use xki_pkcs11::backend::{Backend, NewKey};
 

@@ -3,12 +3,10 @@
 //! that its macros agree with what the module reports, and that only the three discovery
 //! functions resolve with `dlsym`.
 
-#[path = "support/built_module.rs"]
-mod built_module;
-
-use built_module::built_module as shared_object;
+mod support;
 use std::path::Path;
 use std::process::Command;
+use support::built_module::built_module as shared_object;
 
 const PROGRAM: &str = r#"
 #include <dlfcn.h>

@@ -3,11 +3,9 @@
 //! Runs `nm`/`readelf` on the `libxki_pkcs11.so` that cargo built next to this test binary
 //! (cargo builds the library's cdylib form before running integration tests).
 
-#[path = "support/built_module.rs"]
-mod built_module;
-
-use built_module::built_module as shared_object;
+mod support;
 use std::process::Command;
+use support::built_module::built_module as shared_object;
 
 fn run(tool: &str, args: &[&str]) -> String {
     let out = Command::new(tool)

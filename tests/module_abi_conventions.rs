@@ -8,11 +8,11 @@
 //! symbols of the rlib are called). Everything runs in one test function because the module
 //! is process-global (C_Initialize once per process).
 
-mod common_module;
+mod support;
 
-use common_module::raw::{bool_attr, table, ulong_attr};
 use pkcs11_sys::*;
 use std::ptr;
+use support::module_fixture::raw::{bool_attr, table, ulong_attr};
 
 const PIN: &[u8] = b"draft-pin-1234";
 
@@ -329,7 +329,7 @@ fn conventions_against_the_embedded_token() {
 
     // The built .so through the cryptoki crate: exercises C_GetInterface(NULL, NULL, .., 0)
     // and the CK_FUNCTION_LIST_3_0 layout (the dynamic linker hands cryptoki the same copy).
-    let so = common_module::so_path();
+    let so = support::module_fixture::so_path();
     let pkcs11 = cryptoki::context::Pkcs11::new(so).unwrap();
     pkcs11
         .initialize(cryptoki::context::CInitializeArgs::new(

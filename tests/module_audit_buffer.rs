@@ -2,11 +2,11 @@
 //! `C_Finalize` writes everything, and a forked child that exits normally does not write the
 //! parent's buffered records a second time. One process, its own config.
 
-mod common_module;
+mod support;
 
-use common_module::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use support::module_fixture::*;
 
 fn count(audit: &Path, op: &str) -> usize {
     std::fs::read_to_string(audit)

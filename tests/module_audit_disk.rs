@@ -6,9 +6,7 @@
 //! scenario runs in a child process of this binary (the module is process-global and each
 //! needs its own config); the parent only starts it and reports its output.
 
-#[path = "support/built_module.rs"]
-mod built_module;
-
+mod support;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::aead::GcmParams;
@@ -129,7 +127,7 @@ fn write_config(dir: &Path, extra: &str) -> PathBuf {
 
 fn load(conf: &Path) -> Pkcs11 {
     std::env::set_var("XKI_PKCS11_CONF", conf);
-    let ctx = Pkcs11::new(built_module::built_module()).unwrap();
+    let ctx = Pkcs11::new(support::built_module::built_module()).unwrap();
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .expect("C_Initialize");
     ctx
@@ -196,7 +194,7 @@ struct StatusList {
 
 /// The module's "XKI Status" table, through `C_GetInterface` of the same loaded library.
 fn status_list() -> &'static StatusList {
-    let so = built_module::built_module();
+    let so = support::built_module::built_module();
     let path = std::ffi::CString::new(so.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: dlopen/dlsym with NUL-terminated strings; the symbol has PKCS#11 3.0's
     // C_GetInterface signature; the handle is never closed, so the table stays valid.
@@ -487,7 +485,7 @@ fn a_missing_store_fails_initialize_naming_the_path() {
     };
     write("");
     std::env::set_var("XKI_PKCS11_CONF", &conf);
-    let ctx = Pkcs11::new(built_module::built_module()).unwrap();
+    let ctx = Pkcs11::new(support::built_module::built_module()).unwrap();
     let e = ctx
         .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .unwrap_err();
@@ -508,7 +506,7 @@ fn a_missing_store_fails_initialize_naming_the_path() {
     assert!(store.exists());
     ctx.finalize().unwrap();
     write("");
-    let ctx = Pkcs11::new(built_module::built_module()).unwrap();
+    let ctx = Pkcs11::new(support::built_module::built_module()).unwrap();
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .expect("the existing store opens without create");
     ctx.finalize().unwrap();

@@ -2,11 +2,11 @@
 //! once (the caller that filled it only wakes it), long before the (here one-minute) interval.
 //! One process, its own config.
 
-mod common_module;
+mod support;
 
-use common_module::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use support::module_fixture::*;
 
 fn records(audit: &Path) -> usize {
     std::fs::read_to_string(audit)

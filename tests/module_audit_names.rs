@@ -2,9 +2,9 @@
 //! (`src/audit/names.rs`): a record written after the key was renamed still names the key as
 //! it was called when it was used. One process, its own config.
 
-mod common_module;
+mod support;
 
-use common_module::*;
+use support::module_fixture::*;
 
 /// A buffered record names the key as it was called when it was used, even if the key is
 /// renamed before the flusher writes the record (key uses carry numbered names, see

@@ -1,11 +1,11 @@
 //! Keys changing while other threads list, generate and use them: finds, key generation,
 //! attribute reads and GCM must never fail because another thread renamed or toggled a key.
 
-mod common_module;
+mod support;
 
-use common_module::*;
 use cryptoki::object::{Attribute, AttributeType};
 use std::sync::atomic::{AtomicBool, Ordering};
+use support::module_fixture::*;
 
 #[test]
 fn finds_reads_and_generation_survive_concurrent_renames() {

@@ -14,9 +14,8 @@
 //!
 //! The tests open read-only sessions and count keys, so they run one at a time ([`serial`]).
 
-mod common_module;
+mod support;
 
-use common_module::*;
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType};
@@ -24,6 +23,7 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
+use support::module_fixture::*;
 
 /// One test at a time in this binary: read-only sessions change what `C_Login(CKU_SO)` answers.
 fn serial() -> MutexGuard<'static, ()> {

@@ -2,11 +2,11 @@
 //! becomes invalid; a RO session cannot destroy; CKA_DESTROYABLE reads true.
 //! (Deletion protection with the default config is tested in module_keys.rs.)
 
-mod common_module;
+mod support;
 
-use common_module::*;
 use cryptoki::error::RvError;
 use cryptoki::object::{Attribute, AttributeType};
+use support::module_fixture::*;
 
 #[test]
 fn destroy_is_allowed_when_configured() {

@@ -3,13 +3,13 @@
 //! back (a direct SoftHSM2 session in this process, or a second process) are seen by the next
 //! find, and a key whose identity another object takes over is never silently switched to it.
 
-mod common_module;
+mod support;
 
-use common_module::*;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use cryptoki::session::Session;
 use std::process::Command;
+use support::module_fixture::*;
 
 fn by_label(s: &Session, label: &str) -> Vec<cryptoki::object::ObjectHandle> {
     find(

@@ -1,13 +1,13 @@
 //! fork(): the child of a process using the module gets CKR_CRYPTOKI_NOT_INITIALIZED until it
 //! calls C_Initialize itself, then works on both slots; the parent keeps working.
 
-mod common_module;
+mod support;
 
-use common_module::raw;
-use common_module::*;
 use pkcs11_sys::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
+use support::module_fixture::raw;
+use support::module_fixture::*;
 
 fn round_trip(t: &TokenCtx, key: cryptoki::object::ObjectHandle, what: &str) {
     let (ct, mut iv) = t.encrypt(key, 6, what.as_bytes(), what.as_bytes()).unwrap();

@@ -8,10 +8,8 @@
 //! on decryption of SoftHSM2's ciphertext, and "same IV, same bytes" against SoftHSM2 used
 //! directly under the generated IV).
 
-mod common_module;
+mod support;
 
-use common_module::raw::{self, gcm_mechanism, gcm_params};
-use common_module::*;
 use cryptoki::error::RvError;
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
@@ -19,6 +17,8 @@ use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
 use pkcs11_sys::*;
 use std::ptr;
+use support::module_fixture::raw::{self, gcm_mechanism, gcm_params};
+use support::module_fixture::*;
 
 /// `C_Encrypt`; returns the output and `pIv` afterwards (the IV written back where the slot's
 /// HSM generated it).

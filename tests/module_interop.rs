@@ -9,12 +9,12 @@
 //! under the zero-IV convention and SoftHSM2 decrypts under the IV written back (and makes the
 //! same bytes under it); a caller IV is refused there.
 
-mod common_module;
+mod support;
 
-use common_module::*;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
+use support::module_fixture::*;
 
 /// SoftHSM2 2.6 itself fails (CKR_GENERAL_ERROR, or a valid key reported invalid) when one
 /// session creates or changes token objects while another session does the same. The module

@@ -1,15 +1,15 @@
 //! Keys through the built module, on both slots: generation-template enforcement, finding,
 //! stable handles, enable/disable, and every refusal path of the never-export rule.
 
-mod common_module;
+mod support;
 
-use common_module::raw::{self, bool_attr, bytes_attr, ulong_attr};
-use common_module::*;
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use pkcs11_sys::*;
 use std::ptr;
+use support::module_fixture::raw::{self, bool_attr, bytes_attr, ulong_attr};
+use support::module_fixture::*;
 
 fn bool_of(a: Attribute) -> bool {
     match a {
@@ -405,7 +405,11 @@ fn never_export_refusals() {
                 match s.update_attributes(key, &tpl) {
                     Ok(()) => panic!("{what}: accepted"),
                     Err(e) => {
-                        assert_eq!(common_module::rv(e), RvError::AttributeReadOnly, "{what}")
+                        assert_eq!(
+                            support::module_fixture::rv(e),
+                            RvError::AttributeReadOnly,
+                            "{what}"
+                        )
                     }
                 }
             }

@@ -2,12 +2,12 @@
 //! the `CKA_XKI_*` vendor attributes of `include/xki_pkcs11.h`, what the HSM enforces, and
 //! every refusal. The companion record itself is never visible to callers.
 
-mod common_module;
+mod support;
 
-use common_module::*;
 use cryptoki::error::RvError;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
+use support::module_fixture::*;
 use xki_pkcs11::keystate::{
     CKA_XKI_DELETION_DATE, CKA_XKI_KEY_STATUS, CKA_XKI_KEY_USAGE, XKI_KEY_DISABLED, XKI_KEY_ENABLED,
 };

@@ -1,14 +1,14 @@
 //! C_Initialize / C_Finalize of the built module through its raw function table, and bad
 //! configurations (each in a child process whose stderr log is checked).
 
-mod common_module;
+mod support;
 
-use common_module::raw::{self, gcm_mechanism, gcm_params};
-use common_module::*;
 use pkcs11_sys::*;
 use std::path::Path;
 use std::process::Command;
 use std::ptr;
+use support::module_fixture::raw::{self, gcm_mechanism, gcm_params};
+use support::module_fixture::*;
 
 unsafe extern "C" fn create_mutex(_m: CK_VOID_PTR_PTR) -> CK_RV {
     CKR_OK

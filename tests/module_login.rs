@@ -2,14 +2,14 @@
 //! generated or used before C_Login; a wrong PIN is refused; handles survive a re-login.
 //! One test: login state is per token, so per process.
 
-mod common_module;
+mod support;
 
-use common_module::*;
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::Attribute;
 use cryptoki::session::{SessionState, UserType};
 use cryptoki::types::AuthPin;
+use support::module_fixture::*;
 
 #[test]
 fn nothing_before_login() {
@@ -74,7 +74,7 @@ fn nothing_before_login() {
         let ro = ctx.open_ro_session(slot).unwrap();
         let counts = || {
             let mut info = pkcs11_sys::CK_TOKEN_INFO::default();
-            let f = common_module::raw::table();
+            let f = support::module_fixture::raw::table();
             // SAFETY: live out-struct.
             let rv = unsafe { f.C_GetTokenInfo.unwrap()(slot.id(), &mut info) };
             assert_eq!(rv, pkcs11_sys::CKR_OK);

@@ -4,9 +4,8 @@
 //! mechanism flags, interop with SoftHSM2 used directly, and audit records. IV uniqueness over
 //! a million messages: `module_message_ivs.rs`.
 
-mod common_module;
+mod support;
 
-use common_module::*;
 use cryptoki::error::RvError;
 use cryptoki::mechanism::aead::{GcmMessageParams, GcmParams, GeneratorFunction};
 use cryptoki::mechanism::{Mechanism, MechanismType, MessageParam};
@@ -14,6 +13,7 @@ use cryptoki::object::{Attribute, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki::types::Ulong;
 use pkcs11_sys::*;
+use support::module_fixture::*;
 
 /// One whole message encrypted with `generator` (`iv` is the caller's IV for
 /// `NoGenerate`, and receives the generated one otherwise): (ciphertext, iv, tag).
@@ -283,7 +283,7 @@ fn operation_state_rules() {
             pParameter: std::ptr::null_mut(),
             ulParameterLen: 0,
         };
-        let f = common_module::raw::table();
+        let f = support::module_fixture::raw::table();
         // SAFETY: a live CK_MECHANISM without parameter.
         let rv = unsafe { f.C_MessageEncryptInit.unwrap()(s.handle(), &mut mech, 0x7fff_0000) };
         assert_eq!(rv, CKR_KEY_HANDLE_INVALID);
@@ -397,7 +397,7 @@ fn begin_next_buffers_until_the_last_part() {
 fn two_call_convention_on_the_message_output() {
     for_each_token(|t| {
         let key = t.keygen(&t.label("msg-buffers"), &[]);
-        let f = common_module::raw::table();
+        let f = support::module_fixture::raw::table();
         let h = t.raw_session();
         let mut mech = CK_MECHANISM {
             mechanism: CKM_AES_GCM,

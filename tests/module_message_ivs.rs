@@ -2,13 +2,13 @@
 //! repeat. Its own binary so the audit file can be buffered (`audit_flush_ms = 100`): every
 //! message is an audit record, and a million synchronous writes would dominate the run.
 
-mod common_module;
+mod support;
 
-use common_module::*;
 use cryptoki::mechanism::aead::{GcmMessageParams, GeneratorFunction};
 use cryptoki::mechanism::Mechanism;
 use pkcs11_sys::*;
 use std::collections::HashSet;
+use support::module_fixture::*;
 
 /// 1 000 000 IVs generated for one key on the embedded slot, over two threads: no repeat.
 /// (The embedded token's own RNG; each is a full C_EncryptMessage of an empty message.)
@@ -44,7 +44,7 @@ fn a_million_generated_ivs_under_one_key_never_repeat() {
                     s.message_encrypt_init(&Mechanism::AesGcmMessage(p), key)
                         .unwrap();
                     let mut seen = Vec::with_capacity(TOTAL / THREADS);
-                    let f = common_module::raw::table();
+                    let f = support::module_fixture::raw::table();
                     let mut params = CK_GCM_MESSAGE_PARAMS {
                         pIv: std::ptr::null_mut(),
                         ulIvLen: 12,

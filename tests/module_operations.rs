@@ -2,16 +2,16 @@
 //! one active operation per session, exact-size and in-place buffers, chunked finds,
 //! random numbers, and attribute choices made at generation time.
 
-mod common_module;
+mod support;
 
-use common_module::raw::{self, gcm_mechanism, gcm_params};
-use common_module::*;
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType};
 use pkcs11_sys::*;
 use std::collections::HashSet;
 use std::ptr;
+use support::module_fixture::raw::{self, gcm_mechanism, gcm_params};
+use support::module_fixture::*;
 
 #[test]
 fn one_operation_at_a_time_and_buffers_of_exact_size() {
@@ -277,7 +277,10 @@ fn generation_choices_are_kept() {
             },
             Err(e) => {
                 assert_eq!(t.index, 0, "only SoftHSM2 has the dates quirk: {e}");
-                assert_eq!(common_module::rv(e), RvError::AttributeTypeInvalid);
+                assert_eq!(
+                    support::module_fixture::rv(e),
+                    RvError::AttributeTypeInvalid
+                );
                 assert!(
                     find(s, &[Attribute::Label(dated.clone().into_bytes())]).is_empty(),
                     "a failed C_GenerateKey left its key on the token"

@@ -9,15 +9,15 @@
 //! sessions and key handles work again without `C_Finalize`. Own binary: the outages are
 //! process-wide.
 
-mod common_module;
+mod support;
 
-use common_module::*;
 use cryptoki::error::RvError;
 use cryptoki::object::{Attribute, ObjectHandle};
 use cryptoki::session::Session;
 use pkcs11_sys::*;
 use std::ptr;
 use std::time::{Duration, Instant};
+use support::module_fixture::*;
 
 /// `XKI_MEMBER_*` of include/xki_pkcs11.h.
 const ACTIVE: CK_ULONG = 0;

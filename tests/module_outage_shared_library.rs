@@ -6,15 +6,15 @@
 //! decrypt with the same module handles (GCM would reject a different key), and new ones
 //! round-trip. Own binary: the module and SoftHSM2 are process-wide.
 
-mod common_module;
+mod support;
 
-use common_module::*;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
 use std::time::{Duration, Instant};
+use support::module_fixture::*;
 
 fn encrypt(s: &Session, key: ObjectHandle) -> cryptoki::error::Result<Vec<u8>> {
     let mut iv = [7u8; 12];

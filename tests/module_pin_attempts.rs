@@ -6,9 +6,8 @@
 //! function `xki-proxy pin unlock` runs) lifts it; every failure, the lock, the refusals and
 //! the unlock are audit records. One test: login state is per process.
 
-mod common_module;
+mod support;
 
-use common_module::*;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::RvError;
 use cryptoki::session::UserType;
@@ -17,6 +16,7 @@ use cryptoki::types::AuthPin;
 use pkcs11_sys::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use support::module_fixture::*;
 
 const MAX: u32 = 3;
 

@@ -1,9 +1,9 @@
 //! Runs the consumer scripts of tests/scripts/ (pkcs11-tool and python-pkcs11) against the .so
 //! this test run built, so `cargo test` covers them too. Each script makes its own token.
 
-mod common_module;
+mod support;
 
-use common_module::{repo, run_script, so_path};
+use support::module_fixture::{repo, run_script, so_path};
 
 #[test]
 fn pkcs11_tool_script() {

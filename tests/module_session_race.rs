@@ -2,12 +2,12 @@
 //! token out (PKCS#11), but a session that is open and logged in must never be logged out by
 //! another thread's close that raced with its open. One test, no long-lived sessions.
 
-mod common_module;
+mod support;
 
-use common_module::*;
 use cryptoki::error::{Error, RvError};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
+use support::module_fixture::*;
 
 #[test]
 fn a_racing_close_never_logs_out_an_open_session() {

@@ -3,14 +3,14 @@
 //! C_Finalize must not finalize SoftHSM2 under the host: the host's context keeps working, and
 //! the module can be initialised again afterwards. One test: it finalizes the module.
 
-mod common_module;
+mod support;
 
-use common_module::raw;
-use common_module::*;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::Attribute;
 use pkcs11_sys::*;
 use std::ptr;
+use support::module_fixture::raw;
+use support::module_fixture::*;
 
 #[test]
 fn module_shares_softhsm2_with_its_host_and_finalize_leaves_it_alone() {

@@ -6,14 +6,14 @@
 //! of misbehaving, and a module `C_Finalize` + `C_Initialize` recovers. One test: it
 //! finalizes libraries of the process.
 
-mod common_module;
+mod support;
 
-use common_module::*;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
+use support::module_fixture::*;
 
 #[test]
 fn host_initialising_the_vendor_library_after_the_module_shares_it() {

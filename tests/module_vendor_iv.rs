@@ -9,9 +9,8 @@
 //! module and by SoftHSM2 used directly), `CKG_NO_GENERATE`, the classic `C_EncryptInit` with
 //! a caller IV and with the zero-IV convention, and decryption with the caller's IV.
 
-mod common_module;
+mod support;
 
-use common_module::*;
 use cryptoki::context::Pkcs11;
 use cryptoki::error::RvError;
 use cryptoki::mechanism::aead::{GcmMessageParams, GcmParams, GeneratorFunction};
@@ -22,6 +21,7 @@ use cryptoki::slot::Slot;
 use once_cell::sync::Lazy;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use support::module_fixture::*;
 
 /// Slot labels, in config order.
 const LUNA: &str = "v-luna";

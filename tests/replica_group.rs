@@ -6,12 +6,12 @@
 
 #![cfg(feature = "fault-injection")]
 
-mod replica_fixture;
+mod support;
 
-use replica_fixture::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::replica_fixture::*;
 use xki_pkcs11::backend::fault::FaultMode;
 use xki_pkcs11::backend::replicas::health::MemberState;
 use xki_pkcs11::backend::replicas::ReplicaGroup;

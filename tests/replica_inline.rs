@@ -6,10 +6,9 @@
 //! Run with: `cargo test --features fault-injection --test replica_inline` (the config checks
 //! also run without the feature).
 
+mod support;
 use std::path::Path;
-#[path = "support/group_store.rs"]
-mod group_store;
-use group_store::embedded_store;
+use support::group_store::embedded_store;
 use xki_pkcs11::config::Config;
 
 fn config_text(dir: &Path, group: bool, inline: &str) -> String {

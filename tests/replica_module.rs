@@ -8,17 +8,13 @@
 
 #![cfg(feature = "fault-injection")]
 
-#[path = "support/built_module.rs"]
-mod built_module;
-
-use built_module::built_module;
+mod support;
 use pkcs11_sys::*;
 use std::path::Path;
 use std::ptr;
 use std::time::{Duration, Instant};
-#[path = "support/group_store.rs"]
-mod group_store;
-use group_store::embedded_store;
+use support::built_module::built_module;
+use support::group_store::embedded_store;
 
 /// Layouts from include/xki_pkcs11.h, written out here independently of the module's own
 /// `abi::status` types on purpose: this is a consumer's reading of the header.

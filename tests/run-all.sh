@@ -111,7 +111,7 @@ done
 # kryoptic, a second independent PKCS#11 implementation, and the vendor emulator (its own
 # tests run in the workspace step above) in every mode: Luna's caller IVs, and the HSMs that
 # generate every encryption IV themselves (Luna in FIPS mode, CloudHSM, nShield), where slot 0
-# encrypts under the zero-IV convention (EncryptIv in tests/common_module/mod.rs: a caller IV
+# encrypts under the zero-IV convention (EncryptIv in tests/support/module_fixture/mod.rs: a caller IV
 # is refused, the IV the HSM wrote back is checked and decrypted with) and the proxy through
 # the message API. About 30-45 s + 20 s per backend once built (2 cores, another build
 # running). kryoptic is built once per machine (tests/scripts/kryoptic.sh, cached in

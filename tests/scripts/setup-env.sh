@@ -1,5 +1,5 @@
 # Sourced by the scripts in tests/scripts/: a throwaway SoftHSM2 token and a two-slot module
-# config, the way tests/common_module/ sets them up for the Rust integration tests.
+# config, the way tests/support/module_fixture/ sets them up for the Rust integration tests.
 #
 # In:  $1 (optional) path of libxki_pkcs11.so; default target/debug/libxki_pkcs11.so (or
 #      target/debug/deps/libxki_pkcs11.so when that is newer).

@@ -4,7 +4,7 @@
 //!
 //! - slot 0 (`softhsm`): a throwaway token of the run's backend kind ([`backend_kind`],
 //!   `XKI_ITEST_BACKEND`: SoftHSM2 by default, the vendor emulator in one of its modes over a
-//!   SoftHSM2 token, or kryoptic; see `tests/support/itest_backend.rs`). Its name and label
+//!   SoftHSM2 token, or kryoptic; see `itest_backend.rs` beside this folder). Its name and label
 //!   stay `softhsm` / `xki-softhsm` whatever the kind, so every test runs unchanged;
 //! - slot 1 (`embedded`): the module's embedded token, sealed with the same PIN.
 //!
@@ -13,10 +13,7 @@
 
 #![allow(dead_code)]
 
-#[path = "../support/built_module.rs"]
-mod built_module;
-#[path = "../support/itest_backend.rs"]
-mod itest_backend;
+use super::{built_module, itest_backend};
 
 #[allow(unused_imports)]
 pub use itest_backend::{backend_kind, new_backend_token, BackendKind, BackendToken};

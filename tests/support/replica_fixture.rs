@@ -4,10 +4,7 @@
 
 #![allow(dead_code)]
 
-#[path = "../common/mod.rs"]
-mod common;
-
-pub use common::{config, pin, tokens, MODULE};
+pub use super::softhsm_tokens::{config, pin, tokens, MODULE};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
 use cryptoki::object::{Attribute, KeyType, ObjectClass};
