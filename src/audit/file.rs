@@ -105,7 +105,7 @@ impl AuditFile {
         if flush_ms > 0 && threads_allowed {
             let weak = Arc::downgrade(&sink);
             let interval = Duration::from_millis(flush_ms);
-            crate::pin::pin_this_library();
+            crate::process::pin_this_library();
             let spawned = std::thread::Builder::new()
                 .name("xki-audit-flush".into())
                 .spawn(move || flusher(weak, interval));
@@ -383,18 +383,13 @@ static HOOKS: Once = Once::new();
 
 fn register_process_hooks() {
     HOOKS.call_once(|| {
-        crate::pin::pin_this_library();
-        // SAFETY: all four handlers are `extern "C"` functions of this library, which
-        // `pin_this_library` (just above) keeps mapped for the process's lifetime; they never
-        // unwind (see each).
-        unsafe {
-            libc::pthread_atfork(
-                Some(before_fork),
-                Some(after_fork_parent),
-                Some(after_fork_child),
-            );
-            libc::atexit(at_exit);
-        }
+        // All four never unwind (see each).
+        crate::process::on_fork(
+            Some(before_fork),
+            Some(after_fork_parent),
+            Some(after_fork_child),
+        );
+        crate::process::on_exit(at_exit);
     });
 }
 

@@ -39,12 +39,8 @@ static NAMES: RwLock<Option<Names>> = RwLock::new(None);
 fn register_fork_hooks() {
     static HOOKS: std::sync::Once = std::sync::Once::new();
     HOOKS.call_once(|| {
-        crate::pin::pin_this_library();
-        // SAFETY: the handlers are `extern "C"` functions of this library, kept mapped by the
-        // pin just above; they never unwind and only lock or unlock the table.
-        unsafe {
-            libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork));
-        }
+        // They never unwind and only lock or unlock the table.
+        crate::process::on_fork(Some(before_fork), Some(after_fork), Some(after_fork));
     });
 }
 

@@ -139,12 +139,8 @@ pub fn initialize(args: Option<InitArgs>) -> CkResult<()> {
         return Err(Rv::CRYPTOKI_ALREADY_INITIALIZED);
     }
     ATFORK.call_once(|| {
-        crate::pin::pin_this_library();
-        // SAFETY: registers a handler (kept mapped by the pin just above) that only stores to
-        // an atomic, which is async-signal-safe as fork's child handler requires.
-        unsafe {
-            libc::pthread_atfork(None, None, Some(mark_forked_child));
-        }
+        // The child handler only stores to an atomic: async-signal-safe, as fork requires.
+        crate::process::on_fork(None, None, Some(mark_forked_child));
     });
     let config = match Config::discover() {
         Ok(Some(c)) => c,
