@@ -18,7 +18,7 @@ macro_rules! core_fn {
 }
 
 pub use crate::audit::health::AuditStatus;
-pub use crate::backend::replicas::health::{MemberState, MemberStatus};
+pub use crate::backend::replicas::health::MemberStatus;
 use crate::mechanism::{GcmMessageParams, MessageEncryption};
 pub use crate::module::MessageEnd;
 use crate::session::IvWriteBack;

@@ -4,28 +4,28 @@
 //! To its caller this is an ordinary PKCS#11 token (one virtual slot per `[[slot]]` of the
 //! config). Behind it, each slot sits on one or more backends ([`backend`]): vendor PKCS#11
 //! libraries loaded through `cryptoki`, or the embedded software token. The module adds the
-//! never-export policy ([`policy`]), key allow-listing, session pooling, uniform error codes,
+//! never-export policy (`policy`), key allow-listing, session pooling, uniform error codes,
 //! and an audit trail.
 //!
 //! Layout: `abi/` is the C boundary and holds no logic; everything else is safe Rust.
 
 pub mod abi;
-pub mod api;
-pub mod audit;
+pub(crate) mod api;
+pub(crate) mod audit;
 pub mod backend;
 pub mod config;
 pub mod keystate;
 pub mod lineformat;
-pub mod logging;
+pub(crate) mod logging;
 pub mod mechanism;
-pub mod module;
-pub mod object;
+pub(crate) mod module;
+pub(crate) mod object;
 pub mod pin_attempts;
-pub mod policy;
+pub(crate) mod policy;
 mod process;
 pub mod rv;
 pub mod secret;
-pub mod session;
-pub mod slot;
+pub(crate) mod session;
+pub(crate) mod slot;
 pub mod timefmt;
-pub mod types;
+pub(crate) mod types;

@@ -126,16 +126,6 @@ impl ObjectTable {
         Ok(f(entry))
     }
 
-    /// Look a handle up; `CKR_OBJECT_HANDLE_INVALID` when unknown.
-    pub fn get(&self, handle: u64) -> CkResult<ObjectEntry> {
-        self.tables
-            .read()
-            .by_handle
-            .get(&handle)
-            .cloned()
-            .ok_or(Rv::OBJECT_HANDLE_INVALID)
-    }
-
     /// Forget a destroyed key. Its handle is never handed out again.
     pub fn remove(&self, handle: u64) {
         let mut t = self.tables.write();
@@ -158,8 +148,8 @@ mod tests {
         let t = ObjectTable::default();
         let a = t.handle_for(0, &key(b"k1", b"one", 7));
         assert_eq!(a, t.handle_for(0, &key(b"k1", b"renamed", 9)));
-        assert_eq!(t.get(a).unwrap().key, BackendKey(9));
-        assert_eq!(&t.get(a).unwrap().label[..], b"renamed");
+        assert_eq!(t.with(a, |e| e.key).unwrap(), BackendKey(9));
+        assert_eq!(&t.with(a, |e| e.label.clone()).unwrap()[..], b"renamed");
         let b = t.handle_for(1, &key(b"k1", b"one", 7));
         assert_ne!(a, b);
         let c = t.handle_for(0, &key(b"", b"k1", 3));
@@ -174,7 +164,7 @@ mod tests {
         let t = ObjectTable::default();
         let a = t.handle_for(0, &key(b"k1", b"", 1));
         t.remove(a);
-        assert_eq!(t.get(a), Err(Rv::OBJECT_HANDLE_INVALID));
+        assert_eq!(t.with(a, |_| ()), Err(Rv::OBJECT_HANDLE_INVALID));
         let b = t.handle_for(0, &key(b"k1", b"", 1));
         assert_ne!(a, b);
     }

@@ -5,7 +5,7 @@
 //! application on one token.
 
 use crate::backend::{Backend, KeyInfo};
-use crate::config::{decode_hex, KeyFilter, Replication, Secret, SlotConfig};
+use crate::config::{decode_hex, KeyFilter, Secret, SlotConfig};
 use crate::pin_attempts::{Outcome, PinAttempts, PinStatus};
 use crate::policy;
 use crate::rv::{CkResult, Rv};
@@ -31,8 +31,6 @@ pub struct Slot {
     attempts: PinAttempts,
     /// `C_DestroyObject` allowed.
     pub allow_destroy: bool,
-    /// How new keys reach every member of a group.
-    pub replication: Replication,
 }
 
 struct CompiledFilter {
@@ -80,7 +78,6 @@ impl Slot {
             logged_in: AtomicBool::new(false),
             attempts: PinAttempts::new(cfg.pin_state_path(), cfg.max_pin_attempts),
             allow_destroy: cfg.allow_destroy,
-            replication: cfg.replication,
         }
     }
 
@@ -186,10 +183,5 @@ impl Slot {
         } else {
             Err(Rv::USER_NOT_LOGGED_IN)
         }
-    }
-
-    /// Shortest and longest PIN accepted (the configured PIN's own length, reported honestly).
-    pub fn pin_len(&self) -> u64 {
-        self.user_pin.len() as u64
     }
 }
