@@ -16,6 +16,7 @@ pub type CkResult<T> = Result<T, Rv>;
 impl Rv {
     pub const GENERAL_ERROR: Rv = Rv(CKR_GENERAL_ERROR);
     pub const ARGUMENTS_BAD: Rv = Rv(CKR_ARGUMENTS_BAD);
+    pub const BUFFER_TOO_SMALL: Rv = Rv(CKR_BUFFER_TOO_SMALL);
     pub const DEVICE_ERROR: Rv = Rv(CKR_DEVICE_ERROR);
     pub const FUNCTION_FAILED: Rv = Rv(CKR_FUNCTION_FAILED);
     pub const FUNCTION_NOT_SUPPORTED: Rv = Rv(CKR_FUNCTION_NOT_SUPPORTED);

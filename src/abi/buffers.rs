@@ -126,7 +126,7 @@ impl<T: Copy> OutList<T> {
             Fit::LengthQuery => self.set_count(needed).map(|()| false),
             Fit::TooSmall => {
                 self.set_count(needed)?;
-                Err(Rv(pkcs11_sys::CKR_BUFFER_TOO_SMALL))
+                Err(Rv::BUFFER_TOO_SMALL)
             }
             Fit::Fits => Ok(true),
         }
