@@ -80,7 +80,7 @@ mod tests {
             let mut current: Option<&str> = None;
             for line in text.lines() {
                 if let Some(rest) = line.split_once(" fn ").map(|(_, r)| r) {
-                    let name = rest.split(|c: char| c == '(' || c == '<').next().unwrap();
+                    let name = rest.split(['(', '<']).next().unwrap();
                     current = Some(name.trim());
                 }
                 if let Some((_, rest)) = line.split_once("guard(\"") {
