@@ -2,12 +2,12 @@
 //!
 //! A buffered audit record costs the calling thread a clock read and a few small copies; the
 //! flusher thread turns entries into text lines (the same text a synchronous write gives, see
-//! `audit::push_message`) just before it writes them. Formatting used to be most of what a
-//! record cost the PKCS#11 call that made it (escaping the labels, decimal digits, the
-//! timestamp: ~1.6k instructions per AES-GCM round trip, `benches/README.md`).
+//! `audit::push_message`) just before it writes them. Formatting (escaping the labels, decimal
+//! digits, the timestamp) is most of a record's cost, so it stays off the PKCS#11 call that
+//! made the record (measured in `benches/README.md`).
 //!
 //! Layout of one entry, native byte order (the buffer never leaves the process):
-//! - text line: `0u8`, `len: u32`, the line's bytes (already formatted: the `log` path);
+//! - text line: `0u8`, `len: u32`, the line's bytes (already formatted by the caller);
 //! - record: `1u8`, `secs: u64`, `nanos: u32`, `bytes_in: u64`, `bytes_out: u64`,
 //!   `rv: u64` (`CKR_OK` for success), then four length-prefixed strings: op (`u8` length),
 //!   slot (`u16`), key (`u16`), mechanism (`u8`). Longer strings are cut at the prefix's
