@@ -31,6 +31,13 @@ fi
 # the clone (CI builds a fresh clone on the same machine), keyed by nothing but cargo's own
 # fingerprints, so only the project's crates rebuild. XKI_FUZZ_TARGET_DIR overrides it.
 target_dir=${XKI_FUZZ_TARGET_DIR:-/var/cache/xki-fuzz/target}
+# Each rebuild of the project's crates leaves its old artefacts behind: a fresh cache is about
+# 1.2 GB and grew to 5 GB over a day of runs. Past 3 GB it is emptied and built again (about
+# four minutes, once).
+if [[ -d $target_dir ]] && [[ $(du -sm "$target_dir" | cut -f1) -gt 3072 ]]; then
+    echo "fuzz: cache $target_dir is over 3 GB of mostly stale artefacts; emptying it"
+    rm -rf "$target_dir"
+fi
 mkdir -p "$target_dir"
 
 start=$SECONDS
