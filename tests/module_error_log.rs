@@ -24,10 +24,13 @@ fn write_config(dir: &Path, log: &Path, level: Option<&str>) -> std::path::PathB
         &conf,
         format!(
             "{level}log_file = {log:?}\n\
-             [[slot]]\nlabel = \"s\"\nbackends = [\"emb\"]\n\
+             [[slot]]\nlabel = \"s\"\nbackends = [\"emb\"]\npin_state_file = {state:?}\n\
              [backend.emb]\ntype = \"embedded\"\ncreate = true\nstore = {store:?}\npin_file = {pin:?}\n",
             log = log.display().to_string(),
             store = dir.join("emb.store").display().to_string(),
+            // The wrong-PIN counter of this throwaway slot, not the user's (which would lock
+            // after a few runs of this test).
+            state = dir.join("pin-attempts.state").display().to_string(),
             pin = pin.display().to_string(),
         ),
     )
