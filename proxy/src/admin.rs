@@ -264,8 +264,11 @@ pub fn health(config: &Path) -> Result<(), String> {
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     let iv_source = hsm.iv_path().describe();
-    let health = crate::health::Health::new(hsm, cfg.fleet_size);
+    let health = crate::health::Health::new(hsm.clone(), cfg.fleet_size);
     let check = rt.block_on(health.check_now());
+    // The check ran on an HSM worker thread; this process must not exit while one is still
+    // inside the PKCS#11 library (as `serve` does on its way out).
+    hsm.close();
     // The GetHealthStatus body, plus one field of ours: where Encrypt's IVs come from.
     let mut body = serde_json::to_value(health.report()).unwrap_or_default();
     if let Some(o) = body.as_object_mut() {

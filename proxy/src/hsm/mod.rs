@@ -172,11 +172,18 @@ impl Hsm {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let me = self.clone();
         exec.submit(Box::new(move || {
-            if tx.is_closed() || Instant::now() >= deadline {
-                let _ = tx.send(Err(HsmError::Timeout));
-                return;
-            }
-            let _ = tx.send(me.with_session(|s| f(&me, s)));
+            let r = if tx.is_closed() || Instant::now() >= deadline {
+                Err(HsmError::Timeout)
+            } else {
+                me.with_session(|s| f(&me, s))
+            };
+            // The worker's reference goes before the answer: once the caller has its answer
+            // it may drop the last other reference and exit, and the last one dropped here
+            // would close the sessions and the library on this thread while the process runs
+            // its exit handlers (seen: `xki-proxy health` over SoftHSM2, a segfault in
+            // libsofthsm2.so in thread xki-hsm-0 after the report was printed).
+            drop(me);
+            let _ = tx.send(r);
         }))?;
         match tokio::time::timeout_at(deadline.into(), rx).await {
             Err(_) => Err(HsmError::Timeout),

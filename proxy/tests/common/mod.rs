@@ -243,10 +243,15 @@ pub fn cli(tok: &Token, args: &[&str]) -> (bool, String, String) {
         .args(args)
         .output()
         .unwrap();
+    let mut err = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        // A crash prints nothing of its own: say how the command ended.
+        err.push_str(&format!("\n[{}]", out.status));
+    }
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        err,
     )
 }
 
