@@ -81,6 +81,8 @@ fn mode_copy(dir: &Path, mode: &str) -> PathBuf {
 
 static VENDORS: Lazy<Vendors> = Lazy::new(|| {
     let dir = tempfile::tempdir().expect("tempdir");
+    // A static is never dropped: its directory goes at exit.
+    support::at_exit::remove_at_exit(dir.path());
     let softhsm_conf = new_softhsm_token(dir.path(), SOFTHSM_TOKEN);
     let pin = dir.path().join("user.pin");
     std::fs::write(&pin, PIN).unwrap();

@@ -9,12 +9,14 @@
 //! - [`built_module`]: where the built `.so` is.
 //! - [`softhsm_tokens`]: throwaway SoftHSM2 tokens and backend configs for the
 //!   `backend_pkcs11*` tests.
+//! - [`at_exit`]: temp directories of fixtures kept in statics, removed at process exit.
 //! - [`group_store`]: embedded stores holding the same key material, for replica groups.
 //! - [`replica_fixture`]: replica-group members behind the fault injector (only with the
 //!   `fault-injection` feature).
 
 #![allow(dead_code, unused_imports)]
 
+pub mod at_exit;
 pub mod built_module;
 pub mod group_store;
 pub mod itest_backend;

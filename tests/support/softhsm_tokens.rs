@@ -34,6 +34,8 @@ pub fn tokens(labels: &[&str]) -> PathBuf {
         .expect("run ensure-installed.sh");
     assert!(status.success(), "SoftHSM2 is not installed");
     let dir = tempfile::tempdir().expect("tempdir");
+    // Kept in a static (never dropped).
+    super::at_exit::remove_at_exit(dir.path());
     let path = dir.path().join("softhsm");
     for label in labels {
         let out = Command::new(script("new-token.sh"))

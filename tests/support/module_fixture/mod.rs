@@ -58,34 +58,6 @@ pub fn so_path() -> PathBuf {
     built_module::built_module()
 }
 
-/// The directory to remove at exit, and the process that owns it.
-static AT_EXIT_DIR: OnceCell<(u32, PathBuf)> = OnceCell::new();
-
-extern "C" fn remove_fixture_dir() {
-    // A forked child that exits normally runs this too: the directory is the parent's.
-    if let Some((owner, dir)) = AT_EXIT_DIR.get() {
-        if *owner == std::process::id() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-/// The fixture lives in a static, which is never dropped: remove its directory when the
-/// process exits instead. `XKI_ITEST_KEEP=1` keeps it (and prints where) for debugging.
-fn remove_at_exit(dir: &Path) {
-    if std::env::var_os("XKI_ITEST_KEEP").is_some() {
-        eprintln!("XKI_ITEST_KEEP: fixture files kept in {}", dir.display());
-        return;
-    }
-    if AT_EXIT_DIR
-        .set((std::process::id(), dir.to_path_buf()))
-        .is_ok()
-    {
-        // SAFETY: registers a plain function with no captured state.
-        unsafe { libc::atexit(remove_fixture_dir) };
-    }
-}
-
 /// Fixture options (fixed per test binary).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Options {
@@ -257,7 +229,8 @@ impl Fixture {
     fn new(options: Options) -> Fixture {
         let so = so_path();
         let dir = tempfile::tempdir().expect("tempdir");
-        remove_at_exit(dir.path());
+        // The fixture lives in a static, which is never dropped.
+        super::at_exit::remove_at_exit(dir.path());
         let backend = new_backend_token(dir.path(), SOFTHSM_TOKEN, PIN);
         let config = write_config(dir.path(), options, &backend);
         set_env(&backend, &config);
@@ -607,7 +580,7 @@ pub fn bare_module() -> (tempfile::TempDir, Pkcs11) {
 pub fn bare_module_with(options: Options) -> (tempfile::TempDir, Pkcs11) {
     let so = so_path();
     let dir = tempfile::tempdir().expect("tempdir");
-    remove_at_exit(dir.path());
+    super::at_exit::remove_at_exit(dir.path());
     let backend = new_backend_token(dir.path(), SOFTHSM_TOKEN, PIN);
     let config = write_config(dir.path(), options, &backend);
     set_env(&backend, &config);
