@@ -266,8 +266,8 @@ pub fn health(config: &Path) -> Result<(), String> {
     let iv_source = hsm.iv_path().describe();
     let health = crate::health::Health::new(hsm.clone(), cfg.fleet_size);
     let check = rt.block_on(health.check_now());
-    // The check ran on an HSM worker thread; this process must not exit while one is still
-    // inside the PKCS#11 library (as `serve` does on its way out).
+    // A check that timed out left its call running on an HSM worker; this process must not
+    // exit while it is still inside the PKCS#11 library (as `serve` waits on its way out).
     hsm.close();
     // The GetHealthStatus body, plus one field of ours: where Encrypt's IVs come from.
     let mut body = serde_json::to_value(health.report()).unwrap_or_default();

@@ -228,12 +228,7 @@ pub fn login(session: &Session) {
 impl Fixture {
     fn new(options: Options) -> Fixture {
         let so = so_path();
-        let dir = tempfile::tempdir().expect("tempdir");
-        // The fixture lives in a static, which is never dropped.
-        super::at_exit::remove_at_exit(dir.path());
-        let backend = new_backend_token(dir.path(), SOFTHSM_TOKEN, PIN);
-        let config = write_config(dir.path(), options, &backend);
-        set_env(&backend, &config);
+        let (dir, backend, config) = prepare(options);
         let direct = options.direct_softhsm_first.then(|| {
             let d = Pkcs11::new(&backend.direct).expect("load the reference library directly");
             d.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
@@ -570,6 +565,18 @@ pub fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
 
 pub mod raw;
 
+/// A fresh directory with slot 0's token and the two-slot config in it, and the environment
+/// pointing at both. The directory goes at exit even when its holder is a static (the
+/// fixture's is, and statics are never dropped).
+fn prepare(options: Options) -> (tempfile::TempDir, BackendToken, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    super::at_exit::remove_at_exit(dir.path());
+    let backend = new_backend_token(dir.path(), SOFTHSM_TOKEN, PIN);
+    let config = write_config(dir.path(), options, &backend);
+    set_env(&backend, &config);
+    (dir, backend, config)
+}
+
 /// The module initialised on a fresh two-slot config with NO session open and nobody logged
 /// in (for tests of the login state, which is per token and so per process).
 pub fn bare_module() -> (tempfile::TempDir, Pkcs11) {
@@ -579,11 +586,7 @@ pub fn bare_module() -> (tempfile::TempDir, Pkcs11) {
 /// [`bare_module`] with other config options (e.g. a buffered audit file).
 pub fn bare_module_with(options: Options) -> (tempfile::TempDir, Pkcs11) {
     let so = so_path();
-    let dir = tempfile::tempdir().expect("tempdir");
-    super::at_exit::remove_at_exit(dir.path());
-    let backend = new_backend_token(dir.path(), SOFTHSM_TOKEN, PIN);
-    let config = write_config(dir.path(), options, &backend);
-    set_env(&backend, &config);
+    let (dir, _backend, _config) = prepare(options);
     let ctx = Pkcs11::new(&so).expect("load the built module through cryptoki");
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .expect("module C_Initialize");
